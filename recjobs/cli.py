@@ -1,0 +1,289 @@
+"""``recjobs`` command line: every stage the DAG runs, runnable by hand.
+
+Exit codes: 0 success, 1 a stage failed (message on stderr), 2 bad usage or settings,
+3 the run published but one or more model families failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from recjobs.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("recjobs")
+
+
+def _parse_set(pairs: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SettingsError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = _parse_set(args.set or [])
+    if getattr(args, "families", None):
+        overrides["families"] = [f.strip() for f in args.families.split(",") if f.strip()]
+    return load_settings(overrides)
+
+
+def _print_sample(settings: Settings, engine, limit: int = 5) -> None:  # noqa: ANN001
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        total = conn.execute(sa.text("SELECT COUNT(*) FROM recommendations")).scalar_one()
+        users = conn.execute(sa.text("SELECT COUNT(DISTINCT user_id) FROM recommendations")).scalar_one()
+        first = conn.execute(sa.text("SELECT user_id FROM recommendations ORDER BY user_id LIMIT 1")).scalar()
+        rows = conn.execute(
+            sa.text("SELECT user_id, item_id, rank, score, model_version FROM recommendations "
+                    "WHERE user_id = :u ORDER BY rank LIMIT :n"),
+            {"u": first, "n": limit},
+        ).all()
+    print(f"\nrecommendations: {total} rows for {users} users in {settings.db_url}")
+    print(f"data lake: {settings.lake}   models and splits: {settings.runs_dir}")
+    print(f"sample (SELECT item_id, score FROM recommendations WHERE user_id = '{first}' ORDER BY rank):")
+    for row in rows:
+        print(f"  {row.user_id:>8} {row.item_id:>8} rank {row.rank:>2} score {row.score:8.4f} {row.model_version}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from recjobs.pipeline import engine_for, run_pipeline
+    from recjobs.synthetic import SyntheticSpec, write_inbox
+
+    settings = _settings(args)
+    spec = SyntheticSpec()
+    paths = write_inbox(settings.inbox, spec)
+    print(f"generated sample data: {', '.join(str(p) for p in paths)}")
+    report = run_pipeline(settings, args.date or spec.end)
+    _print_run(report)
+    _print_sample(settings, engine_for(settings))
+    return 3 if report.failures else 0
+
+
+def _print_run(report) -> None:  # noqa: ANN001
+    print(f"\nrun {report.run_date}")
+    print(f"  {'family':<11}{'prec@k':>8}{'recall':>8}{'ndcg':>8}{'map':>8}{'cover':>8}")
+    for family, m in report.candidates.items():
+        print(f"  {family:<11}{m.precision:8.4f}{m.recall:8.4f}{m.ndcg:8.4f}{m.map:8.4f}{m.coverage:8.3f}")
+    for family, err in report.failures.items():
+        print(f"  {family:<11}FAILED: {err}")
+    print(f"  gate: {report.decision.reason}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from recjobs.pipeline import run_pipeline
+
+    report = run_pipeline(_settings(args), args.date, ingest=not args.no_ingest)
+    _print_run(report)
+    return 3 if report.failures else 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from recjobs.features import import_movielens, ingest_side_file, sniff_kind
+    from recjobs.ingest import ingest_file, ingest_inbox
+    from recjobs.pipeline import engine_for
+
+    settings = _settings(args)
+    engine = engine_for(settings)
+    reports = []
+    if args.movielens:
+        reports += import_movielens(args.movielens, settings, engine)
+    for path in args.paths:
+        p = Path(path)
+        kind = sniff_kind(p) if p.is_file() and p.stat().st_size else "ratings"
+        reports.append(ingest_file(p, settings, engine, force=args.force) if kind == "ratings"
+                       else ingest_side_file(p, settings, engine, kind))
+    if not args.paths and not args.movielens:
+        reports = ingest_inbox(settings, engine)
+        if not reports:
+            print(f"inbox {settings.inbox} has no files")
+    for r in reports:
+        print(r.summary())
+        if r.quarantine_path:
+            print(f"  quarantined rows: {r.quarantine_path} ({r.reasons})")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from recjobs.pipeline import prepare
+
+    print(prepare(_settings(args), args.date))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from recjobs.pipeline import engine_for, train_candidate, train_final
+
+    settings = _settings(args)
+    if args.final:
+        print(train_final(settings, engine_for(settings), args.date))
+        return 0
+    if not args.family:
+        raise SettingsError("train needs --family NAME or --final")
+    print(train_candidate(settings, args.date, args.family))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from recjobs.pipeline import engine_for, evaluate_candidate
+
+    settings = _settings(args)
+    print(json.dumps(evaluate_candidate(settings, engine_for(settings), args.date, args.family).as_dict()))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from recjobs.pipeline import engine_for, promote
+
+    settings = _settings(args)
+    decision = promote(settings, engine_for(settings), args.date)
+    print(f"champion: {decision.family} ({'promoted' if decision.promoted else 'kept'}): {decision.reason}")
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from recjobs.pipeline import engine_for, publish
+
+    settings = _settings(args)
+    engine = engine_for(settings)
+    for r in publish(settings, engine, args.date):
+        print(f"{r.kind}: {r.rows} rows in {r.table_name} ({'live' if r.live else 'history only'})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    import sqlalchemy as sa
+
+    from recjobs.db import model_runs
+    from recjobs.pipeline import engine_for
+    from recjobs.publish import live_version, rollback
+
+    settings = _settings(args)
+    engine = engine_for(settings)
+    for kind in ("recommendations", "similar_items"):
+        try:
+            old, new = rollback(engine, kind)
+        except RuntimeError as exc:
+            if kind == "recommendations":
+                raise
+            print(f"{kind}: {exc}")
+            continue
+        print(f"{kind}: live view moved from {old} back to {new}")
+        live = live_version(engine, kind)
+        with engine.begin() as conn:
+            conn.execute(sa.insert(model_runs).values(
+                run_date=live.run_date, family=live.model_version.split("-")[0], model_version=live.model_version,
+                stage="rollback", status="live", reason=f"{kind}: rolled back from {old} to {new}",
+                created_at=dt.datetime.now(dt.UTC)))
+    return 0
+
+
+def cmd_initdb(args: argparse.Namespace) -> int:
+    from recjobs.pipeline import engine_for
+
+    settings = _settings(args)
+    engine_for(settings)
+    print(f"schema ready in {settings.db_url}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from recjobs.db import schema_sql
+
+    sys.stdout.write(schema_sql(args.dialect))
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    print(_settings(args).model_dump_json(indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recjobs", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set models.als.factors=128 (repeatable)")
+    dated = argparse.ArgumentParser(add_help=False)
+    dated.add_argument("--date", required=True, help="logical date YYYY-MM-DD")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", parents=[common], help="generate sample data and run the whole pipeline")
+    p.add_argument("--date", help="logical date (default: the sample's last day)")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("run", parents=[common, dated], help="the whole pipeline for one date, as the DAG runs it")
+    p.add_argument("--families", help="comma-separated subset of model families")
+    p.add_argument("--no-ingest", action="store_true", help="skip ingesting the inbox")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("ingest", parents=[common], help="ingest rating/feature files (default: the inbox)")
+    p.add_argument("paths", nargs="*")
+    p.add_argument("--movielens", metavar="DIR", help="a MovieLens 100k folder (u.data, u.item, u.user)")
+    p.add_argument("--force", action="store_true", help="ingest even if this content was ingested before")
+    p.set_defaults(func=cmd_ingest)
+    p = sub.add_parser("split", parents=[common, dated], help="write the temporal holdout split")
+    p.set_defaults(func=cmd_split)
+    p = sub.add_parser("train", parents=[common, dated], help="train a candidate, or the champion with --final")
+    p.add_argument("--family")
+    p.add_argument("--final", action="store_true")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", parents=[common, dated], help="evaluate a candidate on the holdout")
+    p.add_argument("--family", required=True)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("promote", parents=[common, dated], help="gate: choose the champion")
+    p.set_defaults(func=cmd_promote)
+    p = sub.add_parser("publish", parents=[common, dated], help="score all users and publish to SQL")
+    p.set_defaults(func=cmd_publish)
+    p = sub.add_parser("rollback", parents=[common], help="repoint live lists to the previous version")
+    p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("initdb", parents=[common], help="create the schema")
+    p.set_defaults(func=cmd_initdb)
+    p = sub.add_parser("schema", help="print the DDL")
+    p.add_argument("--dialect", choices=["sqlite", "postgresql"], default="sqlite")
+    p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("settings", parents=[common], help="print the effective settings")
+    p.set_defaults(func=cmd_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from recjobs.ingest import IngestError
+    from recjobs.pipeline import PipelineError
+
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"recjobs: {exc}", file=sys.stderr)
+        return 2
+    except (IngestError, PipelineError, FileNotFoundError, RuntimeError) as exc:
+        print(f"recjobs {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

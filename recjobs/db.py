@@ -1,0 +1,204 @@
+"""Database access: one schema definition for SQLite and PostgreSQL, and engines.
+
+The DDL lives here, as SQLAlchemy Core tables, so both dialects come from one
+place; ``sql/schema_<dialect>.sql`` are generated from it (``recjobs schema``)
+for people who read SQL, and a test keeps them in sync.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from recjobs import columns as C
+
+metadata = sa.MetaData()
+
+model_runs = sa.Table(
+    "model_runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_date", sa.String(10), nullable=False),
+    sa.Column("family", sa.String(32), nullable=False),
+    sa.Column("model_version", sa.String(128), nullable=False),
+    # candidate: trained on the split's training part and evaluated on the holdout;
+    # gate: the decision for that date; final: champion retrained on all data;
+    # publish / rollback: what went live.
+    sa.Column("stage", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(24), nullable=False),
+    sa.Column("k", sa.Integer),
+    sa.Column("precision_at_k", sa.Float),
+    sa.Column("recall_at_k", sa.Float),
+    sa.Column("ndcg_at_k", sa.Float),
+    sa.Column("map_at_k", sa.Float),
+    sa.Column("coverage", sa.Float),
+    sa.Column("eval_users", sa.Integer),
+    sa.Column("fit_seconds", sa.Float),
+    sa.Column("eval_seconds", sa.Float),
+    sa.Column("params", sa.Text),
+    sa.Column("data_snapshot", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("artifact_path", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index("ix_model_runs_date_stage", model_runs.c.run_date, model_runs.c.stage)
+
+ingest_log = sa.Table(
+    "ingest_log",
+    metadata,
+    sa.Column("content_hash", sa.String(64), primary_key=True),
+    sa.Column("source_path", sa.Text, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("rows_read", sa.Integer, nullable=False),
+    sa.Column("rows_valid", sa.Integer, nullable=False),
+    sa.Column("rows_quarantined", sa.Integer, nullable=False),
+    sa.Column("duplicates_dropped", sa.Integer, nullable=False),
+    sa.Column("partitions", sa.Text),
+    sa.Column("quarantine_path", sa.Text),
+    sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+publications = sa.Table(
+    "publications",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # recommendations | similar_items
+    sa.Column("run_date", sa.String(10), nullable=False),
+    sa.Column("table_name", sa.String(64), nullable=False, unique=True),
+    sa.Column("model_version", sa.String(128), nullable=False),
+    sa.Column("row_count", sa.Integer, nullable=False),
+    sa.Column("is_live", sa.Boolean, nullable=False, default=False),
+    sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("dropped", sa.Boolean, nullable=False, default=False),
+)
+
+recommendations_history = sa.Table(
+    "recommendations_history",
+    metadata,
+    sa.Column(C.RUN_DATE, sa.String(10), nullable=False),
+    sa.Column(C.USER, sa.String(128), nullable=False),
+    sa.Column(C.ITEM, sa.String(128), nullable=False),
+    sa.Column(C.RANK, sa.Integer, nullable=False),
+    sa.Column(C.SCORE, sa.Float, nullable=False),
+    sa.Column(C.MODEL_VERSION, sa.String(128), nullable=False),
+    sa.PrimaryKeyConstraint(C.RUN_DATE, C.USER, C.RANK),
+)
+
+popular_items = sa.Table(
+    "popular_items",
+    metadata,
+    sa.Column(C.RANK, sa.Integer, primary_key=True),
+    sa.Column(C.ITEM, sa.String(128), nullable=False),
+    sa.Column(C.SCORE, sa.Float, nullable=False),
+    sa.Column(C.RUN_DATE, sa.String(10), nullable=False),
+)
+
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column(C.ITEM, sa.String(128), primary_key=True),
+    sa.Column(C.TITLE, sa.Text),
+)
+
+# Columns of a published list table; the live one is reached through a view of the
+# list's name, repointed in one transaction (see publish.py).
+LIST_COLUMNS = {
+    "recommendations": (
+        sa.Column(C.USER, sa.String(128), nullable=False),
+        sa.Column(C.ITEM, sa.String(128), nullable=False),
+        sa.Column(C.RANK, sa.Integer, nullable=False),
+        sa.Column(C.SCORE, sa.Float, nullable=False),
+        sa.Column(C.MODEL_VERSION, sa.String(128), nullable=False),
+        sa.Column(C.GENERATED_AT, sa.DateTime(timezone=True), nullable=False),
+    ),
+    "similar_items": (
+        sa.Column(C.ITEM, sa.String(128), nullable=False),
+        sa.Column(C.SIMILAR_ITEM, sa.String(128), nullable=False),
+        sa.Column(C.RANK, sa.Integer, nullable=False),
+        sa.Column(C.SCORE, sa.Float, nullable=False),
+        sa.Column(C.MODEL_VERSION, sa.String(128), nullable=False),
+        sa.Column(C.GENERATED_AT, sa.DateTime(timezone=True), nullable=False),
+    ),
+}
+LIST_KEY = {"recommendations": C.USER, "similar_items": C.ITEM}
+
+
+def list_table(kind: str, name: str) -> sa.Table:
+    """A versioned table for list ``kind`` ("recommendations" or "similar_items"), unindexed."""
+    cols = [c._copy() for c in LIST_COLUMNS[kind]]
+    return sa.Table(name, sa.MetaData(), *cols)
+
+
+def list_index(kind: str, table: sa.Table) -> sa.Index:
+    """The read-path index of a list table: one key's list, in rank order."""
+    return sa.Index(f"ix_{table.name}_key", table.c[LIST_KEY[kind]], table.c[C.RANK], unique=True)
+
+
+def normalize_url(url: str) -> str:
+    """Prefer psycopg 3 for PostgreSQL URLs that name no driver (it has COPY support)."""
+    parsed = make_url(url)
+    if parsed.drivername in {"postgresql", "postgres"}:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and real transactions."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        _configure_sqlite(engine)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    # pysqlite's own transaction handling skips BEGIN before DDL, which would let a
+    # reader observe a half-done swap; take control of BEGIN ourselves.
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn):  # noqa: ANN001
+        mode = "IMMEDIATE" if conn.get_execution_options().get("sqlite_immediate") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the tables, and empty live lists, if they are missing. Idempotent."""
+    metadata.create_all(engine)
+    from recjobs.publish import ensure_live_views  # local: publish imports this module
+
+    ensure_live_views(engine)
+
+
+def schema_sql(dialect_name: str) -> str:
+    """The DDL for ``dialect_name`` (sqlite or postgresql), as a SQL script."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = {"sqlite": sqlite.dialect(), "postgresql": postgresql.dialect()}[dialect_name]
+    parts = [
+        f"-- recjobs schema for {dialect_name}. Generated by `recjobs schema --dialect "
+        f"{dialect_name}` from recjobs/db.py; do not edit by hand.",
+        "-- The project applies it itself (recjobs initdb, and every stage on start).",
+    ]
+    for table in metadata.sorted_tables:
+        parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";")
+    for kind in LIST_COLUMNS:
+        table = list_table(kind, f"{kind}_v0")
+        parts.append(f"-- {kind}: versioned tables {kind}_v<N>; apps read the view `{kind}`.")
+        parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
+        index = list_index(kind, table)
+        parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";")
+        cols = ", ".join(c.name for c in LIST_COLUMNS[kind])
+        parts.append(f"CREATE VIEW {kind} AS SELECT {cols} FROM {kind}_v0;")
+    return "\n\n".join(parts) + "\n"

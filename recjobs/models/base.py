@@ -1,0 +1,186 @@
+"""The one interface every model family implements.
+
+A family only learns vectors: ``fit`` turns an :class:`Interactions` (and optional
+side features) into user vectors, item vectors and an item bias, so that the score
+of item *i* for user *u* is ``user_vectors[u] @ item_vectors[i] + item_bias[i]``.
+Scoring, top-N with seen items excluded, item neighbours, saving and loading are
+shared here, so every family is scored by the same chunked matrix products and its
+artifact has the same format (``model.npz`` + ``meta.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel
+
+from recjobs.interactions import Interactions, SideFeatures
+
+ARTIFACT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Vectors:
+    """What a family learns; ``user_vectors`` and ``item_vectors`` share a width."""
+
+    user_vectors: np.ndarray
+    item_vectors: np.ndarray
+    item_bias: np.ndarray
+
+
+class Recommender(ABC):
+    """Base class of all model families; see the module docstring."""
+
+    family: ClassVar[str]
+    params_type: ClassVar[type[BaseModel]]
+
+    def __init__(self, params: BaseModel | None = None, seed: int = 42) -> None:
+        self.params = params if params is not None else self.params_type()
+        self.seed = seed
+        self.user_ids: np.ndarray | None = None
+        self.item_ids: np.ndarray | None = None
+        self.vectors: Vectors | None = None
+        self.info: dict[str, Any] = {}
+
+    @abstractmethod
+    def _fit(self, data: Interactions, features: SideFeatures | None) -> Vectors:
+        """Learn vectors for ``data``'s users and items."""
+
+    def fit(self, data: Interactions, features: SideFeatures | None = None) -> Recommender:
+        """Fit on ``data``; ``features`` must be aligned to its users and items."""
+        if data.n_users == 0 or data.n_items == 0:
+            raise ValueError(f"{self.family}: cannot fit on an empty interactions matrix")
+        vectors = self._fit(data, features)
+        u, v, b = (np.ascontiguousarray(x, dtype=np.float32)
+                   for x in (vectors.user_vectors, vectors.item_vectors, vectors.item_bias))
+        if u.shape != (data.n_users, v.shape[1]) or v.shape[0] != data.n_items or b.shape != (data.n_items,):
+            raise AssertionError(f"{self.family}: vectors of the wrong shape {u.shape} {v.shape} {b.shape}")
+        self.vectors = Vectors(u, v, b)
+        self.user_ids, self.item_ids = data.user_ids, data.item_ids
+        return self
+
+    # -- scoring ---------------------------------------------------------------
+    def _require_fitted(self) -> Vectors:
+        if self.vectors is None:
+            raise RuntimeError(f"{self.family}: model is not fitted")
+        return self.vectors
+
+    def score(self, user_rows: np.ndarray) -> np.ndarray:
+        """Scores of every item for the users at ``user_rows`` (a dense float32 block)."""
+        vec = self._require_fitted()
+        block = vec.user_vectors[user_rows] @ vec.item_vectors.T
+        block += vec.item_bias
+        return block
+
+    def recommend(
+        self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` item indices and scores per user, best first.
+
+        ``exclude`` (users x items, aligned to this model) marks items not to
+        recommend, normally those the user has seen. Where fewer than ``n`` items
+        remain, the row is padded with index -1 and score -inf.
+        """
+        scores = self.score(user_rows)
+        if exclude is not None:
+            sub = exclude[user_rows]
+            rows = np.repeat(np.arange(len(user_rows)), np.diff(sub.indptr))
+            scores[rows, sub.indices] = -np.inf
+        return top_n(scores, n)
+
+    def similar_items(self, item_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` neighbours by cosine similarity of item vectors, the item itself excluded."""
+        vec = self._require_fitted()
+        norms = np.linalg.norm(vec.item_vectors, axis=1)
+        norms[norms == 0] = 1.0
+        unit = vec.item_vectors / norms[:, None]
+        sims = unit[item_rows] @ unit.T
+        sims[np.arange(len(item_rows)), item_rows] = -np.inf
+        return top_n(sims, n)
+
+    # -- artifacts -------------------------------------------------------------
+    def save(self, path: Path | str, **meta: Any) -> Path:
+        """Write the artifact directory atomically (a crash leaves the old one or none)."""
+        vec = self._require_fitted()
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.mkdir(parents=True)
+        try:
+            np.savez(
+                tmp / "model.npz",
+                user_vectors=vec.user_vectors,
+                item_vectors=vec.item_vectors,
+                item_bias=vec.item_bias,
+                user_ids=self.user_ids.astype(str),
+                item_ids=self.item_ids.astype(str),
+            )
+            doc = {
+                "format": ARTIFACT_FORMAT,
+                "family": self.family,
+                "seed": self.seed,
+                "params": self.params.model_dump(),
+                "info": self.info,
+                **meta,
+            }
+            (tmp / "meta.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str))
+            if path.exists():
+                old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> Recommender:
+        """Load an artifact saved by :meth:`save`, as an instance of its own family."""
+        from recjobs.models import get_family
+
+        path = Path(path)
+        meta_file = path / "meta.json"
+        if not meta_file.exists():
+            raise FileNotFoundError(f"{path}: not a model artifact (no meta.json)")
+        meta = json.loads(meta_file.read_text())
+        family_cls = get_family(meta["family"])
+        model = family_cls(family_cls.params_type.model_validate(meta["params"]), seed=meta["seed"])
+        with np.load(path / "model.npz", allow_pickle=False) as npz:
+            model.vectors = Vectors(npz["user_vectors"], npz["item_vectors"], npz["item_bias"])
+            model.user_ids = npz["user_ids"].astype(object)
+            model.item_ids = npz["item_ids"].astype(object)
+        model.info = meta.get("info", {})
+        return model
+
+
+def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-``n`` (indices, scores), best first and deterministic; -inf entries become -1."""
+    n_cols = scores.shape[1]
+    k = min(n, n_cols)
+    if k == 0:
+        empty = np.empty((scores.shape[0], 0))
+        return empty.astype(np.int64), empty.astype(np.float32)
+    if k < n_cols:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(n_cols), scores.shape).copy()
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    idx = np.take_along_axis(part, order, axis=1)
+    val = np.take_along_axis(part_scores, order, axis=1)
+    idx[~np.isfinite(val)] = -1
+    if k < n:
+        pad = n - k
+        idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
+        val = np.pad(val, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return idx, val.astype(np.float32)

@@ -1,0 +1,445 @@
+"""The nightly pipeline as plain functions of (settings, logical date).
+
+Stages pass paths and ids, never data frames, so each can run in its own process
+(an Airflow task, a CLI call) and be retried alone. Each writes only under its own
+date (``runs/<date>/``, ``model_runs`` rows of that date, a new publication), so
+reruns and backfills overwrite their own results and nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from recjobs import columns as C
+from recjobs.db import ensure_schema, make_engine, model_runs, popular_items
+from recjobs.evaluate import Metrics, evaluate_model
+from recjobs.features import load_side_features
+from recjobs.interactions import Interactions
+from recjobs.lake import atomic_write_parquet, read_ratings, to_ratings_table
+from recjobs.models import Recommender, get_family
+from recjobs.publish import PublishResult, live_version, publish_list
+from recjobs.settings import Settings
+from recjobs.split import temporal_split
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(RuntimeError):
+    """A stage cannot run; the message says what is missing and which command makes it."""
+
+
+def parse_date(value: str | dt.date) -> dt.date:
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise PipelineError(f"bad date {value!r}: expected YYYY-MM-DD") from None
+
+
+def cutoff_of(run_date: dt.date) -> dt.datetime:
+    """End of the logical date's data interval: interactions strictly before it are used."""
+    return dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+
+
+def engine_for(settings: Settings) -> Engine:
+    """An engine on the recommendations database, with the schema in place."""
+    engine = make_engine(settings.db_url)
+    ensure_schema(engine)
+    return engine
+
+
+def run_dir(settings: Settings, run_date: dt.date) -> Path:
+    return settings.runs_dir / run_date.isoformat()
+
+
+def _load_window(settings: Settings, run_date: dt.date) -> pd.DataFrame:
+    cutoff = cutoff_of(run_date)
+    start = cutoff - dt.timedelta(days=settings.train_window_days) if settings.train_window_days else None
+    frame = read_ratings(settings.ratings_dir, cutoff, start)
+    if frame.empty:
+        raise PipelineError(
+            f"no interactions before {cutoff.isoformat()} in {settings.ratings_dir}: "
+            "ingest some first (recjobs ingest PATH)"
+        )
+    return frame
+
+
+def _fingerprint(frame: pd.DataFrame) -> str:
+    hashed = pd.util.hash_pandas_object(frame[list(C.INTERACTION_COLUMNS)], index=False)
+    return hashlib.sha256(np.sort(hashed.to_numpy()).tobytes()).hexdigest()[:16]
+
+
+# -- split -------------------------------------------------------------------------
+def prepare(settings: Settings, run_date: str | dt.date) -> Path:
+    """Write the temporal split for ``run_date`` to ``runs/<date>/`` and return that folder."""
+    day = parse_date(run_date)
+    frame = _load_window(settings, day)
+    train, holdout = temporal_split(frame, settings.split)
+    out = run_dir(settings, day)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_parquet(to_ratings_table(train), out / "train.parquet")
+    atomic_write_parquet(to_ratings_table(holdout), out / "holdout.parquet")
+    snapshot = {
+        "run_date": day.isoformat(),
+        "cutoff": cutoff_of(day).isoformat(),
+        "interactions": len(frame),
+        "users": int(frame[C.USER].nunique()),
+        "items": int(frame[C.ITEM].nunique()),
+        "train_rows": len(train),
+        "holdout_rows": len(holdout),
+        "max_timestamp": frame[C.TIMESTAMP].max().isoformat(),
+        "fingerprint": _fingerprint(frame),
+    }
+    (out / "snapshot.json").write_text(json.dumps(snapshot, indent=2))
+    log.info("split %s: %d train / %d holdout rows, %d users, %d items", day, len(train), len(holdout),
+             snapshot["users"], snapshot["items"])
+    return out
+
+
+def _snapshot(settings: Settings, day: dt.date) -> dict[str, Any]:
+    path = run_dir(settings, day) / "snapshot.json"
+    if not path.exists():
+        raise PipelineError(f"no split for {day}: run `recjobs split --date {day}` first")
+    return json.loads(path.read_text())
+
+
+def _read_split(settings: Settings, day: dt.date, part: str) -> pd.DataFrame:
+    frame = pd.read_parquet(run_dir(settings, day) / f"{part}.parquet")
+    for col in (C.USER, C.ITEM):
+        frame[col] = frame[col].astype(object)
+    return frame
+
+
+def model_version(family: str, day: dt.date, params: dict[str, Any], seed: int, fingerprint: str, stage: str) -> str:
+    """A version that is the same whenever the inputs are, so reruns reproduce it."""
+    blob = json.dumps([family, params, seed, fingerprint, stage], sort_keys=True, default=str)
+    return f"{family}-{day:%Y%m%d}-{stage}-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
+
+
+def _fit(settings: Settings, family: str, data: Interactions) -> tuple[Recommender, float]:
+    cls = get_family(family)
+    model = cls(settings.model_params(family), seed=settings.seed)
+    features = load_side_features(settings, data)
+    log.info("fitting %s on %d users x %d items (%d interactions)", family, data.n_users, data.n_items, data.nnz)
+    start = time.perf_counter()
+    model.fit(data, features)
+    seconds = time.perf_counter() - start
+    log.info("fitted %s in %.1fs", family, seconds)
+    return model, seconds
+
+
+# -- train + evaluate candidates -------------------------------------------------------
+def candidate_path(settings: Settings, day: dt.date, family: str) -> Path:
+    return run_dir(settings, day) / "candidates" / family
+
+
+def train_candidate(settings: Settings, run_date: str | dt.date, family: str) -> Path:
+    """Fit ``family`` on the split's training part and save it as that date's candidate."""
+    day = parse_date(run_date)
+    snap = _snapshot(settings, day)
+    data = Interactions.from_frame(_read_split(settings, day, "train"))
+    model, seconds = _fit(settings, family, data)
+    params = settings.model_params(family).model_dump()
+    version = model_version(family, day, params, settings.seed, snap["fingerprint"], "candidate")
+    return model.save(candidate_path(settings, day, family), model_version=version, fit_seconds=seconds,
+                      run_date=day.isoformat(), stage="candidate")
+
+
+def _replace_rows(engine: Engine, day: dt.date, stage: str, family: str | None, rows: list[dict[str, Any]]) -> None:
+    now = dt.datetime.now(dt.UTC)
+    with engine.begin() as conn:
+        cond = (model_runs.c.run_date == day.isoformat()) & (model_runs.c.stage == stage)
+        if family is not None:
+            cond &= model_runs.c.family == family
+        conn.execute(model_runs.delete().where(cond))
+        for row in rows:
+            conn.execute(model_runs.insert().values(run_date=day.isoformat(), stage=stage, created_at=now, **row))
+
+
+def evaluate_candidate(settings: Settings, engine: Engine, run_date: str | dt.date, family: str) -> Metrics:
+    """Evaluate the saved candidate on the holdout and record it in ``model_runs``."""
+    day = parse_date(run_date)
+    path = candidate_path(settings, day, family)
+    if not (path / "meta.json").exists():
+        raise PipelineError(f"no {family} candidate for {day}: run `recjobs train --date {day} --family {family}`")
+    model = Recommender.load(path)
+    meta = json.loads((path / "meta.json").read_text())
+    train = Interactions.from_frame(_read_split(settings, day, "train"))
+    metrics = evaluate_model(model, train, _read_split(settings, day, "holdout"), settings.evaluate.k,
+                             settings.evaluate.chunk_users)
+    log.info("%s on %s: ndcg@%d=%.4f precision=%.4f recall=%.4f map=%.4f coverage=%.3f", family, day,
+             metrics.k, metrics.ndcg, metrics.precision, metrics.recall, metrics.map, metrics.coverage)
+    _replace_rows(engine, day, "candidate", family, [{
+        "family": family, "model_version": meta["model_version"], "status": "evaluated",
+        "k": metrics.k, "precision_at_k": metrics.precision, "recall_at_k": metrics.recall,
+        "ndcg_at_k": metrics.ndcg, "map_at_k": metrics.map, "coverage": metrics.coverage,
+        "eval_users": metrics.users, "fit_seconds": meta["fit_seconds"], "eval_seconds": metrics.seconds,
+        "params": json.dumps(meta["params"], sort_keys=True),
+        "data_snapshot": json.dumps(_snapshot(settings, day), sort_keys=True), "artifact_path": str(path),
+    }])
+    return metrics
+
+
+def record_failure(engine: Engine, run_date: str | dt.date, family: str, error: BaseException) -> None:
+    """Record that ``family`` produced no candidate for the date, with the error."""
+    day = parse_date(run_date)
+    reason = "".join(traceback.format_exception_only(type(error), error)).strip()
+    _replace_rows(engine, day, "candidate", family,
+                  [{"family": family, "model_version": "-", "status": "failed", "reason": reason[:2000]}])
+
+
+# -- gate --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateDecision:
+    family: str
+    candidate_version: str
+    promoted: bool
+    reason: str
+
+
+_METRIC_COLUMN = {"ndcg": "ndcg_at_k", "map": "map_at_k", "precision": "precision_at_k", "recall": "recall_at_k"}
+
+
+def champion_before(engine: Engine, day: dt.date) -> sa.Row | None:
+    """The champion decided by the latest gate before ``day`` (so reruns see the same one)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(model_runs)
+            .where(model_runs.c.stage == "gate", model_runs.c.run_date < day.isoformat())
+            .order_by(model_runs.c.run_date.desc(), model_runs.c.id.desc())
+        ).first()
+
+
+def promote(settings: Settings, engine: Engine, run_date: str | dt.date) -> GateDecision:
+    """Choose the champion for ``run_date`` from the evaluated candidates; see README 'Gate'."""
+    day = parse_date(run_date)
+    metric = _METRIC_COLUMN[settings.gate.metric]
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(model_runs).where(
+                model_runs.c.run_date == day.isoformat(),
+                model_runs.c.stage == "candidate",
+                model_runs.c.status.in_(["evaluated", "promoted", "rejected", "champion_kept"]),
+                model_runs.c.family.in_(settings.families),
+            )
+        ).all()
+    if not rows:
+        raise PipelineError(f"no evaluated candidates for {day}: every family failed or none was trained")
+    order = {f: i for i, f in enumerate(settings.families)}
+    cands = sorted(rows, key=lambda r: (-getattr(r, metric), order[r.family]))
+    best = cands[0]
+    by_family = {r.family: r for r in rows}
+    previous = champion_before(engine, day)
+    name = settings.gate.metric
+    if previous is None:
+        winner, promoted = best, True
+        reason = f"first run: best candidate by {name}@{best.k} ({getattr(best, metric):.4f})"
+    elif previous.family not in by_family:
+        winner, promoted = best, True
+        reason = (f"champion family {previous.family} has no candidate on {day}; "
+                  f"best candidate {best.family} ({name}={getattr(best, metric):.4f}) takes over")
+    else:
+        champ = by_family[previous.family]
+        champ_score, best_score = getattr(champ, metric), getattr(best, metric)
+        if best.family != champ.family and best_score > champ_score + settings.gate.margin:
+            winner, promoted = best, True
+            reason = (f"{best.family} {name}={best_score:.4f} beats champion {champ.family} "
+                      f"{champ_score:.4f} by more than the margin {settings.gate.margin}")
+        else:
+            winner, promoted = champ, False
+            reason = (f"champion {champ.family} kept ({name}={champ_score:.4f}); best challenger "
+                      f"{best.family if best.family != champ.family else 'none'} "
+                      f"did not beat it by the margin {settings.gate.margin}")
+    with engine.begin() as conn:
+        for r in rows:
+            status = ("promoted" if promoted else "champion_kept") if r.family == winner.family else "rejected"
+            conn.execute(model_runs.update().where(model_runs.c.id == r.id).values(status=status, reason=reason))
+    _replace_rows(engine, day, "gate", None, [{
+        "family": winner.family, "model_version": winner.model_version,
+        "status": "promoted" if promoted else "champion_kept", "reason": reason,
+        "k": winner.k, "ndcg_at_k": winner.ndcg_at_k, "precision_at_k": winner.precision_at_k,
+        "recall_at_k": winner.recall_at_k, "map_at_k": winner.map_at_k, "coverage": winner.coverage,
+    }])
+    log.info("gate %s: %s", day, reason)
+    return GateDecision(winner.family, winner.model_version, promoted, reason)
+
+
+def gate_decision(engine: Engine, day: dt.date) -> sa.Row:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(model_runs).where(model_runs.c.run_date == day.isoformat(), model_runs.c.stage == "gate")
+        ).first()
+    if row is None:
+        raise PipelineError(f"no gate decision for {day}: run `recjobs promote --date {day}` first")
+    return row
+
+
+# -- final model and publish ---------------------------------------------------------
+def final_path(settings: Settings, day: dt.date) -> Path:
+    return run_dir(settings, day) / "final"
+
+
+def train_final(settings: Settings, engine: Engine, run_date: str | dt.date) -> Path:
+    """Retrain the date's champion family on all data up to the date and save it."""
+    day = parse_date(run_date)
+    decision = gate_decision(engine, day)
+    frame = _load_window(settings, day)
+    data = Interactions.from_frame(frame)
+    model, seconds = _fit(settings, decision.family, data)
+    params = settings.model_params(decision.family).model_dump()
+    version = model_version(decision.family, day, params, settings.seed, _fingerprint(frame), "full")
+    path = model.save(final_path(settings, day), model_version=version, fit_seconds=seconds,
+                      run_date=day.isoformat(), stage="final")
+    _replace_rows(engine, day, "final", None, [{
+        "family": decision.family, "model_version": version, "status": "trained", "fit_seconds": seconds,
+        "params": json.dumps(params, sort_keys=True), "artifact_path": str(path),
+        "reason": f"champion retrained on all {len(frame)} interactions before {cutoff_of(day).isoformat()}",
+    }])
+    return path
+
+
+def _user_frames(model: Recommender, seen: Interactions, n: int, chunk: int) -> Iterator[pd.DataFrame]:
+    total = len(model.user_ids)
+    started = time.perf_counter()
+    next_report = 0.0
+    for lo in range(0, total, chunk):
+        rows = np.arange(lo, min(lo + chunk, total))
+        top, scores = model.recommend(rows, n, exclude=seen.matrix)
+        valid = top >= 0
+        rank = np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)
+        yield pd.DataFrame({
+            C.USER: np.repeat(model.user_ids[rows], valid.sum(axis=1)),
+            C.ITEM: model.item_ids[top[valid]],
+            C.RANK: rank[valid],
+            C.SCORE: scores[valid].astype(np.float64),
+            C.MODEL_VERSION: model.info.get("model_version", ""),
+        })
+        elapsed = time.perf_counter() - started
+        if elapsed >= next_report:
+            log.info("scored %d/%d users (%.0f users/s)", rows[-1] + 1, total, (rows[-1] + 1) / max(elapsed, 1e-9))
+            next_report = elapsed + 10
+
+
+def _item_frames(model: Recommender, n: int, chunk: int) -> Iterator[pd.DataFrame]:
+    total = len(model.item_ids)
+    for lo in range(0, total, chunk):
+        rows = np.arange(lo, min(lo + chunk, total))
+        top, scores = model.similar_items(rows, n)
+        valid = top >= 0
+        rank = np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)
+        yield pd.DataFrame({
+            C.ITEM: np.repeat(model.item_ids[rows], valid.sum(axis=1)),
+            C.SIMILAR_ITEM: model.item_ids[top[valid]],
+            C.RANK: rank[valid],
+            C.SCORE: scores[valid].astype(np.float64),
+            C.MODEL_VERSION: model.info.get("model_version", ""),
+        })
+
+
+def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list[PublishResult]:
+    """Score every known user with the date's final model and publish the lists."""
+    day = parse_date(run_date)
+    path = final_path(settings, day)
+    if not (path / "meta.json").exists():
+        raise PipelineError(f"no final model for {day}: run `recjobs train --date {day} --final` first")
+    model = Recommender.load(path)
+    meta = json.loads((path / "meta.json").read_text())
+    model.info["model_version"] = meta["model_version"]
+    frame = _load_window(settings, day)
+    seen = Interactions.from_frame(frame, model.user_ids, model.item_ids)
+    p = settings.publish
+    results = [publish_list(engine, "recommendations", day.isoformat(), meta["model_version"],
+                            _user_frames(model, seen, p.top_n, p.chunk_users), p.keep_versions)]
+    has_embeddings = bool(np.any(model.vectors.item_vectors))
+    if has_embeddings:
+        results.append(publish_list(engine, "similar_items", day.isoformat(), meta["model_version"],
+                                    _item_frames(model, p.similar_n, p.chunk_users), p.keep_versions,
+                                    history=False))
+    _publish_popular(settings, engine, day, frame, results[0].live)
+    with engine.begin() as conn:
+        conn.execute(model_runs.delete().where(model_runs.c.run_date == day.isoformat(),
+                                               model_runs.c.stage == "publish"))
+        conn.execute(model_runs.insert().values(
+            run_date=day.isoformat(), stage="publish", family=meta["family"],
+            model_version=meta["model_version"], status="live" if results[0].live else "history",
+            reason=f"{results[0].rows} rows in {results[0].table_name}", created_at=dt.datetime.now(dt.UTC)))
+    for r in results:
+        log.info("published %s: %d rows to %s in %.1fs (%s)", r.kind, r.rows, r.table_name, r.seconds,
+                 "live" if r.live else "history only: a newer date is live")
+    return results
+
+
+def _publish_popular(settings: Settings, engine: Engine, day: dt.date, frame: pd.DataFrame, live: bool) -> None:
+    if not live:
+        return
+    counts = frame.groupby(C.ITEM).size()
+    counts = counts.sort_values(ascending=False, kind="stable").head(settings.publish.popular_n)
+    rows = [{C.RANK: i + 1, C.ITEM: item, C.SCORE: float(n), C.RUN_DATE: day.isoformat()}
+            for i, (item, n) in enumerate(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))]
+    # Small table: replacing its rows in one transaction is atomic for readers.
+    with engine.begin() as conn:
+        conn.execute(popular_items.delete())
+        conn.execute(popular_items.insert(), rows)
+
+
+# -- whole run ----------------------------------------------------------------------
+@dataclass
+class RunReport:
+    run_date: str
+    candidates: dict[str, Metrics]
+    failures: dict[str, str]
+    decision: GateDecision
+    published: list[PublishResult]
+
+
+def run_pipeline(settings: Settings, run_date: str | dt.date, ingest: bool = True) -> RunReport:
+    """Everything the nightly DAG does for ``run_date``, in one process."""
+    from recjobs.ingest import ingest_inbox
+
+    day = parse_date(run_date)
+    engine = engine_for(settings)
+    if ingest:
+        for report in ingest_inbox(settings, engine):
+            log.info(report.summary())
+    prepare(settings, day)
+    metrics: dict[str, Metrics] = {}
+    failures: dict[str, str] = {}
+    for family in settings.families:
+        try:
+            train_candidate(settings, day, family)
+            metrics[family] = evaluate_candidate(settings, engine, day, family)
+        except Exception as exc:  # one family failing must not stop the others
+            log.exception("family %s failed on %s", family, day)
+            record_failure(engine, day, family, exc)
+            failures[family] = f"{type(exc).__name__}: {exc}"
+    decision = promote(settings, engine, day)
+    train_final(settings, engine, day)
+    published = publish(settings, engine, day)
+    return RunReport(day.isoformat(), metrics, failures, decision, published)
+
+
+def live_summary(engine: Engine) -> dict[str, Any] | None:
+    row = live_version(engine)
+    return None if row is None else dict(row._mapping)
+
+
+__all__ = [
+    "PipelineError", "prepare", "train_candidate", "evaluate_candidate", "promote", "train_final",
+    "publish", "run_pipeline", "engine_for", "pa",
+]

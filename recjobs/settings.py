@@ -1,0 +1,253 @@
+"""The one source of settings.
+
+Embedded defaults live in the models below. They can be overridden, in increasing
+priority, by a JSON file named in ``RECJOBS_CONFIG``, by environment variables
+(``RECJOBS_HOME``, ``RECJOBS_DATABASE_URL``, and nested keys with ``__`` such as
+``RECJOBS_MODELS__ALS__FACTORS=128``), and by explicit overrides (Airflow params,
+CLI flags). Every level rejects unknown keys, so a typo fails loudly instead of
+being ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "RECJOBS_"
+FAMILIES = ("popularity", "als", "lightfm", "tfrs")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IngestSettings(_Strict):
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    max_invalid_share: float = Field(0.01, ge=0.0, le=1.0)
+    batch_rows: int = Field(1_000_000, gt=0)
+
+
+class SplitSettings(_Strict):
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # Users with fewer interactions stay wholly in training: holding out their only
+    # interaction would make them cold users that no model can be judged on.
+    min_user_interactions: int = Field(2, ge=2)
+
+
+class EvaluateSettings(_Strict):
+    k: int = Field(10, gt=0)
+    chunk_users: int = Field(2048, gt=0)
+
+
+class GateSettings(_Strict):
+    metric: Literal["ndcg", "map", "precision", "recall"] = "ndcg"
+    # Absolute improvement a challenger needs over the champion on the same holdout.
+    margin: float = Field(0.002, ge=0.0)
+
+
+class PublishSettings(_Strict):
+    top_n: int = Field(50, gt=0)
+    similar_n: int = Field(20, gt=0)
+    popular_n: int = Field(100, gt=0)
+    keep_versions: int = Field(3, ge=1)
+    chunk_users: int = Field(2048, gt=0)
+
+
+class PopularityParams(_Strict):
+    # Half-life in days for recency-weighted counts; None counts all interactions equally.
+    half_life_days: float | None = None
+
+
+class ALSParams(_Strict):
+    factors: int = Field(64, gt=0)
+    regularization: float = Field(0.05, ge=0.0)
+    alpha: float = Field(2.0, gt=0.0)
+    iterations: int = Field(15, gt=0)
+    weighting: Literal["none", "rating", "bm25"] = "bm25"
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+
+
+class LightFMParams(_Strict):
+    loss: Literal["warp", "bpr", "logistic", "warp-kos"] = "warp"
+    no_components: int = Field(64, gt=0)
+    learning_rate: float = Field(0.05, gt=0.0)
+    item_alpha: float = Field(1e-6, ge=0.0)
+    user_alpha: float = Field(1e-6, ge=0.0)
+    max_sampled: int = Field(10, gt=0)
+    epochs: int = Field(30, gt=0)
+    use_item_features: bool = True
+    use_user_features: bool = False
+    # LightFM's Hogwild SGD is only reproducible with one thread.
+    num_threads: int = Field(1, gt=0)
+
+
+class TFRSParams(_Strict):
+    embedding_dim: int = Field(64, gt=0)
+    use_features: bool = True
+    batch_size: int = Field(1024, gt=0)
+    learning_rate: float = Field(0.05, gt=0.0)
+    optimizer: Literal["adagrad", "adam"] = "adagrad"
+    temperature: float = Field(0.1, gt=0.0)
+    sampling_correction: bool = True
+    remove_accidental_hits: bool = True
+    l2: float = Field(0.0, ge=0.0)
+    max_epochs: int = Field(40, gt=0)
+    patience: int = Field(3, gt=0)
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    threads: int = Field(2, gt=0)
+
+
+class ModelsSettings(_Strict):
+    popularity: PopularityParams = PopularityParams()
+    als: ALSParams = ALSParams()
+    lightfm: LightFMParams = LightFMParams()
+    tfrs: TFRSParams = TFRSParams()
+
+
+class Settings(_Strict):
+    home: Path = Path("~/.recjobs")
+    database_url: str | None = None
+    inbox_dir: Path | None = None
+    seed: int = 42
+    families: list[str] = list(FAMILIES)
+    # Train only on the last N days before the logical date; None means all history.
+    train_window_days: int | None = Field(None, gt=0)
+    ingest: IngestSettings = IngestSettings()
+    split: SplitSettings = SplitSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    gate: GateSettings = GateSettings()
+    publish: PublishSettings = PublishSettings()
+    models: ModelsSettings = ModelsSettings()
+
+    @field_validator("home", "inbox_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(os.path.expanduser(str(value))).absolute()
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"unknown model families {unknown}; known: {list(FAMILIES)}")
+        if not value:
+            raise ValueError("at least one model family is needed")
+        # Keep registry order so runs do not depend on how a user listed them.
+        return [f for f in FAMILIES if f in value]
+
+    # Derived locations: everything on disk hangs off ``home``.
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'recjobs.db'}"
+
+    @property
+    def inbox(self) -> Path:
+        return self.inbox_dir or self.home / "inbox"
+
+    @property
+    def lake(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def ratings_dir(self) -> Path:
+        return self.lake / "ratings"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.lake / "quarantine"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.lake / "features"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    def model_params(self, family: str) -> BaseModel:
+        return getattr(self.models, family)
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or has a bad value; the message names it."""
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_env_value(raw: str) -> Any:
+    # JSON where it parses (numbers, lists, null, booleans), the plain string otherwise,
+    # so RECJOBS_FAMILIES='["als"]' and RECJOBS_HOME=/data both work.
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        value = _parse_env_value(raw) if path[-1] not in {"home", "database_url", "inbox_dir"} else raw
+        node[path[-1]] = value
+    return out
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build settings from defaults, ``RECJOBS_CONFIG``, ``RECJOBS_*`` variables and overrides.
+
+    Raises :class:`SettingsError` naming the offending key and where it came from.
+    """
+    env = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    sources: list[tuple[str, Mapping[str, Any]]] = []
+    config_file = env.get(ENV_PREFIX + "CONFIG")
+    if config_file:
+        try:
+            sources.append((config_file, json.loads(Path(config_file).read_text())))
+        except (OSError, ValueError) as exc:
+            raise SettingsError(f"cannot read settings file {config_file}: {exc}") from exc
+    sources.append(("environment variables", _env_overrides(env)))
+    if overrides:
+        sources.append(("overrides", {k: v for k, v in overrides.items() if v is not None}))
+    for origin, layer in sources:
+        data = _deep_merge(data, layer)
+        try:
+            Settings.model_validate(data)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc, origin)) from None
+    return Settings.model_validate(data)
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid settings from {origin}:"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        env_name = ENV_PREFIX + "__".join(str(p).upper() for p in err["loc"])
+        lines.append(f"  {key} (env {env_name}): {err['msg']}")
+    return "\n".join(lines)
