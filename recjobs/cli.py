@@ -138,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.family:
         raise SettingsError("train needs --family NAME or --final")
-    print(train_candidate(settings, args.date, args.family))
+    print(train_candidate(settings, engine_for(settings), args.date, args.family))
     return 0
 
 
@@ -212,6 +212,28 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from recjobs.pipeline import parse_date, prepare, run_dir
+    from recjobs.tune import tune
+
+    settings = _settings(args)
+    day = parse_date(args.date)
+    if not (run_dir(settings, day) / "train.parquet").exists():
+        prepare(settings, day)
+    import pandas as pd
+
+    train = pd.read_parquet(run_dir(settings, day) / "train.parquet")
+    for col in ("user_id", "item_id"):
+        train[col] = train[col].astype(object)
+    grid = json.loads(args.grid) if args.grid else None
+    results = tune(settings, train, args.family, grid)
+    print(f"{args.family}: {len(results)} grid points on the training part's inner split (holdout unused)")
+    for r in results:
+        print(f"  ndcg@{settings.evaluate.k} {r.ndcg:.4f}  P {r.precision:.4f}  R {r.recall:.4f}  "
+              f"fit {r.fit_seconds:5.1f}s  {json.dumps(r.params, sort_keys=True)}")
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     print(_settings(args).model_dump_json(indent=2))
     return 0
@@ -259,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print the DDL")
     p.add_argument("--dialect", choices=["sqlite", "postgresql"], default="sqlite")
     p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("tune", parents=[common, dated], help="grid search on the training part only")
+    p.add_argument("--family", required=True)
+    p.add_argument("--grid", help='JSON grid, e.g. \'{"factors": [32, 64]}\' (default: the documented grid)')
+    p.set_defaults(func=cmd_tune)
     p = sub.add_parser("settings", parents=[common], help="print the effective settings")
     p.set_defaults(func=cmd_settings)
     return parser

@@ -59,6 +59,7 @@ def cutoff_of(run_date: dt.date) -> dt.datetime:
 
 def engine_for(settings: Settings) -> Engine:
     """An engine on the recommendations database, with the schema in place."""
+    settings.home.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.db_url)
     ensure_schema(engine)
     return engine
@@ -149,10 +150,15 @@ def candidate_path(settings: Settings, day: dt.date, family: str) -> Path:
     return run_dir(settings, day) / "candidates" / family
 
 
-def train_candidate(settings: Settings, run_date: str | dt.date, family: str) -> Path:
-    """Fit ``family`` on the split's training part and save it as that date's candidate."""
+def train_candidate(settings: Settings, engine: Engine, run_date: str | dt.date, family: str) -> Path:
+    """Fit ``family`` on the split's training part and save it as that date's candidate.
+
+    Any earlier result of this family for the date is withdrawn first, so a retry that
+    fails cannot leave a stale candidate for the gate to pick.
+    """
     day = parse_date(run_date)
     snap = _snapshot(settings, day)
+    _replace_rows(engine, day, "candidate", family, [{"family": family, "model_version": "-", "status": "training"}])
     data = Interactions.from_frame(_read_split(settings, day, "train"))
     model, seconds = _fit(settings, family, data)
     params = settings.model_params(family).model_dump()
@@ -422,7 +428,7 @@ def run_pipeline(settings: Settings, run_date: str | dt.date, ingest: bool = Tru
     failures: dict[str, str] = {}
     for family in settings.families:
         try:
-            train_candidate(settings, day, family)
+            train_candidate(settings, engine, day, family)
             metrics[family] = evaluate_candidate(settings, engine, day, family)
         except Exception as exc:  # one family failing must not stop the others
             log.exception("family %s failed on %s", family, day)

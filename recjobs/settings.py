@@ -64,12 +64,14 @@ class PopularityParams(_Strict):
     half_life_days: float | None = None
 
 
+# Defaults below are the values `recjobs tune` chose on MovieLens 100k's training part
+# (grids in recjobs/tune.py); re-tune on your own data.
 class ALSParams(_Strict):
-    factors: int = Field(64, gt=0)
-    regularization: float = Field(0.05, ge=0.0)
-    alpha: float = Field(2.0, gt=0.0)
+    factors: int = Field(32, gt=0)
+    regularization: float = Field(2.0, ge=0.0)
+    alpha: float = Field(1.0, gt=0.0)
     iterations: int = Field(15, gt=0)
-    weighting: Literal["none", "rating", "bm25"] = "bm25"
+    weighting: Literal["none", "rating", "bm25"] = "none"
     bm25_k1: float = 100.0
     bm25_b: float = 0.8
 
@@ -81,9 +83,9 @@ class LightFMParams(_Strict):
     item_alpha: float = Field(1e-6, ge=0.0)
     user_alpha: float = Field(1e-6, ge=0.0)
     max_sampled: int = Field(10, gt=0)
-    epochs: int = Field(30, gt=0)
+    epochs: int = Field(40, gt=0)
     use_item_features: bool = True
-    use_user_features: bool = False
+    use_user_features: bool = True
     # LightFM's Hogwild SGD is only reproducible with one thread.
     num_threads: int = Field(1, gt=0)
 

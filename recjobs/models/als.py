@@ -30,17 +30,17 @@ class ALSModel(Recommender):
         from implicit.cpu.als import AlternatingLeastSquares
 
         p: ALSParams = self.params
-        model = AlternatingLeastSquares(
-            factors=p.factors,
-            regularization=p.regularization,
-            alpha=p.alpha,
-            iterations=p.iterations,
-            random_state=self.seed,
-            calculate_training_loss=False,
-        )
         # implicit parallelises over users itself; a multi-threaded BLAS underneath only
         # oversubscribes the cores (implicit warns about exactly this).
         with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=p.factors,
+                regularization=p.regularization,
+                alpha=p.alpha,
+                iterations=p.iterations,
+                random_state=self.seed,
+                calculate_training_loss=False,
+            )
             model.fit(confidence(data, p), show_progress=False)
         return Vectors(
             np.asarray(model.user_factors),

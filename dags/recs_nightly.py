@@ -1,0 +1,158 @@
+"""Nightly recommendations: ingest -> split -> train/evaluate each family -> gate -> retrain -> publish.
+
+Every task is a thin call into ``recjobs``; tasks hand each other dates and paths,
+never data. Heavy libraries (TensorFlow, implicit, LightFM) are imported inside the
+tasks that need them, never at parse time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowSkipException
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+FAMILIES = ["popularity", "als", "lightfm", "tfrs"]
+DB_CONN_ID = "recjobs_db"
+
+
+def _database_url() -> str | None:
+    """The recommendations database from the ``recjobs_db`` connection, if one is defined."""
+    from airflow.sdk import BaseHook
+
+    try:
+        return BaseHook.get_connection(DB_CONN_ID).get_uri()
+    except Exception:  # not defined: fall back to RECJOBS_DATABASE_URL / the embedded default
+        return None
+
+
+def _settings(params: dict[str, Any]):  # noqa: ANN202 - recjobs.settings.Settings, imported lazily
+    from recjobs.settings import load_settings
+
+    overrides: dict[str, Any] = {
+        "families": params.get("families") or None,
+        "train_window_days": params.get("train_window_days"),
+        "database_url": _database_url(),
+    }
+    return load_settings(overrides)
+
+
+def _run_date(context: dict[str, Any]) -> str:
+    """The partition this run computes: the params' run_date, else the data interval's start day."""
+    override = context["params"].get("run_date")
+    if override:
+        return dt.date.fromisoformat(override).isoformat()
+    start = context.get("data_interval_start") or context["logical_date"]
+    return start.date().isoformat()
+
+
+@dag(
+    dag_id="recs_nightly",
+    # A data-interval timetable: each run covers one whole UTC day and its logical
+    # date names that day (a plain cron string would give a zero-length interval).
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=2)},
+    params={
+        "families": Param(FAMILIES, type="array", items={"enum": FAMILIES}, minItems=1,
+                          description="Model families to train tonight."),
+        "run_date": Param(None, type=["null", "string"], format="date",
+                          description="Compute this date instead of the run's data interval (YYYY-MM-DD)."),
+        "train_window_days": Param(None, type=["null", "integer"], minimum=1,
+                                   description="Train on the last N days only (default: all history)."),
+    },
+    tags=["recjobs"],
+    doc_md=__doc__,
+)
+def recs_nightly() -> None:
+    @task
+    def ingest() -> int:
+        from recjobs.ingest import ingest_inbox
+        from recjobs.pipeline import engine_for
+
+        settings = _settings(get_current_context()["params"])
+        reports = ingest_inbox(settings, engine_for(settings))
+        for r in reports:
+            print(r.summary())
+        return sum(r.rows_valid for r in reports)
+
+    @task
+    def split() -> str:
+        from recjobs.pipeline import prepare
+
+        context = get_current_context()
+        return str(prepare(_settings(context["params"]), _run_date(context)))
+
+    def train_and_evaluate(family: str):  # noqa: ANN202 - returns the two task objects
+        @task(task_id=f"train_{family}")
+        def train() -> str:
+            from recjobs.pipeline import engine_for, record_failure, train_candidate
+
+            context = get_current_context()
+            settings = _settings(context["params"])
+            if family not in settings.families:
+                raise AirflowSkipException(f"{family} not in params.families")
+            engine = engine_for(settings)
+            try:
+                return str(train_candidate(settings, engine, _run_date(context), family))
+            except Exception as exc:
+                record_failure(engine, _run_date(context), family, exc)
+                raise
+
+        @task(task_id=f"evaluate_{family}")
+        def evaluate() -> float:
+            from recjobs.pipeline import engine_for, evaluate_candidate
+
+            context = get_current_context()
+            settings = _settings(context["params"])
+            return evaluate_candidate(settings, engine_for(settings), _run_date(context), family).ndcg
+
+        return train(), evaluate()
+
+    # all_done: a family that failed must not stop the others from being gated and published.
+    @task(trigger_rule="all_done")
+    def promote() -> str:
+        from recjobs.pipeline import engine_for
+        from recjobs.pipeline import promote as gate
+
+        context = get_current_context()
+        settings = _settings(context["params"])
+        decision = gate(settings, engine_for(settings), _run_date(context))
+        print(decision.reason)
+        return decision.family
+
+    @task
+    def train_champion() -> str:
+        from recjobs.pipeline import engine_for, train_final
+
+        context = get_current_context()
+        settings = _settings(context["params"])
+        return str(train_final(settings, engine_for(settings), _run_date(context)))
+
+    @task
+    def publish() -> int:
+        from recjobs.pipeline import engine_for
+        from recjobs.pipeline import publish as publish_lists
+
+        context = get_current_context()
+        settings = _settings(context["params"])
+        results = publish_lists(settings, engine_for(settings), _run_date(context))
+        for r in results:
+            print(f"{r.kind}: {r.rows} rows in {r.table_name} ({'live' if r.live else 'history only'})")
+        return results[0].rows
+
+    prepared = split()
+    ingest() >> prepared
+    gate = promote()
+    for family in FAMILIES:
+        trained, evaluated = train_and_evaluate(family)
+        prepared >> trained >> evaluated >> gate
+    gate >> train_champion() >> publish()
+
+
+recs_nightly()

@@ -1,0 +1,121 @@
+"""Shared fixtures: isolated settings, generated data, real SQLite and PostgreSQL databases."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from recjobs.settings import Settings, load_settings
+from recjobs.synthetic import SyntheticSpec, generate, write_inbox
+
+ROOT = Path(__file__).resolve().parents[1]
+ML100K = Path(os.environ.get("RECJOBS_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
+PG_BIN = Path(os.environ.get("RECJOBS_PG_BIN", "/usr/lib/postgresql/15/bin"))
+SMALL = SyntheticSpec(n_users=120, n_items=80, mean_interactions=25, days=60, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests must not pick up a developer's own RECJOBS_* settings.
+    for name in list(os.environ):
+        if name.startswith("RECJOBS_") and name not in {"RECJOBS_TEST_POSTGRES_URL", "RECJOBS_ML100K"}:
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings({"home": str(tmp_path / "home")}, environ={})
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[sa.Engine]:
+    from recjobs.pipeline import engine_for
+
+    eng = engine_for(settings)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    return generate(SMALL)
+
+
+@pytest.fixture
+def small_inbox(settings: Settings) -> list[Path]:
+    return write_inbox(settings.inbox, SMALL)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    # initdb refuses to run as root; run the server tools as the postgres user then.
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *cmd]
+    return cmd
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """URL of a real PostgreSQL server: RECJOBS_TEST_POSTGRES_URL, or a throwaway cluster."""
+    url = os.environ.get("RECJOBS_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"no PostgreSQL server binaries at {PG_BIN} and RECJOBS_TEST_POSTGRES_URL unset")
+    if os.geteuid() == 0 and shutil.which("runuser") is None:
+        pytest.skip("running as root without runuser: cannot start PostgreSQL as another user")
+    base = Path(tempfile.mkdtemp(prefix="recjobs-pg-"))
+    data = base / "data"
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    port = _free_port()
+    subprocess.run(_as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                                 "--no-sync", "-E", "UTF8"]), check=True, capture_output=True)
+    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(base / "log"), "-w", "-o",
+                                 f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]),
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty database on the test server for one test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = sa.engine.make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    yield url
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False

@@ -1,0 +1,127 @@
+"""Publishing to real SQLite and PostgreSQL: atomic swaps, retention, rollback, backfills."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from recjobs import columns as C
+from recjobs.db import ensure_schema, make_engine
+from recjobs.publish import live_version, publish_list, rollback
+from tests.conftest import wait_for
+
+USERS = 400
+TOP = 25
+
+
+def frames(version: str, offset: int = 0, chunk: int = 50, pause: threading.Event | None = None):  # noqa: ANN201
+    """A ranked list per user, yielded in chunks (optionally waiting, to hold the load open)."""
+    for lo in range(0, USERS, chunk):
+        users = [f"u{u:04d}" for u in range(lo, min(lo + chunk, USERS))]
+        yield pd.DataFrame({
+            C.USER: [u for u in users for _ in range(TOP)],
+            C.ITEM: [f"i{(r + offset) % 97}" for _ in users for r in range(TOP)],
+            C.RANK: [r + 1 for _ in users for r in range(TOP)],
+            C.SCORE: [1.0 / (r + 1) for _ in users for r in range(TOP)],
+            C.MODEL_VERSION: version,
+        })
+        if pause is not None:
+            pause.wait(0.05)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):  # noqa: ANN001, ANN201
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'recs.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    engine = make_engine(url)
+    ensure_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+def snapshot(engine) -> tuple[int, set[str]]:  # noqa: ANN001
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT model_version, COUNT(*) AS n FROM recommendations GROUP BY model_version")).all()
+    return sum(r.n for r in rows), {r.model_version for r in rows}
+
+
+def test_empty_view_exists_before_first_publish(db):
+    assert snapshot(db) == (0, set())
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM similar_items")).scalar_one() == 0
+
+
+def test_reader_never_sees_partial_set_during_publish(db):
+    publish_list(db, "recommendations", "2026-01-01", "v1", frames("v1"))
+    reader = make_engine(db.url.render_as_string(hide_password=False))
+    seen: Counter[tuple[int, frozenset[str]]] = Counter()
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                total, versions = snapshot(reader)
+                seen[(total, frozenset(versions))] += 1
+        except BaseException as exc:  # surfaced in the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        # The pause between chunks keeps the load transaction open while the reader reads.
+        result = publish_list(db, "recommendations", "2026-01-02", "v2", frames("v2", 3, pause=threading.Event()))
+        assert wait_for(lambda: seen[(USERS * TOP, frozenset({"v2"}))] > 0, timeout=10)
+    finally:
+        done.set()
+        thread.join(30)
+        reader.dispose()
+    assert not errors, errors
+    assert result.live and result.rows == USERS * TOP
+    assert set(seen) <= {(USERS * TOP, frozenset({"v1"})), (USERS * TOP, frozenset({"v2"}))}, seen
+    assert seen[(USERS * TOP, frozenset({"v1"}))] > 0
+    assert snapshot(db) == (USERS * TOP, {"v2"})
+
+
+def test_retention_keeps_last_versions_and_rollback_restores_previous(db):
+    for n in range(1, 5):
+        publish_list(db, "recommendations", f"2026-01-0{n}", f"v{n}", frames(f"v{n}", n), keep_versions=2)
+    tables = set(sa.inspect(db).get_table_names())
+    kept = {t for t in tables if t.startswith("recommendations_v") and t != "recommendations_v0"}
+    assert len(kept) == 2
+    assert snapshot(db)[1] == {"v4"}
+    old, new = rollback(db)
+    assert snapshot(db) == (USERS * TOP, {"v3"})
+    assert live_version(db).model_version == "v3"
+    with pytest.raises(RuntimeError, match="no earlier kept version"):
+        rollback(db)
+
+
+def test_backfill_of_older_date_is_history_and_never_replaces_live(db):
+    publish_list(db, "recommendations", "2026-01-05", "new", frames("new"))
+    result = publish_list(db, "recommendations", "2026-01-03", "old", frames("old", 1))
+    assert not result.live
+    assert snapshot(db)[1] == {"new"}
+    with db.connect() as conn:
+        hist = dict(conn.execute(sa.text(
+            "SELECT run_date, COUNT(*) FROM recommendations_history GROUP BY run_date")).all())
+    assert hist == {"2026-01-03": USERS * TOP, "2026-01-05": USERS * TOP}
+    # A rerun of the live date replaces its history rows rather than adding to them.
+    publish_list(db, "recommendations", "2026-01-05", "new", frames("new"))
+    with db.connect() as conn:
+        n = conn.execute(sa.text("SELECT COUNT(*) FROM recommendations_history WHERE run_date='2026-01-05'")).scalar_one()
+    assert n == USERS * TOP
+
+
+def test_app_query_reads_one_users_list_in_rank_order(db):
+    publish_list(db, "recommendations", "2026-01-01", "v1", frames("v1"))
+    with db.connect() as conn:
+        rows = conn.execute(sa.text("SELECT item_id, score FROM recommendations WHERE user_id = :u ORDER BY rank"),
+                            {"u": "u0007"}).all()
+    assert len(rows) == TOP and rows[0].score == 1.0 and rows[1].score == 0.5
