@@ -94,9 +94,9 @@ class TFRSParams(_Strict):
     embedding_dim: int = Field(64, gt=0)
     use_features: bool = True
     batch_size: int = Field(1024, gt=0)
-    learning_rate: float = Field(0.05, gt=0.0)
+    learning_rate: float = Field(0.1, gt=0.0)
     optimizer: Literal["adagrad", "adam"] = "adagrad"
-    temperature: float = Field(0.1, gt=0.0)
+    temperature: float = Field(0.2, gt=0.0)
     sampling_correction: bool = True
     remove_accidental_hits: bool = True
     l2: float = Field(0.0, ge=0.0)

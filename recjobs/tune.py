@@ -42,7 +42,7 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "use_user_features": [True, False],
     },
     "tfrs": {
-        "temperature": [0.05, 0.1, 0.2],
+        "temperature": [0.05, 0.1, 0.2, 0.3, 0.5],
         "learning_rate": [0.05, 0.1],
         "use_features": [True, False],
     },

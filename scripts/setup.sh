@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv with everything recjobs needs (Airflow, TensorFlow, implicit, LightFM, test tools),
+# pinned by requirements.lock. Safe to rerun. Regenerate the lock after changing pyproject.toml:
+#   uv pip compile pyproject.toml --extra all --python-version 3.11 \
+#       --python-platform x86_64-unknown-linux-gnu -o requirements.lock
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if ! command -v uv >/dev/null 2>&1; then
+  echo "setup: installing uv (fast resolver/installer) with pip" >&2
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check uv
+fi
+UV=$(command -v uv || echo "$PYTHON -m uv")
+[ -x .venv/bin/python ] || $UV venv --quiet --python "$PYTHON" .venv
+$UV pip install --quiet --python .venv/bin/python -r requirements.lock
+$UV pip install --quiet --python .venv/bin/python --no-deps -e .
+echo "setup: .venv ready ($(.venv/bin/python --version))" >&2

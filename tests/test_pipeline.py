@@ -1,0 +1,109 @@
+"""The whole pipeline on generated data: CLI, reruns, the gate, a family that fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+from recjobs.pipeline import engine_for, promote, run_pipeline
+from recjobs.settings import load_settings
+from tests.conftest import ROOT
+
+DAY = "2026-01-31"
+FAST = {
+    "families": ["popularity", "als", "lightfm"],
+    "models": {"lightfm": {"epochs": 10}},
+    "publish": {"top_n": 10},
+}
+
+
+def recs(engine) -> pd.DataFrame:  # noqa: ANN001
+    with engine.connect() as conn:
+        return pd.read_sql(
+            "SELECT user_id, item_id, rank, score, model_version FROM recommendations ORDER BY user_id, rank", conn)
+
+
+def runs(engine, stage: str) -> pd.DataFrame:  # noqa: ANN001
+    with engine.connect() as conn:
+        return pd.read_sql(sa.text("SELECT * FROM model_runs WHERE stage = :s ORDER BY run_date, family"), conn,
+                           params={"s": stage})
+
+
+def test_rerun_of_a_date_reproduces_metrics_and_recommendations(tmp_path, small_inbox):
+    settings = load_settings({"home": str(tmp_path / "home"), **FAST}, environ={})
+    first = run_pipeline(settings, DAY)
+    engine = engine_for(settings)
+    recs1, cands1 = recs(engine), runs(engine, "candidate")
+    parts1 = {p.name: p.read_bytes() for p in settings.ratings_dir.rglob("*.parquet")}
+    assert len(recs1) == 120 * 10 and recs1["model_version"].nunique() == 1
+    assert set(cands1["status"]) <= {"promoted", "rejected"} and (cands1["status"] == "promoted").sum() == 1
+    assert first.decision.promoted and "first run" in first.decision.reason
+
+    second = run_pipeline(settings, DAY)
+    pd.testing.assert_frame_equal(recs(engine), recs1)
+    cands2 = runs(engine, "candidate")
+    cols = ["family", "model_version", "ndcg_at_k", "precision_at_k", "map_at_k", "coverage", "status"]
+    pd.testing.assert_frame_equal(cands2[cols], cands1[cols])
+    assert {p.name: p.read_bytes() for p in settings.ratings_dir.rglob("*.parquet")} == parts1
+    assert second.decision == first.decision
+    assert len(runs(engine, "gate")) == 1  # the rerun replaced, not added
+
+
+def test_gate_keeps_champion_unless_beaten_by_margin(tmp_path, small_inbox):
+    settings = load_settings({"home": str(tmp_path / "home"), **FAST}, environ={})
+    first = run_pipeline(settings, "2026-01-30")
+    champion = first.decision.family
+    strict = settings.model_copy(update={"gate": settings.gate.model_copy(update={"margin": 1.0})})
+    run_pipeline(strict, DAY)
+    engine = engine_for(settings)
+    gate = runs(engine, "gate").set_index("run_date")
+    assert gate.loc[DAY, "family"] == champion and gate.loc[DAY, "status"] == "champion_kept"
+    assert "kept" in gate.loc[DAY, "reason"]
+    # A challenger only: the champion's family has no candidate, so the best one takes over.
+    others = [f for f in FAST["families"] if f != champion]
+    narrow = strict.model_copy(update={"families": others})
+    decision = promote(narrow, engine, DAY)
+    assert decision.promoted and decision.family in others and "has no candidate" in decision.reason
+
+
+def test_cli_run_publishes_from_the_families_that_succeed_when_tensorflow_is_missing(tmp_path, small_inbox):
+    # A real "TensorFlow not installed": an import of tensorflow fails in the child process.
+    blocker = tmp_path / "no_tf"
+    (blocker / "tensorflow").mkdir(parents=True)
+    (blocker / "tensorflow" / "__init__.py").write_text("raise ImportError('No module named tensorflow')\n")
+    env = {**os.environ, "RECJOBS_HOME": str(tmp_path / "home"), "PYTHONPATH": str(blocker),
+           "RECJOBS_FAMILIES": '["popularity", "als", "tfrs"]', "RECJOBS_PUBLISH__TOP_N": "5"}
+    out = subprocess.run([sys.executable, "-m", "recjobs.cli", "run", "--date", DAY], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 3, out.stderr[-3000:]
+    assert "tfrs" in out.stdout and "FAILED" in out.stdout and "No module named tensorflow" in out.stdout
+    settings = load_settings({"home": str(tmp_path / "home")}, environ={})
+    engine = engine_for(settings)
+    cands = runs(engine, "candidate").set_index("family")
+    assert cands.loc["tfrs", "status"] == "failed"
+    assert set(cands.drop(index="tfrs")["status"]) <= {"promoted", "rejected"}
+    assert len(recs(engine)) == 120 * 5
+
+
+def test_cli_reports_missing_data_and_bad_settings_clearly(tmp_path):
+    env = {**os.environ, "RECJOBS_HOME": str(tmp_path / "home")}
+    out = subprocess.run([sys.executable, "-m", "recjobs.cli", "split", "--date", DAY], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "ingest some first" in out.stderr
+    env["RECJOBS_MODELS__ALS__FACTOR"] = "8"
+    out = subprocess.run([sys.executable, "-m", "recjobs.cli", "settings"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "RECJOBS_MODELS__ALS__FACTOR" in out.stderr
+
+
+def test_schema_files_match_the_code():
+    from recjobs.db import schema_sql
+
+    for dialect in ("sqlite", "postgresql"):
+        path = Path(ROOT / "sql" / f"schema_{dialect}.sql")
+        assert path.read_text() == schema_sql(dialect), f"regenerate {path}: recjobs schema --dialect {dialect}"

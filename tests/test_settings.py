@@ -1,0 +1,53 @@
+"""Settings: embedded defaults, environment overrides, unknown keys rejected."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recjobs.settings import SettingsError, load_settings
+
+
+def test_defaults_and_derived_paths(tmp_path):
+    s = load_settings({"home": str(tmp_path)}, environ={})
+    assert s.db_url == f"sqlite:///{tmp_path / 'recjobs.db'}"
+    assert s.inbox == tmp_path / "inbox" and s.ratings_dir == tmp_path / "lake" / "ratings"
+    assert s.evaluate.k == 10 and s.publish.top_n == 50 and s.ingest.max_invalid_share == 0.01
+    assert s.families == ["popularity", "als", "lightfm", "tfrs"]
+
+
+def test_environment_overrides_nested_values(tmp_path):
+    env = {
+        "RECJOBS_HOME": str(tmp_path),
+        "RECJOBS_DATABASE_URL": "postgresql://u:p@db/recs",
+        "RECJOBS_MODELS__ALS__FACTORS": "16",
+        "RECJOBS_FAMILIES": '["tfrs", "als"]',
+    }
+    s = load_settings(environ=env)
+    assert s.database_url == "postgresql://u:p@db/recs" and s.db_url == "postgresql://u:p@db/recs"
+    assert s.models.als.factors == 16
+    assert s.families == ["als", "tfrs"]  # registry order, whatever the input order
+    # Explicit overrides (Airflow params, CLI --set) win over the environment.
+    assert load_settings({"models": {"als": {"factors": 8}}}, environ=env).models.als.factors == 8
+
+
+def test_config_file_layer(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"publish": {"top_n": 7}}))
+    assert load_settings(environ={"RECJOBS_CONFIG": str(cfg)}).publish.top_n == 7
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env", "needle"),
+    [
+        ({}, {"RECJOBS_MODELS__ALS__FACTOR": "8"}, "RECJOBS_MODELS__ALS__FACTOR"),
+        ({"publsh": {"top_n": 3}}, {}, "publsh"),
+        ({"families": ["als", "svd"]}, {}, "unknown model families ['svd']"),
+        ({"ingest": {"max_invalid_share": 2}}, {}, "ingest.max_invalid_share"),
+    ],
+)
+def test_bad_settings_are_rejected_naming_the_key(overrides, env, needle):
+    with pytest.raises(SettingsError) as err:
+        load_settings(overrides, environ=env)
+    assert needle in str(err.value)
