@@ -59,8 +59,8 @@ def _run_date(context: dict[str, Any]) -> str:
     max_active_runs=1,
     default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=2)},
     params={
-        "families": Param(FAMILIES, type="array", items={"enum": FAMILIES}, minItems=1,
-                          description="Model families to train tonight."),
+        "families": Param(None, type=["null", "array"], items={"enum": FAMILIES}, minItems=1,
+                          description="Model families to train (default: the settings', RECJOBS_FAMILIES)."),
         "run_date": Param(None, type=["null", "string"], format="date",
                           description="Compute this date instead of the run's data interval (YYYY-MM-DD)."),
         "train_window_days": Param(None, type=["null", "integer"], minimum=1,
@@ -115,7 +115,9 @@ def recs_nightly() -> None:
         return train(), evaluate()
 
     # all_done: a family that failed must not stop the others from being gated and published.
-    @task(trigger_rule="all_done")
+    # depends_on_past: the gate compares with the champion decided by the previous date's
+    # gate, so gates run in date order even when a backfill runs several dates at once.
+    @task(trigger_rule="all_done", depends_on_past=True)
     def promote() -> str:
         from recjobs.pipeline import engine_for
         from recjobs.pipeline import promote as gate

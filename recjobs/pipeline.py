@@ -269,9 +269,11 @@ def promote(settings: Settings, engine: Engine, run_date: str | dt.date) -> Gate
                       f"{champ_score:.4f} by more than the margin {settings.gate.margin}")
         else:
             winner, promoted = champ, False
-            reason = (f"champion {champ.family} kept ({name}={champ_score:.4f}); best challenger "
-                      f"{best.family if best.family != champ.family else 'none'} "
-                      f"did not beat it by the margin {settings.gate.margin}")
+            if best.family == champ.family:
+                reason = f"champion {champ.family} kept: it is the best candidate ({name}={champ_score:.4f})"
+            else:
+                reason = (f"champion {champ.family} kept ({name}={champ_score:.4f}): best challenger "
+                          f"{best.family} ({best_score:.4f}) does not beat it by the margin {settings.gate.margin}")
     with engine.begin() as conn:
         for r in rows:
             status = ("promoted" if promoted else "champion_kept") if r.family == winner.family else "rejected"

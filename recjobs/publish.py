@@ -94,6 +94,13 @@ def _bulk_load(conn: Connection, table_name: str, columns: list[str], frames: It
     return rows
 
 
+def _lock_swaps(conn: Connection, kind: str) -> None:
+    """Serialise swaps of one list, so the newer-date check and the swap act as one step."""
+    # SQLite: BEGIN IMMEDIATE already holds the database's single write lock.
+    if not _is_sqlite(conn):
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"recjobs:{kind}"})
+
+
 def _live(conn: Connection, kind: str) -> sa.Row | None:
     return conn.execute(
         sa.select(publications).where(publications.c.kind == kind, publications.c.is_live.is_(True))
@@ -155,6 +162,7 @@ def publish_list(
     log.info("loaded %d rows into %s", n_rows, table.name)
 
     with _write_tx(engine) as conn:
+        _lock_swaps(conn, kind)
         live = _live(conn, kind)
         make_live = live is None or live.run_date <= run_date
         if make_live:
@@ -193,6 +201,7 @@ def prune(engine: Engine, kind: str, keep_versions: int) -> list[str]:
 def rollback(engine: Engine, kind: str = "recommendations") -> tuple[str, str]:
     """Repoint ``kind`` at the previous kept version; returns (old table, new table)."""
     with _write_tx(engine) as conn:
+        _lock_swaps(conn, kind)
         live = _live(conn, kind)
         if live is None:
             raise RuntimeError(f"nothing published for {kind}: no version to roll back from")

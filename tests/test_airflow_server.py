@@ -1,0 +1,171 @@
+"""A real Airflow (scheduler, API server with our plugin, dag-processor, triggerer).
+
+One module-scoped `airflow standalone` (SQLite metadata DB, LocalExecutor) serves two
+tests: a backfill of three past dates through the scheduler, and the dashboard page
+opened in headless Chromium, which must show the champion and charts built from those
+runs. The processes are started and stopped here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from recjobs.db import make_engine
+from recjobs.pipeline import run_pipeline
+from recjobs.settings import load_settings
+from recjobs.synthetic import write_inbox
+from tests.conftest import ROOT, SMALL, _free_port, wait_for
+
+BIN = Path(sys.executable).parent
+ARTIFACTS = ROOT / "test-artifacts"
+BACKFILL = ["2026-01-28", "2026-01-29", "2026-01-30"]
+LIVE_DATE = "2026-01-31"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status
+    except Exception:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
+    if not (BIN / "airflow").exists():
+        pytest.skip(f"airflow is not installed in {BIN}")
+    base = tmp_path_factory.mktemp("standalone")
+    port = _free_port()
+    home = base / "recjobs"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECJOBS_"))},
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW_HOME": str(base / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        # No run for "yesterday" when the DAG is unpaused: only the backfill's runs.
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "RECJOBS_HOME": str(home),
+        "RECJOBS_FAMILIES": '["popularity", "als", "lightfm"]',
+        "RECJOBS_MODELS__LIGHTFM__EPOCHS": "10",
+        "RECJOBS_PUBLISH__TOP_N": "10",
+    }
+    write_inbox(home / "inbox", SMALL)
+    # The newest date is published first, as the nightly run would have done.
+    settings = load_settings(environ={k: v for k, v in env.items() if k.startswith("RECJOBS_")})
+    run_pipeline(settings, LIVE_DATE)
+    log = open(base / "standalone.log", "w")  # noqa: SIM115 - closed in teardown
+    proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        up = wait_for(lambda: _get(f"http://127.0.0.1:{port}/api/v2/monitor/health") == 200, timeout=240, interval=2)
+        assert up, (base / "standalone.log").read_text()[-4000:]
+
+        def unpaused() -> bool:
+            out = subprocess.run([str(BIN / "airflow"), "dags", "unpause", "recs_nightly"], env=env,
+                                 capture_output=True, text=True, timeout=120)
+            return out.returncode == 0
+
+        assert wait_for(unpaused, timeout=180, interval=5), "recs_nightly was never parsed"
+        yield {"env": env, "port": port, "settings": settings, "base": base}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _runs(airflow_home: Path) -> dict[str, str]:
+    with sqlite3.connect(airflow_home / "airflow.db") as conn:
+        rows = conn.execute("SELECT logical_date, state FROM dag_run WHERE dag_id = 'recs_nightly'").fetchall()
+    return {str(d)[:10]: s for d, s in rows}
+
+
+def test_backfill_through_the_scheduler_keeps_dated_history_and_live_newest(airflow_server):
+    env = airflow_server["env"]
+    out = subprocess.run([str(BIN / "airflow"), "backfill", "create", "--dag-id", "recs_nightly",
+                          "--from-date", BACKFILL[0], "--to-date", BACKFILL[-1]],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    home = Path(env["AIRFLOW_HOME"])
+    finished = wait_for(lambda: len(_runs(home)) == 3 and all(s in ("success", "failed") for s in _runs(home).values()),
+                        timeout=900, interval=5)
+    assert finished, _runs(home)
+    assert _runs(home) == dict.fromkeys(BACKFILL, "success")
+
+    engine = make_engine(airflow_server["settings"].db_url)
+    with engine.connect() as conn:
+        history = dict(conn.execute(sa.text(
+            "SELECT run_date, COUNT(*) FROM recommendations_history GROUP BY run_date")).all())
+        gates = pd.read_sql("SELECT run_date, family, status FROM model_runs WHERE stage = 'gate'", conn)
+        cands = pd.read_sql("SELECT run_date, family FROM model_runs WHERE stage = 'candidate'", conn)
+        live = conn.execute(sa.text("SELECT DISTINCT model_version FROM recommendations")).scalars().all()
+        live_date = conn.execute(sa.text(
+            "SELECT run_date FROM publications WHERE kind = 'recommendations' AND is_live = :t"), {"t": True}).scalar_one()
+    assert history == dict.fromkeys([*BACKFILL, LIVE_DATE], SMALL.n_users * 10)
+    assert sorted(gates["run_date"]) == sorted([*BACKFILL, LIVE_DATE])
+    assert cands.groupby("run_date").size().to_dict() == dict.fromkeys([*BACKFILL, LIVE_DATE], 3)
+    # The backfilled (older) dates never replaced the newest live set.
+    assert live_date == LIVE_DATE and len(live) == 1 and "20260131" in live[0]
+    # Each date used only data before its own end: the splits differ by date.
+    snaps = [Path(airflow_server["settings"].runs_dir / d / "snapshot.json").read_text() for d in BACKFILL]
+    assert len(set(snaps)) == 3
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (scripts/setup_system.sh installs it)")
+def test_dashboard_page_in_headless_chromium(airflow_server):
+    from playwright.sync_api import sync_playwright
+
+    port = airflow_server["port"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    # The plugin registers a nav entry in the Airflow UI...
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/plugins", timeout=10) as resp:
+        plugins = resp.read().decode()
+    assert "recjobs_dashboard" in plugins and '"href":"/recjobs/"' in plugins.replace(" ", "")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(f"http://127.0.0.1:{port}/recjobs/?user=u7", wait_until="load")
+        champion = page.locator("#champion").inner_text()
+        assert "Champion" in champion and "champion since" in champion
+        assert "20260131" in champion  # the live model is the newest date's
+        ndcg = page.locator("svg.chart[data-metric='ndcg_at_k']")
+        assert ndcg.is_visible()
+        # Three families on four dates, each a point, joined by one line per family.
+        assert ndcg.locator("circle").count() == 12
+        assert ndcg.locator("polyline").count() == 3
+        assert page.locator("#gate tbody tr").count() >= 4
+        assert page.locator("#ingest tbody tr").count() >= 1
+        recs = page.locator("#user-recs tbody tr")
+        assert recs.count() == 10 and "Item " in recs.first.inner_text()  # titles from the items table
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        # ...and the page as it appears inside the Airflow UI.
+        ui = browser.new_page(viewport={"width": 1400, "height": 1000})
+        ui.goto(f"http://127.0.0.1:{port}/plugin/recjobs", wait_until="networkidle")
+        time.sleep(2)
+        ui.screenshot(path=str(ARTIFACTS / "dashboard_in_airflow_ui.png"))
+        browser.close()
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
