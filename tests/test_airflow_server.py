@@ -118,13 +118,17 @@ def test_backfill_through_the_scheduler_keeps_dated_history_and_live_newest(airf
     with engine.connect() as conn:
         history = dict(conn.execute(sa.text(
             "SELECT run_date, COUNT(*) FROM recommendations_history GROUP BY run_date")).all())
-        gates = pd.read_sql("SELECT run_date, family, status FROM model_runs WHERE stage = 'gate'", conn)
+        gates = pd.read_sql("SELECT run_date, family, status, reason FROM model_runs WHERE stage = 'gate'", conn)
         cands = pd.read_sql("SELECT run_date, family FROM model_runs WHERE stage = 'candidate'", conn)
         live = conn.execute(sa.text("SELECT DISTINCT model_version FROM recommendations")).scalars().all()
         live_date = conn.execute(sa.text(
             "SELECT run_date FROM publications WHERE kind = 'recommendations' AND is_live = :t"), {"t": True}).scalar_one()
     assert history == dict.fromkeys([*BACKFILL, LIVE_DATE], SMALL.n_users * 10)
     assert sorted(gates["run_date"]) == sorted([*BACKFILL, LIVE_DATE])
+    # Gates ran in date order: each backfilled date after the first compared with its predecessor's champion.
+    reasons = gates.set_index("run_date")["reason"]
+    assert "first run" in reasons[BACKFILL[0]]
+    assert all("first run" not in reasons[d] for d in BACKFILL[1:]), reasons.to_dict()
     assert cands.groupby("run_date").size().to_dict() == dict.fromkeys([*BACKFILL, LIVE_DATE], 3)
     # The backfilled (older) dates never replaced the newest live set.
     assert live_date == LIVE_DATE and len(live) == 1 and "20260131" in live[0]

@@ -10,9 +10,9 @@ import pytest
 import sqlalchemy as sa
 
 from recjobs import columns as C
-from recjobs.db import ensure_schema, make_engine
+from recjobs.db import ensure_schema, make_engine, popular_items
 from recjobs.publish import live_version, publish_list, rollback
-from tests.conftest import wait_for
+from tests.conftest import ROOT, wait_for
 
 USERS = 400
 TOP = 25
@@ -125,3 +125,48 @@ def test_app_query_reads_one_users_list_in_rank_order(db):
         rows = conn.execute(sa.text("SELECT item_id, score FROM recommendations WHERE user_id = :u ORDER BY rank"),
                             {"u": "u0007"}).all()
     assert len(rows) == TOP and rows[0].score == 1.0 and rows[1].score == 0.5
+
+
+def _queries() -> list[str]:
+    text = (ROOT / "sql" / "queries.sql").read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    return [q.strip() for q in body.split(";") if q.strip()]
+
+
+def test_every_example_query_runs_on_published_data(db):
+    publish_list(db, "recommendations", "2026-01-01", "v1", frames("v1"))
+    publish_list(db, "similar_items", "2026-01-01", "v1", (
+        f.rename(columns={C.USER: C.ITEM, C.ITEM: C.SIMILAR_ITEM}) for f in frames("v1")))
+    with db.begin() as conn:
+        conn.execute(popular_items.insert(), [{C.RANK: r, C.ITEM: f"i{r}", C.SCORE: 10.0 - r, C.RUN_DATE: "2026-01-01"}
+                                              for r in range(1, 6)])
+    params = {"user_id": "u0003", "item_id": "u0003", "run_date": "2026-01-01"}
+    queries = _queries()
+    assert len(queries) == 6
+    with db.connect() as conn:
+        results = [conn.execute(sa.text(q), {k: v for k, v in params.items() if f":{k}" in q}).all() for q in queries]
+        unknown = conn.execute(sa.text(queries[1]), {"user_id": "nobody"}).all()
+    assert [len(r) for r in results[:4]] == [10, 10, 10, TOP]
+    assert {r.source for r in results[1]} == {"personal"}
+    assert [r.source for r in unknown] == ["popular"] * 5 and unknown[0].item_id == "i1"
+    assert results[4][0].model_version == "v1"
+
+
+def test_cli_rollback_repoints_live_lists_and_records_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = make_engine(url)
+    ensure_schema(engine)
+    publish_list(engine, "recommendations", "2026-01-01", "als-20260101-full-a", frames("als-20260101-full-a"))
+    publish_list(engine, "recommendations", "2026-01-02", "als-20260102-full-b", frames("als-20260102-full-b", 2))
+    env = {**os.environ, "RECJOBS_HOME": str(tmp_path), "RECJOBS_DATABASE_URL": url}
+    out = subprocess.run([sys.executable, "-m", "recjobs.cli", "rollback"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert snapshot(engine) == (USERS * TOP, {"als-20260101-full-a"})
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT family, status, reason FROM model_runs WHERE stage = 'rollback'")).one()
+    assert row.family == "als" and "rolled back" in row.reason
