@@ -14,14 +14,13 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -322,42 +321,44 @@ def train_final(settings: Settings, engine: Engine, run_date: str | dt.date) -> 
     return path
 
 
-def _user_frames(model: Recommender, seen: Interactions, n: int, chunk: int) -> Iterator[pd.DataFrame]:
-    total = len(model.user_ids)
+def _ranked_frames(
+    keys: np.ndarray,
+    targets: np.ndarray,
+    rank: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    columns: tuple[str, str],
+    chunk: int,
+    version: str,
+) -> Iterator[pd.DataFrame]:
+    """Long (key, target, rank, score, version) frames, ``chunk`` keys at a time, with progress."""
+    total = len(keys)
     started = time.perf_counter()
     next_report = 0.0
     for lo in range(0, total, chunk):
         rows = np.arange(lo, min(lo + chunk, total))
-        top, scores = model.recommend(rows, n, exclude=seen.matrix)
+        top, scores = rank(rows)
         valid = top >= 0
-        rank = np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)
+        ranks = np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)
         yield pd.DataFrame({
-            C.USER: np.repeat(model.user_ids[rows], valid.sum(axis=1)),
-            C.ITEM: model.item_ids[top[valid]],
-            C.RANK: rank[valid],
+            columns[0]: np.repeat(keys[rows], valid.sum(axis=1)),
+            columns[1]: targets[top[valid]],
+            C.RANK: ranks[valid],
             C.SCORE: scores[valid].astype(np.float64),
-            C.MODEL_VERSION: model.info.get("model_version", ""),
+            C.MODEL_VERSION: version,
         })
         elapsed = time.perf_counter() - started
         if elapsed >= next_report:
-            log.info("scored %d/%d users (%.0f users/s)", rows[-1] + 1, total, (rows[-1] + 1) / max(elapsed, 1e-9))
+            log.info("ranked %d/%d %s (%.0f/s)", rows[-1] + 1, total, columns[0], (rows[-1] + 1) / max(elapsed, 1e-9))
             next_report = elapsed + 10
 
 
+def _user_frames(model: Recommender, seen: Interactions, n: int, chunk: int) -> Iterator[pd.DataFrame]:
+    return _ranked_frames(model.user_ids, model.item_ids, lambda rows: model.recommend(rows, n, exclude=seen.matrix),
+                          (C.USER, C.ITEM), chunk, model.info.get("model_version", ""))
+
+
 def _item_frames(model: Recommender, n: int, chunk: int) -> Iterator[pd.DataFrame]:
-    total = len(model.item_ids)
-    for lo in range(0, total, chunk):
-        rows = np.arange(lo, min(lo + chunk, total))
-        top, scores = model.similar_items(rows, n)
-        valid = top >= 0
-        rank = np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)
-        yield pd.DataFrame({
-            C.ITEM: np.repeat(model.item_ids[rows], valid.sum(axis=1)),
-            C.SIMILAR_ITEM: model.item_ids[top[valid]],
-            C.RANK: rank[valid],
-            C.SCORE: scores[valid].astype(np.float64),
-            C.MODEL_VERSION: model.info.get("model_version", ""),
-        })
+    return _ranked_frames(model.item_ids, model.item_ids, lambda rows: model.similar_items(rows, n),
+                          (C.ITEM, C.SIMILAR_ITEM), chunk, model.info.get("model_version", ""))
 
 
 def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list[PublishResult]:
@@ -449,5 +450,5 @@ def live_summary(engine: Engine) -> dict[str, Any] | None:
 
 __all__ = [
     "PipelineError", "prepare", "train_candidate", "evaluate_candidate", "promote", "train_final",
-    "publish", "run_pipeline", "engine_for", "pa",
+    "publish", "run_pipeline", "engine_for",
 ]

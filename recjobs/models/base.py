@@ -50,6 +50,7 @@ class Recommender(ABC):
         self.item_ids: np.ndarray | None = None
         self.vectors: Vectors | None = None
         self.info: dict[str, Any] = {}
+        self._augmented: tuple[Vectors, np.ndarray] | None = None
 
     @abstractmethod
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Vectors:
@@ -90,12 +91,28 @@ class Recommender(ABC):
         recommend, normally those the user has seen. Where fewer than ``n`` items
         remain, the row is padded with index -1 and score -inf.
         """
-        scores = self.score(user_rows)
-        if exclude is not None:
-            sub = exclude[user_rows]
-            rows = np.repeat(np.arange(len(user_rows)), np.diff(sub.indptr))
-            scores[rows, sub.indices] = -np.inf
-        return top_n(scores, n)
+        from implicit.cpu.topk import topk
+
+        vec = self._require_fitted()
+        if self._augmented is None or self._augmented[0] is not vec:
+            # The item bias rides along as one more factor against a constant 1 in the
+            # query, so implicit's multithreaded top-k computes exactly U.V + b.
+            items = np.hstack([vec.item_vectors, vec.item_bias[:, None]])
+            self._augmented = (vec, np.ascontiguousarray(items, dtype=np.float32))
+        augmented = self._augmented[1]
+        users = vec.user_vectors[user_rows]
+        query = np.ascontiguousarray(np.hstack([users, np.ones((len(users), 1), np.float32)]), dtype=np.float32)
+        k = min(n, augmented.shape[0])
+        filt = exclude[user_rows].astype(np.float32) if exclude is not None else None
+        ids, scores = topk(augmented, query, k, filter_query_items=filt, num_threads=0)
+        ids = ids.astype(np.int64)
+        empty = scores <= np.finfo(np.float32).min  # filtered or missing slots
+        ids[empty] = -1
+        scores = np.where(empty, -np.inf, scores).astype(np.float32)
+        if k < n:
+            ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
+            scores = np.pad(scores, ((0, 0), (0, n - k)), constant_values=-np.inf)
+        return ids, scores
 
     def similar_items(self, item_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` neighbours by cosine similarity of item vectors, the item itself excluded."""

@@ -1,0 +1,32 @@
+"""MovieLens 100k, read from ../shared/data/ml-100k (never copied); skipped when absent."""
+
+from __future__ import annotations
+
+import pytest
+
+from recjobs.evaluate import evaluate_model
+from recjobs.features import import_movielens, load_side_features
+from recjobs.interactions import Interactions
+from recjobs.lake import read_ratings
+from recjobs.models import get_family
+from recjobs.pipeline import cutoff_of, parse_date
+from recjobs.split import temporal_split
+from tests.conftest import ML100K
+
+pytestmark = pytest.mark.skipif(not (ML100K / "u.data").exists(), reason=f"MovieLens 100k not found at {ML100K}")
+
+
+def test_movielens_import_and_als_beats_popularity_on_temporal_holdout(settings, engine):
+    reports = import_movielens(ML100K, settings, engine)
+    assert reports[0].rows_valid == 100_000 and reports[0].rows_quarantined == 0
+    frame = read_ratings(settings.ratings_dir, cutoff_of(parse_date("1998-04-22")))
+    assert len(frame) == 100_000 and frame["user_id"].nunique() == 943 and frame["item_id"].nunique() == 1682
+    train, holdout = temporal_split(frame, settings.split)
+    data = Interactions.from_frame(train)
+    features = load_side_features(settings, data)
+    assert features.item.shape == (data.n_items, 19) and features.user.shape[0] == data.n_users
+    scores = {}
+    for family in ("popularity", "als"):
+        model = get_family(family)(settings.model_params(family), seed=settings.seed).fit(data, features)
+        scores[family] = evaluate_model(model, data, holdout).ndcg
+    assert scores["als"] >= 0.17 > scores["popularity"], scores
