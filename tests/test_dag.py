@@ -74,3 +74,20 @@ def test_airflow_dags_test_runs_the_pipeline_to_success(airflow_env, tmp_path, s
     assert len(recs) == 120 * 10
     assert set(cands["family"]) == {"popularity", "als", "lightfm", "tfrs"}
     assert set(cands["run_date"]) == {"2026-01-31"} and pub == "2026-01-31"
+
+
+def test_dag_publishes_to_the_recjobs_db_connection_on_postgresql(airflow_env, small_inbox, settings, postgres_url):
+    target = make_engine(postgres_url)
+    uri = target.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "AIRFLOW_CONN_RECJOBS_DB": uri,
+           "RECJOBS_FAMILIES": '["popularity", "als"]', "RECJOBS_PUBLISH__TOP_N": "5"}
+    out = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", "2026-02-01"], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-5000:]
+    with target.connect() as conn:
+        n = conn.execute(sa.text("SELECT COUNT(*) FROM recommendations")).scalar_one()
+        families = set(conn.execute(sa.text("SELECT family FROM model_runs WHERE stage='candidate'")).scalars())
+    assert n == 120 * 5 and families == {"popularity", "als"}
+    # Nothing went to the embedded SQLite default.
+    assert not (settings.home / "recjobs.db").exists()
+    target.dispose()

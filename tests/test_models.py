@@ -106,3 +106,18 @@ def test_personalised_families_beat_popularity_on_generated_data(small_data):
     scores = {f: evaluate_model(make(f).fit(data, feats), data, holdout).ndcg for f in families()}
     for family in ("als", "lightfm", "tfrs"):
         assert scores[family] > scores["popularity"], scores
+
+
+def test_tensorflow_gets_keras_2_without_the_user_setting_anything():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    code = ("import recjobs.models.tfrs as m\n"
+            "tf = m.import_tensorflow()\n"
+            "import tensorflow_recommenders\n"
+            "print(tf.keras.__version__ if hasattr(tf.keras, '__version__') else tf.keras.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1].startswith(("2.", "tf_keras")), out.stdout
