@@ -22,12 +22,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recjobs import columns as C
 from recjobs.db import items as items_table
-from recjobs.ingest import IngestError, IngestReport, _known_hash, _record, file_sha256, ingest_file
+from recjobs.ingest import (
+    IngestError,
+    IngestReport,
+    file_sha256,
+    ingest_file,
+    known_hash,
+    record_ingest,
+)
 from recjobs.interactions import Interactions, SideFeatures, align_features
 from recjobs.lake import atomic_write_parquet
 from recjobs.settings import Settings
@@ -107,7 +113,7 @@ def ingest_side_file(path: Path | str, settings: Settings, engine: Engine, kind:
         raise IngestError(f"{path}: no such file")
     digest = file_sha256(path)
     report = IngestReport(source_path=str(path), content_hash=digest)
-    if _known_hash(engine, digest):
+    if known_hash(engine, digest):
         report.skipped = True
         return report
     kind = kind or sniff_kind(path)
@@ -119,7 +125,7 @@ def ingest_side_file(path: Path | str, settings: Settings, engine: Engine, kind:
     _check_share(report, settings, bad, kind)
     if kind == "items":
         sync_titles(settings, engine)
-    _record(engine, report, kind=kind)
+    record_ingest(engine, report, kind=kind)
     return report
 
 
@@ -208,23 +214,15 @@ def import_movielens(directory: Path | str, settings: Settings, engine: Engine) 
         source = directory / ("u.item" if kind != "user_features" else "u.user")
         digest = hashlib.sha256(f"{file_sha256(source)}:{kind}".encode()).hexdigest()
         report = IngestReport(source_path=str(source), content_hash=digest)
-        if not _known_hash(engine, digest):
+        if not known_hash(engine, digest):
             report.rows_read = len(frame)
             report.rows_valid, report.rows_quarantined, _ = ingest_side_frame(frame, kind, settings, str(source))
-            _record(engine, report, kind=kind)
+            record_ingest(engine, report, kind=kind)
         else:
             report.skipped = True
         reports.append(report)
     sync_titles(settings, engine)
     return reports
-
-
-def ingested_counts(engine: Engine) -> pd.DataFrame:
-    """Ingest log rows as a frame (for reports and the dashboard)."""
-    from recjobs.db import ingest_log
-
-    with engine.connect() as conn:
-        return pd.DataFrame(conn.execute(sa.select(ingest_log).order_by(ingest_log.c.ingested_at)).mappings().all())
 
 
 __all__ = ["ingest_side_file", "import_movielens", "load_side_features", "sniff_kind"]

@@ -190,7 +190,8 @@ def validate(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.
     return valid, reason[~good]
 
 
-def _known_hash(engine: Engine, digest: str) -> bool:
+def known_hash(engine: Engine, digest: str) -> bool:
+    """Whether content with this hash was ingested before."""
     with engine.connect() as conn:
         row = conn.execute(
             sa.select(ingest_log.c.content_hash).where(ingest_log.c.content_hash == digest)
@@ -209,7 +210,7 @@ def ingest_file(
         raise IngestError(f"{path}: not a regular file")
     digest = file_sha256(path)
     report = IngestReport(source_path=str(path), content_hash=digest)
-    if not force and _known_hash(engine, digest):
+    if not force and known_hash(engine, digest):
         report.skipped = True
         log.info(report.summary())
         return report
@@ -269,12 +270,13 @@ def ingest_file(
         _, dups = merge_partition(settings.ratings_dir, str(day), rows)
         report.duplicates_dropped += dups
         report.partitions.append(str(day))
-    _record(engine, report, kind="ratings")
+    record_ingest(engine, report, kind="ratings")
     log.info(report.summary())
     return report
 
 
-def _record(engine: Engine, report: IngestReport, kind: str) -> None:
+def record_ingest(engine: Engine, report: IngestReport, kind: str) -> None:
+    """Write (or replace) the ``ingest_log`` row for a report."""
     row = {k: v for k, v in asdict(report).items() if k in ingest_log.c and k != "partitions"}
     row.update(
         kind=kind,

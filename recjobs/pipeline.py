@@ -31,7 +31,7 @@ from recjobs.features import load_side_features
 from recjobs.interactions import Interactions
 from recjobs.lake import atomic_write_parquet, read_ratings, to_ratings_table
 from recjobs.models import Recommender, get_family
-from recjobs.publish import PublishResult, live_version, publish_list
+from recjobs.publish import PublishResult, publish_list
 from recjobs.settings import Settings
 from recjobs.split import temporal_split
 
@@ -441,11 +441,6 @@ def run_pipeline(settings: Settings, run_date: str | dt.date, ingest: bool = Tru
     train_final(settings, engine, day)
     published = publish(settings, engine, day)
     return RunReport(day.isoformat(), metrics, failures, decision, published)
-
-
-def live_summary(engine: Engine) -> dict[str, Any] | None:
-    row = live_version(engine)
-    return None if row is None else dict(row._mapping)
 
 
 __all__ = [
