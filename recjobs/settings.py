@@ -23,7 +23,8 @@ FAMILIES = ("popularity", "als", "lightfm", "tfrs")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # validate_default: defaults go through the validators too (``~`` in the default home).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 class IngestSettings(_Strict):

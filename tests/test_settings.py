@@ -17,6 +17,13 @@ def test_defaults_and_derived_paths(tmp_path):
     assert s.families == ["popularity", "als", "lightfm", "tfrs"]
 
 
+def test_default_home_is_expanded_under_the_users_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    s = load_settings(environ={})
+    assert s.home == tmp_path / ".recjobs" and s.inbox == tmp_path / ".recjobs" / "inbox"
+    assert "~" not in s.db_url
+
+
 def test_environment_overrides_nested_values(tmp_path):
     env = {
         "RECJOBS_HOME": str(tmp_path),
