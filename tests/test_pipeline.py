@@ -107,3 +107,16 @@ def test_schema_files_match_the_code():
     for dialect in ("sqlite", "postgresql"):
         path = Path(ROOT / "sql" / f"schema_{dialect}.sql")
         assert path.read_text() == schema_sql(dialect), f"regenerate {path}: recjobs schema --dialect {dialect}"
+
+
+def test_demo_command_twice_gives_the_same_published_rows(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "RECJOBS_FAMILIES": '["popularity", "als"]'}
+    outputs = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-m", "recjobs.cli", "demo"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        outputs.append(out.stdout)
+    assert f"recommendations: 25000 rows for 500 users in sqlite:///{tmp_path}/.recjobs/recjobs.db" in outputs[0]
+    sample = [o[o.index("sample (SELECT"):] for o in outputs]
+    assert sample[0] == sample[1] and sample[0].count(" rank ") == 5
