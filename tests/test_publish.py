@@ -170,3 +170,42 @@ def test_cli_rollback_repoints_live_lists_and_records_it(tmp_path):
     with engine.connect() as conn:
         row = conn.execute(sa.text("SELECT family, status, reason FROM model_runs WHERE stage = 'rollback'")).one()
     assert row.family == "als" and "rolled back" in row.reason
+
+
+KILLED_PUBLISH = """
+import sys, time
+sys.path.insert(0, {root!r})
+from recjobs.db import make_engine
+from recjobs.publish import publish_list
+from tests.test_publish import frames
+
+def slow():
+    for i, f in enumerate(frames("v-killed", 5)):
+        if i == 2:
+            print("loading", flush=True)
+            time.sleep(60)
+        yield f
+
+publish_list(make_engine({url!r}), "recommendations", "2026-01-09", "v-killed", slow())
+"""
+
+
+def test_publish_killed_mid_load_leaves_live_set_and_next_publish_works(db):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    publish_list(db, "recommendations", "2026-01-01", "v1", frames("v1"))
+    url = db.url.render_as_string(hide_password=False)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PUBLISH.format(root=str(ROOT), url=url)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "loading"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    assert snapshot(db) == (USERS * TOP, {"v1"})
+    with db.connect() as conn:
+        versions = conn.execute(sa.text("SELECT model_version FROM publications")).scalars().all()
+    assert versions == ["v1"]  # the killed load's bookkeeping rolled back with it
+    result = publish_list(db, "recommendations", "2026-01-10", "v2", frames("v2"))
+    assert result.live and snapshot(db) == (USERS * TOP, {"v2"})
