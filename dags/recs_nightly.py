@@ -57,7 +57,8 @@ def _run_date(context: dict[str, Any]) -> str:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 1, "retry_delay": dt.timedelta(minutes=2)},
+    # Retries come from Airflow's own [core] default_task_retries / default_task_retry_delay,
+    # so operators tune them per deployment (docker-compose.yaml sets one retry).
     params={
         "families": Param(None, type=["null", "array"], items={"enum": FAMILIES}, minItems=1,
                           description="Model families to train (default: the settings', RECJOBS_FAMILIES)."),

@@ -91,3 +91,22 @@ def test_dag_publishes_to_the_recjobs_db_connection_on_postgresql(airflow_env, s
     # Nothing went to the embedded SQLite default.
     assert not (settings.home / "recjobs.db").exists()
     target.dispose()
+
+
+def test_a_failing_family_fails_only_its_task_and_the_run_still_publishes(airflow_env, small_inbox, settings, tmp_path):
+    blocker = tmp_path / "no_tf"
+    (blocker / "tensorflow").mkdir(parents=True)
+    (blocker / "tensorflow" / "__init__.py").write_text("raise ImportError('No module named tensorflow')\n")
+    env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "PYTHONPATH": str(blocker),
+           "RECJOBS_FAMILIES": '["popularity", "tfrs"]', "RECJOBS_PUBLISH__TOP_N": "5"}
+    out = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", "2026-02-01"], env=env,
+                         capture_output=True, text=True, timeout=900)
+    log = out.stdout + out.stderr
+    assert "No module named tensorflow" in log
+    engine = make_engine(settings.db_url)
+    with engine.connect() as conn:
+        cands = dict(conn.execute(sa.text("SELECT family, status FROM model_runs WHERE stage='candidate'")).all())
+        n = conn.execute(sa.text("SELECT COUNT(*) FROM recommendations")).scalar_one()
+        gate = conn.execute(sa.text("SELECT family FROM model_runs WHERE stage='gate'")).scalar_one()
+    assert cands == {"popularity": "promoted", "tfrs": "failed"}
+    assert gate == "popularity" and n == 120 * 5
