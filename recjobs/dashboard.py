@@ -171,10 +171,10 @@ def render(engine: Engine, user_id: str | None = None, base: str = "") -> str:
                    f"{e(champ.model_version)}<br>champion since {e(champ.since)} · "
                    f"live data date {e(champ.run_date)} · published {e(champ.published_at)} UTC</div>")
     out.append("<h2>Candidates by logical date</h2><div class='charts'>")
+    charted = (metrics[metrics["status"] != "failed"] if not metrics.empty
+               else pd.DataFrame(columns=["run_date", "family", *(c for c, _ in METRICS)]))
     for column, title in METRICS:
-        frame = metrics if metrics.empty else metrics[metrics["status"] != "failed"]
-        out.append(line_chart(frame, column, title) if not frame.empty else line_chart(pd.DataFrame(
-            {"run_date": [], "family": [], column: []}), column, title))
+        out.append(line_chart(charted, column, title))
     out.append("</div>")
     out.append("<h2>Gate decisions</h2>" + _table(gate_decisions(engine), "gate"))
     out.append("<h2>Ingest by date</h2>" + _table(ingest_by_date(engine), "ingest", floats=0))

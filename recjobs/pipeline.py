@@ -119,7 +119,8 @@ def _snapshot(settings: Settings, day: dt.date) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _read_split(settings: Settings, day: dt.date, part: str) -> pd.DataFrame:
+def read_split(settings: Settings, day: dt.date, part: str) -> pd.DataFrame:
+    """The date's ``train`` or ``holdout`` part, ids as Python strings."""
     frame = pd.read_parquet(run_dir(settings, day) / f"{part}.parquet")
     for col in (C.USER, C.ITEM):
         frame[col] = frame[col].astype(object)
@@ -158,7 +159,7 @@ def train_candidate(settings: Settings, engine: Engine, run_date: str | dt.date,
     day = parse_date(run_date)
     snap = _snapshot(settings, day)
     _replace_rows(engine, day, "candidate", family, [{"family": family, "model_version": "-", "status": "training"}])
-    data = Interactions.from_frame(_read_split(settings, day, "train"))
+    data = Interactions.from_frame(read_split(settings, day, "train"))
     model, seconds = _fit(settings, family, data)
     params = settings.model_params(family).model_dump()
     version = model_version(family, day, params, settings.seed, snap["fingerprint"], "candidate")
@@ -185,8 +186,8 @@ def evaluate_candidate(settings: Settings, engine: Engine, run_date: str | dt.da
         raise PipelineError(f"no {family} candidate for {day}: run `recjobs train --date {day} --family {family}`")
     model = Recommender.load(path)
     meta = json.loads((path / "meta.json").read_text())
-    train = Interactions.from_frame(_read_split(settings, day, "train"))
-    metrics = evaluate_model(model, train, _read_split(settings, day, "holdout"), settings.evaluate.k,
+    train = Interactions.from_frame(read_split(settings, day, "train"))
+    metrics = evaluate_model(model, train, read_split(settings, day, "holdout"), settings.evaluate.k,
                              settings.evaluate.chunk_users)
     log.info("%s on %s: ndcg@%d=%.4f precision=%.4f recall=%.4f map=%.4f coverage=%.3f", family, day,
              metrics.k, metrics.ndcg, metrics.precision, metrics.recall, metrics.map, metrics.coverage)
