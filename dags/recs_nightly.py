@@ -8,25 +8,60 @@ tasks that need them, never at parse time.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowRescheduleException,
+    AirflowSkipException,
+)
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 FAMILIES = ["popularity", "als", "lightfm", "tfrs"]
 DB_CONN_ID = "recjobs_db"
 
 
-def _database_url() -> str | None:
-    """The recommendations database from the ``recjobs_db`` connection, if one is defined."""
-    from airflow.sdk import BaseHook
+class DatabaseConnectionError(RuntimeError):
+    """The ``recjobs_db`` connection exists but cannot be used; never fall back then."""
 
+
+def _redact(text: str) -> str:
+    # Messages may quote a URI or the connection's JSON: keep the password out of logs.
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r'("password"\s*:\s*)"(?:[^"\\]|\\.)*"', r'\1"***"', text)
+
+
+def _database_url() -> str | None:
+    """The recommendations database from the ``recjobs_db`` connection, if one is defined.
+
+    Only a connection that does not exist falls back to RECJOBS_DATABASE_URL / the embedded
+    SQLite default; any other failure fails the task, so nothing is published elsewhere.
+    """
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    env_name = f"AIRFLOW_CONN_{DB_CONN_ID.upper()}"
     try:
         return BaseHook.get_connection(DB_CONN_ID).get_uri()
-    except Exception:  # not defined: fall back to RECJOBS_DATABASE_URL / the embedded default
+    except AirflowNotFoundException:
+        # The task SDK also reports "not found" when a secrets backend fails to parse the
+        # connection (it logs the error at debug level and tries the next backend), so a
+        # defined but malformed AIRFLOW_CONN_RECJOBS_DB lands here too.
+        if os.environ.get(env_name):
+            raise DatabaseConnectionError(
+                f"Airflow connection {DB_CONN_ID!r} is set in {env_name} but Airflow cannot read it "
+                "(a malformed URI or JSON?); refusing to fall back to the embedded database"
+            ) from None
         return None
+    except Exception as exc:
+        raise DatabaseConnectionError(
+            f"Airflow connection {DB_CONN_ID!r} cannot be used: {type(exc).__name__}: {_redact(str(exc))}; "
+            "refusing to fall back to the embedded database"
+        ) from None
 
 
 def _settings(params: dict[str, Any]):  # noqa: ANN202 - recjobs.settings.Settings, imported lazily
@@ -116,16 +151,36 @@ def recs_nightly() -> None:
         return train(), evaluate()
 
     # all_done: a family that failed must not stop the others from being gated and published.
-    # depends_on_past: the gate compares with the champion decided by the previous date's
-    # gate, so gates run in date order even when a backfill runs several dates at once.
-    @task(trigger_rule="all_done", depends_on_past=True)
+    # No depends_on_past: a failed night would block every later one (and Airflow's deadlock
+    # detection does not see it). Gate order comes from model_runs instead: see below.
+    @task(trigger_rule="all_done")
     def promote() -> str:
-        from recjobs.pipeline import engine_for
+        from recjobs.pipeline import NoCandidatesError, earlier_dates_in_flight, engine_for
         from recjobs.pipeline import promote as gate
 
         context = get_current_context()
         settings = _settings(context["params"])
-        decision = gate(settings, engine_for(settings), _run_date(context))
+        engine = engine_for(settings)
+        day = _run_date(context)
+        note = ""
+        # The gate compares with the champion of the latest earlier gate. When a backfill runs
+        # several dates at once, wait (in up_for_reschedule, holding no worker slot) for earlier
+        # dates still in flight, at most gate.wait_timeout_minutes from the first attempt.
+        pending = earlier_dates_in_flight(settings, engine, day)
+        if pending:
+            now = dt.datetime.now(dt.UTC)
+            waited = now - (context["ti"].get_first_reschedule_date(context) or now)
+            limit = dt.timedelta(minutes=settings.gate.wait_timeout_minutes)
+            dates = ", ".join(map(str, pending))
+            if waited < limit:
+                print(f"waiting for the gate of earlier date(s) {dates} (waited {waited}, at most {limit})")
+                raise AirflowRescheduleException(now + dt.timedelta(seconds=settings.gate.wait_poll_seconds))
+            note = f"stopped waiting for earlier date(s) {dates} after {waited} (gate.wait_timeout_minutes)"
+        try:
+            decision = gate(settings, engine, day, note=note)
+        except NoCandidatesError as exc:
+            # Recorded in model_runs (status no_candidates); retrying cannot produce candidates.
+            raise AirflowFailException(str(exc)) from None
         print(decision.reason)
         return decision.family
 

@@ -3,54 +3,164 @@
 A small FastAPI app (served by the Airflow API server under /recjobs) renders the
 page from the recommendations database; an external view adds it to the UI's
 navigation. The page itself is built by ``recjobs.dashboard``.
+
+Airflow does not authenticate plugin apps (a mounted app inherits none of the core
+API's dependencies), so every route here requires Airflow's own login: the JWT as
+a bearer token or the UI's ``_token`` cookie, and the auth manager's permission for
+the custom view :data:`RESOURCE_NAME`. The page only reads: the schema is created by
+``recjobs initdb``, never by a request.
 """
 
-from __future__ import annotations
+from typing import Annotated, Any
 
 from airflow.plugins_manager import AirflowPlugin
-from fastapi import FastAPI, Query
-from fastapi.responses import HTMLResponse
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 URL_PREFIX = "/recjobs"
+DB_CONN_ID = "recjobs_db"
+# The custom view name the auth manager is asked about (FAB/Keycloak: grant it per role).
+RESOURCE_NAME = "recjobs dashboard"
 
 
-def _database_url() -> str:
-    """The ``recjobs_db`` Airflow connection if defined, else recjobs' own settings."""
+class DashboardDatabaseError(RuntimeError):
+    """The recommendations database cannot be reached or named; the message has no password."""
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` with ``url``'s password, wherever it appears, replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        return text.replace(url, "<database URL>")
+    return text.replace(str(password), "***") if password else text
+
+
+def database_url() -> tuple[str, str]:
+    """The URL and where it came from: the ``recjobs_db`` connection, else recjobs' settings.
+
+    Only a connection that is not defined falls back to the settings; any other failure
+    to read it is raised, naming the connection.
+    """
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.models.connection import Connection
+
     from recjobs.settings import load_settings
 
     try:
-        from airflow.models.connection import Connection
+        return Connection.get_connection_from_secrets(DB_CONN_ID).get_uri(), f"Airflow connection {DB_CONN_ID!r}"
+    except AirflowNotFoundException:
+        return load_settings().db_url, f"RECJOBS_DATABASE_URL / recjobs settings (no connection {DB_CONN_ID!r})"
+    except Exception as exc:  # noqa: BLE001 - re-raised, named; `from None`: the cause may hold the URL
+        raise DashboardDatabaseError(
+            f"cannot read the Airflow connection {DB_CONN_ID!r}: {type(exc).__name__}") from None
 
-        return Connection.get_connection_from_secrets("recjobs_db").get_uri()
-    except Exception:  # no such connection: the embedded default / RECJOBS_DATABASE_URL
-        return load_settings().db_url
+
+class DashboardDatabase:
+    """The recommendations database as the page reads it: resolved and opened on first use.
+
+    Every database failure is raised as :class:`DashboardDatabaseError` naming where the
+    URL came from and the URL without its password.
+    """
+
+    def __init__(self) -> None:
+        self._engine: Any = None
+        self._url = ""
+        self._source = ""
+
+    def _error(self, exc: Exception) -> DashboardDatabaseError:
+        from recjobs.settings import mask_url
+
+        return DashboardDatabaseError(f"recommendations database {mask_url(self._url)} from {self._source}: "
+                                      f"{_scrub(str(exc), self._url)}")
+
+    def engine(self) -> Any:  # noqa: ANN401 - a sqlalchemy Engine, imported lazily
+        """The engine, or None while the configured SQLite file does not exist yet (not cached)."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from recjobs.dashboard import sqlite_file_missing
+        from recjobs.db import make_engine
+
+        if self._engine is None:
+            self._url, self._source = database_url()
+            try:
+                if sqlite_file_missing(self._url):
+                    return None  # connecting would create it: that is `recjobs initdb`'s job
+                self._engine = make_engine(self._url)
+            except (SQLAlchemyError, ValueError) as exc:
+                raise self._error(exc) from None
+        return self._engine
+
+    def page(self, user_id: str | None) -> str:
+        """The dashboard's HTML, or the "run recjobs initdb" page."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from recjobs.dashboard import render, render_no_schema
+
+        engine = self.engine()
+        if engine is None:
+            return render_no_schema()
+        try:
+            return render(engine, user_id=user_id, base=f"{URL_PREFIX}/")
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+
+    def champion(self) -> dict[str, Any] | None:
+        """The live champion as a dict ({} before a publish); None without a schema."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from recjobs.dashboard import champion, missing_schema
+
+        engine = self.engine()
+        if engine is None:
+            return None
+        try:
+            if missing_schema(engine):
+                return None
+            champ = champion(engine)
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+        return {} if champ is None else champ.__dict__
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="recjobs dashboard")
-    state: dict[str, object] = {}
+    """The plugin's app: every route behind Airflow's authentication and authorisation."""
+    # Imported here, not at module level: other Airflow components load plugins too.
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+    from airflow.api_fastapi.core_api.security import get_user
 
-    def engine():  # noqa: ANN202 - created on first request, not at plugin import
-        if "engine" not in state:
-            from recjobs.db import ensure_schema, make_engine
+    # Sync: FastAPI runs it in a thread, since an auth manager may query its database here.
+    # (No `from __future__ import annotations` in this module: FastAPI must see these types.)
+    def require_dashboard_access(user: Annotated[BaseUser, Depends(get_user)]) -> None:
+        # get_user answers 401 without a valid token; the view permission is the auth manager's call.
+        if not get_auth_manager().is_authorized_custom_view(method="GET", resource_name=RESOURCE_NAME, user=user):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"{user.get_name()!r} may not view {RESOURCE_NAME}")
 
-            eng = make_engine(_database_url())
-            ensure_schema(eng)
-            state["engine"] = eng
-        return state["engine"]
+    # No docs/redoc/openapi routes: they would be served outside the app's dependencies.
+    app = FastAPI(title="recjobs dashboard", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(require_dashboard_access)])
+    database = DashboardDatabase()
+
+    @app.exception_handler(DashboardDatabaseError)
+    async def database_error(_request: Request, exc: DashboardDatabaseError) -> PlainTextResponse:
+        return PlainTextResponse(str(exc), status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
     @app.get("/", response_class=HTMLResponse)
     def page(user: str | None = Query(default=None, max_length=200)) -> str:
-        from recjobs.dashboard import render
+        return database.page(user or None)
 
-        return render(engine(), user_id=user or None, base=f"{URL_PREFIX}/")
+    @app.get("/api/champion", response_model=None)
+    def champion() -> dict | JSONResponse:
+        from recjobs.dashboard import NO_SCHEMA
 
-    @app.get("/api/champion")
-    def champion() -> dict:
-        from recjobs.dashboard import champion as live_champion
-
-        champ = live_champion(engine())
-        return {} if champ is None else champ.__dict__
+        champ = database.champion()
+        if champ is None:
+            return JSONResponse({"detail": NO_SCHEMA}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return champ
 
     return app
 

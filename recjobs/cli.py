@@ -57,7 +57,7 @@ def _print_sample(settings: Settings, engine, limit: int = 5) -> None:  # noqa: 
                     "WHERE user_id = :u ORDER BY rank LIMIT :n"),
             {"u": first, "n": limit},
         ).all()
-    print(f"\nrecommendations: {total} rows for {users} users in {settings.db_url}")
+    print(f"\nrecommendations: {total} rows for {users} users in {settings.db_url_masked}")
     print(f"data lake: {settings.lake}   models and splits: {settings.runs_dir}")
     print(f"sample (SELECT item_id, score FROM recommendations WHERE user_id = '{first}' ORDER BY rank):")
     for row in rows:
@@ -98,9 +98,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from recjobs.features import import_movielens, ingest_side_file, sniff_kind
-    from recjobs.ingest import ingest_file, ingest_inbox
+    from recjobs.ingest import ingest_file, ingest_inbox, parse_columns_option
     from recjobs.pipeline import engine_for
 
+    if args.columns:  # same path as --set, so a bad mapping is reported like any setting
+        mapping = json.dumps(parse_columns_option(args.columns))
+        args.set = [*(args.set or []), f"ingest.columns={mapping}"]
     settings = _settings(args)
     engine = engine_for(settings)
     reports = []
@@ -174,18 +177,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     from recjobs.db import model_runs
     from recjobs.pipeline import engine_for
-    from recjobs.publish import live_version, rollback
+    from recjobs.publish import SwapPolicy, live_version, rollback_lists
 
     settings = _settings(args)
     engine = engine_for(settings)
-    for kind in ("recommendations", "similar_items"):
-        try:
-            old, new = rollback(engine, kind)
-        except RuntimeError as exc:
-            if kind == "recommendations":
-                raise
-            print(f"{kind}: {exc}")
+    # similar_items move only if the last publish made them live (a popularity champion has none).
+    for kind, move in rollback_lists(engine, SwapPolicy.of(settings.publish)).items():
+        if isinstance(move, str):
+            print(f"{kind}: {move}")
             continue
+        old, new = move
         print(f"{kind}: live view moved from {old} back to {new}")
         live = live_version(engine, kind)
         with engine.begin() as conn:
@@ -201,7 +202,7 @@ def cmd_initdb(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     engine_for(settings)
-    print(f"schema ready in {settings.db_url}")
+    print(f"schema ready in {settings.db_url_masked}")
     return 0
 
 
@@ -230,7 +231,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    print(_settings(args).model_dump_json(indent=2))
+    settings = _settings(args)
+    shown = settings.model_dump(mode="json")
+    if settings.database_url is not None:
+        shown["database_url"] = settings.db_url_masked  # printed output lands in logs
+    print(json.dumps(shown, indent=2))
     return 0
 
 
@@ -255,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="*")
     p.add_argument("--movielens", metavar="DIR", help="a MovieLens 100k folder (u.data, u.item, u.user)")
     p.add_argument("--force", action="store_true", help="ingest even if this content was ingested before")
+    p.add_argument("--columns", metavar="CANONICAL=NAME,...",
+                   help="rating files' column names, e.g. user_id=customer,item_id=sku "
+                        "(setting ingest.columns)")
     p.set_defaults(func=cmd_ingest)
     p = sub.add_parser("split", parents=[common, dated], help="write the temporal holdout split")
     p.set_defaults(func=cmd_split)

@@ -10,15 +10,46 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 PALETTE = {"popularity": "#8c8c8c", "als": "#1f77b4", "lightfm": "#2ca02c", "tfrs": "#d62728"}
 METRICS = [("ndcg_at_k", "NDCG@10"), ("precision_at_k", "Precision@10"), ("recall_at_k", "Recall@10"),
            ("map_at_k", "MAP@10"), ("coverage", "Catalogue coverage")]
+
+
+# What the page reads: the tables, and the live view ``ensure_schema`` creates.
+DASHBOARD_TABLES = ("model_runs", "ingest_log", "publications", "popular_items", "items")
+DASHBOARD_VIEWS = ("recommendations",)
+NO_SCHEMA = "no recjobs schema yet: run recjobs initdb"
+
+
+def sqlite_file_missing(url: str) -> bool:
+    """Whether ``url`` names a SQLite file that does not exist (connecting would create it)."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return False
+    return not Path(parsed.database).exists()
+
+
+def missing_schema(engine: Engine) -> list[str]:
+    """The tables and views the page reads that are absent; looks only, never creates."""
+    inspector = sa.inspect(engine)
+    present = set(inspector.get_table_names()) | set(inspector.get_view_names())
+    return [name for name in (*DASHBOARD_TABLES, *DASHBOARD_VIEWS) if name not in present]
+
+
+def render_no_schema(missing: list[str] | None = None) -> str:
+    """The page shown before ``recjobs initdb`` has created the schema."""
+    detail = f" (missing: {', '.join(missing)})" if missing else " (no database yet)"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>recjobs</title><style>{STYLE}</style>"
+            "</head><body><h1>recjobs: nightly recommendations</h1>"
+            f'<div class="card" id="no-schema"><b>{html.escape(NO_SCHEMA)}</b>{html.escape(detail)}</div>'
+            "</body></html>")
 
 
 @dataclass(frozen=True)
@@ -42,8 +73,9 @@ def champion(engine: Engine) -> Champion | None:
     if live.empty:
         return None
     row = live.iloc[0]
+    # Only decisions count: a night without candidates leaves the champion as it was.
     gates = _frame(engine, "SELECT run_date, family FROM model_runs WHERE stage = 'gate' AND run_date <= :d "
-                           "ORDER BY run_date DESC", d=row["run_date"])
+                           "AND status IN ('promoted', 'champion_kept') ORDER BY run_date DESC", d=row["run_date"])
     family = str(row["model_version"]).split("-")[0]
     since = row["run_date"]
     for _, g in gates.iterrows():
@@ -65,12 +97,14 @@ def gate_decisions(engine: Engine, limit: int = 30) -> pd.DataFrame:
 
 
 def ingest_by_date(engine: Engine) -> pd.DataFrame:
-    frame = _frame(engine, "SELECT ingested_at, kind, rows_read, rows_valid, rows_quarantined, "
-                           "duplicates_dropped, source_path FROM ingest_log ORDER BY ingested_at")
+    # Rejected files (nothing merged) are counted apart, so they stand out.
+    frame = _frame(engine, "SELECT ingested_at, kind, COALESCE(status, 'ingested') AS status, rows_read, "
+                           "rows_valid, rows_quarantined, duplicates_dropped, source_path FROM ingest_log "
+                           "ORDER BY ingested_at")
     if frame.empty:
         return frame
     frame["date"] = pd.to_datetime(frame["ingested_at"], utc=True, format="mixed").dt.strftime("%Y-%m-%d")
-    return (frame.groupby(["date", "kind"], as_index=False)
+    return (frame.groupby(["date", "kind", "status"], as_index=False)
             .agg(files=("source_path", "count"), rows_read=("rows_read", "sum"), rows_valid=("rows_valid", "sum"),
                  rows_quarantined=("rows_quarantined", "sum"), duplicates=("duplicates_dropped", "sum")))
 
@@ -158,7 +192,10 @@ form{margin:.5rem 0} input{padding:4px}
 
 
 def render(engine: Engine, user_id: str | None = None, base: str = "") -> str:
-    """The whole dashboard page as HTML."""
+    """The whole dashboard page as HTML, or the "run recjobs initdb" page without a schema."""
+    missing = missing_schema(engine)
+    if missing:
+        return render_no_schema(missing)
     champ = champion(engine)
     metrics = metrics_by_date(engine)
     e = html.escape

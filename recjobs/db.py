@@ -57,6 +57,10 @@ ingest_log = sa.Table(
     sa.Column("partitions", sa.Text),
     sa.Column("quarantine_path", sa.Text),
     sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=False),
+    # ingested | rejected (NULL in rows written before the column existed: ingested). A
+    # rejected file is skipped by later inbox runs until forced or delivered corrected.
+    sa.Column("status", sa.String(16)),
+    sa.Column("reason", sa.Text),
 )
 
 publications = sa.Table(
@@ -71,6 +75,12 @@ publications = sa.Table(
     sa.Column("is_live", sa.Boolean, nullable=False, default=False),
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("dropped", sa.Boolean, nullable=False, default=False),
+    # Order in which versions went live (1, 2, ...) and when: rollback and pruning go by
+    # it, not by id or run date, since backfills load older dates after newer ones.
+    sa.Column("live_seq", sa.Integer),
+    sa.Column("live_at", sa.DateTime(timezone=True)),
+    # True once the swap decided this version is history only (an older date than live).
+    sa.Column("history_only", sa.Boolean),
 )
 
 recommendations_history = sa.Table(
@@ -172,11 +182,38 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create the tables, and empty live lists, if they are missing. Idempotent."""
+    """Create the tables, and empty live lists, if they are missing. Idempotent.
+
+    Columns added to a table in a later version are added to an existing database's
+    table too (nullable, so old rows stay valid), so upgrading needs no manual step.
+    """
     metadata.create_all(engine)
+    add_missing_columns(engine)
     from recjobs.publish import ensure_live_views  # local: publish imports this module
 
     ensure_live_views(engine)
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """``ALTER TABLE ... ADD COLUMN`` for every column of :data:`metadata` a table lacks.
+
+    Returns the ``table.column`` names added. New columns must be nullable or have a
+    server default, since existing rows get no value.
+    """
+    added = []
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(dialect=engine.dialect)
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+            added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def schema_sql(dialect_name: str) -> str:

@@ -67,8 +67,11 @@ def evaluate_model(
     start = time.perf_counter()
     if model.user_ids is None or not np.array_equal(model.user_ids, train.user_ids):
         raise ValueError("model and training interactions disagree on user ids")
-    user_rows = pd.Index(train.user_ids).get_indexer(holdout[C.USER])
-    item_cols = pd.Index(train.item_ids).get_indexer(holdout[C.ITEM])
+    # De-duplicate on the ids themselves: every distinct held-out item is one relevant
+    # item, including each item unknown to training (all of which map to column -1).
+    pairs = holdout[[C.USER, C.ITEM]].drop_duplicates()
+    user_rows = pd.Index(train.user_ids).get_indexer(pairs[C.USER])
+    item_cols = pd.Index(train.item_ids).get_indexer(pairs[C.ITEM])
     known_user = user_rows >= 0
     rel = pd.DataFrame({"u": user_rows[known_user], "i": item_cols[known_user]})
     # Holdout pairs the user already interacted with in training are repeats, not
@@ -77,7 +80,6 @@ def evaluate_model(
     if len(rel):
         in_train = np.asarray(seen[rel["u"].to_numpy(), np.maximum(rel["i"].to_numpy(), 0)]).ravel() != 0
         rel = rel[~((rel["i"] >= 0).to_numpy() & in_train)]
-    rel = rel.drop_duplicates()
     users = np.sort(rel["u"].unique())
     if len(users) == 0:
         raise ValueError("holdout has no users with training data to evaluate")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,17 @@ from recjobs.db import items as items_table
 from recjobs.ingest import (
     IngestError,
     IngestReport,
+    _first_line,
     file_sha256,
     ingest_file,
     known_hash,
+    read_header,
     record_ingest,
+    record_rejection,
+    seen_before,
 )
 from recjobs.interactions import Interactions, SideFeatures, align_features
-from recjobs.lake import atomic_write_parquet
+from recjobs.lake import LakeLockTimeout, atomic_write_parquet, lake_lock
 from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,11 +55,12 @@ def _path(settings: Settings, kind: str) -> Path:
 def sniff_kind(path: Path) -> str:
     """Which kind of file ``path`` is, from its columns: ratings or one of :data:`KINDS`."""
     if path.suffix.lower() == ".parquet":
-        names = pq.ParquetFile(path).schema_arrow.names
+        try:
+            names = pq.ParquetFile(path).schema_arrow.names
+        except (pa.ArrowException, OSError):
+            return "ratings"  # the ratings path reports (and records) the unreadable file
     else:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            first = fh.readline().strip()
-        names = [n.strip() for n in first.replace("\t", ",").split(",")]
+        names = read_header(path)
     if C.FEATURE in names:
         return "user_features" if C.USER in names else "item_features"
     if C.TITLE in names and C.RATING not in names:
@@ -65,13 +71,23 @@ def sniff_kind(path: Path) -> str:
 def _read_any(path: Path) -> pd.DataFrame:
     if path.suffix.lower() == ".parquet":
         return pd.read_parquet(path).astype(object).astype("string")
-    return pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[])
+    # utf-8-sig: a byte-order mark (Excel) must not become part of the first column's name.
+    try:
+        return pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[],
+                           encoding="utf-8-sig", sep="\t" if "\t" in _first_line(path) else ",")
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise IngestError(f"{path}: cannot parse as CSV: {exc}") from None
 
 
 def ingest_side_frame(
-    frame: pd.DataFrame, kind: str, settings: Settings, source: str
+    frame: pd.DataFrame, kind: str, settings: Settings, source: str,
+    check: Callable[[int, pd.DataFrame], None] | None = None,
 ) -> tuple[int, int, pd.DataFrame]:
-    """Validate and merge a side frame; returns (rows valid, rows quarantined, quarantined rows)."""
+    """Validate and merge a side frame; returns (rows valid, rows quarantined, quarantined rows).
+
+    ``check(n_bad, bad_rows)`` runs before anything is written and may raise to refuse
+    the whole frame.
+    """
     key = KINDS[kind]
     value_col = C.TITLE if kind == "items" else C.FEATURE
     missing = [c for c in (key, value_col) if c not in frame.columns]
@@ -95,6 +111,8 @@ def ingest_side_frame(
     clean = pd.DataFrame({key: ids[good].astype(object), value_col: values[good].astype(object)})
     if kind != "items":
         clean[C.WEIGHT] = weights[good].astype("float32").to_numpy()
+    if check is not None:
+        check(int((~good).sum()), bad)
     path = _path(settings, kind)
     if path.exists():
         old = pq.read_table(path).to_pandas()
@@ -113,23 +131,34 @@ def ingest_side_file(path: Path | str, settings: Settings, engine: Engine, kind:
         raise IngestError(f"{path}: no such file")
     digest = file_sha256(path)
     report = IngestReport(source_path=str(path), content_hash=digest)
-    if known_hash(engine, digest):
-        report.skipped = True
+    if seen_before(engine, report):
         return report
     kind = kind or sniff_kind(path)
-    frame = _read_any(path)
-    if frame.empty:
-        raise IngestError(f"{path}: no data rows")
-    report.rows_read = len(frame)
-    report.rows_valid, report.rows_quarantined, bad = ingest_side_frame(frame, kind, settings, str(path))
-    _check_share(report, settings, bad, kind)
-    if kind == "items":
-        sync_titles(settings, engine)
-    record_ingest(engine, report, kind=kind)
+    try:
+        frame = _read_any(path)
+        if frame.empty:
+            raise IngestError(f"{path}: no data rows")
+        report.rows_read = len(frame)
+        # The side file's merge is a read-modify-write of the lake, like a ratings merge.
+        with lake_lock(settings.lake, settings.ingest.lock_timeout_seconds):
+            report.rows_valid, report.rows_quarantined, bad = ingest_side_frame(
+                frame, kind, settings, str(path), check=lambda n_bad, bad: _check_share(
+                    report, settings, bad, kind, n_bad))
+            if kind == "items":
+                sync_titles(settings, engine)
+            record_ingest(engine, report, kind=kind)
+    except LakeLockTimeout as exc:
+        raise IngestError(f"{path}: {exc}") from None
+    except IngestError as exc:
+        record_rejection(engine, report, kind, str(exc))
+        raise
     return report
 
 
-def _check_share(report: IngestReport, settings: Settings, bad: pd.DataFrame, kind: str) -> None:
+def _check_share(
+    report: IngestReport, settings: Settings, bad: pd.DataFrame, kind: str, n_bad: int
+) -> None:
+    report.rows_quarantined = n_bad
     if report.rows_quarantined:
         qpath = settings.quarantine_dir / f"{report.content_hash[:16]}.parquet"
         atomic_write_parquet(pa.Table.from_pandas(bad.astype("string").reset_index(drop=True),

@@ -1,17 +1,33 @@
 """Ingest: validate rating files and merge them into the Parquet lake.
 
-Accepted inputs:
+Accepted inputs (see :func:`ingest_file`):
 
-* MovieLens ``u.data``: tab-separated ``user item rating timestamp``, no header;
-* CSV with a header naming ``user_id,item_id,rating,timestamp`` (other columns are
-  ignored; timestamps as Unix seconds or ISO 8601);
+* MovieLens ``u.data`` (tab-separated ``user item rating timestamp``, no header) and
+  ML-1M ``ratings.dat`` (``::``-separated, no header);
+* CSV (or tab-separated text) with a header naming ``user_id,item_id,rating,timestamp``,
+  or MovieLens 20M/25M's ``userId,movieId,rating,timestamp``, or any names mapped with
+  ``ingest.columns``; other columns are ignored. UTF-8, with or without a byte-order
+  mark, LF or CRLF line endings, fields optionally quoted;
 * Parquet with those columns.
 
-Each row is checked; bad rows go to a quarantine Parquet file with the reason,
-good rows are merged into ``dt=YYYY-MM-DD`` partitions, de-duplicated on
-(user, item, timestamp). A file whose invalid share passes the configured limit is
-rejected whole (quarantine still written, so the bad rows can be inspected).
-Files are remembered by content hash, so ingesting one again changes nothing.
+Each row is checked; bad rows (malformed lines included) go to a quarantine Parquet
+file with their line number and reason, good rows are merged into ``dt=YYYY-MM-DD``
+partitions, de-duplicated on (user, item, timestamp). A file whose invalid share
+passes the configured limit is rejected whole (quarantine still written, so the bad
+rows can be inspected) and recorded as rejected, so later inbox runs skip it until
+it is forced or delivered corrected. Files are remembered by content hash, so
+ingesting one again changes nothing.
+
+Values, exactly:
+
+* ids are text, kept as given: an unquoted CSV field loses surrounding spaces and
+  tabs, a quoted one is kept byte for byte; ``NA``, ``null`` and the like are ids like
+  any other; only an empty (or, in Parquet, null/NaN) id is invalid. Parquet integer
+  ids become their decimal text, integral floats are written as integers (``7.0`` ->
+  ``7``) and other floats as the shortest text that reads back the same (``7.5``);
+* timestamps are Unix seconds (fractions allowed), ISO 8601 (no offset means UTC) or a
+  Parquet timestamp/date column (no time zone means UTC); anything finer than a
+  millisecond, the lake's unit, is truncated to the millisecond.
 """
 
 from __future__ import annotations
@@ -27,20 +43,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.csv as pacsv
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recjobs import columns as C
 from recjobs.db import ingest_log
-from recjobs.lake import atomic_write_parquet, merge_partition
-from recjobs.settings import Settings
+from recjobs.faults import fault_point
+from recjobs.lake import LakeLockTimeout, atomic_write_parquet, lake_lock, merge_partition
+from recjobs.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
-INBOX_PATTERNS = ("*.csv", "*.tsv", "*.data", "*.parquet")
+INBOX_PATTERNS = ("*.csv", "*.tsv", "*.data", "*.dat", "*.parquet")
 REQUIRED = C.INTERACTION_COLUMNS
+# Column names of the MovieLens 20M/25M CSVs, accepted without a mapping.
+ALIASES = {C.USER: ("userId",), C.ITEM: ("movieId",)}
+BOM = b"\xef\xbb\xbf"
+STATUS_INGESTED = "ingested"
+STATUS_REJECTED = "rejected"
 
 
 class IngestError(ValueError):
@@ -61,8 +83,17 @@ class IngestReport:
     quarantine_path: str | None = None
     skipped: bool = False
     reasons: dict[str, int] = field(default_factory=dict)
+    status: str = STATUS_INGESTED
+    reason: str | None = None
 
     def summary(self) -> str:
+        """One line for logs and the CLI."""
+        if self.skipped and self.status == STATUS_REJECTED:
+            return (
+                f"{self.source_path}: rejected on an earlier run (sha256 {self.content_hash[:12]}), "
+                f"skipped. Earlier reason: {self.reason} -- deliver a corrected file, or run "
+                f"`recjobs ingest --force {self.source_path}` to ingest it anyway"
+            )
         if self.skipped:
             return f"{self.source_path}: already ingested (sha256 {self.content_hash[:12]}), skipped"
         return (
@@ -73,6 +104,7 @@ class IngestReport:
 
 
 def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -80,99 +112,401 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _detect_format(path: Path) -> str:
-    if path.suffix.lower() == ".parquet":
-        return "parquet"
+def parse_columns_option(text: str) -> dict[str, str]:
+    """``user_id=customer,item_id=sku`` (the CLI's ``--columns``) as a mapping.
+
+    Raises :class:`SettingsError` naming the bad pair; unknown canonical names are
+    rejected by the ``ingest.columns`` setting itself.
+    """
+    out: dict[str, str] = {}
+    for pair in text.split(","):
+        if not pair.strip():
+            continue
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise SettingsError(f"--columns expects CANONICAL=FILE_COLUMN pairs, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+# -- text files -----------------------------------------------------------------
+
+
+def split_record(record: str, delimiter: str) -> list[str] | None:
+    """Split one delimited record; None if its quoting is malformed.
+
+    Unquoted fields lose surrounding spaces and tabs; a quoted field is kept exactly
+    (``""`` inside it is one quote). This is the rule for ids and header names alike.
+    """
+    fields: list[str] = []
+    i, n, width = 0, len(record), len(delimiter)
+    while True:
+        j = i
+        while j < n and record[j] in " \t" and not record.startswith(delimiter, j):
+            j += 1
+        if j < n and record[j] == '"':
+            parts: list[str] = []
+            k = j + 1
+            while True:
+                q = record.find('"', k)
+                if q < 0:
+                    return None  # unterminated quote
+                parts.append(record[k:q])
+                if record.startswith('"', q + 1):
+                    parts.append('"')
+                    k = q + 2
+                    continue
+                break
+            fields.append("".join(parts))
+            k = q + 1
+            while k < n and record[k] in " \t" and not record.startswith(delimiter, k):
+                k += 1
+            if k == n:
+                return fields
+            if not record.startswith(delimiter, k):
+                return None  # text after a closing quote
+            i = k + width
+        else:
+            d = record.find(delimiter, i)
+            if d < 0:
+                fields.append(record[i:].strip(" \t"))
+                return fields
+            fields.append(record[i:d].strip(" \t"))
+            i = d + width
+
+
+def _first_line(path: Path) -> str:
     with open(path, "rb") as fh:
-        first = fh.readline().decode("utf-8", errors="replace").strip()
-    if not first:
-        raise IngestError(f"{path}: file is empty")
-    if "\t" in first:
-        fields = first.split("\t")
-        return "tsv_header" if C.USER in fields else "movielens"
-    return "csv"
+        raw = fh.readline()
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    return raw.decode("utf-8", errors="replace").rstrip("\r\n")
 
 
-def _batches(path: Path, fmt: str, batch_rows: int) -> Iterator[pd.DataFrame]:
-    """Yield the required columns as strings, in file order, a batch at a time."""
-    as_strings = {c: pa.string() for c in REQUIRED}
-    if fmt == "parquet":
+def _delimiter(first_line: str) -> str:
+    if "::" in first_line:
+        return "::"
+    return "\t" if "\t" in first_line else ","
+
+
+def read_header(path: Path) -> list[str]:
+    """The column names on a text file's first line (byte-order mark, quotes, CRLF handled)."""
+    first = _first_line(path)
+    return split_record(first, _delimiter(first)) or [first]
+
+
+@dataclass
+class _Layout:
+    """Where each canonical column comes from in one file."""
+
+    kind: str  # "text" or "parquet"
+    names: list[str]  # the file's column names (positional names for headerless text)
+    source: dict[str, str | None]  # canonical column -> file column; None: default rating
+    delimiter: str = ","
+    has_header: bool = True
+
+
+def _resolve(path: Path, names: list[str], settings: Settings) -> dict[str, str | None]:
+    mapping = settings.ingest.columns
+    source: dict[str, str | None] = {}
+    missing = []
+    for col in REQUIRED:
+        if col in mapping:
+            if mapping[col] not in names:
+                raise IngestError(
+                    f"{path}: column {mapping[col]!r}, mapped to {col} by ingest.columns "
+                    f"(--columns), is not in the file; its columns are {names}"
+                )
+            source[col] = mapping[col]
+        elif col in names:
+            source[col] = col
+        elif any(a in names for a in ALIASES.get(col, ())):
+            source[col] = next(a for a in ALIASES[col] if a in names)
+        elif col == C.RATING and settings.ingest.default_rating is not None:
+            source[col] = None
+        else:
+            missing.append(col)
+    if missing:
+        raise IngestError(
+            f"{path}: missing required columns {missing} (header has {names}); expected a "
+            f"header naming {list(REQUIRED)} (or MovieLens's userId,movieId), a mapping in "
+            "ingest.columns / `recjobs ingest --columns`, or ingest.default_rating for files "
+            "without ratings"
+        )
+    return source
+
+
+def _layout(path: Path, settings: Settings) -> _Layout:
+    if path.suffix.lower() == ".parquet":
         try:
-            pfile = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow raises several types for corrupt files
-            raise IngestError(f"{path}: not a readable Parquet file ({exc})") from exc
-        missing = [c for c in REQUIRED if c not in pfile.schema_arrow.names]
-        if missing:
-            raise IngestError(f"{path}: missing required columns {missing}")
-        for batch in pfile.iter_batches(batch_size=batch_rows, columns=list(REQUIRED)):
-            yield pa.Table.from_batches([batch]).to_pandas().astype(object).astype("string")
-        return
-    if fmt == "movielens":
-        read = pacsv.ReadOptions(column_names=list(REQUIRED), block_size=1 << 24)
-        parse = pacsv.ParseOptions(delimiter="\t")
-    else:
-        read = pacsv.ReadOptions(block_size=1 << 24)
-        parse = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv_header" else ",")
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            header = [h.strip() for h in fh.readline().strip().split(parse.delimiter)]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise IngestError(
-                f"{path}: missing required columns {missing} (header has {header}); "
-                f"expected a header naming {list(REQUIRED)}"
-            )
-    convert = pacsv.ConvertOptions(
-        column_types=as_strings,
-        include_columns=list(REQUIRED),
-        strings_can_be_null=True,
-        quoted_strings_can_be_null=False,
-    )
+            names = pq.ParquetFile(path).schema_arrow.names
+        except (pa.ArrowException, OSError) as exc:
+            raise IngestError(f"{path}: not a readable Parquet file ({exc})") from None
+        return _Layout("parquet", names, _resolve(path, names, settings))
+    first = _first_line(path)
+    if not first.strip():
+        raise IngestError(f"{path}: file is empty (or its first line is blank)")
+    delimiter = _delimiter(first)
+    names = split_record(first, delimiter) or [first]
+    known = set(REQUIRED) | set(settings.ingest.columns.values())
+    known |= {a for aliases in ALIASES.values() for a in aliases}
+    if delimiter != "," and not known & set(names):
+        # MovieLens u.data / ratings.dat: no header, the four columns in order.
+        return _Layout("text", list(REQUIRED), {c: c for c in REQUIRED}, delimiter, False)
+    return _Layout("text", names, _resolve(path, names, settings), delimiter, True)
+
+
+def _decode(raw: list[bytes]) -> tuple[list[str | None], bool]:
+    """Lines without their newline; None for a line that is not UTF-8. Also: any quote char?"""
+    block = b"".join(raw)
     try:
-        reader = pacsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
-        pending: list[pa.RecordBatch] = []
-        size = 0
-        for batch in reader:
-            pending.append(batch)
-            size += batch.num_rows
-            if size >= batch_rows:
-                yield pa.Table.from_batches(pending).to_pandas().astype("string")
-                pending, size = [], 0
-        if pending:
-            yield pa.Table.from_batches(pending).to_pandas().astype("string")
-    except pa.ArrowInvalid as exc:
-        raise IngestError(f"{path}: cannot parse as {fmt}: {exc}") from exc
+        lines: list[str | None] = list(block.decode("utf-8").split("\n"))
+        if len(lines) == len(raw) + 1:
+            lines.pop()  # the empty piece after the final newline
+        clean = True
+    except UnicodeDecodeError:
+        lines = []
+        for line in raw:
+            try:
+                lines.append(line.decode("utf-8").rstrip("\n"))
+            except UnicodeDecodeError:
+                lines.append(None)
+        clean = False
+    return lines, clean and b'"' not in block
+
+
+def _text_batches(
+    path: Path, layout: _Layout, batch_rows: int
+) -> Iterator[tuple[pd.DataFrame, pd.Series]]:
+    """Yield (rows, malformed) per batch: the needed columns as strings and reasons for
+    lines that are not records, both indexed by 1-based line number."""
+    n_fields = len(layout.names)
+    wanted = {c: layout.names.index(s) for c, s in layout.source.items() if s is not None}
+    hint = max(batch_rows * 40, 1 << 16)
+    consumed = 0
+    carry: tuple[int, str] | None = None  # a quoted field spanning lines: (first line, text)
+    with open(path, "rb") as fh:
+        while True:
+            raw = fh.readlines(hint)
+            if not raw:
+                break
+            first_no = consumed + 1
+            consumed += len(raw)
+            if first_no == 1 and raw[0].startswith(BOM):
+                raw[0] = raw[0][len(BOM):]
+            lines, plain = _decode(raw)
+            numbers = np.arange(first_no, first_no + len(lines), dtype="int64")
+            if first_no == 1 and layout.has_header:
+                lines, numbers = lines[1:], numbers[1:]
+            if plain and carry is None:
+                yield _split_plain(lines, numbers, layout.delimiter, n_fields, wanted)
+                continue
+            records: list[list[str]] = []
+            record_numbers: list[int] = []
+            bad: dict[int, str] = {}
+            for number, line in zip(numbers.tolist(), lines, strict=True):
+                if line is None:
+                    bad[number] = "line is not valid UTF-8"
+                    continue
+                line = line.rstrip("\r")
+                if carry is not None:
+                    number, line = carry[0], carry[1] + "\n" + line
+                    carry = None
+                if line.count('"') % 2:
+                    carry = (number, line)
+                    continue
+                if not line:
+                    continue
+                fields = split_record(line, layout.delimiter)
+                if fields is None:
+                    bad[number] = "malformed quoting"
+                elif len(fields) != n_fields:
+                    bad[number] = f"expected {n_fields} fields, found {len(fields)}"
+                else:
+                    records.append(fields)
+                    record_numbers.append(number)
+            index = pd.Index(record_numbers, dtype="int64")
+            frame = pd.DataFrame(
+                {c: pd.Series([r[i] for r in records], index=index, dtype="string")
+                 for c, i in wanted.items()},
+                index=index,
+            )
+            yield frame, pd.Series(bad, dtype="string")
+    if carry is not None:
+        yield (
+            pd.DataFrame({c: pd.Series(dtype="string") for c in wanted}),
+            pd.Series({carry[0]: "unterminated quote"}, dtype="string"),
+        )
+
+
+def _split_plain(
+    lines: list[str | None], numbers: np.ndarray, delimiter: str, n_fields: int,
+    wanted: dict[str, int],
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The vectorised path for a chunk with no quote characters."""
+    arr = pc.utf8_rtrim(pa.array(lines, pa.string()), characters="\r")
+    nonblank = np.asarray(pc.not_equal(arr, "").to_numpy(zero_copy_only=False), dtype=bool)
+    parts = pc.split_pattern(arr, pattern=delimiter)
+    counts = np.asarray(pc.list_value_length(parts).to_numpy(zero_copy_only=False))
+    ok = nonblank & (counts == n_fields)
+    wrong = nonblank & ~ok
+    flat = pc.list_flatten(parts.filter(pa.array(ok)))
+    index = pd.Index(numbers[ok], dtype="int64")
+    frame = pd.DataFrame(index=index)
+    for col, pos in wanted.items():
+        values = pc.utf8_trim(flat.take(np.arange(pos, len(flat), n_fields)), characters=" \t")
+        frame[col] = pd.Series(values.to_numpy(zero_copy_only=False), index=index, dtype="string")
+    malformed = pd.Series(
+        [f"expected {n_fields} fields, found {n}" for n in counts[wrong]],
+        index=pd.Index(numbers[wrong], dtype="int64"), dtype="string",
+    )
+    return frame, malformed
+
+
+# -- Parquet files ----------------------------------------------------------------
+
+
+def _id_text(arr: pa.Array, path: Path, name: str) -> pd.Series:
+    """Ids as text: integers in decimal, integral floats without ``.0``, strings as they are."""
+    kind = arr.type
+    if pa.types.is_dictionary(kind):
+        arr = arr.dictionary_decode()
+        kind = arr.type
+    if pa.types.is_floating(kind):
+        values = arr.to_numpy(zero_copy_only=False)
+        out = np.full(len(values), None, dtype=object)
+        finite = np.isfinite(values)
+        integral = finite & (np.floor(values) == values)
+        small = integral & (np.abs(values) < 2.0**63)
+        out[small] = values[small].astype(np.int64).astype(str)
+        out[integral & ~small] = [str(int(v)) for v in values[integral & ~small]]
+        rest = finite & ~integral
+        out[rest] = [str(v) for v in values[rest]]
+        return pd.Series(out, dtype="string")
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        try:
+            arr = pc.cast(arr, pa.string())
+        except pa.ArrowException:
+            raise IngestError(f"{path}: column {name!r} has type {kind}, which cannot be an id") from None
+    return pd.Series(arr.to_numpy(zero_copy_only=False), dtype="string")
+
+
+def _value_column(arr: pa.Array) -> pd.Series:
+    """Ratings and timestamps: numbers as float64, timestamps/dates as ms UTC, else text."""
+    kind = arr.type
+    if pa.types.is_dictionary(kind):
+        arr = arr.dictionary_decode()
+        kind = arr.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return pd.Series(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False))
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
+        # A time-zone-less column is read as UTC; safe=False truncates finer units to ms.
+        ms = pc.cast(arr, pa.timestamp("ms", tz="UTC"), safe=False)
+        return ms.to_pandas()
+    return pd.Series(pc.cast(arr, pa.string()).to_numpy(zero_copy_only=False), dtype="string")
+
+
+def _parquet_batches(
+    path: Path, layout: _Layout, settings: Settings
+) -> Iterator[tuple[pd.DataFrame, pd.Series]]:
+    """Yield (rows, no malformed rows) per batch, indexed by 1-based row number."""
+    names = sorted({s for s in layout.source.values() if s is not None})
+    done = 0
+    try:
+        pfile = pq.ParquetFile(path)
+        for batch in pfile.iter_batches(batch_size=settings.ingest.batch_rows, columns=names):
+            index = pd.RangeIndex(done + 1, done + 1 + batch.num_rows)
+            done += batch.num_rows
+            frame = pd.DataFrame(index=index)
+            for col, name in layout.source.items():
+                if name is None:
+                    values = pd.Series(settings.ingest.default_rating, index=index, dtype="float64")
+                elif col in (C.USER, C.ITEM):
+                    values = _id_text(batch.column(name), path, name)
+                else:
+                    values = _value_column(batch.column(name))
+                frame[col] = values.set_axis(index)
+            yield frame, pd.Series(dtype="string")
+    except (pa.ArrowException, OSError) as exc:
+        raise IngestError(f"{path}: not a readable Parquet file after row {done} ({exc})") from None
+
+
+# -- validation -----------------------------------------------------------------
+
+# Unix seconds that datetime64[ms] and Parquet can hold (years 1..9999).
+_MIN_S, _MAX_S = -62_135_596_800, 253_402_300_799
+
+
+def _seconds_to_timestamps(seconds: pd.Series) -> pd.Series:
+    values = seconds.astype("float64").to_numpy()
+    out = pd.Series(pd.NaT, index=seconds.index, dtype="datetime64[ms, UTC]")
+    ok = np.isfinite(values) & (values >= _MIN_S) & (values <= _MAX_S)
+    # Round to the microsecond first (absorbs float noise: 0.1 s is 99.9999... ms), then
+    # truncate to the lake's millisecond.
+    ms = np.floor(np.round(values[ok] * 1e6) / 1000).astype("int64")
+    out[ok] = pd.to_datetime(ms, unit="ms", utc=True).astype("datetime64[ms, UTC]")
+    return out
 
 
 def parse_timestamps(raw: pd.Series) -> pd.Series:
-    """Unix seconds or ISO 8601 strings to UTC timestamps; unparseable values become NaT."""
-    text = raw.str.strip()
-    numeric = pd.to_numeric(text, errors="coerce")
-    out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ms, UTC]")
-    is_num = numeric.notna() & np.isfinite(numeric.astype("float64"))
-    # Bounds keep values inside what datetime64[ms] and Parquet can hold.
-    is_num &= numeric.between(-62_135_596_800, 253_402_300_799)
-    if is_num.any():
-        out[is_num] = pd.to_datetime(numeric[is_num].astype("float64"), unit="s", utc=True)
-    rest = text.notna() & ~numeric.notna()
+    """Unix seconds, ISO 8601 text, or timestamps to UTC at millisecond resolution.
+
+    Finer values are truncated to the millisecond; unparseable values become NaT.
+    """
+    if isinstance(raw.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(raw.dtype):
+        return raw.dt.floor("ms").astype("datetime64[ms, UTC]")
+    if pd.api.types.is_numeric_dtype(raw.dtype):
+        return _seconds_to_timestamps(raw)
+    text = raw.astype("string").str.strip()
+    numeric = pd.to_numeric(text, errors="coerce").astype("float64")
+    out = _seconds_to_timestamps(numeric)
+    # Plain decimals are converted digit by digit: a float cannot hold 1767225600.9999999
+    # (it rounds up to the next second), and truncation must not depend on that.
+    # Whole seconds are exact as floats; only values with a fraction need this.
+    has_point = numeric.notna() & text.str.contains(".", regex=False).fillna(False)
+    if has_point.any():
+        candidates = text[has_point]
+        parts = pc.extract_regex(pa.array(candidates.to_numpy(dtype=object), pa.string()),
+                                 r"^(?P<sign>[+-]?)(?P<whole>\d{1,12})\.(?P<frac>\d*)$")
+        ok = np.asarray(parts.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        parts = parts.filter(pa.array(ok))
+        whole = pc.cast(parts.field("whole"), pa.int64()).to_numpy()
+        frac = pc.utf8_rpad(parts.field("frac"), width=3, padding="0")
+        first3 = pc.cast(pc.utf8_slice_codeunits(frac, 0, 3), pa.int64()).to_numpy()
+        rest = pc.utf8_rtrim(pc.utf8_slice_codeunits(frac, 3), characters="0")
+        finer = np.asarray(pc.not_equal(rest, "").to_numpy(zero_copy_only=False), dtype=bool)
+        sign = np.where(np.asarray(parts.field("sign").to_numpy(zero_copy_only=False)) == "-", -1, 1)
+        ms = (whole * 1000 + first3) * sign - ((sign < 0) & finer)  # floor to the millisecond
+        in_range = (ms >= _MIN_S * 1000) & (ms <= _MAX_S * 1000 + 999)
+        index = candidates.index[ok]
+        out[index] = pd.NaT
+        out[index[in_range]] = pd.to_datetime(
+            ms[in_range], unit="ms", utc=True).astype("datetime64[ms, UTC]")
+    rest = text.notna() & numeric.isna()
     if rest.any():
         parsed = pd.to_datetime(text[rest], format="ISO8601", utc=True, errors="coerce")
-        out[rest] = parsed
+        out[rest] = parsed.dt.floor("ms").astype("datetime64[ms, UTC]")
     return out
 
 
 def validate(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.Series]:
-    """Split a batch of raw string columns into valid typed rows and a reason per bad row."""
+    """Split a batch of raw columns into valid typed rows and a reason per bad row."""
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
 
     def flag(mask: pd.Series, why: str) -> None:
         mask = mask.fillna(True).astype(bool) & reason.isna()
         reason[mask] = why
 
-    user = frame[C.USER].str.strip()
-    item = frame[C.ITEM].str.strip()
+    user = frame[C.USER].astype("string")
+    item = frame[C.ITEM].astype("string")
     flag(user.isna() | (user == ""), "empty user_id")
     flag(item.isna() | (item == ""), "empty item_id")
-    rating = pd.to_numeric(frame[C.RATING].str.strip(), errors="coerce").astype("float64")
+    raw_rating = frame[C.RATING]
+    if pd.api.types.is_numeric_dtype(raw_rating.dtype):
+        rating = raw_rating.astype("float64")
+    else:
+        rating = pd.to_numeric(raw_rating.astype("string").str.strip(), errors="coerce")
+        rating = rating.astype("float64")
     flag(rating.isna(), "rating is not a number")
     lo, hi = settings.ingest.rating_min, settings.ingest.rating_max
     flag(~rating.between(lo, hi), f"rating outside [{lo:g}, {hi:g}]")
@@ -190,89 +524,44 @@ def validate(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.
     return valid, reason[~good]
 
 
-def known_hash(engine: Engine, digest: str) -> bool:
-    """Whether content with this hash was ingested before."""
+# -- the ingest log -------------------------------------------------------------
+
+
+def _log_row(engine: Engine, digest: str) -> sa.Row | None:
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(ingest_log.c.content_hash).where(ingest_log.c.content_hash == digest)
+        return conn.execute(
+            sa.select(ingest_log.c.status, ingest_log.c.reason).where(
+                ingest_log.c.content_hash == digest
+            )
         ).first()
-    return row is not None
 
 
-def ingest_file(
-    path: Path | str, settings: Settings, engine: Engine, *, force: bool = False
-) -> IngestReport:
-    """Validate ``path`` and merge its valid rows into the lake; see the module docstring."""
-    path = Path(path)
-    if not path.exists():
-        raise IngestError(f"{path}: no such file")
-    if not path.is_file():
-        raise IngestError(f"{path}: not a regular file")
-    digest = file_sha256(path)
-    report = IngestReport(source_path=str(path), content_hash=digest)
-    if not force and known_hash(engine, digest):
-        report.skipped = True
+def known_hash(engine: Engine, digest: str) -> bool:
+    """Whether content with this hash was ingested before (a rejection does not count)."""
+    row = _log_row(engine, digest)
+    return row is not None and row.status in (None, STATUS_INGESTED)
+
+
+def rejection_reason(engine: Engine, digest: str) -> str | None:
+    """Why content with this hash was rejected before, or None if it was not."""
+    row = _log_row(engine, digest)
+    if row is None or row.status != STATUS_REJECTED:
+        return None
+    return row.reason or "no reason recorded"
+
+
+def seen_before(engine: Engine, report: IngestReport) -> bool:
+    """Mark ``report`` skipped if its content was ingested or rejected before; log why."""
+    row = _log_row(engine, report.content_hash)
+    if row is None:
+        return False
+    report.skipped = True
+    if row.status == STATUS_REJECTED:
+        report.status, report.reason = STATUS_REJECTED, row.reason or "no reason recorded"
+        log.warning(report.summary())
+    else:
         log.info(report.summary())
-        return report
-    if path.stat().st_size == 0:
-        raise IngestError(f"{path}: file is empty")
-
-    fmt = _detect_format(path)
-    valid_parts: list[pd.DataFrame] = []
-    bad_parts: list[pd.DataFrame] = []
-    reasons: Counter[str] = Counter()
-    offset = 0
-    for batch in _batches(path, fmt, settings.ingest.batch_rows):
-        # 1-based line numbers as a person sees them in an editor.
-        batch.index = pd.RangeIndex(offset, offset + len(batch)) + (1 if fmt == "movielens" else 2)
-        offset += len(batch)
-        valid, why = validate(batch, settings)
-        valid_parts.append(valid)
-        if len(why):
-            bad = batch.loc[why.index].copy()
-            bad[C.REASON] = why
-            bad[C.SOURCE_ROW] = bad.index.astype("int64")
-            bad_parts.append(bad)
-            reasons.update(why.tolist())
-        if offset and offset % (5 * settings.ingest.batch_rows) == 0:
-            log.info("%s: %d rows validated", path, offset)
-    report.rows_read = offset
-    report.reasons = dict(reasons)
-    if offset == 0:
-        raise IngestError(f"{path}: file has a header but no data rows")
-
-    n_bad = sum(len(b) for b in bad_parts)
-    report.rows_quarantined = n_bad
-    if n_bad:
-        qpath = settings.quarantine_dir / f"{digest[:16]}.parquet"
-        quarantined = pd.concat(bad_parts)
-        quarantined.insert(0, C.SOURCE_FILE, str(path))
-        atomic_write_parquet(
-            pa.Table.from_pandas(quarantined.reset_index(drop=True), preserve_index=False), qpath
-        )
-        report.quarantine_path = str(qpath)
-    share = n_bad / offset
-    if share > settings.ingest.max_invalid_share:
-        top = ", ".join(f"{why}: {n}" for why, n in reasons.most_common(5))
-        raise IngestError(
-            f"{path}: {n_bad} of {offset} rows invalid ({share:.2%}), above the limit of "
-            f"{settings.ingest.max_invalid_share:.2%} (ingest.max_invalid_share); nothing was "
-            f"ingested. Reasons: {top}. Bad rows with their line numbers: {report.quarantine_path}"
-        )
-
-    valid = pd.concat(valid_parts, ignore_index=True)
-    before = len(valid)
-    valid = valid.drop_duplicates([C.USER, C.ITEM, C.TIMESTAMP], keep="last")
-    report.duplicates_dropped = before - len(valid)
-    report.rows_valid = len(valid)
-    days = valid[C.TIMESTAMP].dt.strftime("%Y-%m-%d")
-    for day, rows in valid.groupby(days, sort=True):
-        _, dups = merge_partition(settings.ratings_dir, str(day), rows)
-        report.duplicates_dropped += dups
-        report.partitions.append(str(day))
-    record_ingest(engine, report, kind="ratings")
-    log.info(report.summary())
-    return report
+    return True
 
 
 def record_ingest(engine: Engine, report: IngestReport, kind: str) -> None:
@@ -288,6 +577,128 @@ def record_ingest(engine: Engine, report: IngestReport, kind: str) -> None:
         conn.execute(ingest_log.insert().values(**row))
 
 
+def record_rejection(engine: Engine, report: IngestReport, kind: str, reason: str) -> None:
+    """Remember that this content was refused, so the inbox does not retry it every night."""
+    report.status, report.reason = STATUS_REJECTED, reason
+    report.rows_valid, report.duplicates_dropped, report.partitions = 0, 0, []
+    record_ingest(engine, report, kind=kind)
+
+
+# -- ingest -----------------------------------------------------------------------
+
+
+def _read_and_validate(
+    path: Path, settings: Settings, report: IngestReport
+) -> pd.DataFrame:
+    """Validate every row of ``path``; quarantine the bad ones; return the valid ones.
+
+    Raises :class:`IngestError` (to be recorded as a rejection) for unusable content.
+    """
+    if path.stat().st_size == 0:
+        raise IngestError(f"{path}: file is empty")
+    layout = _layout(path, settings)
+    batches = (
+        _parquet_batches(path, layout, settings) if layout.kind == "parquet"
+        else _text_batches(path, layout, settings.ingest.batch_rows)
+    )
+    valid_parts: list[pd.DataFrame] = []
+    bad_parts: list[pd.DataFrame] = []
+    reasons: Counter[str] = Counter()
+    n_read = 0
+    for frame, malformed in batches:
+        if C.RATING not in frame.columns:
+            frame[C.RATING] = settings.ingest.default_rating
+        n_read += len(frame) + len(malformed)
+        valid, why = validate(frame, settings)
+        valid_parts.append(valid)
+        if len(why):
+            bad = frame.loc[why.index, list(REQUIRED)].astype("string")
+            bad[C.REASON] = why
+            bad_parts.append(bad)
+            reasons.update(why.tolist())
+        if len(malformed):
+            bad = pd.DataFrame({c: pd.Series(pd.NA, index=malformed.index, dtype="string")
+                                for c in REQUIRED})
+            bad[C.REASON] = malformed
+            bad_parts.append(bad)
+            reasons.update(malformed.tolist())
+        fault_point("ingest.mid_validation")
+    report.rows_read = n_read
+    report.reasons = dict(reasons)
+    if n_read == 0:
+        raise IngestError(f"{path}: file has a header but no data rows")
+    n_bad = sum(len(b) for b in bad_parts)
+    report.rows_quarantined = n_bad
+    if n_bad:
+        qpath = settings.quarantine_dir / f"{report.content_hash[:16]}.parquet"
+        quarantined = pd.concat(bad_parts).sort_index()
+        quarantined[C.SOURCE_ROW] = quarantined.index.astype("int64")
+        quarantined.insert(0, C.SOURCE_FILE, str(path))
+        atomic_write_parquet(
+            pa.Table.from_pandas(quarantined.reset_index(drop=True), preserve_index=False), qpath
+        )
+        report.quarantine_path = str(qpath)
+    share = n_bad / n_read
+    if share > settings.ingest.max_invalid_share:
+        top = ", ".join(f"{why}: {n}" for why, n in reasons.most_common(5))
+        raise IngestError(
+            f"{path}: {n_bad} of {n_read} rows invalid ({share:.2%}), above the limit of "
+            f"{settings.ingest.max_invalid_share:.2%} (ingest.max_invalid_share); nothing was "
+            f"ingested. Reasons: {top}. Bad rows with their line numbers: {report.quarantine_path}"
+        )
+    valid = pd.concat(valid_parts, ignore_index=True)
+    before = len(valid)
+    valid = valid.drop_duplicates([C.USER, C.ITEM, C.TIMESTAMP], keep="last")
+    report.duplicates_dropped = before - len(valid)
+    report.rows_valid = len(valid)
+    return valid
+
+
+def ingest_file(
+    path: Path | str, settings: Settings, engine: Engine, *, force: bool = False
+) -> IngestReport:
+    """Validate ``path`` and merge its valid rows into the lake; see the module docstring.
+
+    Content seen before is skipped: ingested content silently, rejected content with a
+    warning that repeats the earlier reason; ``force`` ingests it anyway. A file that
+    is refused is recorded as rejected and the :class:`IngestError` is raised.
+    Validation runs unlocked; the merge and the ``ingest_log`` row are written under the
+    lake's lock, so concurrent ingests (the DAG beside a manual run) lose nothing.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise IngestError(f"{path}: no such file")
+    if not path.is_file():
+        raise IngestError(f"{path}: not a regular file")
+    try:
+        report = IngestReport(source_path=str(path), content_hash=file_sha256(path))
+        if not force and seen_before(engine, report):
+            return report
+        try:
+            valid = _read_and_validate(path, settings, report)
+        except IngestError as exc:
+            record_rejection(engine, report, "ratings", str(exc))
+            raise
+        with lake_lock(settings.lake, settings.ingest.lock_timeout_seconds):
+            # Another process may have ingested the same content while this one validated.
+            if not force and seen_before(engine, report):
+                return report
+            days = valid[C.TIMESTAMP].dt.strftime("%Y-%m-%d")
+            for day, rows in valid.groupby(days, sort=True):
+                _, dups = merge_partition(settings.ratings_dir, str(day), rows)
+                report.duplicates_dropped += dups
+                report.partitions.append(str(day))
+                fault_point("ingest.mid_merge")
+            fault_point("ingest.before_log")
+            record_ingest(engine, report, kind="ratings")
+    except OSError as exc:  # unreadable, or vanished mid-read: not the content's fault
+        raise IngestError(f"{path}: cannot read: {exc}") from None
+    except LakeLockTimeout as exc:
+        raise IngestError(f"{path}: {exc}") from None
+    log.info(report.summary())
+    return report
+
+
 def inbox_files(settings: Settings) -> list[Path]:
     """Files waiting in the inbox, in name order (so a rerun sees the same order)."""
     inbox = settings.inbox
@@ -301,8 +712,9 @@ def ingest_inbox(settings: Settings, engine: Engine) -> list[IngestReport]:
     """Ingest every new file in the inbox; files seen before (by content) are skipped.
 
     Side files (features, titles) are recognised by their columns and go to
-    :mod:`recjobs.features`. Every file is attempted; if any fails, an :class:`IngestError` listing all the
-    failures is raised after the rest have been ingested.
+    :mod:`recjobs.features`. Every file is attempted; if any fails, an
+    :class:`IngestError` naming each failed file and why is raised after the rest have
+    been ingested. Files rejected on an earlier run are skipped with a warning.
     """
     from recjobs.features import ingest_side_file, sniff_kind
 
@@ -316,7 +728,12 @@ def ingest_inbox(settings: Settings, engine: Engine) -> list[IngestReport]:
             else:
                 reports.append(ingest_side_file(path, settings, engine, kind))
         except IngestError as exc:
+            log.error("%s", exc)
             errors.append(str(exc))
+        except OSError as exc:
+            errors.append(f"{path}: cannot read: {exc}")
     if errors:
-        raise IngestError("; ".join(errors))
+        raise IngestError(
+            f"{len(errors)} of {len(reports) + len(errors)} inbox files failed: " + "; ".join(errors)
+        )
     return reports

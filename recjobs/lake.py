@@ -1,18 +1,30 @@
-"""The ratings lake: Hive-partitioned Parquet by event date, written atomically."""
+"""The ratings lake: Hive-partitioned Parquet by event date, written atomically.
+
+Writers (ingest of ratings and side files) serialise on one file lock,
+``<lake>/.lock`` (:func:`lake_lock`): a partition merge reads, merges and rewrites
+a file, so two unserialised writers would lose each other's rows. The lock is an
+OS file lock: it holds between processes on one host (and on a shared filesystem
+only where that filesystem implements locks), and the OS releases it when its
+holder dies, even by SIGKILL. Readers need no lock: every file is replaced atomically.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import filelock
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from recjobs import columns as C
+from recjobs.faults import fault_point
 
 RATINGS_SCHEMA = pa.schema(
     [
@@ -24,6 +36,29 @@ RATINGS_SCHEMA = pa.schema(
 )
 PART_FILE = "part-0.parquet"
 _PARTITIONING = ds.partitioning(pa.schema([(C.DATE, pa.string())]), flavor="hive")
+
+
+class LakeLockTimeout(RuntimeError):
+    """Another process held the lake's lock for longer than the configured timeout."""
+
+
+@contextmanager
+def lake_lock(lake: Path, timeout: float) -> Iterator[None]:
+    """Hold the lake's writer lock (``<lake>/.lock``) for the ``with`` block."""
+    lake.mkdir(parents=True, exist_ok=True)
+    path = lake / ".lock"
+    lock = filelock.FileLock(path)
+    try:
+        lock.acquire(timeout=timeout)
+    except filelock.Timeout:
+        raise LakeLockTimeout(
+            f"{path}: another ingest held the lake's lock for more than {timeout:g}s "
+            "(ingest.lock_timeout_seconds); is a stuck `recjobs ingest` still running?"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:
@@ -51,6 +86,7 @@ def merge_partition(root: Path, day: str, new_rows: pd.DataFrame) -> tuple[int, 
 
     Rows are de-duplicated on (user, item, timestamp), the newest file winning, and
     sorted, so merging the same rows again leaves the partition byte-for-byte as it was.
+    Callers hold :func:`lake_lock`: this is a read-modify-write of the partition file.
     """
     path = root / f"{C.DATE}={day}" / PART_FILE
     keys = [C.USER, C.ITEM, C.TIMESTAMP]
@@ -67,6 +103,7 @@ def merge_partition(root: Path, day: str, new_rows: pd.DataFrame) -> tuple[int, 
     table = to_ratings_table(merged)
     if old_table is not None and old_table.equals(table):
         return 0, len(new_rows)
+    fault_point("lake.merge.before_write")
     atomic_write_parquet(table, path)
     n_old = 0 if old is None else len(old)
     return len(merged) - n_old, before - len(merged)

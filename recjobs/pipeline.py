@@ -31,7 +31,7 @@ from recjobs.features import load_side_features
 from recjobs.interactions import Interactions
 from recjobs.lake import atomic_write_parquet, read_ratings, to_ratings_table
 from recjobs.models import Recommender, get_family
-from recjobs.publish import PublishResult, publish_list
+from recjobs.publish import PublishResult, SwapPolicy, load_staging, rank_to_staging
 from recjobs.settings import Settings
 from recjobs.split import temporal_split
 
@@ -219,7 +219,15 @@ class GateDecision:
     reason: str
 
 
+class NoCandidatesError(PipelineError):
+    """The date has no evaluated candidate to gate; its 'no_candidates' gate row says why."""
+
+
 _METRIC_COLUMN = {"ndcg": "ndcg_at_k", "map": "map_at_k", "precision": "precision_at_k", "recall": "recall_at_k"}
+# Gate rows with these statuses name a champion; 'no_candidates' rows record a night that
+# had nothing to gate and must never be taken for one.
+CHAMPION_STATUSES = ("promoted", "champion_kept")
+NO_CANDIDATES = "no_candidates"
 
 
 def champion_before(engine: Engine, day: dt.date) -> sa.Row | None:
@@ -227,13 +235,69 @@ def champion_before(engine: Engine, day: dt.date) -> sa.Row | None:
     with engine.connect() as conn:
         return conn.execute(
             sa.select(model_runs)
-            .where(model_runs.c.stage == "gate", model_runs.c.run_date < day.isoformat())
+            .where(model_runs.c.stage == "gate", model_runs.c.run_date < day.isoformat(),
+                   model_runs.c.status.in_(CHAMPION_STATUSES))
             .order_by(model_runs.c.run_date.desc(), model_runs.c.id.desc())
         ).first()
 
 
-def promote(settings: Settings, engine: Engine, run_date: str | dt.date) -> GateDecision:
-    """Choose the champion for ``run_date`` from the evaluated candidates; see README 'Gate'."""
+def _as_utc(value: dt.datetime) -> dt.datetime:
+    # SQLite hands timezone-aware columns back naive; they were written in UTC.
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def earlier_dates_in_flight(settings: Settings, engine: Engine, run_date: str | dt.date,
+                            now: dt.datetime | None = None) -> list[dt.date]:
+    """Earlier dates whose gate this date's gate should wait for, oldest first.
+
+    A date counts when it lies within ``gate.wait_window_days`` before ``run_date``, has
+    candidate rows but no gate row yet, and a candidate row was written within the last
+    ``gate.wait_timeout_minutes`` (older ones were abandoned: waiting cannot help).
+    """
+    day = parse_date(run_date)
+    gate = settings.gate
+    if gate.wait_window_days == 0:
+        return []
+    first = (day - dt.timedelta(days=gate.wait_window_days)).isoformat()
+    active_since = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=gate.wait_timeout_minutes)
+    in_window = (model_runs.c.run_date >= first) & (model_runs.c.run_date < day.isoformat())
+    with engine.connect() as conn:
+        gated = set(conn.execute(sa.select(model_runs.c.run_date).distinct()
+                                 .where(in_window, model_runs.c.stage == "gate")).scalars())
+        latest = conn.execute(sa.select(model_runs.c.run_date, sa.func.max(model_runs.c.created_at))
+                              .where(in_window, model_runs.c.stage == "candidate")
+                              .group_by(model_runs.c.run_date)).all()
+    return sorted(parse_date(d) for d, at in latest
+                  if d not in gated and at is not None and _as_utc(at) >= active_since)
+
+
+def record_no_candidates(engine: Engine, run_date: str | dt.date, reason: str) -> None:
+    """Record that ``run_date`` had nothing to gate, as its gate row with status 'no_candidates'."""
+    day = parse_date(run_date)
+    _replace_rows(engine, day, "gate", None,
+                  [{"family": "-", "model_version": "-", "status": NO_CANDIDATES, "reason": reason[:2000]}])
+    log.warning("gate %s: %s", day, reason)
+
+
+def _no_candidates_reason(engine: Engine, day: dt.date) -> str:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(model_runs.c.family, model_runs.c.status, model_runs.c.reason).where(
+            model_runs.c.run_date == day.isoformat(), model_runs.c.stage == "candidate")).all()
+    if not rows:
+        return (f"no candidates for {day}: no family was trained (did ingest or split fail? "
+                f"see the run's ingest and split tasks, or run `recjobs split --date {day}`)")
+    detail = "; ".join(f"{r.family}: {r.status}" + (f" ({r.reason.splitlines()[-1][:200]})" if r.reason else "")
+                       for r in rows)
+    return f"no evaluated candidates for {day}: {detail}"
+
+
+def promote(settings: Settings, engine: Engine, run_date: str | dt.date, note: str = "") -> GateDecision:
+    """Choose the champion for ``run_date`` from the evaluated candidates; see README 'Gate'.
+
+    With no evaluated candidate, records a 'no_candidates' gate row and raises
+    :class:`NoCandidatesError`. ``note`` (e.g. how long the caller waited for earlier
+    gates) is appended to the recorded reason.
+    """
     day = parse_date(run_date)
     metric = _METRIC_COLUMN[settings.gate.metric]
     with engine.connect() as conn:
@@ -245,8 +309,17 @@ def promote(settings: Settings, engine: Engine, run_date: str | dt.date) -> Gate
                 model_runs.c.family.in_(settings.families),
             )
         ).all()
+    notes = [note] if note else []
+    in_flight = earlier_dates_in_flight(settings, engine, day)
+    if in_flight:
+        # Said in the reason: the champion compared with may not be the one those dates will decide.
+        notes.append("gated while earlier date(s) " + ", ".join(map(str, in_flight))
+                     + " had candidates but no gate yet")
+    suffix = "".join(f"; {n}" for n in notes)
     if not rows:
-        raise PipelineError(f"no evaluated candidates for {day}: every family failed or none was trained")
+        reason = _no_candidates_reason(engine, day) + suffix
+        record_no_candidates(engine, day, reason)
+        raise NoCandidatesError(reason)
     order = {f: i for i, f in enumerate(settings.families)}
     cands = sorted(rows, key=lambda r: (-getattr(r, metric), order[r.family]))
     best = cands[0]
@@ -274,6 +347,7 @@ def promote(settings: Settings, engine: Engine, run_date: str | dt.date) -> Gate
             else:
                 reason = (f"champion {champ.family} kept ({name}={champ_score:.4f}): best challenger "
                           f"{best.family} ({best_score:.4f}) does not beat it by the margin {settings.gate.margin}")
+    reason += suffix
     with engine.begin() as conn:
         for r in rows:
             status = ("promoted" if promoted else "champion_kept") if r.family == winner.family else "rejected"
@@ -289,12 +363,15 @@ def promote(settings: Settings, engine: Engine, run_date: str | dt.date) -> Gate
 
 
 def gate_decision(engine: Engine, day: dt.date) -> sa.Row:
+    """The date's gate row naming its champion; an error if the gate has not run or had no candidates."""
     with engine.connect() as conn:
         row = conn.execute(
             sa.select(model_runs).where(model_runs.c.run_date == day.isoformat(), model_runs.c.stage == "gate")
         ).first()
     if row is None:
         raise PipelineError(f"no gate decision for {day}: run `recjobs promote --date {day}` first")
+    if row.status not in CHAMPION_STATUSES:
+        raise PipelineError(f"no champion for {day}: the gate recorded {row.status}: {row.reason}")
     return row
 
 
@@ -362,8 +439,17 @@ def _item_frames(model: Recommender, n: int, chunk: int) -> Iterator[pd.DataFram
                           (C.ITEM, C.SIMILAR_ITEM), chunk, model.info.get("model_version", ""))
 
 
+def staging_dir(settings: Settings, day: dt.date) -> Path:
+    """Where :func:`publish` stages the date's ranked lists as Parquet before loading them."""
+    return run_dir(settings, day) / "publish"
+
+
 def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list[PublishResult]:
-    """Score every known user with the date's final model and publish the lists."""
+    """Score every known user with the date's final model and publish the lists.
+
+    Ranking writes ``runs/<date>/publish/<list>.parquet`` with no database transaction
+    open; each file is then loaded and swapped live (see recjobs.publish).
+    """
     day = parse_date(run_date)
     path = final_path(settings, day)
     if not (path / "meta.json").exists():
@@ -374,13 +460,20 @@ def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list
     frame = _load_window(settings, day)
     seen = Interactions.from_frame(frame, model.user_ids, model.item_ids)
     p = settings.publish
-    results = [publish_list(engine, "recommendations", day.isoformat(), meta["model_version"],
-                            _user_frames(model, seen, p.top_n, p.chunk_users), p.keep_versions)]
-    has_embeddings = bool(np.any(model.vectors.item_vectors))
-    if has_embeddings:
-        results.append(publish_list(engine, "similar_items", day.isoformat(), meta["model_version"],
-                                    _item_frames(model, p.similar_n, p.chunk_users), p.keep_versions,
-                                    history=False))
+    lists = {"recommendations": _user_frames(model, seen, p.top_n, p.chunk_users)}
+    staging = staging_dir(settings, day)
+    if np.any(model.vectors.item_vectors):
+        lists["similar_items"] = _item_frames(model, p.similar_n, p.chunk_users)
+    else:
+        # A champion without item vectors publishes no similar_items: drop a stale file.
+        (staging / "similar_items.parquet").unlink(missing_ok=True)
+    # Rank every list to a file before touching the database: scoring is the slow part
+    # and must not hold SQLite's write lock (or a long PostgreSQL transaction) meanwhile.
+    staged = {kind: rank_to_staging(frames, kind, staging / f"{kind}.parquet") for kind, frames in lists.items()}
+    results = [load_staging(engine, kind, path, day.isoformat(), meta["model_version"], p.keep_versions,
+                            history=kind == "recommendations", history_days=p.history_days,
+                            swap=SwapPolicy.of(p))
+               for kind, path in staged.items()]
     _publish_popular(settings, engine, day, frame, results[0].live)
     with engine.begin() as conn:
         conn.execute(model_runs.delete().where(model_runs.c.run_date == day.isoformat(),
@@ -424,10 +517,16 @@ def run_pipeline(settings: Settings, run_date: str | dt.date, ingest: bool = Tru
 
     day = parse_date(run_date)
     engine = engine_for(settings)
-    if ingest:
-        for report in ingest_inbox(settings, engine):
-            log.info(report.summary())
-    prepare(settings, day)
+    try:
+        if ingest:
+            for report in ingest_inbox(settings, engine):
+                log.info(report.summary())
+        prepare(settings, day)
+    except Exception as exc:
+        # As in the DAG: the night ends with a 'no_candidates' gate row saying why, so the
+        # gate history shows it and later gates skip it; the error still propagates.
+        record_no_candidates(engine, day, f"no candidates for {day}: {type(exc).__name__}: {exc}")
+        raise
     metrics: dict[str, Metrics] = {}
     failures: dict[str, str] = {}
     for family in settings.families:
@@ -445,6 +544,7 @@ def run_pipeline(settings: Settings, run_date: str | dt.date, ingest: bool = Tru
 
 
 __all__ = [
-    "PipelineError", "prepare", "train_candidate", "evaluate_candidate", "promote", "train_final",
+    "PipelineError", "NoCandidatesError", "prepare", "train_candidate", "evaluate_candidate", "promote",
+    "earlier_dates_in_flight", "train_final",
     "publish", "run_pipeline", "engine_for",
 ]

@@ -1,14 +1,22 @@
-"""Publish ranked lists to SQL with no partial reads.
+"""Publish ranked lists to SQL with no partial reads and no blocked readers.
 
-Each publish loads a new versioned table (``recommendations_v<N>``) in one
-transaction: create, bulk load (COPY on PostgreSQL, executemany on SQLite),
-index, analyze. A second, short transaction repoints the stable view
-(``recommendations``) at it. Readers therefore see the whole previous set or the
-whole new one. Old versions are dropped only after that commit, keeping the last
-few for :func:`rollback`.
+A list is ranked into a staging Parquet file first (:func:`rank_to_staging`), with
+no database transaction open, then loaded (:func:`load_staging`): one transaction
+creates a new versioned table (``recommendations_v<N>``), bulk loads it (COPY on
+PostgreSQL, executemany on SQLite), indexes and analyzes it. A second, short
+transaction repoints the stable view (``recommendations``) at it. Readers therefore
+see the whole previous set or the whole new one.
 
-A publish whose run date is older than the live one (a backfill) is loaded and
-kept as history but never made live.
+On PostgreSQL, repointing a view needs an ACCESS EXCLUSIVE lock, and while a swap
+waits for it every new reader of the view queues behind it. So each swap attempt
+waits at most ``lock_timeout_ms`` and is retried with backoff until a deadline
+(:class:`SwapPolicy`); readers are delayed by one attempt at most.
+
+Versions are ordered by when they went live (``publications.live_seq``), not by id
+or run date: rollback returns to the version that was live before, and pruning
+keeps the live version and the ones rollback would return to. A publish whose run
+date is older than the live one (a backfill) is loaded and kept as history but
+never made live; its table is the first to be pruned.
 """
 
 from __future__ import annotations
@@ -16,20 +24,36 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-from collections.abc import Iterable
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from recjobs import columns as C
 from recjobs.db import LIST_COLUMNS, list_index, list_table, publications, recommendations_history
 
+if TYPE_CHECKING:
+    from recjobs.settings import PublishSettings
+
 log = logging.getLogger(__name__)
 KINDS = tuple(LIST_COLUMNS)
+T = TypeVar("T")
+
+# A version loaded but not yet through its swap is protected from pruning this long; a
+# swap gives up long before (swap_deadline_s), so an older one was abandoned.
+PENDING_GRACE = dt.timedelta(days=1)
+# PostgreSQL's SQLSTATE for "lock not available", raised when lock_timeout expires.
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 @dataclass(frozen=True)
@@ -40,6 +64,23 @@ class PublishResult:
     rows: int
     live: bool
     seconds: float
+
+
+@dataclass(frozen=True)
+class SwapPolicy:
+    """How long one swap attempt may wait for a lock, and how long to keep retrying."""
+
+    lock_timeout_ms: int = 500
+    deadline_s: float = 300.0
+
+    @classmethod
+    def of(cls, settings: PublishSettings) -> SwapPolicy:
+        """The policy of the ``publish`` settings section."""
+        return cls(settings.swap_lock_timeout_ms, settings.swap_deadline_s)
+
+
+class SwapTimeoutError(RuntimeError):
+    """A view swap (or table drop) never got its lock before the deadline."""
 
 
 def _is_sqlite(conn: Connection | Engine) -> bool:
@@ -72,6 +113,46 @@ def ensure_live_views(engine: Engine) -> None:
 def _write_tx(engine: Engine):  # noqa: ANN202 - a context manager of Connection
     # SQLite: take the write lock at BEGIN so the swap cannot fail half-way on a busy lock.
     return engine.execution_options(sqlite_immediate=True).begin()
+
+
+def _is_lock_timeout(exc: sa.exc.DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE
+
+
+def _locked_tx(engine: Engine, policy: SwapPolicy, what: str, body: Callable[[Connection], T]) -> T:
+    """Run ``body`` in a write transaction whose lock waits are bounded, retrying until the deadline.
+
+    PostgreSQL: every lock wait in the transaction (the advisory swap lock, the view's
+    ACCESS EXCLUSIVE lock) gives up after ``policy.lock_timeout_ms``, so readers that
+    queue behind a waiting swap wait no longer than that. SQLite readers never wait for
+    a writer (WAL), so one attempt under the busy timeout is all it needs.
+    """
+    if _is_sqlite(engine):
+        with _write_tx(engine) as conn:
+            return body(conn)
+    deadline = time.monotonic() + policy.deadline_s
+    delay, attempt = 0.1, 1
+    while True:
+        try:
+            with _write_tx(engine) as conn:
+                # SET LOCAL: the timeout ends with this transaction, not with the pooled connection.
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(policy.lock_timeout_ms)}")
+                return body(conn)
+        except sa.exc.DBAPIError as exc:
+            if not _is_lock_timeout(exc):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SwapTimeoutError(
+                    f"{what}: lock not granted within {policy.lock_timeout_ms} ms in {attempt} attempt(s) "
+                    f"over {policy.deadline_s:g}s; open reader transactions (or another publish) kept it "
+                    "busy (settings publish.swap_lock_timeout_ms, publish.swap_deadline_s)"
+                ) from exc
+            wait = min(delay, left)
+            log.warning("%s: lock not granted within %d ms (attempt %d); retrying in %.1fs",
+                        what, policy.lock_timeout_ms, attempt, wait)
+            time.sleep(wait)
+            delay, attempt = min(delay * 2, 5.0), attempt + 1
 
 
 def _bulk_load(conn: Connection, table_name: str, columns: list[str], frames: Iterable[pd.DataFrame]) -> int:
@@ -113,6 +194,95 @@ def _live(conn: Connection, kind: str) -> sa.Row | None:
     ).first()
 
 
+def _number_legacy_versions(conn: Connection, kind: str, exclude_id: int | None = None) -> None:
+    """Give ``live_seq`` to versions published before it existed, so rollback keeps working.
+
+    Earlier releases made every publish live whose date was not older than the live
+    one's, so replaying that rule in id order recovers which versions went live, in order.
+    """
+    live = _live(conn, kind)
+    if live is None or live.live_seq is not None:
+        return
+    rows = conn.execute(
+        sa.select(publications.c.id, publications.c.run_date)
+        .where(publications.c.kind == kind, publications.c.dropped.is_(False),
+               publications.c.is_live.is_(False), publications.c.id != (exclude_id or -1))
+        .order_by(publications.c.id)
+    ).all()
+    seq, newest = 0, ""
+    for row in rows:
+        if row.run_date >= newest:
+            seq, newest = seq + 1, row.run_date
+            conn.execute(publications.update().where(publications.c.id == row.id).values(live_seq=seq))
+    conn.execute(publications.update().where(publications.c.id == live.id).values(live_seq=seq + 1))
+
+
+def _next_live_seq(conn: Connection, kind: str) -> int:
+    top = conn.execute(sa.select(sa.func.max(publications.c.live_seq)).where(publications.c.kind == kind)).scalar()
+    return (top or 0) + 1
+
+
+# -- staging -------------------------------------------------------------------------
+def _staging_schema(kind: str) -> pa.Schema:
+    key, target = (c.name for c in LIST_COLUMNS[kind][:2])
+    return pa.schema([
+        pa.field(key, pa.string(), nullable=False),
+        pa.field(target, pa.string(), nullable=False),
+        pa.field(C.RANK, pa.int32(), nullable=False),
+        pa.field(C.SCORE, pa.float64(), nullable=False),
+        pa.field(C.MODEL_VERSION, pa.string(), nullable=False),
+    ])
+
+
+def rank_to_staging(frames: Iterable[pd.DataFrame], kind: str, path: Path) -> Path:
+    """Write the ranked ``frames`` of list ``kind`` to the Parquet file ``path``, atomically.
+
+    This is where scoring happens (``frames`` is usually a lazy ranking generator), so
+    it runs with no database connection open: ranking never holds a write lock. The
+    file appears whole or not at all (temporary file, fsync, rename).
+    """
+    schema = _staging_schema(kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for frame in frames:
+                writer.write_table(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_staging(path: Path, batch_rows: int = 200_000) -> Iterator[pd.DataFrame]:
+    """The staged list at ``path`` in frames of ``batch_rows`` rows."""
+    try:
+        source = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise FileNotFoundError(f"cannot read staged list {path}: {exc}") from exc
+    return (batch.to_pandas() for batch in source.iter_batches(batch_size=batch_rows))
+
+
+def load_staging(
+    engine: Engine,
+    kind: str,
+    path: Path,
+    run_date: str,
+    model_version: str,
+    keep_versions: int = 3,
+    history: bool = True,
+    history_days: int | None = None,
+    swap: SwapPolicy | None = None,
+) -> PublishResult:
+    """Publish the list staged at ``path`` by :func:`rank_to_staging`; see :func:`publish_list`."""
+    frames = read_staging(path)  # opened now, so a missing file fails before any transaction
+    return publish_list(engine, kind, run_date, model_version, frames, keep_versions, history,
+                        history_days=history_days, swap=swap)
+
+
+# -- publish -------------------------------------------------------------------------
 def publish_list(
     engine: Engine,
     kind: str,
@@ -121,11 +291,19 @@ def publish_list(
     frames: Iterable[pd.DataFrame],
     keep_versions: int = 3,
     history: bool = True,
+    history_days: int | None = None,
+    swap: SwapPolicy | None = None,
 ) -> PublishResult:
     """Load ``frames`` as a new version of list ``kind`` and make it live if it is not older.
 
-    ``frames`` yield the list's columns (without ``generated_at``, which is added).
+    ``frames`` yield the list's columns (without ``generated_at``, which is added). They
+    are consumed inside the load transaction, so they should be cheap to produce (read
+    from a staging file, see :func:`load_staging`), not scored on the fly.
+    ``history_days`` prunes ``recommendations_history`` to that many days behind its
+    newest date (None keeps all). Raises :class:`SwapTimeoutError` if the view's lock
+    is never granted; the loaded version then stays, not live, until pruned.
     """
+    policy = swap or SwapPolicy()
     start = dt.datetime.now(dt.UTC)
     generated_at = start.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
     columns = [c.name for c in LIST_COLUMNS[kind]]
@@ -160,77 +338,205 @@ def publish_list(
         conn.execute(publications.update().where(publications.c.id == pub_id).values(row_count=n_rows))
         if history and kind == "recommendations":
             conn.execute(recommendations_history.delete().where(recommendations_history.c.run_date == run_date))
-            cols = [C.USER, C.ITEM, C.RANK, C.SCORE, C.MODEL_VERSION]
-            conn.exec_driver_sql(
-                f"INSERT INTO recommendations_history ({C.RUN_DATE}, {', '.join(cols)}) "
-                f"SELECT '{run_date}', {', '.join(cols)} FROM {table.name}"
+            cols = ", ".join([C.USER, C.ITEM, C.RANK, C.SCORE, C.MODEL_VERSION])
+            conn.execute(
+                sa.text(f"INSERT INTO recommendations_history ({C.RUN_DATE}, {cols}) "
+                        f"SELECT CAST(:run_date AS VARCHAR(10)), {cols} FROM {table.name}"),
+                {"run_date": run_date},
             )
     log.info("loaded %d rows into %s", n_rows, table.name)
 
-    with _write_tx(engine) as conn:
+    def swap_in(conn: Connection) -> sa.Row | None:
         _lock_swaps(conn, kind)
+        if conn.execute(sa.select(publications.c.dropped).where(publications.c.id == pub_id)).scalar_one():
+            raise RuntimeError(f"{table.name} was pruned by a concurrent publish before its swap; rerun")
+        _number_legacy_versions(conn, kind, exclude_id=pub_id)
         live = _live(conn, kind)
-        make_live = live is None or live.run_date <= run_date
-        if make_live:
-            for stmt in _view_sql(conn, kind, table.name):
-                conn.exec_driver_sql(stmt)
-            conn.execute(publications.update().where(publications.c.kind == kind).values(is_live=False))
-            conn.execute(publications.update().where(publications.c.id == pub_id).values(is_live=True))
-        else:
-            log.info(
-                "%s for %s kept as history only: live set is from %s", kind, run_date, live.run_date
-            )
-    prune(engine, kind, keep_versions)
+        if live is not None and live.run_date > run_date:
+            conn.execute(publications.update().where(publications.c.id == pub_id).values(history_only=True))
+            return live
+        for stmt in _view_sql(conn, kind, table.name):
+            conn.exec_driver_sql(stmt)
+        conn.execute(publications.update().where(publications.c.kind == kind).values(is_live=False))
+        conn.execute(publications.update().where(publications.c.id == pub_id).values(
+            is_live=True, history_only=False, live_seq=_next_live_seq(conn, kind), live_at=dt.datetime.now(dt.UTC)))
+        return None
+
+    newer = _locked_tx(engine, policy, f"make {table.name} live as {kind}", swap_in)
+    if newer is not None:
+        log.info("%s for %s kept as history only: live set is from %s", kind, run_date, newer.run_date)
+    if history and kind == "recommendations" and history_days is not None:
+        prune_history(engine, history_days)
+    prune(engine, kind, keep_versions, policy)
     seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()
-    return PublishResult(kind, pub_id, table.name, n_rows, make_live, seconds)
+    return PublishResult(kind, pub_id, table.name, n_rows, newer is None, seconds)
 
 
-def prune(engine: Engine, kind: str, keep_versions: int) -> list[str]:
-    """Drop all but the newest ``keep_versions`` tables of ``kind`` (never the live one)."""
+def prune_history(engine: Engine, history_days: int) -> int:
+    """Delete ``recommendations_history`` rows older than the newest run date minus ``history_days``."""
+    with _write_tx(engine) as conn:  # SQLite: write lock up front, not a read lock upgraded later
+        newest = conn.execute(sa.select(sa.func.max(recommendations_history.c.run_date))).scalar()
+        if newest is None:
+            return 0
+        cutoff = (dt.date.fromisoformat(newest) - dt.timedelta(days=history_days)).isoformat()
+        deleted = conn.execute(
+            recommendations_history.delete().where(recommendations_history.c.run_date < cutoff)
+        ).rowcount
+    if deleted:
+        log.info("deleted %d recommendations_history rows before %s (publish.history_days=%d)",
+                 deleted, cutoff, history_days)
+    return deleted
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    # SQLite hands back naive datetimes; they were written in UTC.
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _doomed(rows: list[sa.Row], keep_versions: int) -> list[sa.Row]:
+    """The versions to drop: all but the first ``keep_versions`` in order of worth.
+
+    Worth: the live version, then the versions rollback would return to (latest live
+    first), then the rest (history-only backfills), newest first. A version still
+    waiting for its swap is never dropped (unless abandoned).
+    """
+    active = [r for r in rows if not r.dropped]
+    live = [r for r in active if r.is_live]
+    live_seq = live[0].live_seq if live and live[0].live_seq is not None else None
+    chain = sorted(
+        (r for r in active if not r.is_live and r.live_seq is not None and (live_seq is None or r.live_seq < live_seq)),
+        key=lambda r: r.live_seq, reverse=True,
+    )
+    fresh = dt.datetime.now(dt.UTC) - PENDING_GRACE
+    pending = [r for r in active if not r.is_live and r.live_seq is None and not r.history_only
+               and _aware(r.published_at) > fresh]
+    ranked = {r.id for r in [*live, *chain, *pending]}
+    rest = sorted((r for r in active if r.id not in ranked), key=lambda r: r.id, reverse=True)
+    keep = {r.id for r in [*live, *chain, *rest][:keep_versions]} | {r.id for r in [*live, *pending]}
+    return [r for r in active if r.id not in keep]
+
+
+def prune(engine: Engine, kind: str, keep_versions: int | None, swap: SwapPolicy | None = None) -> list[str]:
+    """Drop the versions of ``kind`` beyond the ``keep_versions`` worth keeping (never the live one).
+
+    Tables of retired versions (rolled back from) still present are dropped too;
+    ``keep_versions=None`` drops only those. Each drop waits at most one lock timeout:
+    a table still in use by a reader is left for the next prune.
+    """
+    policy = SwapPolicy(swap.lock_timeout_ms if swap else SwapPolicy.lock_timeout_ms, deadline_s=0.0)
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(publications.c.id, publications.c.table_name, publications.c.is_live)
-            .where(publications.c.kind == kind, publications.c.dropped.is_(False))
-            .order_by(publications.c.id.desc())
+            sa.select(publications).where(publications.c.kind == kind).order_by(publications.c.id.desc())
         ).all()
         conn.rollback()
-    doomed = [r for r in rows[keep_versions:] if not r.is_live]
+    existing = set(sa.inspect(engine).get_table_names())
+    leftovers = [r for r in rows if r.dropped and r.table_name in existing]
+    doomed = [] if keep_versions is None else _doomed(rows, keep_versions)
     dropped = []
-    for row in doomed:
-        with _write_tx(engine) as conn:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {row.table_name}")
-            conn.execute(publications.update().where(publications.c.id == row.id).values(dropped=True))
-        dropped.append(row.table_name)
+    for row in [*doomed, *leftovers]:
+        if _drop_version(engine, kind, row.id, row.table_name, policy):
+            dropped.append(row.table_name)
     return dropped
 
 
-def rollback(engine: Engine, kind: str = "recommendations") -> tuple[str, str]:
-    """Repoint ``kind`` at the previous kept version; returns (old table, new table)."""
-    with _write_tx(engine) as conn:
+def _drop_version(engine: Engine, kind: str, pub_id: int, table_name: str, policy: SwapPolicy) -> bool:
+    """Drop one version's table in its own short transaction; False if it is live or busy now."""
+
+    def drop(conn: Connection) -> bool:
         _lock_swaps(conn, kind)
-        live = _live(conn, kind)
-        if live is None:
-            raise RuntimeError(f"nothing published for {kind}: no version to roll back from")
-        previous = conn.execute(
-            sa.select(publications)
-            .where(
-                publications.c.kind == kind,
-                publications.c.dropped.is_(False),
-                publications.c.id < live.id,
-            )
-            .order_by(publications.c.id.desc())
-        ).first()
-        if previous is None:
-            raise RuntimeError(f"{kind}: no earlier kept version than {live.table_name} to roll back to")
-        for stmt in _view_sql(conn, kind, previous.table_name):
-            conn.exec_driver_sql(stmt)
-        conn.execute(publications.update().where(publications.c.kind == kind).values(is_live=False))
-        conn.execute(publications.update().where(publications.c.id == previous.id).values(is_live=True))
-        # A rolled-back-from version must not be swapped back in by pruning order; mark it dropped
-        # after removing it, so the next rollback goes further back rather than forth.
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {live.table_name}")
-        conn.execute(publications.update().where(publications.c.id == live.id).values(dropped=True))
-    return live.table_name, previous.table_name
+        # Re-checked under the swap lock: a rollback may have made it live since prune looked.
+        if conn.execute(sa.select(publications.c.is_live).where(publications.c.id == pub_id)).scalar_one():
+            return False
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table_name}")
+        conn.execute(publications.update().where(publications.c.id == pub_id).values(dropped=True))
+        return True
+
+    try:
+        return _locked_tx(engine, policy, f"drop {table_name}", drop)
+    except SwapTimeoutError:
+        log.info("%s is in use by a reader; the next prune drops it", table_name)
+        return False
+
+
+# -- rollback ------------------------------------------------------------------------
+def _rollback_target(conn: Connection, kind: str) -> tuple[sa.Row, sa.Row]:
+    """(live version, the version that was live before it); RuntimeError if there is none."""
+    _number_legacy_versions(conn, kind)
+    live = _live(conn, kind)
+    if live is None:
+        raise RuntimeError(f"nothing published for {kind}: no version to roll back from")
+    previous = conn.execute(
+        sa.select(publications)
+        .where(publications.c.kind == kind, publications.c.dropped.is_(False),
+               publications.c.live_seq < live.live_seq)
+        .order_by(publications.c.live_seq.desc())
+    ).first()
+    if previous is None:
+        raise RuntimeError(f"{kind}: no earlier kept version than {live.table_name} to roll back to")
+    return live, previous
+
+
+def _repoint_back(conn: Connection, kind: str, live: sa.Row, previous: sa.Row) -> None:
+    for stmt in _view_sql(conn, kind, previous.table_name):
+        conn.exec_driver_sql(stmt)
+    conn.execute(publications.update().where(publications.c.kind == kind).values(is_live=False))
+    conn.execute(publications.update().where(publications.c.id == previous.id).values(
+        is_live=True, live_at=dt.datetime.now(dt.UTC)))
+    # Retire the version rolled back from, so the next rollback goes further back rather
+    # than forth. Its table is dropped after this commit (a drop here would make the swap
+    # wait for every reader of the old table).
+    conn.execute(publications.update().where(publications.c.id == live.id).values(dropped=True))
+
+
+def rollback(engine: Engine, kind: str = "recommendations", swap: SwapPolicy | None = None) -> tuple[str, str]:
+    """Repoint ``kind`` at the version that was live before the live one; returns (old table, new table)."""
+    policy = swap or SwapPolicy()
+
+    def back(conn: Connection) -> tuple[str, str]:
+        _lock_swaps(conn, kind)
+        live, previous = _rollback_target(conn, kind)
+        _repoint_back(conn, kind, live, previous)
+        return live.table_name, previous.table_name
+
+    old, new = _locked_tx(engine, policy, f"roll back {kind}", back)
+    prune(engine, kind, keep_versions=None, swap=policy)  # drops the retired table only
+    return old, new
+
+
+def rollback_lists(engine: Engine, swap: SwapPolicy | None = None) -> dict[str, tuple[str, str] | str]:
+    """Roll back the last publish: recommendations, and similar_items only if that publish made them live.
+
+    Both views move in one transaction. Returns, per list, (old table, new table) or why
+    it did not move. Raises RuntimeError if recommendations cannot be rolled back.
+    """
+    policy = swap or SwapPolicy()
+
+    def back(conn: Connection) -> dict[str, tuple[str, str] | str]:
+        for kind in KINDS:  # always the same order, so two rollbacks cannot deadlock
+            _lock_swaps(conn, kind)
+        recs_live, recs_previous = _rollback_target(conn, "recommendations")
+        moves: dict[str, tuple[str, str] | str] = {}
+        sims_live = _live(conn, "similar_items")
+        # A champion without item vectors (popularity) publishes no similar_items: the
+        # live ones then come from an earlier publish, which is not being rolled back.
+        if sims_live is None or (sims_live.run_date, sims_live.model_version) != (
+                recs_live.run_date, recs_live.model_version):
+            moves["similar_items"] = "not moved: the last publish did not publish it"
+        else:
+            try:
+                live, previous = _rollback_target(conn, "similar_items")
+            except RuntimeError as exc:
+                moves["similar_items"] = f"not moved: {exc}"
+            else:
+                _repoint_back(conn, "similar_items", live, previous)
+                moves["similar_items"] = (live.table_name, previous.table_name)
+        _repoint_back(conn, "recommendations", recs_live, recs_previous)
+        return {"recommendations": (recs_live.table_name, recs_previous.table_name), **moves}
+
+    moves = _locked_tx(engine, policy, "roll back the last publish", back)
+    for kind in KINDS:
+        prune(engine, kind, keep_versions=None, swap=policy)  # drops retired tables only
+    return moves
 
 
 def live_version(engine: Engine, kind: str = "recommendations") -> sa.Row | None:

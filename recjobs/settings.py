@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "RECJOBS_"
 FAMILIES = ("popularity", "als", "lightfm", "tfrs")
@@ -32,6 +39,39 @@ class IngestSettings(_Strict):
     rating_max: float = 5.0
     max_invalid_share: float = Field(0.01, ge=0.0, le=1.0)
     batch_rows: int = Field(1_000_000, gt=0)
+    # Canonical column -> the file's column name, e.g. {"user_id": "customer", "item_id": "sku"}.
+    columns: dict[str, str] = {}
+    # Weight given to every row of a file without a rating column (event data); None: such
+    # a file is refused as missing its rating column.
+    default_rating: float | None = None
+    # How long an ingest waits for another one holding the lake's lock before giving up.
+    lock_timeout_seconds: float = Field(3600.0, gt=0.0)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        from recjobs.columns import INTERACTION_COLUMNS
+
+        unknown = sorted(set(value) - set(INTERACTION_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown columns {unknown}; map only {list(INTERACTION_COLUMNS)}")
+        empty = sorted(k for k, v in value.items() if not v.strip())
+        if empty:
+            raise ValueError(f"columns {empty} are mapped to an empty file column name")
+        return value
+
+    @model_validator(mode="after")
+    def _default_rating_in_range(self) -> IngestSettings:
+        if self.rating_min > self.rating_max:
+            raise ValueError(f"rating_min {self.rating_min:g} is above rating_max {self.rating_max:g}")
+        if self.default_rating is not None and not (
+            self.rating_min <= self.default_rating <= self.rating_max
+        ):
+            raise ValueError(
+                f"default_rating {self.default_rating:g} is outside rating_min..rating_max "
+                f"[{self.rating_min:g}, {self.rating_max:g}]"
+            )
+        return self
 
 
 class SplitSettings(_Strict):
@@ -50,6 +90,13 @@ class GateSettings(_Strict):
     metric: Literal["ndcg", "map", "precision", "recall"] = "ndcg"
     # Absolute improvement a challenger needs over the champion on the same holdout.
     margin: float = Field(0.002, ge=0.0)
+    # A gate compares with the champion of the latest earlier gate, so when several dates
+    # run at once (a backfill) it waits for earlier dates of the last `wait_window_days`
+    # that have candidates but no gate yet, at most `wait_timeout_minutes`, polling every
+    # `wait_poll_seconds`; then it gates anyway and its reason names the dates it skipped.
+    wait_window_days: int = Field(7, ge=0)
+    wait_timeout_minutes: float = Field(60.0, ge=0.0)
+    wait_poll_seconds: int = Field(30, gt=0)
 
 
 class PublishSettings(_Strict):
@@ -58,6 +105,14 @@ class PublishSettings(_Strict):
     popular_n: int = Field(100, gt=0)
     keep_versions: int = Field(3, ge=1)
     chunk_users: int = Field(2048, gt=0)
+    # Days of recommendations_history kept behind the newest run date; None keeps all.
+    history_days: int | None = Field(90, gt=0)
+    # PostgreSQL: how long one attempt to repoint a view may wait for its lock. While it
+    # waits, new readers of the view queue behind it, so this bounds their delay.
+    swap_lock_timeout_ms: int = Field(500, gt=0)
+    # Total time to keep retrying (with backoff) before the publish fails; the new table
+    # stays loaded and a rerun publishes again.
+    swap_deadline_s: float = Field(300.0, gt=0.0)
 
 
 class PopularityParams(_Strict):
@@ -151,6 +206,11 @@ class Settings(_Strict):
         return self.database_url or f"sqlite:///{self.home / 'recjobs.db'}"
 
     @property
+    def db_url_masked(self) -> str:
+        """``db_url`` with any password shown as ``***``: the only form to print or log."""
+        return mask_url(self.db_url)
+
+    @property
     def inbox(self) -> Path:
         return self.inbox_dir or self.home / "inbox"
 
@@ -182,6 +242,21 @@ class Settings(_Strict):
         return getattr(self.models, family)
 
 
+def mask_url(url: str) -> str:
+    """A database URL with its password (in the userinfo or a ``password`` query key) as ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # Not a URL SQLAlchemy understands: still never echo what may be a secret.
+        return "<unparseable database URL>"
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
+
+
 class SettingsError(ValueError):
     """A setting is unknown or has a bad value; the message names it."""
 
@@ -208,7 +283,8 @@ def _parse_env_value(raw: str) -> Any:
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+        # RECJOBS_FAULT_AT is the fault-injection testing aid (recjobs/faults.py), not a setting.
+        if not name.startswith(ENV_PREFIX) or name in (ENV_PREFIX + "CONFIG", ENV_PREFIX + "FAULT_AT"):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         node = out

@@ -13,6 +13,8 @@ CREATE TABLE ingest_log (
 	partitions TEXT, 
 	quarantine_path TEXT, 
 	ingested_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	status VARCHAR(16), 
+	reason TEXT, 
 	PRIMARY KEY (content_hash)
 );
 
@@ -66,6 +68,9 @@ CREATE TABLE publications (
 	is_live BOOLEAN NOT NULL, 
 	published_at TIMESTAMP WITH TIME ZONE NOT NULL, 
 	dropped BOOLEAN NOT NULL, 
+	live_seq INTEGER, 
+	live_at TIMESTAMP WITH TIME ZONE, 
+	history_only BOOLEAN, 
 	PRIMARY KEY (id), 
 	UNIQUE (table_name)
 );

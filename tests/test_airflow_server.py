@@ -1,13 +1,16 @@
 """A real Airflow (scheduler, API server with our plugin, dag-processor, triggerer).
 
-One module-scoped `airflow standalone` (SQLite metadata DB, LocalExecutor) serves two
-tests: a backfill of three past dates through the scheduler, and the dashboard page
-opened in headless Chromium, which must show the champion and charts built from those
-runs. The processes are started and stopped here.
+One module-scoped `airflow standalone` (SQLite metadata DB, LocalExecutor) with real
+simple-auth-manager users serves every test: a backfill of three past dates through
+the scheduler; the dashboard's routes refusing anonymous and unauthorised callers;
+and the dashboard page opened in headless Chromium after logging in through
+Airflow's login form, which must show the champion and charts built from those runs.
+The processes are started and stopped here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,8 +18,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 import pytest
@@ -33,6 +38,10 @@ ARTIFACTS = ROOT / "test-artifacts"
 BACKFILL = ["2026-01-28", "2026-01-29", "2026-01-30"]
 LIVE_DATE = "2026-01-31"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Simple auth manager users: "nobody" has no role, so the auth manager authorises nothing for it.
+USERS = "admin:admin,viewer:viewer,nobody:"
+PASSWORDS = {"admin": "admin-pw-7Qx", "viewer": "viewer-pw-3Kd", "nobody": "nobody-pw-9Ma"}
+DASHBOARD_ROUTES = ["/recjobs/", "/recjobs/?user=u7", "/recjobs/api/champion"]
 
 
 def _get(url: str) -> int:
@@ -43,6 +52,29 @@ def _get(url: str) -> int:
         return 0
 
 
+def _http(url: str, token: str | None = None, cookie: str | None = None) -> tuple[int, str]:
+    """GET ``url`` with a bearer token or the UI's ``_token`` cookie: (status, body), errors included."""
+    headers = {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if cookie:
+        headers["Cookie"] = f"_token={cookie}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _token(port: int, user: str) -> str:
+    """A JWT from the simple auth manager, as `POST /auth/token` issues it to API clients."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/auth/token", method="POST",
+                                 data=json.dumps({"username": user, "password": PASSWORDS[user]}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())["access_token"]
+
+
 @pytest.fixture(scope="module")
 def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
     if not (BIN / "airflow").exists():
@@ -50,6 +82,8 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
     base = tmp_path_factory.mktemp("standalone")
     port = _free_port()
     home = base / "recjobs"
+    passwords_file = base / "passwords.json"
+    passwords_file.write_text(json.dumps(PASSWORDS))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECJOBS_"))},
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -57,7 +91,11 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        # Real users with known passwords: the dashboard must ask for a login like the rest of Airflow.
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
+        "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
@@ -70,15 +108,25 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
         "RECJOBS_PUBLISH__TOP_N": "10",
     }
     write_inbox(home / "inbox", SMALL)
-    # The newest date is published first, as the nightly run would have done.
     settings = load_settings(environ={k: v for k, v in env.items() if k.startswith("RECJOBS_")})
-    run_pipeline(settings, LIVE_DATE)
+    db_file = home / "recjobs.db"
     log = open(base / "standalone.log", "w")  # noqa: SIM115 - closed in teardown
     proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         up = wait_for(lambda: _get(f"http://127.0.0.1:{port}/api/v2/monitor/health") == 200, timeout=240, interval=2)
         assert up, (base / "standalone.log").read_text()[-4000:]
+        # The dashboard before any schema exists: first no database file, then an empty one.
+        admin = _token(port, "admin")
+        before = {"no_file": _http(f"http://127.0.0.1:{port}/recjobs/", admin),
+                  "no_file_api": _http(f"http://127.0.0.1:{port}/recjobs/api/champion", admin),
+                  "file_created": db_file.exists()}
+        sqlite3.connect(db_file).close()
+        before["empty_db"] = _http(f"http://127.0.0.1:{port}/recjobs/", admin)
+        with sqlite3.connect(db_file) as conn:
+            before["tables"] = conn.execute("SELECT name FROM sqlite_master").fetchall()
+        # The newest date is published first, as the nightly run would have done.
+        run_pipeline(settings, LIVE_DATE)
 
         def unpaused() -> bool:
             out = subprocess.run([str(BIN / "airflow"), "dags", "unpause", "recs_nightly"], env=env,
@@ -86,7 +134,7 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
             return out.returncode == 0
 
         assert wait_for(unpaused, timeout=180, interval=5), "recs_nightly was never parsed"
-        yield {"env": env, "port": port, "settings": settings, "base": base}
+        yield {"env": env, "port": port, "settings": settings, "base": base, "before_schema": before}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -105,9 +153,9 @@ def _runs(airflow_home: Path) -> dict[str, str]:
 def test_backfill_through_the_scheduler_keeps_dated_history_and_live_newest(airflow_server):
     env = airflow_server["env"]
     out = subprocess.run([str(BIN / "airflow"), "backfill", "create", "--dag-id", "recs_nightly",
-                          "--from-date", BACKFILL[0], "--to-date", BACKFILL[-1],
-                          # promote depends_on_past, so Airflow asks what to do with dates already run.
-                          "--reprocess-behavior", "failed"],
+                          # The default reprocess behaviour (none): no task depends_on_past, so
+                          # Airflow no longer demands one; gates order themselves through model_runs.
+                          "--from-date", BACKFILL[0], "--to-date", BACKFILL[-1]],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     home = Path(env["AIRFLOW_HOME"])
@@ -127,7 +175,9 @@ def test_backfill_through_the_scheduler_keeps_dated_history_and_live_newest(airf
             "SELECT run_date FROM publications WHERE kind = 'recommendations' AND is_live = :t"), {"t": True}).scalar_one()
     assert history == dict.fromkeys([*BACKFILL, LIVE_DATE], SMALL.n_users * 10)
     assert sorted(gates["run_date"]) == sorted([*BACKFILL, LIVE_DATE])
-    # Gates ran in date order: each backfilled date after the first compared with its predecessor's champion.
+    # Gates ran in date order although the backfill runs its dates at once (up to 10 active runs):
+    # each later gate waited (up_for_reschedule) for the earlier dates' gates, so each backfilled
+    # date after the first compared with its predecessor's champion.
     reasons = gates.set_index("run_date")["reason"]
     assert "first run" in reasons[BACKFILL[0]]
     assert all("first run" not in reasons[d] for d in BACKFILL[1:]), reasons.to_dict()
@@ -139,22 +189,69 @@ def test_backfill_through_the_scheduler_keeps_dated_history_and_live_newest(airf
     assert len(set(snaps)) == 3
 
 
+def test_dashboard_shows_initdb_hint_and_creates_nothing_before_the_schema_exists(airflow_server):
+    before = airflow_server["before_schema"]
+    status, body = before["no_file"]
+    assert status == 200 and "no recjobs schema yet: run recjobs initdb" in body, body[:500]
+    assert before["no_file_api"][0] == 503 and "recjobs initdb" in before["no_file_api"][1]
+    assert before["file_created"] is False  # the request did not create the SQLite file...
+    status, body = before["empty_db"]
+    assert status == 200 and "no recjobs schema yet: run recjobs initdb" in body and "model_runs" in body
+    assert before["tables"] == []  # ...nor any table in an existing, empty one
+
+
+def test_dashboard_routes_require_airflow_login_and_permission(airflow_server):
+    port = airflow_server["port"]
+    url = f"http://127.0.0.1:{port}"
+    # Anonymous: refused like Airflow's own API, and no API docs to browse.
+    assert _http(f"{url}/api/v2/dags")[0] == 401
+    for route in DASHBOARD_ROUTES:
+        assert _http(url + route)[0] == 401, route
+    for route in ["/recjobs/docs", "/recjobs/redoc", "/recjobs/openapi.json"]:
+        assert _http(url + route)[0] == 404, route
+    assert _http(url + "/recjobs/", token="not-a-jwt")[0] in (401, 403)
+    # A viewer's JWT, as a bearer token (API clients) or as the UI's cookie (browsers).
+    viewer = _token(port, "viewer")
+    for route in DASHBOARD_ROUTES:
+        assert _http(url + route, token=viewer)[0] == 200, route
+        assert _http(url + route, cookie=viewer)[0] == 200, route
+    status, body = _http(url + "/recjobs/?user=u7", cookie=viewer)
+    assert 'id="champion"' in body and 'id="user-recs"' in body
+    status, body = _http(url + "/recjobs/api/champion", token=viewer)
+    assert json.loads(body)["run_date"] == LIVE_DATE
+    # Authenticated, but the auth manager does not authorise the custom view for a role-less user.
+    nobody = _token(port, "nobody")
+    for route in DASHBOARD_ROUTES:
+        status, body = _http(url + route, token=nobody)
+        assert status == 403 and "recjobs dashboard" in body, (route, status, body)
+        assert _http(url + route, cookie=nobody)[0] == 403, route
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (scripts/setup_system.sh installs it)")
 def test_dashboard_page_in_headless_chromium(airflow_server):
     from playwright.sync_api import sync_playwright
 
     port = airflow_server["port"]
+    url = f"http://127.0.0.1:{port}"
     ARTIFACTS.mkdir(exist_ok=True)
     # The plugin registers a nav entry in the Airflow UI...
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/plugins", timeout=10) as resp:
-        plugins = resp.read().decode()
+    status, plugins = _http(f"{url}/api/v2/plugins", token=_token(port, "viewer"))
+    assert status == 200, plugins
     assert "recjobs_dashboard" in plugins and '"href":"/recjobs/"' in plugins.replace(" ", "")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        page.goto(f"http://127.0.0.1:{port}/recjobs/?user=u7", wait_until="load")
+        context = browser.new_context(viewport={"width": 1280, "height": 1100})
+        page = context.new_page()
+        assert page.goto(f"{url}/recjobs/?user=u7").status == 401  # not logged in yet
+        # Log in as a user does: Airflow's login form, which stores the JWT in the `_token` cookie.
+        page.goto(f"{url}/auth/login?next={quote('/recjobs/?user=u7')}")
+        page.fill("input[name='username']", "viewer")
+        page.fill("input[name='password']", PASSWORDS["viewer"])
+        page.click("button[type='submit']")
+        page.wait_for_url("**/recjobs/?user=u7")
+        page.wait_for_load_state("load")
         champion = page.locator("#champion").inner_text()
         assert "Champion" in champion and "champion since" in champion
         assert "20260131" in champion  # the live model is the newest date's
@@ -168,9 +265,13 @@ def test_dashboard_page_in_headless_chromium(airflow_server):
         recs = page.locator("#user-recs tbody tr")
         assert recs.count() == 10 and "Item " in recs.first.inner_text()  # titles from the items table
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
-        # ...and the page as it appears inside the Airflow UI.
-        ui = browser.new_page(viewport={"width": 1400, "height": 1000})
-        ui.goto(f"http://127.0.0.1:{port}/plugin/recjobs", wait_until="networkidle")
+        # ...and the page as it appears inside the Airflow UI, opened from its nav in the logged-in browser.
+        ui = context.new_page()
+        ui.set_viewport_size({"width": 1400, "height": 1000})
+        ui.goto(f"{url}/plugin/recjobs", wait_until="networkidle")
+        embedded = ui.frame_locator("iframe").locator("#champion")
+        embedded.wait_for(state="visible", timeout=60_000)
+        assert "20260131" in embedded.inner_text()
         time.sleep(2)
         ui.screenshot(path=str(ARTIFACTS / "dashboard_in_airflow_ui.png"))
         browser.close()

@@ -110,3 +110,21 @@ def test_a_failing_family_fails_only_its_task_and_the_run_still_publishes(airflo
         gate = conn.execute(sa.text("SELECT family FROM model_runs WHERE stage='gate'")).scalar_one()
     assert cands == {"popularity": "promoted", "tfrs": "failed"}
     assert gate == "popularity" and n == 120 * 5
+
+
+def test_a_broken_recjobs_db_connection_fails_the_tasks_instead_of_publishing_locally(airflow_env, small_inbox,
+                                                                                       settings):
+    # Malformed JSON: Airflow cannot parse the connection. Before, every task fell back to the
+    # embedded SQLite file and the run "succeeded" there.
+    broken = '{"conn_type": "postgres", "host": "db.example", "login": "rec", "password": "s3cret-pw", '
+    env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "AIRFLOW_CONN_RECJOBS_DB": broken,
+           "RECJOBS_FAMILIES": '["popularity"]', "RECJOBS_PUBLISH__TOP_N": "5"}
+    out = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", "2026-02-01"], env=env,
+                         capture_output=True, text=True, timeout=900)
+    log = out.stdout + out.stderr
+    assert "Airflow connection 'recjobs_db' is set in AIRFLOW_CONN_RECJOBS_DB but Airflow cannot read it" in log, \
+        log[-5000:]
+    assert "state=failed" in log and "state=success" not in log.split("Dag run")[-1]
+    assert "s3cret-pw" not in log
+    # Nothing was written to the embedded SQLite default.
+    assert not (settings.home / "recjobs.db").exists()

@@ -60,6 +60,22 @@ def test_evaluate_excludes_seen_and_counts_unknown_items_as_misses():
     assert m.coverage == pytest.approx(2 / 3)
 
 
+def test_each_unseen_holdout_item_counts_as_its_own_relevant_item():
+    # Regression (issue 8 item 12): unseen items used to collapse into one relevant item,
+    # so 3 unseen + 1 hit gave recall 1/2 instead of 1/4.
+    train = Interactions.from_frame(frame([("a", "x", 0), ("b", "y", 0), ("b", "z", 1)]))
+    model = Fixed(np.array([3.0, 2.0, 1.0], np.float32)).fit(train)  # a gets y first
+    holdout = frame([("a", "y", 2), ("a", "p", 3), ("a", "q", 4), ("a", "r", 5), ("a", "r", 6)])
+    m = evaluate_model(model, train, holdout, k=1)
+    assert m.users == 1
+    assert m.recall == pytest.approx(1 / 4)  # r held out twice is still one item
+    assert m.precision == pytest.approx(1.0) and m.ndcg == pytest.approx(1.0)
+    m2 = evaluate_model(model, train, holdout, k=2)
+    # Hits [y, -]: AP = 1 / min(4, 2); NDCG = 1 / (1 + 1/log2(3)).
+    assert m2.map == pytest.approx(0.5)
+    assert m2.ndcg == pytest.approx(1 / (1 + 1 / math.log2(3)))
+
+
 def test_temporal_split_holds_out_latest_fifth_per_user_deterministically():
     rows = [("u1", f"i{t}", t) for t in range(10)] + [("u2", f"i{t}", t) for t in range(3)] + [("u3", "i0", 0)]
     data = frame(rows).sample(frac=1.0, random_state=5)

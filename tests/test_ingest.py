@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -99,9 +100,13 @@ def test_too_many_invalid_rows_fails_naming_file_and_counts_and_ingests_nothing(
     message = str(err.value)
     assert str(path) in message and "2 of 4 rows invalid" in message and "max_invalid_share" in message
     assert lake_rows(settings).empty
-    # Nothing recorded: fixing the threshold and retrying ingests the valid rows.
+    # Recorded as rejected: a retry of the same content is skipped with the earlier reason
+    # (so the inbox does not fail on it every night) until forced.
     settings.ingest.max_invalid_share = 0.6
-    assert ingest_file(path, settings, engine).rows_valid == 2
+    again = ingest_file(path, settings, engine)
+    assert again.skipped and again.status == "rejected" and "2 of 4 rows invalid" in again.reason
+    assert lake_rows(settings).empty
+    assert ingest_file(path, settings, engine, force=True).rows_valid == 2
 
 
 def test_duplicate_rows_are_dropped_once(settings, engine, tmp_path):
@@ -145,3 +150,176 @@ def test_inbox_ingests_ratings_and_side_files_once(settings, engine, small_inbox
     assert (settings.features_dir / "item_features.parquet").exists()
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM items").scalar_one() == 80
+
+
+# -- issue 8: real-world input ------------------------------------------------------
+
+
+def test_excel_export_with_bom_quoted_header_and_crlf_ingests(settings, engine, tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b'\xef\xbb\xbf"user_id","item_id","rating","timestamp"\r\n'
+                     b'"1","10","4","881250949"\r\n"2","10","3","881250950"\r\n')
+    report = ingest_file(path, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (2, 2, 0)
+    rows = lake_rows(settings).sort_values(C.USER)
+    assert rows[C.USER].tolist() == ["1", "2"] and rows[C.ITEM].tolist() == ["10", "10"]
+
+
+def test_malformed_lines_are_quarantined_with_their_line_numbers(settings, engine, tmp_path):
+    good = [f"{u},{i},3,{881250949 + u * 1000 + i}" for u in range(1, 21) for i in range(1, 11)]
+    lines = good[:50] + ["1,5,4,881250949,extra"] + good[50:120] + ["2,5"] + good[120:]
+    # A quoted field spanning two lines is one record, numbered by its first line.
+    lines.insert(10, '"multi\nline",7,4,881250949')
+    path = write(tmp_path / "ragged.csv", "user_id,item_id,rating,timestamp\n" + "\n".join(lines) + "\n")
+    settings.ingest.max_invalid_share = 0.05
+    settings.ingest.batch_rows = 16  # several batches: line numbers must carry across them
+    report = ingest_file(path, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (203, 201, 2)
+    bad = pd.read_parquet(report.quarantine_path)
+    assert bad[C.SOURCE_ROW].tolist() == [54, 125]  # header is line 1, the quoted record 2 lines
+    assert bad[C.REASON].tolist() == ["expected 4 fields, found 5", "expected 4 fields, found 2"]
+    text = path.read_text().split("\n")
+    assert text[54 - 1] == "1,5,4,881250949,extra" and text[125 - 1] == "2,5"
+    assert "multi\nline" in set(lake_rows(settings)[C.USER])
+
+
+def test_malformed_lines_count_towards_the_invalid_share(settings, engine, tmp_path):
+    rows = ["1,5,4,881250949", "1,6,4,881250949,x,y", "2,5", "3,7,4,881250950"]
+    path = write(tmp_path / "ragged.csv", "user_id,item_id,rating,timestamp\n" + "\n".join(rows) + "\n")
+    with pytest.raises(IngestError, match=r"ragged.csv: 2 of 4 rows invalid.*expected 4 fields"):
+        ingest_file(path, settings, engine)
+
+
+def test_sub_millisecond_timestamps_are_truncated_to_milliseconds(settings, engine, tmp_path):
+    csv = write(tmp_path / "fine.csv", "user_id,item_id,rating,timestamp\n"
+                "1,1,4,1767225600.1\n1,2,4,2026-01-01T00:00:00.123456Z\n1,3,4,1767225600.9999999\n"
+                "1,4,4,2026-01-01T00:00:00.123456789+00:00\n")
+    ingest_file(csv, settings, engine)
+    for unit, item in (("us", "5"), ("ns", "6")):
+        table = pa.table({C.USER: ["1"], C.ITEM: [item], C.RATING: [4.0],
+                          C.TIMESTAMP: pa.array([1767225600_123456789 // (1000 if unit == "us" else 1)],
+                                                pa.timestamp(unit, tz="UTC"))})
+        pq.write_table(table, tmp_path / f"fine_{unit}.parquet")
+        assert ingest_file(tmp_path / f"fine_{unit}.parquet", settings, engine).rows_valid == 1
+    rows = lake_rows(settings).set_index(C.ITEM)[C.TIMESTAMP]
+    ms = {k: int(v.value // 1_000_000) for k, v in rows.items()}
+    assert ms == {"1": 1767225600_100, "2": 1767225600_123, "3": 1767225600_999,
+                  "4": 1767225600_123, "5": 1767225600_123, "6": 1767225600_123}
+
+
+def test_ids_are_kept_as_given(settings, engine, tmp_path):
+    csv = write(tmp_path / "ids.csv", "user_id,item_id,rating,timestamp\n"
+                'NA,null,4,881250949\n" 7 ",x,4,881250949\n 8 ,x,4,881250949\n7.0,x,4,881250949\n')
+    assert ingest_file(csv, settings, engine).rows_quarantined == 0
+    floats = pd.DataFrame({C.USER: [7.0, 7.5, 1e20], C.ITEM: pd.array([1, 2, 3], dtype="int64"),
+                           C.RATING: [4.0, 4.0, 4.0], C.TIMESTAMP: [881250949] * 3})
+    floats.to_parquet(tmp_path / "floats.parquet")
+    assert ingest_file(tmp_path / "floats.parquet", settings, engine).rows_quarantined == 0
+    rows = lake_rows(settings)
+    assert set(zip(rows[C.USER], rows[C.ITEM], strict=True)) == {
+        ("NA", "null"), (" 7 ", "x"), ("8", "x"), ("7.0", "x"),  # CSV text: as written
+        ("7", "1"), ("7.5", "2"), ("100000000000000000000", "3"),  # Parquet numbers
+    }
+
+
+def test_only_truly_empty_ids_are_invalid(settings, engine, tmp_path):
+    frame = pd.DataFrame({C.USER: [None, "1", float("nan")], C.ITEM: ["1", "", "2"],
+                          C.RATING: [4.0] * 3, C.TIMESTAMP: [881250949] * 3})
+    frame[C.USER] = frame[C.USER].astype(object)
+    frame.to_parquet(tmp_path / "holes.parquet")
+    settings.ingest.max_invalid_share = 1.0
+    report = ingest_file(tmp_path / "holes.parquet", settings, engine)
+    bad = pd.read_parquet(report.quarantine_path)
+    assert bad[C.REASON].tolist() == ["empty user_id", "empty item_id", "empty user_id"]
+    assert bad[C.SOURCE_ROW].tolist() == [1, 2, 3]  # Parquet: 1-based row numbers
+
+
+def test_native_movielens_20m_csv_and_1m_dat(settings, engine, tmp_path):
+    ml20 = write(tmp_path / "ratings.csv", "userId,movieId,rating,timestamp\n1,296,5.0,1147880044\n")
+    ml1 = write(tmp_path / "ratings.dat", "1::1193::5::978300760\n2::661::3::978302109\n")
+    assert ingest_file(ml20, settings, engine).rows_valid == 1
+    assert ingest_file(ml1, settings, engine).rows_valid == 2
+    rows = lake_rows(settings)
+    assert set(zip(rows[C.USER], rows[C.ITEM], strict=True)) == {("1", "296"), ("1", "1193"), ("2", "661")}
+
+
+def test_column_mapping_for_csv_and_parquet_and_default_rating(settings, engine, tmp_path):
+    csv = write(tmp_path / "shop.csv", "customer,sku,stars,when\nc1,s1,4,2026-01-01T00:00:00Z\n")
+    with pytest.raises(IngestError, match=r"shop.csv: missing required columns"):
+        ingest_file(csv, settings, engine)
+    settings.ingest.columns = {C.USER: "customer", C.ITEM: "sku", C.RATING: "stars", C.TIMESTAMP: "when"}
+    assert ingest_file(csv, settings, engine, force=True).rows_valid == 1
+    # Event data: no rating column at all; every event gets ingest.default_rating.
+    pd.DataFrame({"customer": ["c2"], "sku": ["s2"], "when": [1767225600]}).to_parquet(tmp_path / "ev.parquet")
+    settings.ingest.columns = {C.USER: "customer", C.ITEM: "sku", C.TIMESTAMP: "when"}
+    with pytest.raises(IngestError, match=r"ev.parquet: missing required columns \['rating'\]"):
+        ingest_file(tmp_path / "ev.parquet", settings, engine)
+    settings.ingest.default_rating = 1.0
+    assert ingest_file(tmp_path / "ev.parquet", settings, engine, force=True).rows_valid == 1
+    rows = lake_rows(settings).set_index(C.USER)
+    assert rows.loc["c1", C.RATING] == 4.0 and rows.loc["c2", C.RATING] == 1.0
+    settings.ingest.columns = {C.USER: "nope"}
+    with pytest.raises(IngestError, match=r"ev.parquet: column 'nope', mapped to user_id"):
+        ingest_file(tmp_path / "ev.parquet", settings, engine, force=True)
+
+
+def test_default_rating_and_column_mapping_settings_are_checked():
+    from recjobs.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="default_rating 9 is outside"):
+        load_settings({"ingest": {"default_rating": 9}}, environ={})
+    with pytest.raises(SettingsError, match=r"unknown columns \['user'\]"):
+        load_settings({"ingest": {"columns": {"user": "customer"}}}, environ={})
+
+
+def test_cli_columns_option_maps_columns(settings, tmp_path, monkeypatch, capsys):
+    from recjobs.cli import main
+
+    monkeypatch.setenv("RECJOBS_HOME", str(settings.home))
+    csv = write(tmp_path / "shop.csv", "customer,sku,stars,when\nc1,s1,4,1767225600\n")
+    assert main(["ingest", "--columns", "user_id=customer,item_id=sku,rating=stars,timestamp=when",
+                 str(csv)]) == 0
+    assert "1 valid" in capsys.readouterr().out
+    assert lake_rows(settings)[C.USER].tolist() == ["c1"]
+    assert main(["ingest", "--columns", "user_id", str(csv)]) == 2
+    assert "--columns expects" in capsys.readouterr().err
+
+
+# -- issue 8: failures in the inbox ----------------------------------------------------
+
+
+def test_every_inbox_file_is_attempted_and_failures_are_named(settings, engine, tmp_path):
+    inbox = settings.inbox
+    inbox.mkdir(parents=True)
+    (inbox / "a_corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
+    write(inbox / "b_fine.csv", "user_id,item_id,rating,timestamp\n1,1,4,1767225600.1234\n")
+    write(inbox / "c_good.csv", "user_id,item_id,rating,timestamp\n2,2,4,1767225600\n")
+    with pytest.raises(IngestError) as err:
+        ingest_inbox(settings, engine)
+    assert "a_corrupt.parquet: not a readable Parquet file" in str(err.value)
+    assert "b_fine" not in str(err.value) and "c_good" not in str(err.value)
+    assert sorted(lake_rows(settings)[C.USER]) == ["1", "2"]
+
+
+def test_rejected_inbox_file_is_skipped_later_with_its_reason_until_forced(settings, engine, caplog):
+    inbox = settings.inbox
+    inbox.mkdir(parents=True)
+    bad = write(inbox / "bad.csv", "user_id,item_id,rating,timestamp\n1,1,4,881250949\n1,2,99,881250949\n")
+    write(inbox / "good.csv", "user_id,item_id,rating,timestamp\n2,2,4,881250949\n")
+    with pytest.raises(IngestError, match=r"bad.csv: 1 of 2 rows invalid"):
+        ingest_inbox(settings, engine)
+    with engine.connect() as conn:
+        status = dict(conn.exec_driver_sql("SELECT source_path, status FROM ingest_log").all())
+    assert status == {str(bad): "rejected", str(inbox / "good.csv"): "ingested"}
+    # The next night: no failure, a warning naming the file and the earlier reason.
+    caplog.clear()
+    reports = ingest_inbox(settings, engine)
+    assert all(r.skipped for r in reports)
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1 and "bad.csv: rejected on an earlier run" in warning[0]
+    assert "1 of 2 rows invalid" in warning[0] and "--force" in warning[0]
+    assert sorted(lake_rows(settings)[C.USER]) == ["2"]
+    # A corrected delivery (new content) is ingested; so is the old content when forced.
+    write(inbox / "bad.csv", "user_id,item_id,rating,timestamp\n1,1,4,881250949\n1,2,5,881250949\n")
+    assert [r.rows_valid for r in ingest_inbox(settings, engine) if not r.skipped] == [2]
+    assert len(lake_rows(settings)) == 3

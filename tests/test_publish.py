@@ -209,3 +209,104 @@ def test_publish_killed_mid_load_leaves_live_set_and_next_publish_works(db):
     assert versions == ["v1"]  # the killed load's bookkeeping rolled back with it
     result = publish_list(db, "recommendations", "2026-01-10", "v2", frames("v2"))
     assert result.live and snapshot(db) == (USERS * TOP, {"v2"})
+
+
+def live_tables(engine) -> dict[str, str]:  # noqa: ANN001
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT kind, model_version FROM publications WHERE is_live = :t"), {"t": True}).all()
+    return {r.kind: r.model_version for r in rows}
+
+
+def test_rollback_after_backfill_returns_to_previous_live_version(db):
+    # Backfills load older dates after newer ones: ids no longer follow the live order.
+    publish_list(db, "recommendations", "2026-01-05", "v5", frames("v5"), keep_versions=3)
+    publish_list(db, "recommendations", "2026-01-06", "v6", frames("v6", 1), keep_versions=3)
+    for day in ("2026-01-03", "2026-01-04"):
+        assert not publish_list(db, "recommendations", day, f"old{day[-1]}", frames("old", 2), keep_versions=3).live
+    # Pruning kept the version rollback needs; the backfill tables went first.
+    with db.connect() as conn:
+        kept = conn.execute(sa.text(
+            "SELECT model_version FROM publications WHERE dropped = :f ORDER BY id"), {"f": False}).scalars().all()
+    assert kept == ["v5", "v6", "old4"]
+    rollback(db)
+    assert snapshot(db) == (USERS * TOP, {"v5"})
+
+
+def test_rollback_never_goes_to_a_backfilled_date(db):
+    publish_list(db, "recommendations", "2026-01-05", "v5", frames("v5"))
+    publish_list(db, "recommendations", "2026-01-03", "old3", frames("old3", 2))
+    publish_list(db, "recommendations", "2026-01-06", "v6", frames("v6", 1))
+    rollback(db)
+    assert snapshot(db) == (USERS * TOP, {"v5"})
+    with pytest.raises(RuntimeError, match="no earlier kept version"):
+        rollback(db)
+    assert snapshot(db) == (USERS * TOP, {"v5"})
+    # The next publish goes live, and rolling it back returns to v5 again, not forth to v6.
+    publish_list(db, "recommendations", "2026-01-07", "v7", frames("v7", 3))
+    rollback(db)
+    assert live_version(db).model_version == "v5"
+
+
+def test_rollback_works_on_versions_published_before_live_order_was_recorded(db):
+    for n in (1, 2, 3):
+        publish_list(db, "recommendations", f"2026-01-0{n}", f"v{n}", frames(f"v{n}", n))
+    publish_list(db, "recommendations", "2026-01-01", "old1", frames("old1", 4))  # a backfill
+    with db.begin() as conn:  # as an upgraded database has them: the new columns empty
+        conn.execute(sa.text("UPDATE publications SET live_seq = NULL, live_at = NULL, history_only = NULL"))
+    rollback(db)
+    assert live_version(db).model_version == "v2"
+    rollback(db)
+    assert live_version(db).model_version == "v1"
+
+
+def _similar(version: str, offset: int = 0):  # noqa: ANN202
+    return (f.rename(columns={C.USER: C.ITEM, C.ITEM: C.SIMILAR_ITEM}) for f in frames(version, offset))
+
+
+def test_cli_rollback_moves_similar_items_only_if_the_last_publish_did(db, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    for day, version in (("2026-01-01", "als-20260101-full-a"), ("2026-01-02", "als-20260102-full-b")):
+        publish_list(db, "recommendations", day, version, frames(version))
+        publish_list(db, "similar_items", day, version, _similar(version), history=False)
+    # A popularity champion: recommendations only, no item vectors so no similar_items.
+    publish_list(db, "recommendations", "2026-01-03", "popularity-20260103-full-c", frames("pop", 1))
+    env = {**os.environ, "RECJOBS_HOME": str(tmp_path), "RECJOBS_DATABASE_URL": db.url.render_as_string(False)}
+
+    def cli_rollback() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "recjobs.cli", "rollback"], env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    out = cli_rollback()
+    assert out.returncode == 0, out.stderr
+    assert "similar_items: not moved" in out.stdout
+    assert live_tables(db) == {"recommendations": "als-20260102-full-b", "similar_items": "als-20260102-full-b"}
+    # Now the live lists came from one publish: both go back together.
+    out = cli_rollback()
+    assert out.returncode == 0, out.stderr
+    assert live_tables(db) == {"recommendations": "als-20260101-full-a", "similar_items": "als-20260101-full-a"}
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(DISTINCT model_version) FROM similar_items")).scalar_one() == 1
+        reasons = conn.execute(sa.text("SELECT reason FROM model_runs WHERE stage = 'rollback'")).scalars().all()
+    assert len(reasons) == 3 and sum(r.startswith("similar_items") for r in reasons) == 1
+
+
+def test_history_is_pruned_to_history_days_behind_the_newest_date(db):
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03", "2026-01-05"):
+        publish_list(db, "recommendations", day, "v", frames("v"), history_days=2)
+    with db.connect() as conn:
+        dates = conn.execute(sa.text("SELECT DISTINCT run_date FROM recommendations_history ORDER BY run_date")).scalars().all()
+    assert dates == ["2026-01-03", "2026-01-05"]
+    publish_list(db, "recommendations", "2026-01-06", "v", frames("v"))  # None: keep everything
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(DISTINCT run_date) FROM recommendations_history")).scalar_one() == 3
+
+
+def test_history_insert_binds_the_run_date(db):
+    # A run date is data, not SQL: a quote in it must not break (or inject into) the insert.
+    publish_list(db, "recommendations", "2026'01-01", "v1", frames("v1"))
+    with db.connect() as conn:
+        assert conn.execute(sa.text("SELECT DISTINCT run_date FROM recommendations_history")).scalars().all() == [
+            "2026'01-01"]

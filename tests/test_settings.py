@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from recjobs.settings import SettingsError, load_settings
+from recjobs.settings import SettingsError, load_settings, mask_url
 
 
 def test_defaults_and_derived_paths(tmp_path):
@@ -58,3 +63,35 @@ def test_bad_settings_are_rejected_naming_the_key(overrides, env, needle):
     with pytest.raises(SettingsError) as err:
         load_settings(overrides, environ=env)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://airflow:airflow@postgres:5432/recjobs", "postgresql://airflow:***@postgres:5432/recjobs"),
+        ("postgresql+psycopg://u:p%40ss@h/db", "postgresql+psycopg://u:***@h/db"),
+        ("postgresql://u@h/db?password=pw1&sslmode=require", "postgresql://u@h/db?password=%2A%2A%2A&sslmode=require"),
+        ("sqlite:////data/recjobs.db", "sqlite:////data/recjobs.db"),
+        ("not a url", "<unparseable database URL>"),
+    ],
+)
+def test_mask_url_hides_passwords(url, masked):
+    assert mask_url(url) == masked
+
+
+def test_cli_never_prints_the_database_password(postgres_url, tmp_path):
+    password = "Sup3r-secret-pw"  # the test server trusts every login, so any password is accepted
+    url = make_url(postgres_url).set(password=password).render_as_string(hide_password=False)
+    masked = make_url(url).render_as_string(hide_password=True)
+    assert password in url and password not in masked
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RECJOBS_")},
+           "RECJOBS_HOME": str(tmp_path / "home"), "RECJOBS_DATABASE_URL": url,
+           "RECJOBS_FAMILIES": '["popularity"]'}
+    recjobs = str(Path(sys.executable).parent / "recjobs")
+    for command in (["settings"], ["initdb"], ["demo"]):
+        out = subprocess.run([recjobs, "-v", *command], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert password not in out.stdout + out.stderr, command
+        assert masked in out.stdout, (command, out.stdout[-2000:])
+    assert json.loads(subprocess.run([recjobs, "settings"], env=env, capture_output=True, text=True,
+                                     timeout=120).stdout)["database_url"] == masked

@@ -1,0 +1,141 @@
+"""The whole nightly run on generated MovieLens-20M-shaped data: wall time and peak RSS per stage.
+
+Every stage runs as its own `recjobs` CLI process, as each Airflow task runs in its own
+process and calls the same library functions, so the per-stage peak RSS is what one task
+needs. Then the exact scoring path is timed against implicit's own `recommend` for every
+user (BLAS limited to one thread in both, as in publish), with the champion's vectors.
+
+    .venv/bin/python scripts/benchmark_e2e.py                 # ML-20M shape: 138k users, 20M ratings
+    .venv/bin/python scripts/benchmark_e2e.py --scale 10      # ten times that
+    .venv/bin/python scripts/benchmark_e2e.py --scale 0.1 --families popularity,als \\
+        --set models.lightfm.epochs=5 --database-url postgresql://...
+
+Progress of each stage streams to stderr; the table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from recjobs.cli import _parse_set
+from recjobs.settings import Settings, load_settings
+from recjobs.synthetic import LargeSpec, write_large_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+RECJOBS = Path(sys.executable).with_name("recjobs")
+
+
+@dataclass
+class Stage:
+    name: str
+    seconds: float
+    peak_rss_mib: float
+    status: int
+
+
+def run_stage(name: str, args: list[str], env: dict[str, str]) -> Stage:
+    """Run one CLI stage, streaming its log, and measure it with wait4 (this child only)."""
+    print(f"== {name}: recjobs {' '.join(args)}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(RECJOBS), *args], env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    return Stage(name, seconds, usage.ru_maxrss / 1024, proc.returncode)
+
+
+def scoring_ratio(settings: Settings, day: dt.date) -> str:
+    """Our top-N scoring of every user against implicit's recommend on the same vectors."""
+    import numpy as np
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    from recjobs.interactions import Interactions
+    from recjobs.models.base import Recommender
+    from recjobs.pipeline import _load_window, final_path
+
+    top_n = settings.publish.top_n
+    model = Recommender.load(final_path(settings, day))
+    seen = Interactions.from_frame(_load_window(settings, day), model.user_ids, model.item_ids).matrix
+    users = np.arange(len(model.user_ids))
+    chunk = settings.publish.chunk_users
+    started = time.perf_counter()
+    for lo in range(0, len(users), chunk):
+        model.recommend(users[lo:lo + chunk], top_n, exclude=seen)
+    ours = time.perf_counter() - started
+    # implicit's own path: the same factors (bias as one more factor), its recommend over all users.
+    vec = model.vectors
+    ref = AlternatingLeastSquares(factors=vec.user_vectors.shape[1] + 1)
+    ref.user_factors = np.hstack([vec.user_vectors, np.ones((len(users), 1), np.float32)])
+    ref.item_factors = np.hstack([vec.item_vectors, vec.item_bias[:, None]]).astype(np.float32)
+    started = time.perf_counter()
+    with threadpool_limits(1, "blas"):
+        for lo in range(0, len(users), chunk):
+            rows = users[lo:lo + chunk]
+            ref.recommend(rows, seen[rows], N=top_n, filter_already_liked_items=True)
+    theirs = time.perf_counter() - started
+    return (f"scoring {len(users):,} users, top-{top_n}, seen excluded: ours {ours:.1f}s, implicit.recommend "
+            f"{theirs:.1f}s, ratio {theirs / ours:.2f}x (>1 is faster than implicit)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="1 = ML-20M shape, 10 = ten times it")
+    parser.add_argument("--families", help="comma-separated families (default: the settings' families)")
+    parser.add_argument("--database-url", help="default: SQLite in the benchmark's home")
+    parser.add_argument("--home", help="keep everything here (default: a temporary folder)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every stage")
+    args = parser.parse_args()
+
+    tmp = None if args.home else tempfile.TemporaryDirectory(prefix="recjobs-e2e-")
+    home = Path(args.home or tmp.name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECJOBS_")}
+    env["RECJOBS_HOME"] = str(home)
+    if args.database_url:
+        env["RECJOBS_DATABASE_URL"] = args.database_url
+    spec = LargeSpec().scaled(args.scale)
+    data = home / "inbox" / "ratings.csv"
+    started = time.perf_counter()
+    if not data.exists():
+        rows = write_large_csv(data, spec)
+        print(f"generated {rows:,} ratings ({spec.n_users:,} users x {spec.n_items:,} items, "
+              f"{data.stat().st_size / 2**20:,.0f} MiB CSV) in {time.perf_counter() - started:.0f}s",
+              file=sys.stderr)
+    date = spec.end.isoformat()
+    common = [x for pair in args.set for x in ("--set", pair)]
+    settings = load_settings(_parse_set(args.set), environ={k: v for k, v in env.items() if k.startswith("RECJOBS_")})
+    families = args.families.split(",") if args.families else settings.families
+    family_set = ["--set", f"families={json.dumps(families)}"]
+    stages = [run_stage("ingest", ["ingest", *common], env),
+              run_stage("split", ["split", "--date", date, *common], env)]
+    for fam in families:
+        stages.append(run_stage(f"train {fam}", ["train", "--date", date, "--family", fam, *common], env))
+        stages.append(run_stage(f"evaluate {fam}", ["evaluate", "--date", date, "--family", fam, *common], env))
+    stages.append(run_stage("promote", ["promote", "--date", date, *common, *family_set], env))
+    stages.append(run_stage("train final", ["train", "--date", date, "--final", *common], env))
+    stages.append(run_stage("publish", ["publish", "--date", date, *common], env))
+    total = sum(s.seconds for s in stages)
+    print(f"\nrecjobs end to end: {spec.n_ratings:,} ratings, {spec.n_users:,} users, {spec.n_items:,} items, "
+          f"{os.cpu_count()} cores, database {args.database_url and 'given' or 'SQLite'}")
+    print(f"{'stage':<22}{'wall s':>9}{'peak RSS MiB':>14}{'exit':>6}")
+    for s in stages:
+        print(f"{s.name:<22}{s.seconds:9.1f}{s.peak_rss_mib:14,.0f}{s.status:6d}")
+    print(f"{'total':<22}{total:9.1f}{max(s.peak_rss_mib for s in stages):14,.0f}")
+    if all(s.status == 0 for s in stages[-2:]):
+        print(scoring_ratio(settings, spec.end))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0 if all(s.status == 0 for s in stages) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
