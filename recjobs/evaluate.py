@@ -14,8 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from recjobs import columns as C
-from recjobs.interactions import Interactions
+from recjobs.interactions import Holdout, Interactions
 from recjobs.models.base import Recommender
 
 
@@ -59,42 +58,46 @@ def ranking_metrics(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> dict[st
 def evaluate_model(
     model: Recommender,
     train: Interactions,
-    holdout: pd.DataFrame,
+    holdout: Holdout | pd.DataFrame,
     k: int = 10,
     chunk_users: int = 2048,
 ) -> Metrics:
-    """Precision, recall, NDCG, MAP at ``k`` and catalogue coverage on ``holdout``."""
+    """Precision, recall, NDCG, MAP at ``k`` and catalogue coverage on ``holdout``.
+
+    ``holdout`` is coded against ``train`` (:class:`Holdout`), or a frame of canonical
+    columns that is coded here.
+    """
     start = time.perf_counter()
     if model.user_ids is None or not np.array_equal(model.user_ids, train.user_ids):
         raise ValueError("model and training interactions disagree on user ids")
-    # De-duplicate on the ids themselves: every distinct held-out item is one relevant
-    # item, including each item unknown to training (all of which map to column -1).
-    pairs = holdout[[C.USER, C.ITEM]].drop_duplicates()
-    user_rows = pd.Index(train.user_ids).get_indexer(pairs[C.USER])
-    item_cols = pd.Index(train.item_ids).get_indexer(pairs[C.ITEM])
-    known_user = user_rows >= 0
-    rel = pd.DataFrame({"u": user_rows[known_user], "i": item_cols[known_user]})
+    if isinstance(holdout, pd.DataFrame):
+        holdout = Holdout.from_frame(holdout, train)
+    u = holdout.user_rows.astype(np.int64)
+    i = holdout.item_cols.astype(np.int64)
     # Holdout pairs the user already interacted with in training are repeats, not
     # discoveries; seen items are excluded from rankings, so drop them from the truth too.
     seen = train.matrix
-    if len(rel):
-        in_train = np.asarray(seen[rel["u"].to_numpy(), np.maximum(rel["i"].to_numpy(), 0)]).ravel() != 0
-        rel = rel[~((rel["i"] >= 0).to_numpy() & in_train)]
-    users = np.sort(rel["u"].unique())
+    known = i < train.n_items
+    if len(u):
+        in_train = np.zeros(len(u), dtype=bool)
+        in_train[known] = np.asarray(seen[u[known], i[known]]).ravel() != 0
+        u, i, known = u[~in_train], i[~in_train], known[~in_train]
+    users, n_relevant = np.unique(u, return_counts=True)
     if len(users) == 0:
         raise ValueError("holdout has no users with training data to evaluate")
-    n_relevant = rel.groupby("u").size().reindex(users).to_numpy()
-    rel_known = rel[rel["i"] >= 0]
+    # Known relevant items sorted by user, so each chunk's truth is one slice.
+    order = np.argsort(u[known], kind="stable")
+    ku, ki = u[known][order], i[known][order]
     sums = {m: 0.0 for m in ("precision", "recall", "ndcg", "map")}
     recommended = np.zeros(train.n_items, dtype=bool)
     for lo in range(0, len(users), chunk_users):
         batch = users[lo : lo + chunk_users]
         top, _ = model.recommend(batch, k, exclude=seen)
         recommended[top[top >= 0]] = True
-        truth = rel_known[rel_known["u"].isin(batch)]
-        pos = np.searchsorted(batch, truth["u"].to_numpy())
+        a, b = np.searchsorted(ku, [batch[0], batch[-1] + 1])
+        pos = np.searchsorted(batch, ku[a:b])
         truth_mat = np.zeros((len(batch), train.n_items + 1), dtype=bool)
-        truth_mat[pos, truth["i"].to_numpy()] = True
+        truth_mat[pos, ki[a:b]] = True
         # Padding (-1) maps to the extra last column, which is never relevant.
         hits = np.take_along_axis(truth_mat, np.where(top >= 0, top, train.n_items), axis=1)
         per_user = ranking_metrics(hits, n_relevant[lo : lo + chunk_users], k)

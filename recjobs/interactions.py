@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -74,6 +78,89 @@ class Interactions:
         out = self.matrix.copy()
         out.data[:] = 1.0
         return out
+
+    def save(self, path: Path) -> Path:
+        """Write to the directory ``path`` as plain ``.npy`` arrays, atomically.
+
+        A later stage loads it with :meth:`load` in about a second at ML-20M size,
+        instead of re-reading Parquet and re-coding string ids.
+        """
+        arrays = {
+            "data": self.matrix.data, "indices": self.matrix.indices, "indptr": self.matrix.indptr,
+            "shape": np.asarray(self.matrix.shape, np.int64), "item_last_seen": self.item_last_seen,
+            "user_ids": self.user_ids.astype(str), "item_ids": self.item_ids.astype(str),
+        }
+        _save_arrays(path, arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Interactions:
+        """Read what :meth:`save` wrote."""
+        a = _load_arrays(path, ("data", "indices", "indptr", "shape", "item_last_seen", "user_ids", "item_ids"))
+        matrix = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=tuple(a["shape"]))
+        matrix.has_sorted_indices = True  # saved sorted, see from_frame
+        return cls(a["user_ids"].astype(object), a["item_ids"].astype(object), matrix, a["item_last_seen"])
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Held-out (user, item) pairs coded against a training :class:`Interactions`.
+
+    ``user_rows`` index the training users (held-out users unknown to training are
+    dropped: no model can rank for them). ``item_cols`` index the training items;
+    an item never seen in training gets a code ``>= n_items``, one per distinct id,
+    so each counts as its own relevant item that no model can recommend.
+    Pairs are distinct.
+    """
+
+    user_rows: np.ndarray
+    item_cols: np.ndarray
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, train: Interactions) -> Holdout:
+        """Code a frame of canonical columns against ``train``'s ids."""
+        pairs = frame[[C.USER, C.ITEM]].drop_duplicates()
+        rows = pd.Index(train.user_ids).get_indexer(pairs[C.USER])
+        cols = pd.Index(train.item_ids).get_indexer(pairs[C.ITEM])
+        unseen = cols < 0
+        if unseen.any():
+            codes, _ = pd.factorize(pairs[C.ITEM].to_numpy()[unseen], sort=True)
+            cols[unseen] = train.n_items + codes
+        keep = rows >= 0
+        return cls(rows[keep].astype(np.int32), cols[keep].astype(np.int32))
+
+    def save(self, path: Path) -> Path:
+        """Write to the directory ``path``, atomically."""
+        _save_arrays(path, {"user_rows": self.user_rows, "item_cols": self.item_cols})
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Holdout:
+        """Read what :meth:`save` wrote."""
+        a = _load_arrays(path, ("user_rows", "item_cols"))
+        return cls(a["user_rows"], a["item_cols"])
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    missing = [n for n in names if not (path / f"{n}.npy").exists()]
+    if missing:
+        raise FileNotFoundError(f"{path}: not a saved matrix folder (missing {', '.join(missing)})")
+    return {n: np.load(path / f"{n}.npy", allow_pickle=False) for n in names}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from recjobs import columns as C
 from recjobs.db import ensure_schema, make_engine, model_runs, popular_items
 from recjobs.evaluate import Metrics, evaluate_model
 from recjobs.features import load_side_features
-from recjobs.interactions import Interactions
+from recjobs.interactions import Holdout, Interactions
 from recjobs.lake import atomic_write_parquet, read_ratings, to_ratings_table
 from recjobs.models import Recommender, get_family
 from recjobs.publish import PublishResult, SwapPolicy, load_staging, rank_to_staging
@@ -93,8 +93,14 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
     train, holdout = temporal_split(frame, settings.split)
     out = run_dir(settings, day)
     out.mkdir(parents=True, exist_ok=True)
+    # The rows stay readable for tuning and inspection; the nightly stages read only the
+    # matrices below, coded once here, so no later task re-reads or re-codes string ids.
     atomic_write_parquet(to_ratings_table(train), out / "train.parquet")
     atomic_write_parquet(to_ratings_table(holdout), out / "holdout.parquet")
+    train_data = Interactions.from_frame(train)
+    train_data.save(out / "train")
+    Holdout.from_frame(holdout, train_data).save(out / "holdout")
+    Interactions.from_frame(frame).save(out / "full")
     snapshot = {
         "run_date": day.isoformat(),
         "cutoff": cutoff_of(day).isoformat(),
@@ -117,6 +123,14 @@ def _snapshot(settings: Settings, day: dt.date) -> dict[str, Any]:
     if not path.exists():
         raise PipelineError(f"no split for {day}: run `recjobs split --date {day}` first")
     return json.loads(path.read_text())
+
+
+def load_matrix(settings: Settings, day: dt.date, part: str) -> Interactions:
+    """The date's ``train`` or ``full`` (everything before the cutoff) matrix from :func:`prepare`."""
+    path = run_dir(settings, day) / part
+    if not path.exists():
+        raise PipelineError(f"no {part} matrix for {day} in {path}: run `recjobs split --date {day}` first")
+    return Interactions.load(path)
 
 
 def read_split(settings: Settings, day: dt.date, part: str) -> pd.DataFrame:
@@ -159,7 +173,7 @@ def train_candidate(settings: Settings, engine: Engine, run_date: str | dt.date,
     day = parse_date(run_date)
     snap = _snapshot(settings, day)
     _replace_rows(engine, day, "candidate", family, [{"family": family, "model_version": "-", "status": "training"}])
-    data = Interactions.from_frame(read_split(settings, day, "train"))
+    data = load_matrix(settings, day, "train")
     model, seconds = _fit(settings, family, data)
     params = settings.model_params(family).model_dump()
     version = model_version(family, day, params, settings.seed, snap["fingerprint"], "candidate")
@@ -186,8 +200,8 @@ def evaluate_candidate(settings: Settings, engine: Engine, run_date: str | dt.da
         raise PipelineError(f"no {family} candidate for {day}: run `recjobs train --date {day} --family {family}`")
     model = Recommender.load(path)
     meta = json.loads((path / "meta.json").read_text())
-    train = Interactions.from_frame(read_split(settings, day, "train"))
-    metrics = evaluate_model(model, train, read_split(settings, day, "holdout"), settings.evaluate.k,
+    train = load_matrix(settings, day, "train")
+    metrics = evaluate_model(model, train, Holdout.load(run_dir(settings, day) / "holdout"), settings.evaluate.k,
                              settings.evaluate.chunk_users)
     log.info("%s on %s: ndcg@%d=%.4f precision=%.4f recall=%.4f map=%.4f coverage=%.3f", family, day,
              metrics.k, metrics.ndcg, metrics.precision, metrics.recall, metrics.map, metrics.coverage)
@@ -384,17 +398,17 @@ def train_final(settings: Settings, engine: Engine, run_date: str | dt.date) -> 
     """Retrain the date's champion family on all data up to the date and save it."""
     day = parse_date(run_date)
     decision = gate_decision(engine, day)
-    frame = _load_window(settings, day)
-    data = Interactions.from_frame(frame)
+    snap = _snapshot(settings, day)
+    data = load_matrix(settings, day, "full")
     model, seconds = _fit(settings, decision.family, data)
     params = settings.model_params(decision.family).model_dump()
-    version = model_version(decision.family, day, params, settings.seed, _fingerprint(frame), "full")
+    version = model_version(decision.family, day, params, settings.seed, snap["fingerprint"], "full")
     path = model.save(final_path(settings, day), model_version=version, fit_seconds=seconds,
                       run_date=day.isoformat(), stage="final")
     _replace_rows(engine, day, "final", None, [{
         "family": decision.family, "model_version": version, "status": "trained", "fit_seconds": seconds,
         "params": json.dumps(params, sort_keys=True), "artifact_path": str(path),
-        "reason": f"champion retrained on all {len(frame)} interactions before {cutoff_of(day).isoformat()}",
+        "reason": f"champion retrained on all {snap['interactions']} interactions before {snap['cutoff']}",
     }])
     return path
 
@@ -457,8 +471,10 @@ def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list
     model = Recommender.load(path)
     meta = json.loads((path / "meta.json").read_text())
     model.info["model_version"] = meta["model_version"]
-    frame = _load_window(settings, day)
-    seen = Interactions.from_frame(frame, model.user_ids, model.item_ids)
+    seen = load_matrix(settings, day, "full")
+    if not (np.array_equal(seen.user_ids, model.user_ids) and np.array_equal(seen.item_ids, model.item_ids)):
+        raise PipelineError(f"the final model in {path} was not trained on {day}'s split: "
+                            f"rerun `recjobs train --date {day} --final`")
     p = settings.publish
     lists = {"recommendations": _user_frames(model, seen, p.top_n, p.chunk_users)}
     staging = staging_dir(settings, day)
@@ -474,7 +490,7 @@ def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list
                             history=kind == "recommendations", history_days=p.history_days,
                             swap=SwapPolicy.of(p))
                for kind, path in staged.items()]
-    _publish_popular(settings, engine, day, frame, results[0].live)
+    _publish_popular(settings, engine, day, seen, results[0].live)
     with engine.begin() as conn:
         conn.execute(model_runs.delete().where(model_runs.c.run_date == day.isoformat(),
                                                model_runs.c.stage == "publish"))
@@ -488,13 +504,14 @@ def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list
     return results
 
 
-def _publish_popular(settings: Settings, engine: Engine, day: dt.date, frame: pd.DataFrame, live: bool) -> None:
+def _publish_popular(settings: Settings, engine: Engine, day: dt.date, seen: Interactions, live: bool) -> None:
     if not live:
         return
-    counts = frame.groupby(C.ITEM).size()
-    counts = counts.sort_values(ascending=False, kind="stable").head(settings.publish.popular_n)
-    rows = [{C.RANK: i + 1, C.ITEM: item, C.SCORE: float(n), C.RUN_DATE: day.isoformat()}
-            for i, (item, n) in enumerate(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))]
+    # Users per item, as the popularity family counts; ties by item id, so reruns agree.
+    users = np.asarray((seen.matrix != 0).sum(axis=0)).ravel()
+    order = np.lexsort((seen.item_ids.astype(str), -users))[: settings.publish.popular_n]
+    rows = [{C.RANK: r + 1, C.ITEM: seen.item_ids[i], C.SCORE: float(users[i]), C.RUN_DATE: day.isoformat()}
+            for r, i in enumerate(order)]
     # Small table: replacing its rows in one transaction is atomic for readers.
     with engine.begin() as conn:
         conn.execute(popular_items.delete())

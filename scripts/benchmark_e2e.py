@@ -59,13 +59,12 @@ def scoring_ratio(settings: Settings, day: dt.date) -> str:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from recjobs.interactions import Interactions
     from recjobs.models.base import Recommender
-    from recjobs.pipeline import _load_window, final_path
+    from recjobs.pipeline import final_path, load_matrix
 
     top_n = settings.publish.top_n
     model = Recommender.load(final_path(settings, day))
-    seen = Interactions.from_frame(_load_window(settings, day), model.user_ids, model.item_ids).matrix
+    seen = load_matrix(settings, day, "full").matrix
     users = np.arange(len(model.user_ids))
     chunk = settings.publish.chunk_users
     started = time.perf_counter()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from recjobs.pipeline import engine_for, promote, run_pipeline
+from recjobs.pipeline import engine_for, promote, read_split, run_pipeline
 from recjobs.settings import load_settings
 from tests.conftest import ROOT
 
@@ -120,3 +120,48 @@ def test_demo_command_twice_gives_the_same_published_rows(tmp_path):
     assert f"recommendations: 25000 rows for 500 users in sqlite:///{tmp_path}/.recjobs/recjobs.db" in outputs[0]
     sample = [o[o.index("sample (SELECT"):] for o in outputs]
     assert sample[0] == sample[1] and sample[0].count(" rank ") == 5
+
+
+def test_stages_after_split_read_only_the_split_matrices(tmp_path, small_inbox):
+    """Split codes the data once; train, evaluate, gate, final and publish never re-read the lake."""
+    import shutil
+
+    from recjobs.ingest import ingest_inbox
+    from recjobs.interactions import Holdout, Interactions
+    from recjobs.lake import read_ratings
+    from recjobs.pipeline import (
+        _load_window,
+        cutoff_of,
+        evaluate_candidate,
+        load_matrix,
+        prepare,
+        publish,
+        train_candidate,
+        train_final,
+    )
+
+    settings = load_settings({"home": str(tmp_path / "home"), **FAST, "families": ["popularity", "als"]},
+                             environ={})
+    engine = engine_for(settings)
+    ingest_inbox(settings, engine)
+    day = pd.Timestamp(DAY).date()
+    out = prepare(settings, day)
+    full = load_matrix(settings, day, "full")
+    expected = Interactions.from_frame(_load_window(settings, day))
+    assert (full.matrix != expected.matrix).nnz == 0
+    assert list(full.user_ids) == list(expected.user_ids) and list(full.item_ids) == list(expected.item_ids)
+    # Every distinct unseen holdout item has its own code beyond the training items.
+    train = load_matrix(settings, day, "train")
+    hold = Holdout.load(out / "holdout")
+    frame = read_ratings(settings.ratings_dir, cutoff_of(day))
+    assert len(hold.user_rows) == len(Holdout.from_frame(read_split(settings, day, "holdout"), train).user_rows)
+    assert hold.item_cols.max() < train.n_items + frame["item_id"].nunique()
+
+    shutil.rmtree(settings.ratings_dir)  # from here on, only the split's own files exist
+    for family in settings.families:
+        train_candidate(settings, engine, day, family)
+        evaluate_candidate(settings, engine, day, family)
+    promote(settings, engine, day)
+    train_final(settings, engine, day)
+    results = publish(settings, engine, day)
+    assert results[0].rows == 120 * 10 and results[0].live
