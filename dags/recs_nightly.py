@@ -1,4 +1,4 @@
-"""Nightly recommendations: ingest -> split -> train/evaluate each family -> gate -> retrain -> publish.
+"""Nightly recommendations: ingest -> split -> train/evaluate each family -> gate -> retrain -> rank shards -> publish.
 
 Every task is a thin call into ``recjobs``; tasks hand each other dates and paths,
 never data. Heavy libraries (TensorFlow, implicit, LightFM) are imported inside the
@@ -23,6 +23,19 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 
 FAMILIES = ["popularity", "als", "lightfm", "tfrs"]
 DB_CONN_ID = "recjobs_db"
+
+
+def _queues() -> tuple[dict[str, str], dict[str, str]]:
+    """Task kwargs routing training and ranking to the queues in settings (`airflow.*`)."""
+    # Parse time: only pydantic settings are imported here, nothing heavy.
+    from recjobs.settings import load_settings
+
+    routes = load_settings().airflow
+    return ({"queue": routes.train_queue} if routes.train_queue else {},
+            {"queue": routes.score_queue} if routes.score_queue else {})
+
+
+TRAIN_QUEUE, SCORE_QUEUE = _queues()
 
 
 class DatabaseConnectionError(RuntimeError):
@@ -125,7 +138,7 @@ def recs_nightly() -> None:
         return str(prepare(_settings(context["params"]), _run_date(context)))
 
     def train_and_evaluate(family: str):  # noqa: ANN202 - returns the two task objects
-        @task(task_id=f"train_{family}")
+        @task(task_id=f"train_{family}", **TRAIN_QUEUE)
         def train() -> str:
             from recjobs.pipeline import engine_for, record_failure, train_candidate
 
@@ -184,7 +197,7 @@ def recs_nightly() -> None:
         print(decision.reason)
         return decision.family
 
-    @task
+    @task(**TRAIN_QUEUE)
     def train_champion() -> str:
         from recjobs.pipeline import engine_for, train_final
 
@@ -193,13 +206,25 @@ def recs_nightly() -> None:
         return str(train_final(settings, engine_for(settings), _run_date(context)))
 
     @task
+    def plan_shards() -> list[int]:
+        context = get_current_context()
+        return list(range(_settings(context["params"]).publish.shards))
+
+    # One mapped task per shard: with Celery or Kubernetes they rank on several workers at once.
+    @task(**SCORE_QUEUE)
+    def rank_shard(shard: int) -> list[str]:
+        from recjobs.pipeline import rank_shard as rank
+
+        context = get_current_context()
+        return [str(p) for p in rank(_settings(context["params"]), _run_date(context), shard)]
+
+    @task
     def publish() -> int:
-        from recjobs.pipeline import engine_for
-        from recjobs.pipeline import publish as publish_lists
+        from recjobs.pipeline import engine_for, load_published
 
         context = get_current_context()
         settings = _settings(context["params"])
-        results = publish_lists(settings, engine_for(settings), _run_date(context))
+        results = load_published(settings, engine_for(settings), _run_date(context))
         for r in results:
             print(f"{r.kind}: {r.rows} rows in {r.table_name} ({'live' if r.live else 'history only'})")
         return results[0].rows
@@ -210,7 +235,9 @@ def recs_nightly() -> None:
     for family in FAMILIES:
         trained, evaluated = train_and_evaluate(family)
         prepared >> trained >> evaluated >> gate
-    gate >> train_champion() >> publish()
+    shards = plan_shards()
+    gate >> train_champion() >> shards
+    rank_shard.expand(shard=shards) >> publish()
 
 
 recs_nightly()

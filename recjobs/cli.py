@@ -163,11 +163,16 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from recjobs.pipeline import engine_for, publish
+    from recjobs.pipeline import engine_for, load_published, publish, rank_shard
 
     settings = _settings(args)
+    if args.shard is not None:  # one shard's ranking, as one mapped Airflow task does
+        for path in rank_shard(settings, args.date, args.shard):
+            print(path)
+        return 0
     engine = engine_for(settings)
-    for r in publish(settings, engine, args.date):
+    results = load_published(settings, engine, args.date) if args.load else publish(settings, engine, args.date)
+    for r in results:
         print(f"{r.kind}: {r.rows} rows in {r.table_name} ({'live' if r.live else 'history only'})")
     return 0
 
@@ -276,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("promote", parents=[common, dated], help="gate: choose the champion")
     p.set_defaults(func=cmd_promote)
     p = sub.add_parser("publish", parents=[common, dated], help="score all users and publish to SQL")
+    step = p.add_mutually_exclusive_group()
+    step.add_argument("--shard", type=int, metavar="N",
+                      help="only rank shard N of publish.shards to its staging file (no database)")
+    step.add_argument("--load", action="store_true", help="only load the ranked shards and swap them live")
     p.set_defaults(func=cmd_publish)
     p = sub.add_parser("rollback", parents=[common], help="repoint live lists to the previous version")
     p.set_defaults(func=cmd_rollback)

@@ -153,6 +153,19 @@ def normalize_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def libpq_uri(url: str) -> str:
+    """The libpq connection URI (``postgresql://...``, as ADBC takes) of a SQLAlchemy PostgreSQL URL.
+
+    The result carries the password: pass it to a driver, never to a log or a message
+    (show :func:`sqlalchemy.engine.URL.render_as_string` with the password hidden instead).
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"not a PostgreSQL URL: {parsed.render_as_string(hide_password=True)}")
+    # SQLAlchemy percent-encodes the user and password, and libpq URIs decode them.
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and real transactions."""
     url = normalize_url(url)

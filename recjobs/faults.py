@@ -9,7 +9,8 @@ Unset (the normal case) it costs one dictionary lookup. Points in the code:
 * ``ingest.mid_validation``: after the first batch of a rating file is validated;
 * ``ingest.mid_merge``: after the first day partition of a file is merged;
 * ``ingest.before_log``: after every partition is merged, before ``ingest_log`` is written;
-* ``lake.merge.before_write``: inside a partition merge, between reading and writing it.
+* ``lake.merge.before_write``: inside a partition merge, between reading and writing it;
+* ``publish.mid_shard``: after each chunk of a shard is ranked, before it is written.
 """
 
 from __future__ import annotations

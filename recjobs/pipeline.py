@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from recjobs import columns as C
 from recjobs.db import ensure_schema, make_engine, model_runs, popular_items
 from recjobs.evaluate import Metrics, evaluate_model
+from recjobs.faults import fault_point
 from recjobs.features import load_side_features
 from recjobs.interactions import Holdout, Interactions
 from recjobs.lake import atomic_write_parquet, read_ratings, to_ratings_table
@@ -420,13 +421,18 @@ def _ranked_frames(
     columns: tuple[str, str],
     chunk: int,
     version: str,
+    span: range | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """Long (key, target, rank, score, version) frames, ``chunk`` keys at a time, with progress."""
-    total = len(keys)
+    """Long (key, target, rank, score, version) frames, ``chunk`` keys at a time, with progress.
+
+    ``span`` limits the ranking to those key positions (a shard); default all keys.
+    """
+    span = span if span is not None else range(len(keys))
+    total = len(span)
     started = time.perf_counter()
     next_report = 0.0
-    for lo in range(0, total, chunk):
-        rows = np.arange(lo, min(lo + chunk, total))
+    for lo in range(span.start, span.stop, chunk):
+        rows = np.arange(lo, min(lo + chunk, span.stop))
         top, scores = rank(rows)
         valid = top >= 0
         ranks = np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)
@@ -437,60 +443,106 @@ def _ranked_frames(
             C.SCORE: scores[valid].astype(np.float64),
             C.MODEL_VERSION: version,
         })
+        fault_point("publish.mid_shard")  # tests: a worker lost part-way through a shard
         elapsed = time.perf_counter() - started
-        if elapsed >= next_report:
-            log.info("ranked %d/%d %s (%.0f/s)", rows[-1] + 1, total, columns[0], (rows[-1] + 1) / max(elapsed, 1e-9))
+        done = rows[-1] + 1 - span.start
+        if elapsed >= next_report or done == total:
+            rate = done / max(elapsed, 1e-9)
+            log.info("ranked %d/%d %s (%.0f/s, ETA %.0fs)", done, total, columns[0], rate, (total - done) / rate)
             next_report = elapsed + 10
 
 
-def _user_frames(model: Recommender, seen: Interactions, n: int, chunk: int) -> Iterator[pd.DataFrame]:
+def _user_frames(model: Recommender, seen: Interactions, n: int, chunk: int,
+                 span: range | None = None) -> Iterator[pd.DataFrame]:
     return _ranked_frames(model.user_ids, model.item_ids, lambda rows: model.recommend(rows, n, exclude=seen.matrix),
-                          (C.USER, C.ITEM), chunk, model.info.get("model_version", ""))
+                          (C.USER, C.ITEM), chunk, model.info.get("model_version", ""), span)
 
 
-def _item_frames(model: Recommender, n: int, chunk: int) -> Iterator[pd.DataFrame]:
+def _item_frames(model: Recommender, n: int, chunk: int, span: range | None = None) -> Iterator[pd.DataFrame]:
     return _ranked_frames(model.item_ids, model.item_ids, lambda rows: model.similar_items(rows, n),
-                          (C.ITEM, C.SIMILAR_ITEM), chunk, model.info.get("model_version", ""))
+                          (C.ITEM, C.SIMILAR_ITEM), chunk, model.info.get("model_version", ""), span)
 
 
 def staging_dir(settings: Settings, day: dt.date) -> Path:
-    """Where :func:`publish` stages the date's ranked lists as Parquet before loading them."""
+    """Where publishing stages the date's ranked lists as Parquet before loading them."""
     return run_dir(settings, day) / "publish"
 
 
-def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list[PublishResult]:
-    """Score every known user with the date's final model and publish the lists.
+def shard_span(n: int, shard: int, shards: int) -> range:
+    """Positions ``[lo, hi)`` of shard ``shard`` of ``shards`` over ``n`` keys: contiguous, in order."""
+    if not 0 <= shard < shards:
+        raise PipelineError(f"shard {shard} is not in 0..{shards - 1} (publish.shards = {shards})")
+    return range(n * shard // shards, n * (shard + 1) // shards)
 
-    Ranking writes ``runs/<date>/publish/<list>.parquet`` with no database transaction
-    open; each file is then loaded and swapped live (see recjobs.publish).
-    """
-    day = parse_date(run_date)
+
+def shard_path(settings: Settings, day: dt.date, kind: str, shard: int, shards: int) -> Path:
+    """The staging file of one shard of list ``kind``; the name carries the shard count."""
+    return staging_dir(settings, day) / kind / f"part-{shard:04d}-of-{shards:04d}.parquet"
+
+
+def _final_model(settings: Settings, day: dt.date) -> tuple[Recommender, dict[str, Any]]:
     path = final_path(settings, day)
     if not (path / "meta.json").exists():
         raise PipelineError(f"no final model for {day}: run `recjobs train --date {day} --final` first")
     model = Recommender.load(path)
     meta = json.loads((path / "meta.json").read_text())
     model.info["model_version"] = meta["model_version"]
-    seen = load_matrix(settings, day, "full")
-    if not (np.array_equal(seen.user_ids, model.user_ids) and np.array_equal(seen.item_ids, model.item_ids)):
-        raise PipelineError(f"the final model in {path} was not trained on {day}'s split: "
-                            f"rerun `recjobs train --date {day} --final`")
+    return model, meta
+
+
+def _published_kinds(model: Recommender) -> list[str]:
+    # A champion without item vectors (popularity) has no neighbours to publish.
+    return ["recommendations", "similar_items"] if np.any(model.vectors.item_vectors) else ["recommendations"]
+
+
+def rank_shard(settings: Settings, run_date: str | dt.date, shard: int = 0) -> list[Path]:
+    """Rank shard ``shard`` of ``publish.shards`` (users, and items for neighbours) to staging files.
+
+    Runs with no database connection: in Airflow each shard is a mapped task, so shards
+    rank on as many workers as the executor has. A retried shard rewrites its own files
+    atomically, so a shard killed mid-way leaves nothing for :func:`load_published` to
+    double-count.
+    """
+    day = parse_date(run_date)
+    shards = settings.publish.shards
+    model, _ = _final_model(settings, day)
     p = settings.publish
-    lists = {"recommendations": _user_frames(model, seen, p.top_n, p.chunk_users)}
-    staging = staging_dir(settings, day)
-    if np.any(model.vectors.item_vectors):
-        lists["similar_items"] = _item_frames(model, p.similar_n, p.chunk_users)
-    else:
-        # A champion without item vectors publishes no similar_items: drop a stale file.
-        (staging / "similar_items.parquet").unlink(missing_ok=True)
-    # Rank every list to a file before touching the database: scoring is the slow part
-    # and must not hold SQLite's write lock (or a long PostgreSQL transaction) meanwhile.
-    staged = {kind: rank_to_staging(frames, kind, staging / f"{kind}.parquet") for kind, frames in lists.items()}
-    results = [load_staging(engine, kind, path, day.isoformat(), meta["model_version"], p.keep_versions,
+    written = []
+    for kind in _published_kinds(model):
+        if kind == "recommendations":
+            seen = load_matrix(settings, day, "full")
+            if not (np.array_equal(seen.user_ids, model.user_ids) and np.array_equal(seen.item_ids, model.item_ids)):
+                raise PipelineError(f"the final model for {day} was not trained on {day}'s split: "
+                                    f"rerun `recjobs train --date {day} --final`")
+            frames = _user_frames(model, seen, p.top_n, p.chunk_users, shard_span(len(model.user_ids), shard, shards))
+        else:
+            frames = _item_frames(model, p.similar_n, p.chunk_users, shard_span(len(model.item_ids), shard, shards))
+        written.append(rank_to_staging(frames, kind, shard_path(settings, day, kind, shard, shards)))
+    log.info("ranked shard %d of %d for %s: %s", shard + 1, shards, day, ", ".join(p.name for p in written))
+    return written
+
+
+def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) -> list[PublishResult]:
+    """Load every shard's staged lists as new versions and swap them live (see recjobs.publish).
+
+    Fails naming the missing shards if any has not been ranked, before touching the database.
+    """
+    day = parse_date(run_date)
+    shards = settings.publish.shards
+    model, meta = _final_model(settings, day)
+    kinds = _published_kinds(model)
+    parts = {kind: [shard_path(settings, day, kind, s, shards) for s in range(shards)] for kind in kinds}
+    missing = sorted({s for paths in parts.values() for s, path in enumerate(paths) if not path.exists()})
+    if missing:
+        raise PipelineError(f"shard(s) {', '.join(map(str, missing))} of {shards} not ranked for {day} "
+                            f"(no {staging_dir(settings, day)}/<list>/part-N-of-{shards:04d}.parquet); run "
+                            f"`recjobs publish --date {day} --shard N` for each, or rerun those mapped tasks")
+    p = settings.publish
+    results = [load_staging(engine, kind, paths, day.isoformat(), meta["model_version"], p.keep_versions,
                             history=kind == "recommendations", history_days=p.history_days,
                             swap=SwapPolicy.of(p))
-               for kind, path in staged.items()]
-    _publish_popular(settings, engine, day, seen, results[0].live)
+               for kind, paths in parts.items()]
+    _publish_popular(settings, engine, day, load_matrix(settings, day, "full"), results[0].live)
     with engine.begin() as conn:
         conn.execute(model_runs.delete().where(model_runs.c.run_date == day.isoformat(),
                                                model_runs.c.stage == "publish"))
@@ -502,6 +554,17 @@ def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list
         log.info("published %s: %d rows to %s in %.1fs (%s)", r.kind, r.rows, r.table_name, r.seconds,
                  "live" if r.live else "history only: a newer date is live")
     return results
+
+
+def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list[PublishResult]:
+    """Rank every shard in this process, then load and swap: what the DAG's mapped tasks do.
+
+    Ranking writes ``runs/<date>/publish/<list>/part-*.parquet`` with no database
+    transaction open, so scoring never holds a write lock; loading is a short step.
+    """
+    for shard in range(settings.publish.shards):
+        rank_shard(settings, run_date, shard)
+    return load_published(settings, engine, run_date)
 
 
 def _publish_popular(settings: Settings, engine: Engine, day: dt.date, seen: Interactions, live: bool) -> None:

@@ -113,6 +113,9 @@ class PublishSettings(_Strict):
     # Total time to keep retrying (with backoff) before the publish fails; the new table
     # stays loaded and a rerun publishes again.
     swap_deadline_s: float = Field(300.0, gt=0.0)
+    # Users (and items) are ranked in this many shards: in Airflow one mapped task each, so
+    # with Celery/Kubernetes they run on several workers; `recjobs publish` ranks them in turn.
+    shards: int = Field(1, ge=1, le=1024)
 
 
 class PopularityParams(_Strict):
@@ -127,6 +130,9 @@ class ALSParams(_Strict):
     regularization: float = Field(2.0, ge=0.0)
     alpha: float = Field(1.0, gt=0.0)
     iterations: int = Field(15, gt=0)
+    # Wall-clock budget: training stops at the end of the iteration during which it runs
+    # out (None: no limit). A run it stopped is reproducible only by its epochs_run.
+    max_seconds: float | None = Field(60.0, gt=0.0)
     weighting: Literal["none", "rating", "bm25"] = "none"
     bm25_k1: float = 100.0
     bm25_b: float = 0.8
@@ -140,6 +146,9 @@ class LightFMParams(_Strict):
     user_alpha: float = Field(1e-6, ge=0.0)
     max_sampled: int = Field(10, gt=0)
     epochs: int = Field(40, gt=0)
+    # Wall-clock budget: training stops at the end of the epoch during which it runs out
+    # (None: no limit). A run it stopped is reproducible only by its epochs_run.
+    max_seconds: float | None = Field(120.0, gt=0.0)
     use_item_features: bool = True
     use_user_features: bool = True
     # LightFM's Hogwild SGD is only reproducible with one thread.
@@ -157,9 +166,14 @@ class TFRSParams(_Strict):
     remove_accidental_hits: bool = True
     l2: float = Field(0.0, ge=0.0)
     max_epochs: int = Field(40, gt=0)
+    # Wall-clock budget: training stops at the end of the epoch during which it runs out
+    # (None: no limit); the best epoch so far is kept, as with early stopping.
+    max_seconds: float | None = Field(120.0, gt=0.0)
     patience: int = Field(3, gt=0)
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     threads: int = Field(2, gt=0)
+    # XLA-compile the training step (fuses the in-batch softmax's batch x batch ops).
+    jit_compile: bool = False
 
 
 class ModelsSettings(_Strict):
@@ -167,6 +181,16 @@ class ModelsSettings(_Strict):
     als: ALSParams = ALSParams()
     lightfm: LightFMParams = LightFMParams()
     tfrs: TFRSParams = TFRSParams()
+
+
+class AirflowSettings(_Strict):
+    """Where the DAG's heavy tasks run; read when the DAG file is parsed."""
+
+    # Celery/Kubernetes queue for training tasks (candidates and the champion), e.g. a
+    # bigger or GPU worker's; None: Airflow's default queue.
+    train_queue: str | None = None
+    # Queue for the mapped ranking shards of publish.
+    score_queue: str | None = None
 
 
 class Settings(_Strict):
@@ -183,6 +207,7 @@ class Settings(_Strict):
     gate: GateSettings = GateSettings()
     publish: PublishSettings = PublishSettings()
     models: ModelsSettings = ModelsSettings()
+    airflow: AirflowSettings = AirflowSettings()
 
     @field_validator("home", "inbox_dir")
     @classmethod

@@ -10,7 +10,9 @@ user (BLAS limited to one thread in both, as in publish), with the champion's ve
     .venv/bin/python scripts/benchmark_e2e.py --scale 0.1 --families popularity,als \\
         --set models.lightfm.epochs=5 --database-url postgresql://...
 
-Progress of each stage streams to stderr; the table is printed at the end.
+Progress of each stage streams to stderr; the table is printed at the end. With a
+PostgreSQL --database-url, the publish's staged rows are also loaded by our path and by
+ADBC's adbc_ingest into scratch tables, and the two rates are printed as a ratio.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from recjobs.cli import _parse_set
 from recjobs.settings import Settings, load_settings
@@ -86,6 +90,71 @@ def scoring_ratio(settings: Settings, day: dt.date) -> str:
             f"{theirs:.1f}s, ratio {theirs / ours:.2f}x (>1 is faster than implicit)")
 
 
+def load_ratio(settings: Settings, day: dt.date, url: str, rounds: int = 2) -> str:
+    """PostgreSQL: our load path against ADBC's ``adbc_ingest`` on the publish's staged rows.
+
+    Both load the staged ``recommendations`` shards, stamped with ``generated_at`` as a
+    publish stamps them, into unindexed scratch tables of the list's DDL: ours with
+    ``publish._bulk_load`` inside one transaction (as ``publish_list`` does), ADBC on a
+    connection of its own. Best of ``rounds`` each, alternating, so a noisy neighbour on
+    the cores hurts neither side alone.
+    """
+    import adbc_driver_postgresql.dbapi as adbc_pg
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recjobs import columns as C
+    from recjobs.db import LIST_COLUMNS, libpq_uri, list_table, make_engine
+    from recjobs.pipeline import staging_dir
+    from recjobs.publish import _bulk_load, read_staging
+
+    parts = sorted((staging_dir(settings, day) / "recommendations").rglob("*.parquet"))
+    if not parts:
+        return f"load ratio: no staged recommendations under {staging_dir(settings, day)}"
+    columns = [c.name for c in LIST_COLUMNS["recommendations"]]
+    stamp = pa.scalar(dt.datetime.now(dt.UTC), pa.timestamp("us", tz="UTC"))
+    stamp_text = stamp.as_py().strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
+    schema = pq.read_schema(parts[0]).remove_metadata().append(pa.field(C.GENERATED_AT, stamp.type))
+    engine = make_engine(url)
+    tables = {"ours": "bench_load_ours", "adbc": "bench_load_adbc"}
+
+    def fresh(name: str) -> None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+            list_table("recommendations", name).create(conn)
+
+    def ours() -> int:
+        with engine.begin() as conn:
+            frames = (f.assign(**{C.GENERATED_AT: stamp_text}) for f in read_staging(parts))
+            return _bulk_load(conn, tables["ours"], columns, frames)
+
+    def adbc() -> int:
+        batches = (pa.RecordBatch.from_arrays([*b.columns, pa.repeat(stamp, b.num_rows)], schema=schema)
+                   for p in parts for b in pq.ParquetFile(p).iter_batches(batch_size=200_000))
+        with adbc_pg.connect(libpq_uri(url)) as conn, conn.cursor() as cur:
+            rows = cur.adbc_ingest(tables["adbc"], pa.RecordBatchReader.from_batches(schema, batches), mode="append")
+            conn.commit()
+        return rows
+
+    best = {"ours": 0.0, "adbc": 0.0}
+    rows = 0
+    try:
+        for _ in range(rounds):
+            for name, load in (("ours", ours), ("adbc", adbc)):
+                fresh(tables[name])
+                started = time.perf_counter()
+                rows = load()
+                best[name] = max(best[name], rows / (time.perf_counter() - started))
+    finally:
+        with engine.begin() as conn:
+            for name in tables.values():
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+        engine.dispose()
+    return (f"PostgreSQL load of {rows:,} staged rows: ours (binary COPY in the publish transaction) "
+            f"{best['ours']:,.0f} rows/s, adbc_ingest {best['adbc']:,.0f} rows/s, "
+            f"ratio {best['ours'] / best['adbc']:.2f}x (goal >= 0.7x)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="1 = ML-20M shape, 10 = ten times it")
@@ -131,6 +200,8 @@ def main() -> int:
     print(f"{'total':<22}{total:9.1f}{max(s.peak_rss_mib for s in stages):14,.0f}")
     if all(s.status == 0 for s in stages[-2:]):
         print(scoring_ratio(settings, spec.end))
+    if stages[-1].status == 0 and args.database_url and make_url(args.database_url).get_backend_name() == "postgresql":
+        print(load_ratio(settings, spec.end, args.database_url))
     if tmp is not None:
         tmp.cleanup()
     return 0 if all(s.status == 0 for s in stages) else 1

@@ -101,11 +101,13 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         # No run for "yesterday" when the DAG is unpaused: only the backfill's runs.
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-        "AIRFLOW__CORE__PARALLELISM": "4",
+        # LocalExecutor with two task slots: the mapped ranking shards share them.
+        "AIRFLOW__CORE__PARALLELISM": "2",
         "RECJOBS_HOME": str(home),
         "RECJOBS_FAMILIES": '["popularity", "als", "lightfm"]',
         "RECJOBS_MODELS__LIGHTFM__EPOCHS": "10",
         "RECJOBS_PUBLISH__TOP_N": "10",
+        "RECJOBS_PUBLISH__SHARDS": "2",
     }
     write_inbox(home / "inbox", SMALL)
     settings = load_settings(environ={k: v for k, v in env.items() if k.startswith("RECJOBS_")})
@@ -184,6 +186,11 @@ def test_backfill_through_the_scheduler_keeps_dated_history_and_live_newest(airf
     assert cands.groupby("run_date").size().to_dict() == dict.fromkeys([*BACKFILL, LIVE_DATE], 3)
     # The backfilled (older) dates never replaced the newest live set.
     assert live_date == LIVE_DATE and len(live) == 1 and "20260131" in live[0]
+    # Publishing fanned out over the mapped shards (one task instance per shard and date).
+    with sqlite3.connect(home / "airflow.db") as conn:
+        mapped = conn.execute("SELECT run_id, map_index, state FROM task_instance "
+                              "WHERE dag_id = 'recs_nightly' AND task_id = 'rank_shard'").fetchall()
+    assert sorted(m for _, m, _ in mapped) == [0, 0, 0, 1, 1, 1] and {s for _, _, s in mapped} == {"success"}
     # Each date used only data before its own end: the splits differ by date.
     snaps = [Path(airflow_server["settings"].runs_dir / d / "snapshot.json").read_text() for d in BACKFILL]
     assert len(set(snaps)) == 3

@@ -6,6 +6,7 @@ so nothing leaks into or out of the test process.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -55,6 +56,22 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
         assert f"'train_{fam}'" in tasks and f"'evaluate_{fam}'" in tasks
     assert timetable == "CronDataIntervalTimetable 1 False"
     assert heavy == "False False"  # heavy libraries are not imported at parse time
+    assert "'rank_shard'" in tasks and "'plan_shards'" in tasks
+
+
+def test_training_and_ranking_tasks_go_to_the_configured_queues(airflow_env):
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "dag = DagBag().get_dag('recs_nightly')\n"
+        "import json; print(json.dumps({t.task_id: t.queue for t in dag.tasks}))\n"
+    )
+    env = {**airflow_env, "RECJOBS_AIRFLOW__TRAIN_QUEUE": "gpu", "RECJOBS_AIRFLOW__SCORE_QUEUE": "scoring"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    queues = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {queues[f"train_{f}"] for f in ("popularity", "als", "lightfm", "tfrs")} == {"gpu"}
+    assert queues["train_champion"] == "gpu" and queues["rank_shard"] == "scoring"
+    assert queues["ingest"] == queues["publish"] == "default"
 
 
 def test_airflow_dags_test_runs_the_pipeline_to_success(airflow_env, tmp_path, small_inbox, settings):

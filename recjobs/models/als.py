@@ -1,6 +1,15 @@
-"""Implicit-feedback matrix factorisation with implicit's ALS."""
+"""Implicit-feedback matrix factorisation with implicit's ALS.
+
+implicit runs its iterations inside ``fit``; its per-iteration callback is where
+progress is logged and the ``max_seconds`` budget is checked (it stops the loop by
+raising, which leaves the factors of the finished iterations in place). ALS is
+deterministic with any number of threads: each user's (item's) solve depends only on
+the other side's factors, so implicit uses every core.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import scipy.sparse as sp
@@ -8,7 +17,14 @@ from threadpoolctl import threadpool_limits
 
 from recjobs.interactions import Interactions, SideFeatures
 from recjobs.models.base import Recommender, Vectors
+from recjobs.models.progress import EpochProgress
 from recjobs.settings import ALSParams
+
+log = logging.getLogger(__name__)
+
+
+class _BudgetSpent(Exception):
+    """Raised from implicit's iteration callback to end ``fit`` early."""
 
 
 def confidence(data: Interactions, params: ALSParams) -> sp.csr_matrix:
@@ -30,9 +46,11 @@ class ALSModel(Recommender):
         from implicit.cpu.als import AlternatingLeastSquares
 
         p: ALSParams = self.params
+        conf = confidence(data, p)
         # implicit parallelises over users itself; a multi-threaded BLAS underneath only
         # oversubscribes the cores (implicit warns about exactly this).
-        with threadpool_limits(1, "blas"):
+        with threadpool_limits(1, "blas"), EpochProgress(
+                log, "als", p.iterations, conf.nnz, p.max_seconds) as progress:
             model = AlternatingLeastSquares(
                 factors=p.factors,
                 regularization=p.regularization,
@@ -41,7 +59,19 @@ class ALSModel(Recommender):
                 random_state=self.seed,
                 calculate_training_loss=False,
             )
-            model.fit(confidence(data, p), show_progress=False)
+
+            def after_iteration(iteration: int, seconds: float, loss: float | None) -> None:
+                if progress.end_epoch():
+                    raise _BudgetSpent
+                if iteration + 1 < p.iterations:
+                    progress.start_epoch(iteration + 2)
+
+            progress.start_epoch(1)
+            try:
+                model.fit(conf, show_progress=False, callback=after_iteration)
+            except _BudgetSpent:
+                pass
+        self.info.update(progress.info())
         return Vectors(
             np.asarray(model.user_factors),
             np.asarray(model.item_factors),

@@ -1,13 +1,23 @@
-"""LightFM: a hybrid factorisation model (WARP loss by default) over ids and side features."""
+"""LightFM: a hybrid factorisation model (WARP loss by default) over ids and side features.
+
+Training runs one ``fit_partial`` epoch at a time (the same random stream, so the
+same result, as ``fit(epochs=n)``), which lets it log progress and stop on the
+``max_seconds`` budget at an epoch boundary.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import scipy.sparse as sp
 
 from recjobs.interactions import Interactions, SideFeatures
 from recjobs.models.base import Recommender, Vectors
+from recjobs.models.progress import EpochProgress
 from recjobs.settings import LightFMParams
+
+log = logging.getLogger(__name__)
 
 
 def _with_identity(features: sp.csr_matrix | None, n: int, use: bool) -> sp.csr_matrix | None:
@@ -40,13 +50,21 @@ class LightFMModel(Recommender):
             max_sampled=p.max_sampled,
             random_state=np.random.RandomState(self.seed),
         )
-        model.fit(
-            data.binary().tocoo(),
-            user_features=user_features,
-            item_features=item_features,
-            epochs=p.epochs,
-            num_threads=p.num_threads,
-        )
+        # Converted once here so that each fit_partial call's own conversions are no-ops.
+        interactions = data.binary().tocoo()
+        with EpochProgress(log, "lightfm", p.epochs, interactions.nnz, p.max_seconds) as progress:
+            for epoch in range(1, p.epochs + 1):
+                progress.start_epoch(epoch)
+                model.fit_partial(
+                    interactions,
+                    user_features=user_features,
+                    item_features=item_features,
+                    epochs=1,
+                    num_threads=p.num_threads,
+                )
+                if progress.end_epoch():
+                    break
+        self.info.update(progress.info(), num_threads=p.num_threads)
         user_bias, user_emb = model.get_user_representations(user_features)
         item_bias, item_emb = model.get_item_representations(item_features)
         self.info["hybrid"] = {"items": item_features is not None, "users": user_features is not None}

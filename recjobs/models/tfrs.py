@@ -15,15 +15,19 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 
 import numpy as np
 
 from recjobs.interactions import Interactions, SideFeatures
 from recjobs.models.base import Recommender, Vectors
+from recjobs.models.progress import EpochProgress
 from recjobs.settings import TFRSParams
 
 log = logging.getLogger(__name__)
+
+# Batches per call of the compiled multi-step function: large enough that Python's
+# per-call overhead vanishes, small enough for a progress count every second or so.
+_STEPS_PER_CALL = 64
 
 
 def import_tensorflow():  # noqa: ANN201 - returns the tensorflow module
@@ -96,7 +100,7 @@ class TwoTowerModel(Recommender):
         sampling_t = tf.constant(sampling_p)
         variables = user_tower.trainable_variables + item_tower.trainable_variables
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(jit_compile=p.jit_compile, reduce_retracing=True)
         def step(u: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
             with tf.GradientTape() as tape:
                 q = user_tower(u, training=True)
@@ -111,6 +115,15 @@ class TwoTowerModel(Recommender):
             grads = tape.gradient(loss, variables)
             optimizer.apply_gradients(zip(grads, variables, strict=True))
             return loss
+
+        @tf.function(reduce_retracing=True)
+        def steps(us: tf.Tensor, is_: tf.Tensor) -> tf.Tensor:
+            # Several batches per call ([k, batch] tensors): one Python round trip per
+            # chunk instead of per batch.
+            total = tf.constant(0.0)
+            for k in tf.range(tf.shape(us)[0]):
+                total += step(us[k], is_[k])
+            return total
 
         seen = data.binary()
         val_users = np.unique(val_u)
@@ -137,32 +150,41 @@ class TwoTowerModel(Recommender):
 
         best, best_epoch, best_weights, waited = -1.0, 0, None, 0
         n = len(train_u)
-        for epoch in range(1, p.max_epochs + 1):
-            started = time.perf_counter()
-            order = rng.permutation(n)
-            total = 0.0
-            for lo in range(0, n, p.batch_size):
-                idx = order[lo : lo + p.batch_size]
-                if len(idx) < 2:
-                    continue
-                total += float(step(tf.constant(train_u[idx]), tf.constant(train_i[idx])))
-            seconds = time.perf_counter() - started
-            score = validation_recall()
-            log.info("tfrs epoch %d: loss %.1f, validation recall@20 %.4f, %.0f examples/s",
-                     epoch, total, score, n / max(seconds, 1e-9))
-            if score > best + 1e-4:
-                best, best_epoch, waited = score, epoch, 0
-                best_weights = ([w.numpy() for w in user_tower.weights], [w.numpy() for w in item_tower.weights])
-            else:
-                waited += 1
+        bs = p.batch_size
+        chunk = max(1, _STEPS_PER_CALL)
+        with EpochProgress(log, "tfrs", p.max_epochs, n, p.max_seconds) as progress:
+            for epoch in range(1, p.max_epochs + 1):
+                progress.start_epoch(epoch)
+                order = rng.permutation(n)
+                full = n // bs * bs
+                u_ep = train_u[order[:full]].reshape(-1, bs)
+                i_ep = train_i[order[:full]].reshape(-1, bs)
+                total = 0.0
+                for lo in range(0, len(u_ep), chunk):
+                    total += float(steps(tf.constant(u_ep[lo : lo + chunk]), tf.constant(i_ep[lo : lo + chunk])))
+                    progress.advance(len(u_ep[lo : lo + chunk]) * bs)
+                if n - full >= 2:  # a last batch of one has no in-batch negative
+                    total += float(step(tf.constant(train_u[order[full:]]), tf.constant(train_i[order[full:]])))
+                score = validation_recall()
+                log.debug("tfrs epoch %d: loss %.1f", epoch, total)
+                if score > best + 1e-4:
+                    best, best_epoch, waited = score, epoch, 0
+                    best_weights = ([w.numpy() for w in user_tower.weights],
+                                    [w.numpy() for w in item_tower.weights])
+                else:
+                    waited += 1
+                if progress.end_epoch(loss=total, validation_recall_at_20=score):
+                    break
                 if waited >= p.patience:
+                    log.info("tfrs: no validation gain for %d epochs; stopping early", waited)
                     break
         if best_weights is not None:
             for var, value in zip(user_tower.weights, best_weights[0], strict=True):
                 var.assign(value)
             for var, value in zip(item_tower.weights, best_weights[1], strict=True):
                 var.assign(value)
-        self.info.update(best_epoch=best_epoch, validation_recall_at_20=best, epochs_run=epoch)
+        self.info.update(progress.info(), best_epoch=best_epoch, validation_recall_at_20=best,
+                         stopped_early=waited >= p.patience)
         user_vectors = user_tower.predict(np.arange(data.n_users, dtype=np.int32), batch_size=8192, verbose=0)
         item_vectors = item_tower.predict(np.arange(data.n_items, dtype=np.int32), batch_size=8192, verbose=0)
         return Vectors(user_vectors, item_vectors, np.zeros(data.n_items, np.float32))

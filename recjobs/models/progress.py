@@ -1,0 +1,167 @@
+"""Progress lines and the wall-clock budget shared by the iterative trainers.
+
+A trainer wraps its epoch loop in :class:`EpochProgress`. It logs one line per epoch
+(epoch i/n, examples/s, elapsed, ETA by epochs and by the budget, and a validation
+score where the family has one) and, from a background thread, a heartbeat line
+whenever nothing was logged for ``every`` seconds, so a single long epoch (LightFM's
+Cython loop, which Python cannot interrupt) still reports at least every 10 s. The
+heartbeat can run while the epoch runs because LightFM, implicit and TensorFlow
+release the GIL in their compute loops.
+
+The budget is checked at the end of each epoch: once ``max_seconds`` have passed,
+training stops there, so a run may exceed its budget by at most one epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+class EpochProgress:
+    """Epoch loop bookkeeping: progress lines, heartbeat, and the ``max_seconds`` budget.
+
+    Use as a context manager; call :meth:`start_epoch` before and :meth:`end_epoch`
+    after each epoch, and optionally :meth:`advance` with examples done within one.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        name: str,
+        epochs: int,
+        examples_per_epoch: int,
+        max_seconds: float | None = None,
+        every: float = 10.0,
+    ) -> None:
+        self.logger = logger
+        self.name = name
+        self.epochs = epochs
+        self.examples_per_epoch = max(int(examples_per_epoch), 1)
+        self.max_seconds = max_seconds
+        self.every = every
+        self.epochs_done = 0
+        self.stopped_by_budget = False
+        self._lock = threading.Lock()
+        self._started = time.perf_counter()
+        self._epoch = 0
+        self._epoch_started = self._started
+        self._epoch_examples = 0
+        self._last_epoch_seconds: float | None = None
+        self._last_log = self._started
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- context -----------------------------------------------------------------
+    def __enter__(self) -> EpochProgress:
+        self._started = self._last_log = time.perf_counter()
+        self._thread = threading.Thread(target=self._heartbeat, name=f"{self.name}-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the loop started."""
+        return time.perf_counter() - self._started
+
+    # -- the loop ------------------------------------------------------------------
+    def start_epoch(self, epoch: int) -> None:
+        """Mark the start of 1-based ``epoch``."""
+        with self._lock:
+            self._epoch = epoch
+            self._epoch_started = time.perf_counter()
+            self._epoch_examples = 0
+
+    def advance(self, examples: int) -> None:
+        """Count ``examples`` done within the current epoch (for mid-epoch lines)."""
+        with self._lock:
+            self._epoch_examples += examples
+
+    def end_epoch(self, **scores: float) -> bool:
+        """Log the finished epoch; True when the budget is spent and training should stop."""
+        now = time.perf_counter()
+        with self._lock:
+            seconds = now - self._epoch_started
+            self._last_epoch_seconds = seconds
+            self.epochs_done = self._epoch
+            self._epoch = 0
+            self._last_log = now
+        rate = self.examples_per_epoch / max(seconds, 1e-9)
+        extra = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in scores.items())
+        self.logger.info("%s epoch %d/%d done in %.1fs: %s examples/s%s, elapsed %s, %s",
+                         self.name, self.epochs_done, self.epochs, seconds, f"{rate:,.0f}", extra,
+                         _duration(now - self._started), self._eta(now, remaining_in_epoch=0.0))
+        if self.max_seconds is not None and now - self._started >= self.max_seconds and self.epochs_done < self.epochs:
+            self.stopped_by_budget = True
+            self.logger.info("%s: budget of %s spent after epoch %d/%d; stopping here",
+                             self.name, _duration(self.max_seconds), self.epochs_done, self.epochs)
+            return True
+        return False
+
+    def info(self) -> dict[str, Any]:
+        """What to record in the model's ``info``: epochs run and whether the budget stopped it."""
+        return {"epochs_run": self.epochs_done, "epochs_planned": self.epochs,
+                "stopped_by_budget": self.stopped_by_budget, "max_seconds": self.max_seconds,
+                "train_seconds": round(self.elapsed, 3)}
+
+    # -- lines -----------------------------------------------------------------------
+    def _eta(self, now: float, remaining_in_epoch: float) -> str:
+        per_epoch = self._last_epoch_seconds
+        epochs_left = self.epochs - max(self.epochs_done, self._epoch)
+        if per_epoch is None:
+            by_epochs = "ETA unknown until the first epoch ends"
+        else:
+            by_epochs = f"ETA {_duration(remaining_in_epoch + epochs_left * per_epoch)} by epochs"
+        if self.max_seconds is None:
+            return by_epochs + ", no time budget"
+        left = self.max_seconds - (now - self._started)
+        if left <= 0:
+            return by_epochs + ", budget spent (stops at the end of this epoch)"
+        return by_epochs + f", budget ends in {_duration(left)}"
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(min(1.0, self.every)):
+            now = time.perf_counter()
+            with self._lock:
+                if now - self._last_log < self.every or self._epoch == 0:
+                    continue
+                self._last_log = now
+                epoch, done = self._epoch, self._epoch_examples
+                in_epoch = now - self._epoch_started
+                per_epoch = self._last_epoch_seconds
+            if done:
+                rate = done / max(in_epoch, 1e-9)
+                share = min(done / self.examples_per_epoch, 1.0)
+                where = f"{share:.0%} ({done:,} of {self.examples_per_epoch:,} examples), {rate:,.0f} examples/s"
+                remaining = (self.examples_per_epoch - done) / max(rate, 1e-9)
+            elif per_epoch is not None:
+                # No count from inside the library's loop: estimate from the previous epoch.
+                share = min(in_epoch / per_epoch, 0.99)
+                rate = self.examples_per_epoch / per_epoch
+                where = f"~{share:.0%} (estimated), ~{rate:,.0f} examples/s"
+                remaining = max(per_epoch - in_epoch, 0.0)
+            else:
+                where = f"{self.examples_per_epoch:,} examples, first epoch"
+                remaining = 0.0
+            self.logger.info("%s epoch %d/%d running %.0fs: %s, elapsed %s, %s",
+                             self.name, epoch, self.epochs, in_epoch, where,
+                             _duration(now - self._started), self._eta(now, remaining))
