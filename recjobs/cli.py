@@ -219,15 +219,15 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from recjobs.pipeline import parse_date, prepare, read_split, run_dir
+    from recjobs.pipeline import load_events, parse_date
+    from recjobs.split import split_events
     from recjobs.tune import tune
 
     settings = _settings(args)
     day = parse_date(args.date)
-    if not (run_dir(settings, day) / "train.parquet").exists():
-        prepare(settings, day)
+    train, _ = split_events(load_events(settings, day), settings.split)  # the holdout is never looked at
     grid = json.loads(args.grid) if args.grid else None
-    results = tune(settings, read_split(settings, day, "train"), args.family, grid)
+    results = tune(settings, train, args.family, grid)
     print(f"{args.family}: {len(results)} grid points on the training part's inner split (holdout unused)")
     for r in results:
         print(f"  ndcg@{settings.evaluate.k} {r.ndcg:.4f}  P {r.precision:.4f}  R {r.recall:.4f}  "

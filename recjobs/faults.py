@@ -10,7 +10,8 @@ Unset (the normal case) it costs one dictionary lookup. Points in the code:
 * ``ingest.mid_merge``: after the first day partition of a file is merged;
 * ``ingest.before_log``: after every partition is merged, before ``ingest_log`` is written;
 * ``lake.merge.before_write``: inside a partition merge, between reading and writing it;
-* ``publish.mid_shard``: after each chunk of a shard is ranked, before it is written.
+* ``publish.mid_shard``: after each chunk of a shard is ranked, before it is written;
+* ``publish.mid_load``: after each frame of a list is sent to its new table, before commit.
 """
 
 from __future__ import annotations

@@ -28,6 +28,14 @@ Values, exactly:
 * timestamps are Unix seconds (fractions allowed), ISO 8601 (no offset means UTC) or a
   Parquet timestamp/date column (no time zone means UTC); anything finer than a
   millisecond, the lake's unit, is truncated to the millisecond.
+
+Memory does not grow with the file: batches are validated one at a time (plain text
+blocks with Arrow compute on the raw bytes, anything unusual with the exact per-value
+rules of :func:`validate`), valid rows are spilled to Arrow files in a private folder
+under ``<lake>/.spill`` and bad rows streamed to the quarantine file; then, under the
+lake's lock, consecutive days are merged a group at a time (``ingest.merge_rows``),
+each partition replaced atomically. Long steps log progress every
+``ingest.progress_seconds``.
 """
 
 from __future__ import annotations
@@ -35,11 +43,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import os
+import shutil
+import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import filelock
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -51,7 +66,14 @@ from sqlalchemy.engine import Engine
 from recjobs import columns as C
 from recjobs.db import ingest_log
 from recjobs.faults import fault_point
-from recjobs.lake import LakeLockTimeout, atomic_write_parquet, lake_lock, merge_partition
+from recjobs.lake import (
+    RATINGS_SCHEMA,
+    SEQ,
+    LakeLockTimeout,
+    lake_lock,
+    merge_partition,
+    to_ratings_table,
+)
 from recjobs.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -256,55 +278,100 @@ def _layout(path: Path, settings: Settings) -> _Layout:
     return _Layout("text", names, _resolve(path, names, settings), delimiter, True)
 
 
-def _decode(raw: list[bytes]) -> tuple[list[str | None], bool]:
-    """Lines without their newline; None for a line that is not UTF-8. Also: any quote char?"""
-    block = b"".join(raw)
+_LINE = "_line"
+"""Column of a vectorised text batch: each row's 1-based line number."""
+# Bytes read per text batch for each row of ``ingest.batch_rows`` (a typical line is shorter).
+_BYTES_PER_ROW = 40
+
+
+def _decode(block: bytes) -> list[str | None]:
+    """A block's lines without their newline; None for a line that is not UTF-8."""
     try:
         lines: list[str | None] = list(block.decode("utf-8").split("\n"))
-        if len(lines) == len(raw) + 1:
-            lines.pop()  # the empty piece after the final newline
-        clean = True
     except UnicodeDecodeError:
         lines = []
-        for line in raw:
+        for piece in block.split(b"\n"):
             try:
-                lines.append(line.decode("utf-8").rstrip("\n"))
+                lines.append(piece.decode("utf-8"))
             except UnicodeDecodeError:
                 lines.append(None)
-        clean = False
-    return lines, clean and b'"' not in block
+    if block.endswith(b"\n"):
+        lines.pop()  # the empty piece after the final newline
+    return lines
+
+
+def _is_plain(block: bytes) -> bool:
+    """Valid UTF-8 without any quote character: the vectorised path applies."""
+    if b'"' in block:
+        return False
+    try:
+        block.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _block_lines(block: bytes) -> pa.StringArray:
+    """A plain block's lines as one Arrow array, built on the block's bytes (no str per line)."""
+    ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10) + 1
+    if not block.endswith(b"\n"):
+        ends = np.append(ends, len(block))
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), ends]).astype(np.int32)
+    lines = pa.StringArray.from_buffers(len(ends), pa.py_buffer(offsets), pa.py_buffer(block))
+    # Each line still ends with its "\n"; trimming "\r\n" drops it and a CRLF's "\r" alike.
+    return pc.utf8_rtrim(lines, characters="\r\n")
 
 
 def _text_batches(
     path: Path, layout: _Layout, batch_rows: int
-) -> Iterator[tuple[pd.DataFrame, pd.Series]]:
-    """Yield (rows, malformed) per batch: the needed columns as strings and reasons for
-    lines that are not records, both indexed by 1-based line number."""
+) -> Iterator[tuple[pa.Table | pd.DataFrame, pd.Series, float]]:
+    """Yield (rows, malformed, share of the file read) per batch.
+
+    Rows are the needed columns as strings: an Arrow table with a :data:`_LINE` column
+    for blocks without quotes (the common case, no Python object per line), else a
+    frame indexed by 1-based line number; malformed holds reasons for lines that are
+    not records, by line number.
+    """
     n_fields = len(layout.names)
     wanted = {c: layout.names.index(s) for c, s in layout.source.items() if s is not None}
-    hint = max(batch_rows * 40, 1 << 16)
+    # At most 1 GiB: a block's lines are one Arrow string array (32-bit offsets).
+    block_bytes = min(max(batch_rows * _BYTES_PER_ROW, 1 << 16), 1 << 30)
+    size = max(path.stat().st_size, 1)
     consumed = 0
     carry: tuple[int, str] | None = None  # a quoted field spanning lines: (first line, text)
+    pending = b""  # the incomplete last line of the previous read
     with open(path, "rb") as fh:
         while True:
-            raw = fh.readlines(hint)
-            if not raw:
+            data = fh.read(block_bytes)
+            block = pending + data if pending else data
+            if not block:
                 break
+            if data:
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:  # one line longer than a block: read on
+                    pending = block
+                    continue
+                block, pending = block[:cut], block[cut:]
+            else:
+                pending = b""  # the last line, without a newline
             first_no = consumed + 1
-            consumed += len(raw)
-            if first_no == 1 and raw[0].startswith(BOM):
-                raw[0] = raw[0][len(BOM):]
-            lines, plain = _decode(raw)
-            numbers = np.arange(first_no, first_no + len(lines), dtype="int64")
-            if first_no == 1 and layout.has_header:
-                lines, numbers = lines[1:], numbers[1:]
-            if plain and carry is None:
-                yield _split_plain(lines, numbers, layout.delimiter, n_fields, wanted)
+            if first_no == 1 and block.startswith(BOM):
+                block = block[len(BOM):]
+            n_lines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+            consumed += n_lines
+            done = min(fh.tell() - len(pending), size) / size
+            numbers = np.arange(first_no, first_no + n_lines, dtype="int64")
+            skip = 1 if first_no == 1 and layout.has_header else 0
+            if carry is None and _is_plain(block):
+                arr = _block_lines(block).slice(skip)
+                rows, malformed = _split_plain(arr, numbers[skip:], layout.delimiter, n_fields, wanted)
+                yield rows, malformed, done
                 continue
+            lines = _decode(block)[skip:]
             records: list[list[str]] = []
             record_numbers: list[int] = []
             bad: dict[int, str] = {}
-            for number, line in zip(numbers.tolist(), lines, strict=True):
+            for number, line in zip(numbers[skip:].tolist(), lines, strict=True):
                 if line is None:
                     bad[number] = "line is not valid UTF-8"
                     continue
@@ -331,36 +398,34 @@ def _text_batches(
                  for c, i in wanted.items()},
                 index=index,
             )
-            yield frame, pd.Series(bad, dtype="string")
+            yield frame, pd.Series(bad, dtype="string"), done
     if carry is not None:
         yield (
             pd.DataFrame({c: pd.Series(dtype="string") for c in wanted}),
             pd.Series({carry[0]: "unterminated quote"}, dtype="string"),
+            1.0,
         )
 
 
 def _split_plain(
-    lines: list[str | None], numbers: np.ndarray, delimiter: str, n_fields: int,
+    lines: pa.StringArray, numbers: np.ndarray, delimiter: str, n_fields: int,
     wanted: dict[str, int],
-) -> tuple[pd.DataFrame, pd.Series]:
-    """The vectorised path for a chunk with no quote characters."""
-    arr = pc.utf8_rtrim(pa.array(lines, pa.string()), characters="\r")
-    nonblank = np.asarray(pc.not_equal(arr, "").to_numpy(zero_copy_only=False), dtype=bool)
-    parts = pc.split_pattern(arr, pattern=delimiter)
-    counts = np.asarray(pc.list_value_length(parts).to_numpy(zero_copy_only=False))
+) -> tuple[pa.Table, pd.Series]:
+    """The vectorised path for a block with no quote characters."""
+    nonblank = np.asarray(pc.not_equal(lines, ""), dtype=bool)
+    parts = pc.split_pattern(lines, pattern=delimiter)
+    counts = np.asarray(pc.list_value_length(parts).fill_null(0), dtype=np.int64)
     ok = nonblank & (counts == n_fields)
     wrong = nonblank & ~ok
-    flat = pc.list_flatten(parts.filter(pa.array(ok)))
-    index = pd.Index(numbers[ok], dtype="int64")
-    frame = pd.DataFrame(index=index)
-    for col, pos in wanted.items():
-        values = pc.utf8_trim(flat.take(np.arange(pos, len(flat), n_fields)), characters=" \t")
-        frame[col] = pd.Series(values.to_numpy(zero_copy_only=False), index=index, dtype="string")
+    parts = parts.filter(pa.array(ok))
+    columns = {col: pc.utf8_trim(pc.list_element(parts, pos), characters=" \t")
+               for col, pos in wanted.items()}
+    columns[_LINE] = pa.array(numbers[ok], pa.int64())
     malformed = pd.Series(
         [f"expected {n_fields} fields, found {n}" for n in counts[wrong]],
         index=pd.Index(numbers[wrong], dtype="int64"), dtype="string",
     )
-    return frame, malformed
+    return pa.table(columns), malformed
 
 
 # -- Parquet files ----------------------------------------------------------------
@@ -408,12 +473,13 @@ def _value_column(arr: pa.Array) -> pd.Series:
 
 def _parquet_batches(
     path: Path, layout: _Layout, settings: Settings
-) -> Iterator[tuple[pd.DataFrame, pd.Series]]:
-    """Yield (rows, no malformed rows) per batch, indexed by 1-based row number."""
+) -> Iterator[tuple[pd.DataFrame, pd.Series, float]]:
+    """Yield (rows, no malformed rows, share read) per batch, indexed by 1-based row number."""
     names = sorted({s for s in layout.source.values() if s is not None})
     done = 0
     try:
         pfile = pq.ParquetFile(path)
+        total = max(pfile.metadata.num_rows, 1)
         for batch in pfile.iter_batches(batch_size=settings.ingest.batch_rows, columns=names):
             index = pd.RangeIndex(done + 1, done + 1 + batch.num_rows)
             done += batch.num_rows
@@ -426,7 +492,7 @@ def _parquet_batches(
                 else:
                     values = _value_column(batch.column(name))
                 frame[col] = values.set_axis(index)
-            yield frame, pd.Series(dtype="string")
+            yield frame, pd.Series(dtype="string"), done / total
     except (pa.ArrowException, OSError) as exc:
         raise IngestError(f"{path}: not a readable Parquet file after row {done} ({exc})") from None
 
@@ -584,60 +650,303 @@ def record_rejection(engine: Engine, report: IngestReport, kind: str, reason: st
     record_ingest(engine, report, kind=kind)
 
 
+# Values the vectorised validation accepts without pandas: plain decimals, whole Unix
+# seconds. Anything else (ISO dates, fractions, signs, exponents, bad values) goes through
+# :func:`validate`, so the rules stay exactly those of one implementation; on these shapes
+# both give the same number (digit strings this short parse exactly / correctly rounded).
+_PLAIN_RATING = r"^[0-9]{1,6}(\.[0-9]{1,6})?$"
+_PLAIN_SECONDS = r"^[0-9]{1,11}$"  # below _MAX_S, so always in range
+
+
+def _validate_plain(
+    table: pa.Table, settings: Settings
+) -> tuple[pa.Table, pd.DataFrame]:
+    """Vectorised validation of a text batch: (valid rows for the spill, the rest to check).
+
+    The rest is returned as the string frame :func:`validate` takes, indexed by line.
+    """
+    user = table.column(C.USER).combine_chunks()
+    item = table.column(C.ITEM).combine_chunks()
+    ok = np.asarray(pc.greater(pc.utf8_length(user), 0), dtype=bool)
+    ok &= np.asarray(pc.greater(pc.utf8_length(item), 0), dtype=bool)
+    if C.RATING in table.column_names:
+        raw = table.column(C.RATING).combine_chunks()
+        plain = pc.match_substring_regex(raw, _PLAIN_RATING)
+        rating = pc.cast(pc.if_else(plain, raw, "0"), pa.float64()).to_numpy()
+        lo, hi = settings.ingest.rating_min, settings.ingest.rating_max
+        ok &= np.asarray(plain, dtype=bool) & (rating >= lo) & (rating <= hi)
+    else:
+        rating = np.full(table.num_rows, settings.ingest.default_rating, dtype=np.float64)
+    raw_ts = table.column(C.TIMESTAMP).combine_chunks()
+    plain_ts = pc.match_substring_regex(raw_ts, _PLAIN_SECONDS)
+    seconds = pc.cast(pc.if_else(plain_ts, raw_ts, "0"), pa.int64()).to_numpy()
+    ok &= np.asarray(plain_ts, dtype=bool)
+    mask = pa.array(ok)
+    valid = pa.table({
+        C.USER: user.filter(mask),
+        C.ITEM: item.filter(mask),
+        C.RATING: pa.array(rating[ok].astype(np.float32)),
+        C.TIMESTAMP: pa.array(seconds[ok] * 1000, pa.timestamp("ms", tz="UTC")),
+        SEQ: table.column(_LINE).filter(mask),
+    })
+    rest = table.filter(pc.invert(mask))
+    index = pd.Index(rest.column(_LINE).to_numpy(), dtype="int64")
+    frame = pd.DataFrame(
+        {c: pd.Series(rest.column(c).to_numpy(zero_copy_only=False), index=index, dtype="string")
+         for c in rest.column_names if c != _LINE},
+        index=index,
+    )
+    return valid, frame
+
+
+def _valid_to_arrow(valid: pd.DataFrame) -> pa.Table:
+    """:func:`validate`'s valid rows in the spill's layout; the row/line number orders them."""
+    table = to_ratings_table(valid)
+    return table.append_column(SEQ, pa.array(valid.index.to_numpy(dtype=np.int64)))
+
+
+# -- progress, spill, quarantine ----------------------------------------------------
+
+
+class _Progress:
+    """Logs a long step's progress at most every ``every`` seconds, with a rate and an ETA."""
+
+    def __init__(self, what: str, every: float) -> None:
+        self.what, self.every = what, every
+        self.start = self.last = time.monotonic()
+
+    def update(self, share: float, rows: int, detail: str) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = now - self.start
+        eta = f"{elapsed * (1 - share) / share:.0f}s" if share > 0 else "unknown"
+        log.info("%s: %s, %.0f rows/s, %.0f%% done, ETA %s, %.0fs elapsed",
+                 self.what, detail, rows / max(elapsed, 1e-9), 100 * share, eta, elapsed)
+
+
+_DAY_MS = 86_400_000
+_SPILL_CHUNK = 16_384  # rows per spill record batch: the merge reads whole batches
+
+
+def _remove_stale_spills(root: Path) -> None:
+    """Delete spill folders whose ingest died (their lock is free): SIGKILL leaves them."""
+    for lock_path in root.glob("*.lock"):
+        lock = filelock.FileLock(lock_path)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            continue  # a live ingest's spill
+        try:
+            shutil.rmtree(root / lock_path.stem, ignore_errors=True)
+        finally:
+            lock.release()
+            lock_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def _spill_folder(settings: Settings) -> Iterator[Path]:
+    """A private temporary folder in ``<lake>/.spill``, removed afterwards (or by a later
+    ingest, if this process is killed)."""
+    root = settings.lake / ".spill"
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_spills(root)
+    name = uuid.uuid4().hex
+    # The lock comes first, so a concurrent cleaner never sees the folder unlocked.
+    lock = filelock.FileLock(root / f"{name}.lock")
+    lock.acquire()
+    folder = root / name
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        lock.release()
+        (root / f"{name}.lock").unlink(missing_ok=True)
+
+
+class _Spill:
+    """A file's validated rows on disk: one Arrow IPC run per batch, sorted by time, so
+    the merge reads only the record batches holding the days it merges."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.runs: list[Path] = []
+        # Per record batch: (run, batch index in the run, first day, last day).
+        self.chunks: list[tuple[int, int, int, int]] = []
+        self.day_rows: Counter[int] = Counter()
+        self.rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        days = table.column(C.TIMESTAMP).cast(pa.int64()).to_numpy() // _DAY_MS  # floor division
+        order = np.argsort(days, kind="stable")  # by day is enough: the merge sorts each day
+        table = table.take(order).combine_chunks().cast(_SPILL_SCHEMA)
+        days = days[order]
+        counts = np.bincount(days - days[0])
+        found = np.flatnonzero(counts)
+        self.day_rows.update(dict(zip((found + days[0]).tolist(), counts[found].tolist(), strict=True)))
+        run = len(self.runs)
+        path = self.folder / f"run-{run:06d}.arrow"
+        options = pa.ipc.IpcWriteOptions(compression="lz4")
+        with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as out:
+            out.write_table(table, max_chunksize=_SPILL_CHUNK)
+        for i, start in enumerate(range(0, table.num_rows, _SPILL_CHUNK)):
+            end = min(start + _SPILL_CHUNK, table.num_rows) - 1
+            self.chunks.append((run, i, int(days[start]), int(days[end])))
+        self.runs.append(path)
+        self.rows += table.num_rows
+
+    def read_days(self, first: int, last: int) -> pa.Table:
+        """Every spilled row whose day is in ``first..last`` (days since 1970)."""
+        parts: list[pa.RecordBatch] = []
+        readers: dict[int, pa.ipc.RecordBatchFileReader] = {}
+        for run, i, lo, hi in self.chunks:
+            if hi < first or lo > last:
+                continue
+            if run not in readers:
+                readers[run] = pa.ipc.open_file(pa.OSFile(str(self.runs[run]), "rb"))
+            batch = readers[run].get_batch(i)
+            if lo < first or hi > last:
+                day = np.floor_divide(batch.column(C.TIMESTAMP).cast(pa.int64()).to_numpy(), _DAY_MS)
+                batch = batch.filter(pa.array((day >= first) & (day <= last)))
+            parts.append(batch)
+        return pa.Table.from_batches(parts, schema=_SPILL_SCHEMA)
+
+
+_SPILL_SCHEMA = RATINGS_SCHEMA.append(pa.field(SEQ, pa.int64(), nullable=False))
+_QUARANTINE_SCHEMA = pa.schema(
+    [(C.SOURCE_FILE, pa.string())] + [(c, pa.string()) for c in REQUIRED]
+    + [(C.REASON, pa.string()), (C.SOURCE_ROW, pa.int64())]
+)
+
+
+class _Quarantine:
+    """Bad rows streamed to a temporary Parquet file, put in place whole by :meth:`finish`."""
+
+    def __init__(self, path: Path, source: str) -> None:
+        self.path, self.source = path, source
+        self.tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, bad: pd.DataFrame) -> None:
+        """Append one batch's bad rows (raw values as text, a reason, indexed by line)."""
+        if bad.empty:
+            return
+        bad = bad.sort_index()
+        columns = {C.SOURCE_FILE: pa.array([self.source] * len(bad), pa.string())}
+        for col in (*REQUIRED, C.REASON):
+            columns[col] = pa.array(bad[col].astype(object).where(bad[col].notna(), None).tolist(),
+                                    pa.string())
+        columns[C.SOURCE_ROW] = pa.array(bad.index.to_numpy(dtype=np.int64))
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, _QUARANTINE_SCHEMA, compression="zstd")
+        self.writer.write_table(pa.table(columns, schema=_QUARANTINE_SCHEMA))
+        self.rows += len(bad)
+
+    def finish(self) -> str | None:
+        """Close and move the file into place (fsynced, atomic); its path, or None if empty."""
+        if self.writer is None:
+            return None
+        self.writer.close()
+        self.writer = None
+        with open(self.tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+        return str(self.path)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.tmp.unlink(missing_ok=True)
+
+
 # -- ingest -----------------------------------------------------------------------
 
 
 def _read_and_validate(
-    path: Path, settings: Settings, report: IngestReport
-) -> pd.DataFrame:
-    """Validate every row of ``path``; quarantine the bad ones; return the valid ones.
+    path: Path, settings: Settings, report: IngestReport, spill: _Spill
+) -> None:
+    """Validate every row of ``path``: valid rows to ``spill``, bad ones to quarantine.
 
-    Raises :class:`IngestError` (to be recorded as a rejection) for unusable content.
+    Memory holds one batch at a time. Raises :class:`IngestError` (to be recorded as a
+    rejection) for unusable content.
     """
     if path.stat().st_size == 0:
         raise IngestError(f"{path}: file is empty")
     layout = _layout(path, settings)
-    batches = (
+    batches: Iterator[tuple[pa.Table | pd.DataFrame, pd.Series, float]] = (
         _parquet_batches(path, layout, settings) if layout.kind == "parquet"
         else _text_batches(path, layout, settings.ingest.batch_rows)
     )
-    valid_parts: list[pd.DataFrame] = []
-    bad_parts: list[pd.DataFrame] = []
+    quarantine = _Quarantine(settings.quarantine_dir / f"{report.content_hash[:16]}.parquet", str(path))
+    progress = _Progress(f"{path.name}: validating", settings.ingest.progress_seconds)
     reasons: Counter[str] = Counter()
     n_read = 0
-    for frame, malformed in batches:
-        if C.RATING not in frame.columns:
-            frame[C.RATING] = settings.ingest.default_rating
-        n_read += len(frame) + len(malformed)
-        valid, why = validate(frame, settings)
-        valid_parts.append(valid)
-        if len(why):
-            bad = frame.loc[why.index, list(REQUIRED)].astype("string")
-            bad[C.REASON] = why
-            bad_parts.append(bad)
-            reasons.update(why.tolist())
-        if len(malformed):
-            bad = pd.DataFrame({c: pd.Series(pd.NA, index=malformed.index, dtype="string")
-                                for c in REQUIRED})
-            bad[C.REASON] = malformed
-            bad_parts.append(bad)
-            reasons.update(malformed.tolist())
-        fault_point("ingest.mid_validation")
-    report.rows_read = n_read
-    report.reasons = dict(reasons)
-    if n_read == 0:
-        raise IngestError(f"{path}: file has a header but no data rows")
-    n_bad = sum(len(b) for b in bad_parts)
-    report.rows_quarantined = n_bad
-    if n_bad:
-        qpath = settings.quarantine_dir / f"{report.content_hash[:16]}.parquet"
-        quarantined = pd.concat(bad_parts).sort_index()
-        quarantined[C.SOURCE_ROW] = quarantined.index.astype("int64")
-        quarantined.insert(0, C.SOURCE_FILE, str(path))
-        atomic_write_parquet(
-            pa.Table.from_pandas(quarantined.reset_index(drop=True), preserve_index=False), qpath
-        )
-        report.quarantine_path = str(qpath)
+    # Spill writes (sort, compress, write) run beside the next batch's parsing; at most
+    # one waits, so memory stays at about two batches.
+    writer = ThreadPoolExecutor(1) if settings.ingest.threads > 1 else None
+    pending: Future[None] | None = None
+
+    def spill_add(table: pa.Table) -> None:
+        nonlocal pending
+        if pending is not None:
+            pending.result()
+            pending = None
+        if writer is None:
+            spill.add(table)
+        else:
+            pending = writer.submit(spill.add, table)
+
+    try:
+        for frame, malformed, share in batches:
+            if isinstance(frame, pa.Table):
+                n_read += frame.num_rows + len(malformed)
+                valid, frame = _validate_plain(frame, settings)
+                spill_add(valid)
+            else:
+                n_read += len(frame) + len(malformed)
+            bad_parts: list[pd.DataFrame] = []
+            if len(frame):
+                if C.RATING not in frame.columns:
+                    frame[C.RATING] = settings.ingest.default_rating
+                valid_rows, why = validate(frame, settings)
+                spill_add(_valid_to_arrow(valid_rows))
+                if len(why):
+                    bad = frame.loc[why.index, list(REQUIRED)].astype("string")
+                    bad[C.REASON] = why
+                    bad_parts.append(bad)
+                    reasons.update(why.tolist())
+            if len(malformed):
+                bad = pd.DataFrame({c: pd.Series(pd.NA, index=malformed.index, dtype="string")
+                                    for c in REQUIRED})
+                bad[C.REASON] = malformed
+                bad_parts.append(bad)
+                reasons.update(malformed.tolist())
+            if bad_parts:
+                quarantine.write(pd.concat(bad_parts))
+            fault_point("ingest.mid_validation")
+            progress.update(share, n_read, f"{n_read} rows validated, {quarantine.rows} quarantined")
+        if pending is not None:
+            pending.result()
+        report.rows_read = n_read
+        report.reasons = dict(reasons)
+        if n_read == 0:
+            raise IngestError(f"{path}: file has a header but no data rows")
+        report.rows_quarantined = quarantine.rows
+        report.quarantine_path = quarantine.finish()
+    except BaseException:
+        quarantine.abort()
+        raise
+    finally:
+        if writer is not None:
+            writer.shutdown(wait=True)
+    n_bad = report.rows_quarantined
     share = n_bad / n_read
     if share > settings.ingest.max_invalid_share:
         top = ", ".join(f"{why}: {n}" for why, n in reasons.most_common(5))
@@ -646,12 +955,60 @@ def _read_and_validate(
             f"{settings.ingest.max_invalid_share:.2%} (ingest.max_invalid_share); nothing was "
             f"ingested. Reasons: {top}. Bad rows with their line numbers: {report.quarantine_path}"
         )
-    valid = pd.concat(valid_parts, ignore_index=True)
-    before = len(valid)
-    valid = valid.drop_duplicates([C.USER, C.ITEM, C.TIMESTAMP], keep="last")
-    report.duplicates_dropped = before - len(valid)
-    report.rows_valid = len(valid)
-    return valid
+
+
+def _day_names(days: np.ndarray) -> list[str]:
+    """``YYYY-MM-DD`` partition names of days since 1970, formatted as the lake always was."""
+    ms = pd.Series(np.asarray(days, dtype=np.int64) * _DAY_MS).astype("datetime64[ms]")
+    return ms.dt.tz_localize("UTC").dt.strftime("%Y-%m-%d").tolist()
+
+
+def _merge_spill(spill: _Spill, settings: Settings, report: IngestReport, label: str) -> None:
+    """Merge the spilled rows into the lake, a group of consecutive days at a time.
+
+    A group holds at most ``ingest.merge_rows`` new rows (a bigger day alone), so memory
+    is one group plus one partition, whatever the file's size. Callers hold the lock.
+    """
+    days = np.array(sorted(spill.day_rows), dtype=np.int64)
+    counts = np.array([spill.day_rows[d] for d in days.tolist()], dtype=np.int64)
+    names = _day_names(days)
+    progress = _Progress(f"{label}: merging", settings.ingest.progress_seconds)
+    with ThreadPoolExecutor(settings.ingest.threads) as pool:
+        _merge_groups(spill, settings, report, days, counts, names, progress, pool)
+
+
+def _merge_groups(
+    spill: _Spill, settings: Settings, report: IngestReport, days: np.ndarray,
+    counts: np.ndarray, names: list[str], progress: _Progress, pool: ThreadPoolExecutor,
+) -> None:
+    done_rows = 0
+    start = 0
+    while start < len(days):
+        end = start + 1
+        total = int(counts[start])
+        while end < len(days) and total + counts[end] <= settings.ingest.merge_rows:
+            total += int(counts[end])
+            end += 1
+        rows = spill.read_days(int(days[start]), int(days[end - 1]))
+        day = np.floor_divide(rows.column(C.TIMESTAMP).cast(pa.int64()).to_numpy(), _DAY_MS)
+        order = np.argsort(day, kind="stable")
+        rows, day = rows.take(order), day[order]
+        bounds = np.searchsorted(day, np.append(days[start:end], days[end - 1] + 1))
+        # Days are independent files: merge them in parallel, account for them in order.
+        merges = [pool.submit(merge_partition, settings.ratings_dir, names[start + j],
+                              rows.slice(int(bounds[j]), int(bounds[j + 1] - bounds[j])))
+                  for j in range(end - start)]
+        for j, merge in enumerate(merges):
+            lo, hi = int(bounds[j]), int(bounds[j + 1])
+            result = merge.result()
+            report.rows_valid += result.new_unique
+            report.duplicates_dropped += result.duplicates
+            report.partitions.append(names[start + j])
+            done_rows += hi - lo
+            fault_point("ingest.mid_merge")
+            progress.update(done_rows / max(spill.rows, 1), done_rows,
+                            f"{len(report.partitions)} of {len(days)} partitions merged")
+        start = end
 
 
 def ingest_file(
@@ -662,8 +1019,11 @@ def ingest_file(
     Content seen before is skipped: ingested content silently, rejected content with a
     warning that repeats the earlier reason; ``force`` ingests it anyway. A file that
     is refused is recorded as rejected and the :class:`IngestError` is raised.
-    Validation runs unlocked; the merge and the ``ingest_log`` row are written under the
-    lake's lock, so concurrent ingests (the DAG beside a manual run) lose nothing.
+    Validation runs unlocked, streaming valid rows to a spill folder in ``<lake>/.spill``
+    (memory holds a batch, not the file); the merge and the ``ingest_log`` row are
+    written under the lake's lock, so concurrent ingests (the DAG beside a manual run)
+    lose nothing. Killed anywhere, a rerun ingests every valid row exactly once: the
+    log row comes last, and merging rows again changes nothing.
     """
     path = Path(path)
     if not path.exists():
@@ -674,23 +1034,27 @@ def ingest_file(
         report = IngestReport(source_path=str(path), content_hash=file_sha256(path))
         if not force and seen_before(engine, report):
             return report
-        try:
-            valid = _read_and_validate(path, settings, report)
-        except IngestError as exc:
-            record_rejection(engine, report, "ratings", str(exc))
-            raise
-        with lake_lock(settings.lake, settings.ingest.lock_timeout_seconds):
-            # Another process may have ingested the same content while this one validated.
-            if not force and seen_before(engine, report):
-                return report
-            days = valid[C.TIMESTAMP].dt.strftime("%Y-%m-%d")
-            for day, rows in valid.groupby(days, sort=True):
-                _, dups = merge_partition(settings.ratings_dir, str(day), rows)
-                report.duplicates_dropped += dups
-                report.partitions.append(str(day))
-                fault_point("ingest.mid_merge")
-            fault_point("ingest.before_log")
-            record_ingest(engine, report, kind="ratings")
+        with _spill_folder(settings) as folder:
+            spill = _Spill(folder)
+            started = time.monotonic()
+            try:
+                _read_and_validate(path, settings, report, spill)
+            except IngestError as exc:
+                record_rejection(engine, report, "ratings", str(exc))
+                raise
+            validated = time.monotonic()
+            with lake_lock(settings.lake, settings.ingest.lock_timeout_seconds):
+                # Another process may have ingested the same content while this one validated.
+                if not force and seen_before(engine, report):
+                    return report
+                merging = time.monotonic()
+                _merge_spill(spill, settings, report, path.name)
+                fault_point("ingest.before_log")
+                record_ingest(engine, report, kind="ratings")
+            log.info("%s: validated %d rows in %.1fs (%.0f rows/s), merged %d partitions in %.1fs",
+                     path.name, report.rows_read, validated - started,
+                     report.rows_read / max(validated - started, 1e-9), len(report.partitions),
+                     time.monotonic() - merging)
     except OSError as exc:  # unreadable, or vanished mid-read: not the content's fault
         raise IngestError(f"{path}: cannot read: {exc}") from None
     except LakeLockTimeout as exc:

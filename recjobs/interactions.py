@@ -10,9 +10,85 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recjobs import columns as C
+
+
+@dataclass(frozen=True)
+class Events:
+    """Interaction rows as integer codes: the columnar form the split works on.
+
+    ``users``/``items`` index ``user_ids``/``item_ids``, which are sorted, so code order
+    is id order and ties broken by code are broken by id. ``millis`` are Unix milliseconds.
+    Id arrays may hold ids that no row uses (a part of a split keeps the whole's ids).
+    """
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray
+    millis: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def take(self, rows: np.ndarray) -> Events:
+        """The rows selected by ``rows`` (indices or a mask), with the same id arrays."""
+        return Events(self.user_ids, self.item_ids, self.users[rows], self.items[rows], self.ratings[rows],
+                      self.millis[rows])
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> Events:
+        """Code a frame of canonical columns (timestamps as tz-aware datetimes)."""
+        user_ids, users = _sorted_codes(frame[C.USER].to_numpy(dtype=object))
+        item_ids, items = _sorted_codes(frame[C.ITEM].to_numpy(dtype=object))
+        epoch = pd.Timestamp(0, tz="UTC")
+        millis = ((frame[C.TIMESTAMP] - epoch) // pd.Timedelta(milliseconds=1)).to_numpy(dtype=np.int64)
+        return cls(user_ids, item_ids, users, items, frame[C.RATING].to_numpy(dtype=np.float32), millis)
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> Events:
+        """Code an Arrow table of canonical columns without making a Python object per row.
+
+        Ids are dictionary-encoded by Arrow (one Python string per distinct id only).
+        """
+        codes = {}
+        for col in (C.USER, C.ITEM):
+            encoded = pc.dictionary_encode(table[col].combine_chunks())
+            distinct = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+            order = np.argsort(distinct, kind="stable")
+            rank = np.empty(len(order), np.int32)
+            rank[order] = np.arange(len(order), dtype=np.int32)
+            codes[col] = (distinct[order], rank[encoded.indices.to_numpy(zero_copy_only=False)])
+        millis = table[C.TIMESTAMP].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+        return cls(codes[C.USER][0], codes[C.ITEM][0], codes[C.USER][1], codes[C.ITEM][1],
+                   table[C.RATING].to_numpy().astype(np.float32), millis)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Back to canonical columns (ids as strings), for tools that work on frames."""
+        return pd.DataFrame({
+            C.USER: self.user_ids[self.users], C.ITEM: self.item_ids[self.items], C.RATING: self.ratings,
+            C.TIMESTAMP: pd.to_datetime(self.millis, unit="ms", utc=True).astype("datetime64[ms, UTC]"),
+        })
+
+
+def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # np.unique sorts with Python's string order, as ``sorted`` did.
+    ids, codes = np.unique(values, return_inverse=True)
+    return ids.astype(object), codes.astype(np.int32)
+
+
+def _recode(ids: np.ndarray, codes: np.ndarray, target: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Codes over ``ids`` as positions in ``target`` (-1 where absent); default: the ids in use, compacted."""
+    if target is None:
+        used = np.unique(codes)
+        return ids[used], np.searchsorted(used, codes).astype(np.int64)
+    position = pd.Index(target).get_indexer(ids)
+    return target, position[codes].astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -50,16 +126,26 @@ class Interactions:
         item_ids: np.ndarray | None = None,
     ) -> Interactions:
         """Build from canonical columns; rows whose ids are not in given id lists are dropped."""
-        users = np.asarray(sorted(frame[C.USER].unique()), dtype=object) if user_ids is None else user_ids
-        items = np.asarray(sorted(frame[C.ITEM].unique()), dtype=object) if item_ids is None else item_ids
-        u_idx = pd.Index(users).get_indexer(frame[C.USER])
-        i_idx = pd.Index(items).get_indexer(frame[C.ITEM])
-        keep = (u_idx >= 0) & (i_idx >= 0)
-        epoch = pd.Timestamp(0, tz="UTC")
-        ts = ((frame[C.TIMESTAMP] - epoch) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)[keep]
+        return cls.from_events(Events.from_frame(frame), user_ids, item_ids)
+
+    @classmethod
+    def from_events(
+        cls,
+        events: Events,
+        user_ids: np.ndarray | None = None,
+        item_ids: np.ndarray | None = None,
+    ) -> Interactions:
+        """The matrix of ``events`` over their own ids (only those that occur), or over given id lists.
+
+        Rows whose ids are not in given id lists are dropped.
+        """
+        users, rows = _recode(events.user_ids, events.users, user_ids)
+        items, cols = _recode(events.item_ids, events.items, item_ids)
+        keep = (rows >= 0) & (cols >= 0)
+        ts = np.floor_divide(events.millis[keep], 1000)
         order = np.argsort(ts, kind="stable")
-        rows, cols = u_idx[keep][order], i_idx[keep][order]
-        ratings = frame[C.RATING].to_numpy(dtype=np.float32)[keep][order]
+        rows, cols = rows[keep][order], cols[keep][order]
+        ratings = events.ratings[keep][order]
         # Keep the latest rating of a repeated pair: after the stable sort by time the
         # last occurrence wins when duplicates are collapsed.
         pair = rows.astype(np.int64) * max(len(items), 1) + cols
@@ -69,9 +155,8 @@ class Interactions:
             (ratings[last], (rows[last], cols[last])), shape=(len(users), len(items)), dtype=np.float32
         )
         matrix.sort_indices()
-        seconds = ts[order]
         last_seen = np.full(len(items), np.iinfo(np.int64).min, dtype=np.int64)
-        np.maximum.at(last_seen, cols, seconds)
+        np.maximum.at(last_seen, cols, ts[order])
         return cls(users, items, matrix, last_seen)
 
     def binary(self) -> sp.csr_matrix:
@@ -119,15 +204,22 @@ class Holdout:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, train: Interactions) -> Holdout:
         """Code a frame of canonical columns against ``train``'s ids."""
-        pairs = frame[[C.USER, C.ITEM]].drop_duplicates()
-        rows = pd.Index(train.user_ids).get_indexer(pairs[C.USER])
-        cols = pd.Index(train.item_ids).get_indexer(pairs[C.ITEM])
+        return cls.from_events(Events.from_frame(frame), train)
+
+    @classmethod
+    def from_events(cls, events: Events, train: Interactions) -> Holdout:
+        """Code held-out ``events`` against ``train``'s ids."""
+        rows = pd.Index(train.user_ids).get_indexer(events.user_ids)[events.users]
+        cols = pd.Index(train.item_ids).get_indexer(events.item_ids)[events.items]
         unseen = cols < 0
         if unseen.any():
-            codes, _ = pd.factorize(pairs[C.ITEM].to_numpy()[unseen], sort=True)
-            cols[unseen] = train.n_items + codes
+            # Codes are in id order, so unseen items are numbered in id order too.
+            distinct = np.unique(events.items[unseen])
+            cols[unseen] = train.n_items + np.searchsorted(distinct, events.items[unseen])
         keep = rows >= 0
-        return cls(rows[keep].astype(np.int32), cols[keep].astype(np.int32))
+        width = int(cols.max()) + 1 if len(cols) else 1
+        pairs = np.unique(rows[keep].astype(np.int64) * width + cols[keep])
+        return cls((pairs // width).astype(np.int32), (pairs % width).astype(np.int32))
 
     def save(self, path: Path) -> Path:
         """Write to the directory ``path``, atomically."""

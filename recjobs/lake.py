@@ -15,16 +15,20 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from recjobs import columns as C
 from recjobs.faults import fault_point
+from recjobs.interactions import Events
 
 RATINGS_SCHEMA = pa.schema(
     [
@@ -81,38 +85,73 @@ def to_ratings_table(frame: pd.DataFrame) -> pa.Table:
     )
 
 
-def merge_partition(root: Path, day: str, new_rows: pd.DataFrame) -> tuple[int, int]:
-    """Merge ``new_rows`` into partition ``dt=day``; returns (rows added, rows already there).
+SEQ = "_seq"
+"""Column of :func:`merge_partition`'s input ordering rows of one file: the highest wins."""
 
-    Rows are de-duplicated on (user, item, timestamp), the newest file winning, and
-    sorted, so merging the same rows again leaves the partition byte-for-byte as it was.
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What one partition merge did."""
+
+    added: int  # rows the partition gained
+    duplicates: int  # input rows dropped: repeated in the input or already in the partition
+    new_unique: int  # distinct (user, item, timestamp) keys among the input rows
+
+
+def merge_partition(root: Path, day: str, new_rows: pa.Table | pd.DataFrame) -> MergeResult:
+    """Merge ``new_rows`` into partition ``dt=day``.
+
+    Rows are de-duplicated on (user, item, timestamp), the newest file winning (and,
+    within ``new_rows``, the row with the highest :data:`SEQ`, or the last one without
+    that column), and sorted, so merging the same rows again leaves the partition
+    byte-for-byte as it was. Arrow throughout: no per-row Python objects.
     Callers hold :func:`lake_lock`: this is a read-modify-write of the partition file.
     """
+    if isinstance(new_rows, pd.DataFrame):
+        new_rows = to_ratings_table(new_rows)
+    n_new = new_rows.num_rows
+    seq = (new_rows.column(SEQ).combine_chunks().cast(pa.int64()) if SEQ in new_rows.column_names
+           else pa.array(np.arange(n_new, dtype=np.int64)))
+    new_rows = new_rows.select(list(C.INTERACTION_COLUMNS)).cast(RATINGS_SCHEMA)
     path = root / f"{C.DATE}={day}" / PART_FILE
-    keys = [C.USER, C.ITEM, C.TIMESTAMP]
     old_table = pq.read_table(path) if path.exists() else None
+    n_old = 0 if old_table is None else old_table.num_rows
     if old_table is not None:
-        old = old_table.to_pandas()
-        merged = pd.concat([old, new_rows[list(C.INTERACTION_COLUMNS)]], ignore_index=True)
+        # The partition's rows rank below every new row: the newest file wins.
+        combined = pa.concat_tables([old_table.cast(RATINGS_SCHEMA), new_rows])
+        seq = pa.concat_arrays([pa.array(np.full(n_old, -1, dtype=np.int64)), seq])
     else:
-        old = None
-        merged = new_rows[list(C.INTERACTION_COLUMNS)]
-    before = len(merged)
-    merged = merged.drop_duplicates(keys, keep="last")
-    merged = merged.sort_values(keys, kind="stable").reset_index(drop=True)
-    table = to_ratings_table(merged)
-    if old_table is not None and old_table.equals(table):
-        return 0, len(new_rows)
+        combined = new_rows
+    keys = [C.USER, C.ITEM, C.TIMESTAMP]
+    order = pc.sort_indices(
+        combined.append_column(SEQ, seq),
+        sort_keys=[(k, "ascending") for k in (*keys, SEQ)],
+    )
+    combined = combined.take(order)
+    seq_sorted = seq.take(order).to_numpy()
+    # Within a run of equal keys the last row has the highest rank: keep it.
+    keep = np.ones(combined.num_rows, dtype=bool)
+    if combined.num_rows > 1:
+        same = np.ones(combined.num_rows - 1, dtype=bool)
+        for k in keys:
+            col = combined.column(k).combine_chunks()
+            same &= np.asarray(pc.equal(col.slice(0, len(col) - 1), col.slice(1)), dtype=bool)
+        keep[:-1] = ~same
+    merged = combined.filter(pa.array(keep)).combine_chunks()
+    new_unique = int(np.count_nonzero(keep & (seq_sorted >= 0)))
+    result = MergeResult(added=merged.num_rows - n_old, duplicates=n_old + n_new - merged.num_rows,
+                         new_unique=new_unique)
+    if old_table is not None and old_table.equals(merged):
+        return result
     fault_point("lake.merge.before_write")
-    atomic_write_parquet(table, path)
-    n_old = 0 if old is None else len(old)
-    return len(merged) - n_old, before - len(merged)
+    atomic_write_parquet(merged, path)
+    return result
 
 
-def read_ratings(root: Path, cutoff: dt.datetime, start: dt.datetime | None = None) -> pd.DataFrame:
-    """All interactions with ``start <= timestamp < cutoff`` (UTC), ids as strings."""
+def _window_table(root: Path, cutoff: dt.datetime, start: dt.datetime | None) -> pa.Table | None:
+    """The lake's rows with ``start <= timestamp < cutoff`` as Arrow; None if the lake is empty."""
     if not root.exists() or not any(root.glob(f"{C.DATE}=*/{PART_FILE}")):
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_DTYPES.items()})
+        return None
     dataset = ds.dataset(root, format="parquet", partitioning=_PARTITIONING)
     last_day = (cutoff - dt.timedelta(microseconds=1)).date().isoformat()
     ts = pa.scalar(cutoff, type=pa.timestamp("ms", tz="UTC"))
@@ -121,11 +160,24 @@ def read_ratings(root: Path, cutoff: dt.datetime, start: dt.datetime | None = No
         expr &= (ds.field(C.DATE) >= start.date().isoformat()) & (
             ds.field(C.TIMESTAMP) >= pa.scalar(start, type=pa.timestamp("ms", tz="UTC"))
         )
-    table = dataset.to_table(columns=list(C.INTERACTION_COLUMNS), filter=expr)
+    return dataset.to_table(columns=list(C.INTERACTION_COLUMNS), filter=expr)
+
+
+def read_ratings(root: Path, cutoff: dt.datetime, start: dt.datetime | None = None) -> pd.DataFrame:
+    """All interactions with ``start <= timestamp < cutoff`` (UTC), ids as strings."""
+    table = _window_table(root, cutoff, start)
+    if table is None:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_DTYPES.items()})
     frame = table.to_pandas()
     for col in (C.USER, C.ITEM):
         frame[col] = frame[col].astype(object)
     return frame
+
+
+def read_events(root: Path, cutoff: dt.datetime, start: dt.datetime | None = None) -> Events | None:
+    """The same rows as :func:`read_ratings`, coded (no Python object per row); None if none."""
+    table = _window_table(root, cutoff, start)
+    return None if table is None or table.num_rows == 0 else Events.from_arrow(table)
 
 
 _EMPTY_DTYPES = {

@@ -29,12 +29,12 @@ from recjobs.db import ensure_schema, make_engine, model_runs, popular_items
 from recjobs.evaluate import Metrics, evaluate_model
 from recjobs.faults import fault_point
 from recjobs.features import load_side_features
-from recjobs.interactions import Holdout, Interactions
-from recjobs.lake import atomic_write_parquet, read_ratings, to_ratings_table
+from recjobs.interactions import Events, Holdout, Interactions
+from recjobs.lake import read_events
 from recjobs.models import Recommender, get_family
 from recjobs.publish import PublishResult, SwapPolicy, load_staging, rank_to_staging
 from recjobs.settings import Settings
-from recjobs.split import temporal_split
+from recjobs.split import split_events
 
 log = logging.getLogger(__name__)
 
@@ -69,53 +69,68 @@ def run_dir(settings: Settings, run_date: dt.date) -> Path:
     return settings.runs_dir / run_date.isoformat()
 
 
-def _load_window(settings: Settings, run_date: dt.date) -> pd.DataFrame:
+def _window(settings: Settings, run_date: dt.date) -> tuple[dt.datetime, dt.datetime | None]:
     cutoff = cutoff_of(run_date)
     start = cutoff - dt.timedelta(days=settings.train_window_days) if settings.train_window_days else None
-    frame = read_ratings(settings.ratings_dir, cutoff, start)
-    if frame.empty:
+    return cutoff, start
+
+
+def load_events(settings: Settings, run_date: dt.date) -> Events:
+    """The date's training window from the lake, coded; fails clearly when it is empty."""
+    cutoff, start = _window(settings, run_date)
+    events = read_events(settings.ratings_dir, cutoff, start)
+    if events is None:
         raise PipelineError(
             f"no interactions before {cutoff.isoformat()} in {settings.ratings_dir}: "
             "ingest some first (recjobs ingest PATH)"
         )
-    return frame
+    return events
 
 
-def _fingerprint(frame: pd.DataFrame) -> str:
-    hashed = pd.util.hash_pandas_object(frame[list(C.INTERACTION_COLUMNS)], index=False)
-    return hashlib.sha256(np.sort(hashed.to_numpy()).tobytes()).hexdigest()[:16]
+def _fingerprint(events: Events) -> str:
+    # Rows in a canonical order (ingest keeps (user, item, timestamp) unique), ids by value.
+    order = np.lexsort((events.millis, events.items, events.users))
+    digest = hashlib.sha256()
+    for array in (events.users[order], events.items[order], events.millis[order], events.ratings[order]):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    for ids in (events.user_ids, events.item_ids):
+        digest.update("\x1f".join(map(str, ids)).encode())
+    return digest.hexdigest()[:16]
 
 
 # -- split -------------------------------------------------------------------------
 def prepare(settings: Settings, run_date: str | dt.date) -> Path:
-    """Write the temporal split for ``run_date`` to ``runs/<date>/`` and return that folder."""
+    """Split ``run_date``'s window and write what later stages load to ``runs/<date>/``.
+
+    Reads the lake once, codes the ids once (Arrow dictionary encoding, no Python
+    object per row) and writes the training matrix, the coded holdout and the full
+    matrix (everything before the cutoff) as ``.npy`` folders.
+    """
     day = parse_date(run_date)
-    frame = _load_window(settings, day)
-    train, holdout = temporal_split(frame, settings.split)
+    started = time.perf_counter()
+    events = load_events(settings, day)
+    log.info("read %d interactions for %s in %.1fs", len(events), day, time.perf_counter() - started)
+    train, holdout = split_events(events, settings.split)
     out = run_dir(settings, day)
     out.mkdir(parents=True, exist_ok=True)
-    # The rows stay readable for tuning and inspection; the nightly stages read only the
-    # matrices below, coded once here, so no later task re-reads or re-codes string ids.
-    atomic_write_parquet(to_ratings_table(train), out / "train.parquet")
-    atomic_write_parquet(to_ratings_table(holdout), out / "holdout.parquet")
-    train_data = Interactions.from_frame(train)
+    train_data = Interactions.from_events(train)
     train_data.save(out / "train")
-    Holdout.from_frame(holdout, train_data).save(out / "holdout")
-    Interactions.from_frame(frame).save(out / "full")
+    Holdout.from_events(holdout, train_data).save(out / "holdout")
+    Interactions.from_events(events).save(out / "full")
     snapshot = {
         "run_date": day.isoformat(),
         "cutoff": cutoff_of(day).isoformat(),
-        "interactions": len(frame),
-        "users": int(frame[C.USER].nunique()),
-        "items": int(frame[C.ITEM].nunique()),
+        "interactions": len(events),
+        "users": len(events.user_ids),
+        "items": len(events.item_ids),
         "train_rows": len(train),
         "holdout_rows": len(holdout),
-        "max_timestamp": frame[C.TIMESTAMP].max().isoformat(),
-        "fingerprint": _fingerprint(frame),
+        "max_timestamp": dt.datetime.fromtimestamp(int(events.millis.max()) / 1000, dt.UTC).isoformat(),
+        "fingerprint": _fingerprint(events),
     }
     (out / "snapshot.json").write_text(json.dumps(snapshot, indent=2))
-    log.info("split %s: %d train / %d holdout rows, %d users, %d items", day, len(train), len(holdout),
-             snapshot["users"], snapshot["items"])
+    log.info("split %s: %d train / %d holdout rows, %d users, %d items in %.1fs", day, len(train), len(holdout),
+             snapshot["users"], snapshot["items"], time.perf_counter() - started)
     return out
 
 
@@ -132,14 +147,6 @@ def load_matrix(settings: Settings, day: dt.date, part: str) -> Interactions:
     if not path.exists():
         raise PipelineError(f"no {part} matrix for {day} in {path}: run `recjobs split --date {day}` first")
     return Interactions.load(path)
-
-
-def read_split(settings: Settings, day: dt.date, part: str) -> pd.DataFrame:
-    """The date's ``train`` or ``holdout`` part, ids as Python strings."""
-    frame = pd.read_parquet(run_dir(settings, day) / f"{part}.parquet")
-    for col in (C.USER, C.ITEM):
-        frame[col] = frame[col].astype(object)
-    return frame
 
 
 def model_version(family: str, day: dt.date, params: dict[str, Any], seed: int, fingerprint: str, stage: str) -> str:

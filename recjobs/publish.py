@@ -241,6 +241,9 @@ def _binary_copy_rows(table: pa.Table, pg_types: list[str]) -> pa.Buffer:
         column = column.combine_chunks()
         kind = _PG_BINARY[pg_type]
         if kind is None:
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                    or pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+                column = column.cast(pa.large_string())  # e.g. integer ids: their decimal text
             data = column.cast(pa.large_binary())  # the text's UTF-8 bytes
             packed.append((">i4", pc.binary_length(data).fill_null(-1).to_numpy(zero_copy_only=False)))
             flush()

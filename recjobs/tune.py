@@ -14,14 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
 from recjobs.evaluate import evaluate_model
 from recjobs.features import load_side_features
-from recjobs.interactions import Interactions
+from recjobs.interactions import Events, Holdout, Interactions
 from recjobs.models import get_family
 from recjobs.settings import Settings
-from recjobs.split import temporal_split
+from recjobs.split import split_events
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +58,15 @@ class TrialResult:
 
 def tune(
     settings: Settings,
-    train_frame: pd.DataFrame,
+    train: Events,
     family: str,
     grid: dict[str, list[Any]] | None = None,
 ) -> list[TrialResult]:
-    """Score every point of ``grid`` (default :data:`GRIDS`) on an inner split; best first."""
+    """Score every point of ``grid`` (default :data:`GRIDS`) on an inner split of ``train``; best first."""
     grid = grid or GRIDS[family]
-    inner_train, validation = temporal_split(train_frame, settings.split)
-    data = Interactions.from_frame(inner_train)
+    inner_train, validation = split_events(train, settings.split)
+    data = Interactions.from_events(inner_train)
+    truth = Holdout.from_events(validation, data)
     features = load_side_features(settings, data)
     cls = get_family(family)
     base = settings.model_params(family)
@@ -80,7 +79,7 @@ def tune(
         started = time.perf_counter()
         model = cls(params, seed=settings.seed).fit(data, features)
         fit_s = time.perf_counter() - started
-        m = evaluate_model(model, data, validation, settings.evaluate.k)
+        m = evaluate_model(model, data, truth, settings.evaluate.k)
         log.info("%s %s: ndcg@%d %.4f (fit %.1fs)", family, point, m.k, m.ndcg, fit_s)
         results.append(TrialResult(point, m.ndcg, m.precision, m.recall, fit_s))
     return sorted(results, key=lambda r: -r.ndcg)

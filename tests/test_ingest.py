@@ -323,3 +323,103 @@ def test_rejected_inbox_file_is_skipped_later_with_its_reason_until_forced(setti
     write(inbox / "bad.csv", "user_id,item_id,rating,timestamp\n1,1,4,881250949\n1,2,5,881250949\n")
     assert [r.rows_valid for r in ingest_inbox(settings, engine) if not r.skipped] == [2]
     assert len(lake_rows(settings)) == 3
+
+
+# -- issue 7: streaming ingest at scale ------------------------------------------------
+
+
+def _partitions(settings) -> dict[str, pa.Table]:  # noqa: ANN001
+    return {p.parent.name: pq.read_table(p) for p in sorted(settings.ratings_dir.rglob("part-0.parquet"))}
+
+
+def _home(tmp_path, name):  # noqa: ANN001, ANN202
+    """A second, independent home (settings and engine) to compare lakes."""
+    from recjobs.pipeline import engine_for
+    from recjobs.settings import load_settings
+
+    other = load_settings({"home": str(tmp_path / name)}, environ={})
+    return other, engine_for(other)
+
+
+def test_vectorised_and_exact_validation_give_the_same_lake(settings, engine, tmp_path):
+    # Plain lines take the Arrow path; the same values quoted take the per-line path
+    # and pandas validation. Both must store exactly the same rows.
+    ratings = ["0.5", "1", "2.25", "3.5", "4.0", "5", "05", "4.333333", "1.1", "2.7"]
+    rows = [(f"u{n % 7}", f"i{n}", ratings[n % len(ratings)], str(881250949 + n * 7919))
+            for n in range(300)]
+    plain = write(tmp_path / "plain.csv", HEADER_LINE + "".join(",".join(r) + "\n" for r in rows))
+    quoted = write(tmp_path / "quoted.csv",
+                   HEADER_LINE + "".join(",".join(f'"{v}"' for v in r) + "\n" for r in rows))
+    other, other_engine = _home(tmp_path, "quoted_home")
+    a = ingest_file(plain, settings, engine)
+    b = ingest_file(quoted, other, other_engine)
+    assert (a.rows_valid, a.duplicates_dropped) == (b.rows_valid, b.duplicates_dropped) == (300, 0)
+    left, right = _partitions(settings), _partitions(other)
+    assert left.keys() == right.keys() and len(left) > 10
+    assert all(left[k].equals(right[k]) for k in left)
+
+
+HEADER_LINE = "user_id,item_id,rating,timestamp\n"
+
+
+def test_small_batches_and_merge_groups_give_the_same_lake_and_report(settings, engine, tmp_path):
+    # Many days, duplicates inside the file across batches (the later line wins), and
+    # rows already in the lake: spilling in tiny runs and merging a few rows at a time
+    # must give what one big batch gives.
+    lines = [f"u{n % 13},i{n % 17},{1 + n % 5},{881250949 + (n % 40) * 86400 + n % 3}" for n in range(400)]
+    lines += [f"u{n % 13},i{n % 17},0.5,{881250949 + (n % 40) * 86400 + n % 3}" for n in range(0, 400, 9)]
+    path = write(tmp_path / "many.csv", HEADER_LINE + "\n".join(lines) + "\n")
+    seed = write(tmp_path / "seed.csv", HEADER_LINE + "\n".join(lines[::5]) + "\n")
+    other, other_engine = _home(tmp_path, "small_home")
+    other.ingest.batch_rows = 7
+    other.ingest.merge_rows = 3
+    reports = []
+    for s, e in ((settings, engine), (other, other_engine)):
+        ingest_file(seed, s, e)
+        reports.append(ingest_file(path, s, e))
+    big, small = reports
+    assert (big.rows_read, big.rows_valid, big.duplicates_dropped, big.partitions) == (
+        small.rows_read, small.rows_valid, small.duplicates_dropped, small.partitions)
+    left, right = _partitions(settings), _partitions(other)
+    assert left.keys() == right.keys() and len(left) == 40
+    assert all(left[k].equals(right[k]) for k in left)
+    rows = lake_rows(other)
+    assert not rows.duplicated([C.USER, C.ITEM, C.TIMESTAMP]).any()
+    # The re-rated rows (later lines) won over the earlier ones and over the lake's.
+    assert (rows[C.RATING] == 0.5).sum() == len(range(0, 400, 9))
+    assert not any((other.lake / ".spill").iterdir())  # the spill is cleaned up
+
+
+def test_stale_spill_of_a_killed_ingest_is_removed_and_a_live_one_kept(settings, engine, tmp_path):
+    import filelock
+
+    spill = settings.lake / ".spill"
+    (spill / "dead").mkdir(parents=True)
+    (spill / "dead" / "run-000000.arrow").write_bytes(b"x" * 100)
+    (spill / "dead.lock").touch()  # its owner died: nobody holds the lock
+    (spill / "live").mkdir()
+    live = filelock.FileLock(spill / "live.lock")
+    live.acquire()
+    try:
+        path = write(tmp_path / "r.csv", HEADER_LINE + "1,1,4,881250949\n")
+        ingest_file(path, settings, engine)
+        assert sorted(p.name for p in spill.iterdir()) == ["live", "live.lock"]
+    finally:
+        live.release()
+
+
+def test_long_steps_log_progress_with_rate_and_eta(settings, engine, tmp_path, caplog):
+    # ~0.5 MB: several 64 KiB text blocks (the smallest batch), ~140 days.
+    lines = [f"u{n},i{n % 50},4,{881250949 + n * 600}" for n in range(20_000)]
+    path = write(tmp_path / "long.csv", HEADER_LINE + "\n".join(lines) + "\n")
+    settings.ingest.batch_rows = 100
+    settings.ingest.merge_rows = 100
+    settings.ingest.progress_seconds = 1e-6  # every batch / partition: a long file in small
+    caplog.set_level("INFO", logger="recjobs.ingest")
+    ingest_file(path, settings, engine)
+    messages = [r.getMessage() for r in caplog.records]
+    validating = [m for m in messages if "long.csv: validating:" in m]
+    merging = [m for m in messages if "long.csv: merging:" in m]
+    assert len(validating) >= 5 and len(merging) >= 5
+    assert all("rows/s" in m and "ETA" in m for m in validating + merging)
+    assert "rows validated" in validating[-1] and "partitions merged" in merging[-1]

@@ -96,6 +96,8 @@ def test_ingest_killed_at_any_point_then_rerun_has_every_valid_row_once(tmp_path
     killed = recjobs(home, "ingest", *opts, str(second), RECJOBS_FAULT_AT=point)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert recjobs(home, "ingest", *opts, str(second)).returncode == 0
+    # The killed run's spill folder (validated rows on disk) is gone after the rerun.
+    assert not any((home / "lake" / ".spill").iterdir())
     rows = lake(home)
     assert not rows.duplicated([C.USER, C.ITEM, C.TIMESTAMP]).any()
     pd.testing.assert_frame_equal(rows, expected)

@@ -7,10 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from recjobs.pipeline import engine_for, promote, read_split, run_pipeline
+from recjobs.pipeline import engine_for, promote, run_pipeline
 from recjobs.settings import load_settings
 from tests.conftest import ROOT
 
@@ -130,7 +131,6 @@ def test_stages_after_split_read_only_the_split_matrices(tmp_path, small_inbox):
     from recjobs.interactions import Holdout, Interactions
     from recjobs.lake import read_ratings
     from recjobs.pipeline import (
-        _load_window,
         cutoff_of,
         evaluate_candidate,
         load_matrix,
@@ -139,6 +139,7 @@ def test_stages_after_split_read_only_the_split_matrices(tmp_path, small_inbox):
         train_candidate,
         train_final,
     )
+    from recjobs.split import temporal_split
 
     settings = load_settings({"home": str(tmp_path / "home"), **FAST, "families": ["popularity", "als"]},
                              environ={})
@@ -146,16 +147,18 @@ def test_stages_after_split_read_only_the_split_matrices(tmp_path, small_inbox):
     ingest_inbox(settings, engine)
     day = pd.Timestamp(DAY).date()
     out = prepare(settings, day)
-    full = load_matrix(settings, day, "full")
-    expected = Interactions.from_frame(_load_window(settings, day))
-    assert (full.matrix != expected.matrix).nnz == 0
-    assert list(full.user_ids) == list(expected.user_ids) and list(full.item_ids) == list(expected.item_ids)
-    # Every distinct unseen holdout item has its own code beyond the training items.
-    train = load_matrix(settings, day, "train")
-    hold = Holdout.load(out / "holdout")
+    # The columnar split equals the row-wise (pandas, string ids) one it replaced.
     frame = read_ratings(settings.ratings_dir, cutoff_of(day))
-    assert len(hold.user_rows) == len(Holdout.from_frame(read_split(settings, day, "holdout"), train).user_rows)
-    assert hold.item_cols.max() < train.n_items + frame["item_id"].nunique()
+    train_frame, hold_frame = temporal_split(frame, settings.split)
+    for part, rows in (("full", frame), ("train", train_frame)):
+        got, want = load_matrix(settings, day, part), Interactions.from_frame(rows)
+        assert list(got.user_ids) == list(want.user_ids) and list(got.item_ids) == list(want.item_ids)
+        assert (got.matrix != want.matrix).nnz == 0
+        assert np.array_equal(got.item_last_seen, want.item_last_seen)
+    train = load_matrix(settings, day, "train")
+    hold, want = Holdout.load(out / "holdout"), Holdout.from_frame(hold_frame, train)
+    assert np.array_equal(hold.user_rows, want.user_rows) and np.array_equal(hold.item_cols, want.item_cols)
+    assert len(hold.user_rows) > 0
 
     shutil.rmtree(settings.ratings_dir)  # from here on, only the split's own files exist
     for family in settings.families:
@@ -165,3 +168,14 @@ def test_stages_after_split_read_only_the_split_matrices(tmp_path, small_inbox):
     train_final(settings, engine, day)
     results = publish(settings, engine, day)
     assert results[0].rows == 120 * 10 and results[0].live
+
+
+def test_tune_scores_a_grid_on_the_training_part_only(tmp_path, small_inbox):
+    env = {**os.environ, "RECJOBS_HOME": str(tmp_path / "home")}
+    run = [sys.executable, "-m", "recjobs.cli"]
+    assert subprocess.run([*run, "ingest"], cwd=ROOT, env=env, capture_output=True, timeout=300).returncode == 0
+    out = subprocess.run([*run, "tune", "--date", DAY, "--family", "popularity", "--grid",
+                          '{"half_life_days": [null, 30.0]}'], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 grid points" in out.stdout and out.stdout.count("ndcg@10") == 2

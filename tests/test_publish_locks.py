@@ -167,7 +167,7 @@ def test_sqlite_ranking_holds_no_write_lock_and_is_staged_to_parquet(tmp_path, s
         logger.removeHandler(probe)
         logger.setLevel(old_level)
     assert probe.outcomes and set(probe.outcomes) == {"written"}, probe.outcomes
-    staged = pd.read_parquet(settings.runs_dir / day / "publish" / "recommendations.parquet")
+    staged = pd.read_parquet(settings.runs_dir / day / "publish" / "recommendations" / "part-0000-of-0001.parquet")
     assert len(staged) == results[0].rows == 120 * 5
     with engine.connect() as conn:
         live = pd.read_sql("SELECT user_id, item_id, rank FROM recommendations ORDER BY user_id, rank", conn)
