@@ -61,15 +61,16 @@ def main() -> None:
         update={k: _value(v) for k, v in overrides.items()})
     params = type(params).model_validate(params.model_dump())
     model = get_family(args.family)(params, seed=args.seed)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     model.fit(data)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     epochs = model.info.get("epochs_run") or getattr(params, "epochs", None) or getattr(params, "iterations", 1)
     pairs = data.nnz
     if args.family == "tfrs":
         pairs = round(pairs * (1 - params.validation_fraction))
     print(f"{args.family} {overrides}: fit {seconds:.1f}s, {epochs} epochs, {seconds / epochs:.2f} s/epoch "
-          f"(incl. setup), {pairs * epochs / seconds:,.0f} examples/s; info {model.info}")
+          f"(incl. setup), {pairs * epochs / seconds:,.0f} examples/s; CPU {cpu:.1f}s ({cpu / epochs:.2f} s/epoch); "
+          f"info {model.info}")
     print(f"checksum {float(np.abs(model.vectors.item_vectors).sum()):.6f}")
 
 

@@ -60,6 +60,7 @@ class EpochProgress:
         self._epoch_started = self._started
         self._epoch_examples = 0
         self._last_epoch_seconds: float | None = None
+        self._examples_seconds: float | None = None
         self._last_log = self._started
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,16 +97,26 @@ class EpochProgress:
         with self._lock:
             self._epoch_examples += examples
 
+    def examples_done(self) -> None:
+        """Mark the end of the epoch's training steps, before any validation.
+
+        examples/s is then the training rate alone; the epoch's duration still counts both.
+        """
+        with self._lock:
+            self._examples_seconds = time.perf_counter() - self._epoch_started
+
     def end_epoch(self, **scores: float) -> bool:
         """Log the finished epoch; True when the budget is spent and training should stop."""
         now = time.perf_counter()
         with self._lock:
             seconds = now - self._epoch_started
+            training = self._examples_seconds or seconds
+            self._examples_seconds = None
             self._last_epoch_seconds = seconds
             self.epochs_done = self._epoch
             self._epoch = 0
             self._last_log = now
-        rate = self.examples_per_epoch / max(seconds, 1e-9)
+        rate = self.examples_per_epoch / max(training, 1e-9)
         extra = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in scores.items())
         self.logger.info("%s epoch %d/%d done in %.1fs: %s examples/s%s, elapsed %s, %s",
                          self.name, self.epochs_done, self.epochs, seconds, f"{rate:,.0f}", extra,
@@ -124,8 +135,9 @@ class EpochProgress:
                 "train_seconds": round(self.elapsed, 3)}
 
     # -- lines -----------------------------------------------------------------------
-    def _eta(self, now: float, remaining_in_epoch: float) -> str:
-        per_epoch = self._last_epoch_seconds
+    def _eta(self, now: float, remaining_in_epoch: float, per_epoch: float | None = None,
+             running: bool = False) -> str:
+        per_epoch = self._last_epoch_seconds or per_epoch
         epochs_left = self.epochs - max(self.epochs_done, self._epoch)
         if per_epoch is None:
             by_epochs = "ETA unknown until the first epoch ends"
@@ -135,7 +147,7 @@ class EpochProgress:
             return by_epochs + ", no time budget"
         left = self.max_seconds - (now - self._started)
         if left <= 0:
-            return by_epochs + ", budget spent (stops at the end of this epoch)"
+            return by_epochs + (", budget spent (stops at the end of this epoch)" if running else ", budget spent")
         return by_epochs + f", budget ends in {_duration(left)}"
 
     def _heartbeat(self) -> None:
@@ -153,6 +165,7 @@ class EpochProgress:
                 share = min(done / self.examples_per_epoch, 1.0)
                 where = f"{share:.0%} ({done:,} of {self.examples_per_epoch:,} examples), {rate:,.0f} examples/s"
                 remaining = (self.examples_per_epoch - done) / max(rate, 1e-9)
+                per_epoch = per_epoch or self.examples_per_epoch / max(rate, 1e-9)
             elif per_epoch is not None:
                 # No count from inside the library's loop: estimate from the previous epoch.
                 share = min(in_epoch / per_epoch, 0.99)
@@ -164,4 +177,4 @@ class EpochProgress:
                 remaining = 0.0
             self.logger.info("%s epoch %d/%d running %.0fs: %s, elapsed %s, %s",
                              self.name, epoch, self.epochs, in_epoch, where,
-                             _duration(now - self._started), self._eta(now, remaining))
+                             _duration(now - self._started), self._eta(now, remaining, per_epoch, running=True))

@@ -165,8 +165,8 @@ class TwoTowerModel(Recommender):
                     progress.advance(len(u_ep[lo : lo + chunk]) * bs)
                 if n - full >= 2:  # a last batch of one has no in-batch negative
                     total += float(step(tf.constant(train_u[order[full:]]), tf.constant(train_i[order[full:]])))
+                progress.examples_done()
                 score = validation_recall()
-                log.debug("tfrs epoch %d: loss %.1f", epoch, total)
                 if score > best + 1e-4:
                     best, best_epoch, waited = score, epoch, 0
                     best_weights = ([w.numpy() for w in user_tower.weights],
