@@ -85,10 +85,46 @@ def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _recode(ids: np.ndarray, codes: np.ndarray, target: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Codes over ``ids`` as positions in ``target`` (-1 where absent); default: the ids in use, compacted."""
     if target is None:
-        used = np.unique(codes)
-        return ids[used], np.searchsorted(used, codes).astype(np.int64)
+        used = np.bincount(codes, minlength=len(ids)) > 0
+        if used.all():
+            return ids, codes.astype(np.int32, copy=False)
+        position = np.cumsum(used, dtype=np.int64) - 1
+        return ids[used], position[codes].astype(np.int32)
     position = pd.Index(target).get_indexer(ids)
-    return target, position[codes].astype(np.int64)
+    return target, position[codes].astype(np.int32)
+
+
+def _time_ordered_per_row(rows: np.ndarray, ts: np.ndarray) -> bool:
+    """Whether rows come grouped in ascending order with time ascending inside each row."""
+    if len(rows) < 2:
+        return True
+    step = np.diff(rows)
+    return bool((step >= 0).all() and (np.diff(ts)[step == 0] >= 0).all())
+
+
+def ordered_by_user_time_item(users: np.ndarray, millis: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """The permutation sorting rows by (user, time, item), stable for full ties.
+
+    Equivalent to ``np.lexsort((items, millis, users))`` but, where the user and the
+    time fit one int64 key (users < 2**22, a window under 69 years), one stable sort of
+    that key plus a small fix-up of the rare rows that tie on it, about 3x faster.
+    """
+    if len(users) == 0:
+        return np.zeros(0, dtype=np.int64)
+    span = int(millis.max()) - int(millis.min())
+    if int(users.max()) >= 1 << 22 or span >= 1 << 41:
+        return np.lexsort((items, millis, users))
+    key = (users.astype(np.int64) << 41) | (millis - millis.min())
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    tied = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if len(tied):
+        # Positions inside runs of equal keys; sorting them by (key, item) keeps every run
+        # in its place (runs are contiguous and ordered by key) and orders it by item.
+        involved = np.union1d(tied, tied + 1)
+        sub = order[involved]
+        order[involved] = sub[np.lexsort((items[sub], key[sub]))]
+    return order
 
 
 @dataclass(frozen=True)
@@ -141,22 +177,27 @@ class Interactions:
         """
         users, rows = _recode(events.user_ids, events.users, user_ids)
         items, cols = _recode(events.item_ids, events.items, item_ids)
+        ts, ratings = np.floor_divide(events.millis, 1000), events.ratings
         keep = (rows >= 0) & (cols >= 0)
-        ts = np.floor_divide(events.millis[keep], 1000)
-        order = np.argsort(ts, kind="stable")
-        rows, cols = rows[keep][order], cols[keep][order]
-        ratings = events.ratings[keep][order]
-        # Keep the latest rating of a repeated pair: after the stable sort by time the
-        # last occurrence wins when duplicates are collapsed.
+        if not keep.all():
+            rows, cols, ts, ratings = rows[keep], cols[keep], ts[keep], ratings[keep]
+        if not _time_ordered_per_row(rows, ts):
+            by_time = np.argsort(ts, kind="stable")
+            rows, cols, ts, ratings = rows[by_time], cols[by_time], ts[by_time], ratings[by_time]
+        # Rows are now in time order (within each user at least), so a stable sort by
+        # (user, item) leaves each repeated pair's latest rating last in its run.
         pair = rows.astype(np.int64) * max(len(items), 1) + cols
-        _, last = np.unique(pair[::-1], return_index=True)
-        last = len(pair) - 1 - last
-        matrix = sp.csr_matrix(
-            (ratings[last], (rows[last], cols[last])), shape=(len(users), len(items)), dtype=np.float32
-        )
-        matrix.sort_indices()
+        by_pair = np.argsort(pair, kind="stable")
+        pair = pair[by_pair]
+        last = by_pair[np.flatnonzero(np.append(pair[1:] != pair[:-1], True))] if len(pair) else by_pair
+        # Sorted, distinct (row, col) pairs are CSR order already: no COO round trip.
+        indptr = np.zeros(len(users) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows[last], minlength=len(users)), out=indptr[1:])
+        matrix = sp.csr_matrix((ratings[last].astype(np.float32), cols[last].astype(np.int32), indptr),
+                               shape=(len(users), len(items)))
+        matrix.has_sorted_indices = True
         last_seen = np.full(len(items), np.iinfo(np.int64).min, dtype=np.int64)
-        np.maximum.at(last_seen, cols, ts[order])
+        np.maximum.at(last_seen, cols, ts)
         return cls(users, items, matrix, last_seen)
 
     def binary(self) -> sp.csr_matrix:

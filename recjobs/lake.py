@@ -177,7 +177,14 @@ def read_ratings(root: Path, cutoff: dt.datetime, start: dt.datetime | None = No
 def read_events(root: Path, cutoff: dt.datetime, start: dt.datetime | None = None) -> Events | None:
     """The same rows as :func:`read_ratings`, coded (no Python object per row); None if none."""
     table = _window_table(root, cutoff, start)
-    return None if table is None or table.num_rows == 0 else Events.from_arrow(table)
+    if table is None or table.num_rows == 0:
+        return None
+    events = Events.from_arrow(table)
+    del table
+    # Arrow's allocator keeps freed pages for reuse; hand them back, since what follows
+    # is numpy's, and the split stage's peak memory is what sizes its task.
+    pa.default_memory_pool().release_unused()
+    return events
 
 
 _EMPTY_DTYPES = {

@@ -34,7 +34,7 @@ from recjobs.lake import read_events
 from recjobs.models import Recommender, get_family
 from recjobs.publish import PublishResult, SwapPolicy, load_staging, rank_to_staging
 from recjobs.settings import Settings
-from recjobs.split import split_events
+from recjobs.split import holdout_order
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +87,13 @@ def load_events(settings: Settings, run_date: dt.date) -> Events:
     return events
 
 
-def _fingerprint(events: Events) -> str:
-    # Rows in a canonical order (ingest keeps (user, item, timestamp) unique), ids by value.
-    order = np.lexsort((events.millis, events.items, events.users))
+def _fingerprint(ordered: Events) -> str:
+    # ``ordered`` is in (user, time, item) order, canonical since ingest keeps (user, item,
+    # timestamp) unique; ids are hashed by value, so the digest depends on the data only.
     digest = hashlib.sha256()
-    for array in (events.users[order], events.items[order], events.millis[order], events.ratings[order]):
+    for array in (ordered.users, ordered.items, ordered.millis, ordered.ratings):
         digest.update(np.ascontiguousarray(array).tobytes())
-    for ids in (events.user_ids, events.item_ids):
+    for ids in (ordered.user_ids, ordered.item_ids):
         digest.update("\x1f".join(map(str, ids)).encode())
     return digest.hexdigest()[:16]
 
@@ -110,26 +110,37 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
     started = time.perf_counter()
     events = load_events(settings, day)
     log.info("read %d interactions for %s in %.1fs", len(events), day, time.perf_counter() - started)
-    train, holdout = split_events(events, settings.split)
+    order, held = holdout_order(events, settings.split)
+    # One reordering to (user, time, item): the matrices below then need no time sort.
+    events = events.take(order)
+    del order
     out = run_dir(settings, day)
     out.mkdir(parents=True, exist_ok=True)
-    train_data = Interactions.from_events(train)
-    train_data.save(out / "train")
-    Holdout.from_events(holdout, train_data).save(out / "holdout")
+    fingerprint = _fingerprint(events)
+    # One matrix at a time, each freed once saved: the stage's peak memory is its task's.
     Interactions.from_events(events).save(out / "full")
+    train = events.take(~held)
+    n_train = len(train)
+    train_data = Interactions.from_events(train)
+    del train
+    train_data.save(out / "train")
+    holdout = events.take(held)
+    n_holdout = len(holdout)
+    Holdout.from_events(holdout, train_data).save(out / "holdout")
+    del holdout, train_data
     snapshot = {
         "run_date": day.isoformat(),
         "cutoff": cutoff_of(day).isoformat(),
         "interactions": len(events),
         "users": len(events.user_ids),
         "items": len(events.item_ids),
-        "train_rows": len(train),
-        "holdout_rows": len(holdout),
+        "train_rows": n_train,
+        "holdout_rows": n_holdout,
         "max_timestamp": dt.datetime.fromtimestamp(int(events.millis.max()) / 1000, dt.UTC).isoformat(),
-        "fingerprint": _fingerprint(events),
+        "fingerprint": fingerprint,
     }
     (out / "snapshot.json").write_text(json.dumps(snapshot, indent=2))
-    log.info("split %s: %d train / %d holdout rows, %d users, %d items in %.1fs", day, len(train), len(holdout),
+    log.info("split %s: %d train / %d holdout rows, %d users, %d items in %.1fs", day, n_train, n_holdout,
              snapshot["users"], snapshot["items"], time.perf_counter() - started)
     return out
 

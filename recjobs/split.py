@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recjobs.interactions import Events
+from recjobs.interactions import Events, ordered_by_user_time_item
 from recjobs.settings import SplitSettings
 
 
@@ -17,7 +17,7 @@ def holdout_order(events: Events, settings: SplitSettings) -> tuple[np.ndarray, 
     Ties in time are broken by item id (codes are in id order), then by input order,
     so the split depends only on the data.
     """
-    order = np.lexsort((events.items, events.millis, events.users))
+    order = ordered_by_user_time_item(events.users, events.millis, events.items)
     users = events.users[order]
     sizes = np.bincount(users, minlength=len(events.user_ids))
     # Position of each row from the end of its user's history: 0 is the most recent.

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("RECJOBS_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 PG_BIN = Path(os.environ.get("RECJOBS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 SMALL = SyntheticSpec(n_users=120, n_items=80, mean_interactions=25, days=60, seed=3)
+AIRFLOW = Path(sys.executable).with_name("airflow")
 
 
 @pytest.fixture(autouse=True)
@@ -119,3 +121,30 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2) -> bool:  
             return True
         time.sleep(interval)
     return False
+
+
+def airflow_process_env(airflow_home: Path, plugins: Path = ROOT / "plugins", **extra: str) -> dict[str, str]:
+    """Environment for an Airflow CLI or server process of our own: its own home, our DAGs.
+
+    The test process's own AIRFLOW_* and RECJOBS_* settings are left out, so nothing
+    leaks into or out of it.
+    """
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECJOBS_"))},
+        "PATH": f"{AIRFLOW.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory) -> dict[str, str]:  # noqa: ANN001
+    """A migrated Airflow metadata DB (SQLite) for `airflow dags test` / `tasks test` runs."""
+    if not AIRFLOW.exists():
+        pytest.skip(f"airflow is not installed next to {sys.executable}")
+    env = airflow_process_env(tmp_path_factory.mktemp("airflow"), AIRFLOW__CORE__UNIT_TEST_MODE="False")
+    subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    return env

@@ -31,7 +31,7 @@ from recjobs.db import make_engine
 from recjobs.pipeline import run_pipeline
 from recjobs.settings import load_settings
 from recjobs.synthetic import write_inbox
-from tests.conftest import ROOT, SMALL, _free_port, wait_for
+from tests.conftest import ROOT, SMALL, _free_port, airflow_process_env, wait_for
 
 BIN = Path(sys.executable).parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -85,12 +85,7 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
     passwords_file = base / "passwords.json"
     passwords_file.write_text(json.dumps(PASSWORDS))
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECJOBS_"))},
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AIRFLOW_HOME": str(base / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **airflow_process_env(base / "airflow"),
         # Real users with known passwords: the dashboard must ask for a login like the rest of Airflow.
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS,

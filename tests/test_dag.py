@@ -7,36 +7,14 @@ so nothing leaks into or out of the test process.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
-import pytest
 import sqlalchemy as sa
 
 from recjobs.db import make_engine
-from tests.conftest import ROOT
-
-AIRFLOW = Path(sys.executable).with_name("airflow")
-
-
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory) -> dict[str, str]:  # noqa: ANN001
-    if not AIRFLOW.exists():
-        pytest.skip(f"airflow is not installed next to {sys.executable}")
-    home = tmp_path_factory.mktemp("airflow")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECJOBS_"))},
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    }
-    subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    return env
+from tests.conftest import AIRFLOW
 
 
 def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):

@@ -39,7 +39,7 @@ from recjobs.pipeline import (
 )
 from recjobs.settings import load_settings
 from recjobs.synthetic import generate, write_inbox
-from tests.conftest import ROOT, SMALL, _free_port, wait_for
+from tests.conftest import SMALL, _free_port, airflow_process_env, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -155,12 +155,7 @@ def scheduler(tmp_path):  # noqa: ANN001, ANN201
     port = _free_port()
     home = tmp_path / "recjobs"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECJOBS_"))},
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AIRFLOW_HOME": str(tmp_path / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(tmp_path / "no_plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **airflow_process_env(tmp_path / "airflow", plugins=tmp_path / "no_plugins"),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",

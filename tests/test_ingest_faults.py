@@ -18,10 +18,9 @@ import pytest
 from recjobs import columns as C
 from recjobs.lake import read_ratings
 from recjobs.pipeline import cutoff_of
-from tests.conftest import ROOT
+from tests.conftest import AIRFLOW
 
 RECJOBS = Path(sys.executable).with_name("recjobs")
-AIRFLOW = Path(sys.executable).with_name("airflow")
 FAR = cutoff_of(pd.Timestamp("2030-01-01").date())
 HEADER = "user_id,item_id,rating,timestamp\n"
 DAY0 = 1767225600  # 2026-01-01T00:00:00Z
@@ -107,21 +106,6 @@ def test_ingest_killed_at_any_point_then_rerun_has_every_valid_row_once(tmp_path
     pd.testing.assert_frame_equal(lake(home), expected)
 
 
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory) -> dict[str, str]:
-    if not AIRFLOW.exists():
-        pytest.skip(f"airflow is not installed next to {sys.executable}")
-    home = tmp_path_factory.mktemp("airflow")
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECJOBS_"))},
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    }
-    subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-    return env
 
 
 @pytest.mark.slow

@@ -149,13 +149,15 @@ class TwoTowerModel(Recommender):
             return float(np.mean(hits / np.maximum(truth.sum(axis=1), 1)))
 
         best, best_epoch, best_weights, waited = -1.0, 0, None, 0
-        n = len(train_u)
+        # An "epoch" may be a fresh random sample of the training pairs, so that the budget
+        # (checked between epochs) and validation come round often enough on large data.
+        n = min(len(train_u), p.examples_per_epoch or len(train_u))
         bs = p.batch_size
         chunk = max(1, _STEPS_PER_CALL)
         with EpochProgress(log, "tfrs", p.max_epochs, n, p.max_seconds) as progress:
             for epoch in range(1, p.max_epochs + 1):
                 progress.start_epoch(epoch)
-                order = rng.permutation(n)
+                order = rng.permutation(len(train_u))[:n]
                 full = n // bs * bs
                 u_ep = train_u[order[:full]].reshape(-1, bs)
                 i_ep = train_i[order[:full]].reshape(-1, bs)
@@ -184,7 +186,7 @@ class TwoTowerModel(Recommender):
             for var, value in zip(item_tower.weights, best_weights[1], strict=True):
                 var.assign(value)
         self.info.update(progress.info(), best_epoch=best_epoch, validation_recall_at_20=best,
-                         stopped_early=waited >= p.patience)
+                         stopped_early=waited >= p.patience, examples_per_epoch=n)
         user_vectors = user_tower.predict(np.arange(data.n_users, dtype=np.int32), batch_size=8192, verbose=0)
         item_vectors = item_tower.predict(np.arange(data.n_items, dtype=np.int32), batch_size=8192, verbose=0)
         return Vectors(user_vectors, item_vectors, np.zeros(data.n_items, np.float32))
