@@ -182,15 +182,15 @@ def top_k(
     k = min(n, items.shape[0])
     items = np.ascontiguousarray(items, dtype=np.float32)
     query = np.ascontiguousarray(query, dtype=np.float32)
-    filt = exclude.astype(np.float32).tocsr() if exclude is not None else None
+    filt = exclude.astype(np.float32, copy=False).tocsr() if exclude is not None else None
     # implicit threads over rows itself; a threaded BLAS underneath only oversubscribes
     # the cores (measured: 7.2k vs 5.0k users/s at 27k items on 2 cores).
     with threadpool_limits(1, "blas"):
         ids, scores = topk(items, query, k, filter_query_items=filt, num_threads=0)
-    ids = ids.astype(np.int64)
+    ids = ids.astype(np.int64, copy=False)
     empty = scores <= np.finfo(np.float32).min  # filtered or missing slots
     ids[empty] = -1
-    scores = np.where(empty, -np.inf, scores).astype(np.float32)
+    scores[empty] = -np.inf
     if k < n:
         ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
         scores = np.pad(scores, ((0, 0), (0, n - k)), constant_values=-np.inf)
