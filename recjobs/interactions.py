@@ -68,13 +68,6 @@ class Events:
         return cls(codes[C.USER][0], codes[C.ITEM][0], codes[C.USER][1], codes[C.ITEM][1],
                    table[C.RATING].to_numpy().astype(np.float32), millis)
 
-    def to_frame(self) -> pd.DataFrame:
-        """Back to canonical columns (ids as strings), for tools that work on frames."""
-        return pd.DataFrame({
-            C.USER: self.user_ids[self.users], C.ITEM: self.item_ids[self.items], C.RATING: self.ratings,
-            C.TIMESTAMP: pd.to_datetime(self.millis, unit="ms", utc=True).astype("datetime64[ms, UTC]"),
-        })
-
 
 def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # np.unique sorts with Python's string order, as ``sorted`` did.
