@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,3 +151,33 @@ def airflow_env(tmp_path_factory) -> dict[str, str]:  # noqa: ANN001
     env = airflow_process_env(tmp_path_factory.mktemp("airflow"), AIRFLOW__CORE__UNIT_TEST_MODE="False")
     subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     return env
+
+
+def _health(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=5) as resp:
+            return resp.status
+    except OSError:  # not listening yet, or an HTTP error status
+        return 0
+
+
+@contextlib.contextmanager
+def airflow_standalone(env: dict[str, str], port: int, log_path: Path, timeout: float = 300) -> Iterator[None]:
+    """A real `airflow standalone` (scheduler, API server, dag-processor, triggerer), healthy on ``port``.
+
+    Its output goes to ``log_path`` (quoted when it does not come up); the whole process
+    group is stopped on exit.
+    """
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(AIRFLOW), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            up = wait_for(lambda: _health(port) == 200, timeout=timeout, interval=2)
+            assert up, log_path.read_text()[-4000:]
+            yield
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)

@@ -11,9 +11,7 @@ The processes are started and stopped here.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -31,7 +29,14 @@ from recjobs.db import make_engine
 from recjobs.pipeline import run_pipeline
 from recjobs.settings import load_settings
 from recjobs.synthetic import write_inbox
-from tests.conftest import ROOT, SMALL, _free_port, airflow_process_env, wait_for
+from tests.conftest import (
+    ROOT,
+    SMALL,
+    _free_port,
+    airflow_process_env,
+    airflow_standalone,
+    wait_for,
+)
 
 BIN = Path(sys.executable).parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -44,12 +49,6 @@ PASSWORDS = {"admin": "admin-pw-7Qx", "viewer": "viewer-pw-3Kd", "nobody": "nobo
 DASHBOARD_ROUTES = ["/recjobs/", "/recjobs/?user=u7", "/recjobs/api/champion"]
 
 
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status
-    except Exception:
-        return 0
 
 
 def _http(url: str, token: str | None = None, cookie: str | None = None) -> tuple[int, str]:
@@ -107,12 +106,7 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
     write_inbox(home / "inbox", SMALL)
     settings = load_settings(environ={k: v for k, v in env.items() if k.startswith("RECJOBS_")})
     db_file = home / "recjobs.db"
-    log = open(base / "standalone.log", "w")  # noqa: SIM115 - closed in teardown
-    proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        up = wait_for(lambda: _get(f"http://127.0.0.1:{port}/api/v2/monitor/health") == 200, timeout=240, interval=2)
-        assert up, (base / "standalone.log").read_text()[-4000:]
+    with airflow_standalone(env, port, base / "standalone.log", timeout=240):
         # The dashboard before any schema exists: first no database file, then an empty one.
         admin = _token(port, "admin")
         before = {"no_file": _http(f"http://127.0.0.1:{port}/recjobs/", admin),
@@ -132,13 +126,6 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
 
         assert wait_for(unpaused, timeout=180, interval=5), "recs_nightly was never parsed"
         yield {"env": env, "port": port, "settings": settings, "base": base, "before_schema": before}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def _runs(airflow_home: Path) -> dict[str, str]:

@@ -9,12 +9,9 @@ and the night queued behind it runs and publishes.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +36,7 @@ from recjobs.pipeline import (
 )
 from recjobs.settings import load_settings
 from recjobs.synthetic import generate, write_inbox
-from tests.conftest import SMALL, _free_port, airflow_process_env, wait_for
+from tests.conftest import SMALL, _free_port, airflow_process_env, airflow_standalone, wait_for
 
 BIN = Path(sys.executable).parent
 
@@ -129,12 +126,6 @@ def test_a_gate_sees_and_reports_an_earlier_date_still_in_flight(popularity):
 NIGHTS = ["2026-01-30", "2026-01-31"]
 
 
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status
-    except OSError:  # not listening yet, or an HTTP error status
-        return 0
 
 
 def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -167,24 +158,12 @@ def scheduler(tmp_path):  # noqa: ANN001, ANN201
         "RECJOBS_PUBLISH__TOP_N": "10",
     }
     log_path = tmp_path / "standalone.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed in teardown
-    proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        up = wait_for(lambda: _get(f"http://127.0.0.1:{port}/api/v2/monitor/health") == 200, timeout=300, interval=2)
-        assert up, log_path.read_text()[-4000:]
+    with airflow_standalone(env, port, log_path):
         # Paused (the default for a new DAG) until the test has queued its runs.
         parsed = wait_for(lambda: _airflow(env, "dags", "pause", "recs_nightly").returncode == 0,
                           timeout=180, interval=5)
         assert parsed, "recs_nightly was never parsed"
         yield {"env": env, "home": home, "airflow_home": tmp_path / "airflow", "log": log_path}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_a_night_whose_inbox_file_is_rejected_ends_and_the_next_night_publishes(scheduler):
