@@ -41,6 +41,20 @@ model_runs = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("artifact_path", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # Beyond accuracy: mean intra-list diversity (1 - cosine similarity of the listed items'
+    # features, else of the model's item vectors) and novelty (mean self-information,
+    # -log2 of the share of users who interacted with each listed item).
+    sa.Column("diversity", sa.Float),
+    sa.Column("novelty", sa.Float),
+    # Metrics of the lists as the model ranked them, before filters and re-ranking
+    # (JSON, same keys as the metric columns); the metric columns hold the lists as published.
+    sa.Column("raw_metrics", sa.Text),
+    # Gate significance, on candidate rows and the gate row: the paired difference of the
+    # gate metric over users (challenger - champion), its confidence interval, the p-value.
+    sa.Column("gate_diff", sa.Float),
+    sa.Column("gate_ci_low", sa.Float),
+    sa.Column("gate_ci_high", sa.Float),
+    sa.Column("gate_p_value", sa.Float),
 )
 sa.Index("ix_model_runs_date_stage", model_runs.c.run_date, model_runs.c.stage)
 

@@ -124,16 +124,18 @@ def ordered_by_user_time_item(users: np.ndarray, millis: np.ndarray, items: np.n
 class Interactions:
     """A users x items matrix with the ids of its rows and columns.
 
-    ``matrix`` holds, per (user, item) pair, the latest rating; ``counts`` how many
-    times the pair occurred. ``last_seen`` is the latest event time per item in Unix
-    seconds, for recency-aware models. Ids are strings, sorted, so the same data
-    always gives the same indices.
+    ``matrix`` holds, per (user, item) pair, the latest rating. ``item_last_seen`` is
+    the latest event time per item in Unix seconds; ``pair_seconds`` (aligned with
+    ``matrix.data``) the latest event time of each stored pair, so recency-aware models
+    can order each user's history. Ids are strings, sorted, so the same data always
+    gives the same indices.
     """
 
     user_ids: np.ndarray
     item_ids: np.ndarray
     matrix: sp.csr_matrix
     item_last_seen: np.ndarray
+    pair_seconds: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -191,7 +193,7 @@ class Interactions:
         matrix.has_sorted_indices = True
         last_seen = np.full(len(items), np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(last_seen, cols, ts)
-        return cls(users, items, matrix, last_seen)
+        return cls(users, items, matrix, last_seen, ts[last].astype(np.int64))
 
     def binary(self) -> sp.csr_matrix:
         out = self.matrix.copy()
@@ -209,6 +211,8 @@ class Interactions:
             "shape": np.asarray(self.matrix.shape, np.int64), "item_last_seen": self.item_last_seen,
             "user_ids": self.user_ids.astype(str), "item_ids": self.item_ids.astype(str),
         }
+        if self.pair_seconds is not None:
+            arrays["pair_seconds"] = self.pair_seconds
         _save_arrays(path, arrays)
         return path
 
@@ -218,7 +222,34 @@ class Interactions:
         a = _load_arrays(path, ("data", "indices", "indptr", "shape", "item_last_seen", "user_ids", "item_ids"))
         matrix = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=tuple(a["shape"]))
         matrix.has_sorted_indices = True  # saved sorted, see from_frame
-        return cls(a["user_ids"].astype(object), a["item_ids"].astype(object), matrix, a["item_last_seen"])
+        seconds = np.load(path / "pair_seconds.npy") if (path / "pair_seconds.npy").exists() else None
+        return cls(a["user_ids"].astype(object), a["item_ids"].astype(object), matrix, a["item_last_seen"], seconds)
+
+    def recency_weights(self, half_life: float | None) -> np.ndarray:
+        """Per stored pair (aligned with ``matrix.data``): ``0.5 ** (age / half_life)``.
+
+        ``age`` counts the user's interactions newer than this one (0 for the latest),
+        so "recent" is relative to each user's own activity, not to the calendar: a
+        user back after a year still has a most-recent taste. Ties in time are broken by
+        item index, so the weights depend only on the data. ``None``: all ones.
+        """
+        ones = np.ones(self.nnz, np.float32)
+        if half_life is None:
+            return ones
+        if self.pair_seconds is None:
+            raise ValueError("recency weighting needs per-pair times; this matrix was saved without them "
+                             "(rerun `recjobs split` for the date)")
+        rows = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(self.matrix.indptr))
+        order = ordered_by_user_time_item(rows, self.pair_seconds, self.matrix.indices.astype(np.int64))
+        ends = self.matrix.indptr[1:][rows[order]]
+        age = np.empty(self.nnz, np.float64)
+        age[order] = ends - 1 - np.arange(self.nnz)
+        return np.power(0.5, age / half_life).astype(np.float32)
+
+    def weighted(self, weights: np.ndarray) -> sp.csr_matrix:
+        """The binary matrix with ``weights`` (aligned with ``matrix.data``) as values."""
+        return sp.csr_matrix((weights.astype(np.float32), self.matrix.indices, self.matrix.indptr),
+                             shape=self.matrix.shape)
 
 
 @dataclass(frozen=True)

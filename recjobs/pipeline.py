@@ -510,7 +510,7 @@ def _final_model(settings: Settings, day: dt.date) -> tuple[Recommender, dict[st
 
 def _published_kinds(model: Recommender) -> list[str]:
     # A champion without item vectors (popularity) has no neighbours to publish.
-    return ["recommendations", "similar_items"] if np.any(model.vectors.item_vectors) else ["recommendations"]
+    return ["recommendations", "similar_items"] if model.has_similar_items() else ["recommendations"]
 
 
 def rank_shard(settings: Settings, run_date: str | dt.date, shard: int = 0) -> list[Path]:

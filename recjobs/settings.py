@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 ENV_PREFIX = "RECJOBS_"
-FAMILIES = ("popularity", "als", "lightfm", "tfrs")
+FAMILIES = ("popularity", "als", "lightfm", "tfrs", "ease", "itemknn")
 
 
 class _Strict(BaseModel):
@@ -145,6 +145,9 @@ class ALSParams(_Strict):
     weighting: Literal["none", "rating", "bm25"] = "none"
     bm25_k1: float = 100.0
     bm25_b: float = 0.8
+    # Recency: each confidence is multiplied by 0.5 ** (age / half-life), age counting the
+    # user's newer interactions, so user factors lean to recent taste (None: off).
+    recency_half_life: float | None = Field(None, gt=0.0)
 
 
 class LightFMParams(_Strict):
@@ -191,11 +194,39 @@ class TFRSParams(_Strict):
     jit_compile: bool = False
 
 
+class EASEParams(_Strict):
+    # L2 regularisation of the closed form (Steck 2019); larger for denser data.
+    l2: float = Field(500.0, gt=0.0)
+    # Recency weighting of each user's history when scoring: an interaction's weight is
+    # 0.5 ** (age / half-life), age counting the user's newer interactions (None: off).
+    recency_half_life: float | None = Field(10.0, gt=0.0)
+    # Score from at most this many of each user's latest interactions (None: all); with a
+    # recency half-life older ones weigh almost nothing, and scoring cost grows with them.
+    history_limit: int | None = Field(200, gt=0)
+    # Size limit: the dense item x item inverse needs 4 * max_items**2 bytes (twice, briefly)
+    # and max_items**3 / 3 flops. Above it EASE models the most popular max_items items
+    # and recommends only those (logged as a warning with the share of interactions covered).
+    max_items: int = Field(12_000, gt=1)
+
+
+class ItemKNNParams(_Strict):
+    # implicit's item-item models: cosine, BM25-weighted or TF-IDF-weighted co-occurrence.
+    similarity: Literal["cosine", "bm25", "tfidf"] = "bm25"
+    # Neighbours kept per item: the learned matrix stays sparse (items x neighbours).
+    neighbours: int = Field(100, gt=0)
+    bm25_k1: float = Field(1.2, ge=0.0)
+    bm25_b: float = Field(0.75, ge=0.0, le=1.0)
+    recency_half_life: float | None = Field(10.0, gt=0.0)
+    history_limit: int | None = Field(200, gt=0)
+
+
 class ModelsSettings(_Strict):
     popularity: PopularityParams = PopularityParams()
     als: ALSParams = ALSParams()
     lightfm: LightFMParams = LightFMParams()
     tfrs: TFRSParams = TFRSParams()
+    ease: EASEParams = EASEParams()
+    itemknn: ItemKNNParams = ItemKNNParams()
 
 
 class AirflowSettings(_Strict):

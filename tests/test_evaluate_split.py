@@ -11,7 +11,7 @@ import pytest
 from recjobs import columns as C
 from recjobs.evaluate import evaluate_model, ranking_metrics
 from recjobs.interactions import Interactions
-from recjobs.models.base import Recommender, Vectors
+from recjobs.models.base import VectorRecommender, Vectors
 from recjobs.settings import PopularityParams, SplitSettings
 from recjobs.split import temporal_split
 
@@ -28,7 +28,7 @@ def test_ranking_metrics_known_values():
     np.testing.assert_allclose(m["map"], [(1 + 2 / 3) / 2, 0, 1])
 
 
-class Fixed(Recommender):
+class Fixed(VectorRecommender):
     """A test double of *input*, not of our code: a model whose scores we dictate."""
 
     family = "popularity"

@@ -19,7 +19,11 @@ FAST = {
     # One thread: LightFM's Hogwild is bit-reproducible only so (the default uses two).
     "lightfm": {"no_components": 8, "epochs": 10, "num_threads": 1},
     "tfrs": {"embedding_dim": 8, "max_epochs": 8, "batch_size": 128, "patience": 2},
+    "ease": {"l2": 10.0},
+    "itemknn": {"neighbours": 20},
 }
+# Families with a recency setting, and the one that switches it on.
+RECENCY = {"ease": "recency_half_life", "itemknn": "recency_half_life", "als": "recency_half_life"}
 
 
 def make(family: str, **extra) -> Recommender:  # noqa: ANN003
@@ -88,6 +92,29 @@ class TestModelContract:
         b = make(family).fit(data, feats).score(np.arange(10))
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
+    def test_similar_items_exclude_the_item_and_stay_in_its_group(self, family, blocks):
+        data, feats = blocks
+        model = make(family).fit(data, feats)
+        if not model.has_similar_items():
+            assert family == "popularity"
+            return
+        top, scores = model.similar_items(np.arange(40), 5)
+        assert top.shape == (40, 5)
+        for i in range(40):
+            valid = top[i][top[i] >= 0]
+            assert i not in valid and len(valid) > 0
+            assert np.all(np.diff(scores[i][top[i] >= 0]) <= 0)
+            same = [(int(data.item_ids[j][1:]) < 20) == (int(data.item_ids[i][1:]) < 20) for j in valid]
+            assert np.mean(same) >= 0.8, (family, i, data.item_ids[valid])
+
+    def test_item_embedding_is_one_row_per_item_or_none(self, family, blocks):
+        data, feats = blocks
+        emb = make(family).fit(data, feats).item_embedding()
+        if family == "popularity":
+            assert emb is None
+        else:
+            assert emb.shape[0] == data.n_items and emb.ndim == 2 and np.isfinite(emb).all()
+
     def test_learns_the_known_structure(self, family, blocks):
         data, feats = blocks
         precision = group_precision(make(family).fit(data, feats), data)
@@ -105,8 +132,31 @@ def test_personalised_families_beat_popularity_on_generated_data(small_data):
     item, names = align_features(feats_long, C.ITEM, data.item_ids)
     feats = SideFeatures(None, item, np.asarray([], dtype=object), names)
     scores = {f: evaluate_model(make(f).fit(data, feats), data, holdout).ndcg for f in families()}
-    for family in ("als", "lightfm", "tfrs"):
+    for family in ("als", "lightfm", "tfrs", "ease", "itemknn"):
         assert scores[family] > scores["popularity"], scores
+
+
+@pytest.mark.parametrize("family", sorted(RECENCY))
+def test_recency_weighting_ranks_recent_taste_above_old_taste(family, blocks):
+    """A user who liked group A long ago and group B lately: recency puts B first."""
+    data, _ = blocks
+    base = pd.Timestamp("2025-01-01", tz="UTC")
+    rows = [(f"u{u:02d}", data.item_ids[i], 4.0, base) for u in range(data.n_users)
+            for i in data.matrix[u].indices]
+    old = [f"i{i:02d}" for i in range(0, 8)]
+    new = [f"i{i:02d}" for i in range(20, 24)]
+    rows += [("switcher", item, 4.0, base + pd.Timedelta(days=k)) for k, item in enumerate(old + new)]
+    frame = pd.DataFrame(rows, columns=list(C.INTERACTION_COLUMNS))
+    mixed = Interactions.from_frame(frame)
+    user = np.flatnonzero(mixed.user_ids == "switcher")
+
+    def share_of_new_taste(half_life: float | None) -> float:
+        model = make(family, **{RECENCY[family]: half_life}).fit(mixed)
+        top, _ = model.recommend(user, 6, exclude=mixed.matrix)
+        return float(np.mean([int(mixed.item_ids[i][1:]) >= 20 for i in top[0] if i >= 0]))
+
+    assert share_of_new_taste(None) < 0.5  # by count, the old taste dominates (8 vs 4 items)
+    assert share_of_new_taste(1.0) > 0.5
 
 
 def test_tensorflow_gets_keras_2_without_the_user_setting_anything():

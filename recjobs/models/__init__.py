@@ -16,6 +16,8 @@ _REGISTRY: dict[str, str] = {
     "als": "recjobs.models.als:ALSModel",
     "lightfm": "recjobs.models.lightfm:LightFMModel",
     "tfrs": "recjobs.models.tfrs:TwoTowerModel",
+    "ease": "recjobs.models.ease:EASEModel",
+    "itemknn": "recjobs.models.itemknn:ItemKNNModel",
 }
 
 

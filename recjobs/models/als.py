@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recjobs.interactions import Interactions, SideFeatures
-from recjobs.models.base import Recommender, Vectors
+from recjobs.models.base import VectorRecommender, Vectors
 from recjobs.models.progress import EpochProgress
 from recjobs.settings import ALSParams
 
@@ -28,17 +28,27 @@ class _BudgetSpent(Exception):
 
 
 def confidence(data: Interactions, params: ALSParams) -> sp.csr_matrix:
-    """The confidence matrix ALS fits: binary, rating-weighted or BM25-weighted."""
+    """The confidence matrix ALS fits: binary, rating- or BM25-weighted, times recency weights.
+
+    ALS solves each user's factors from their confidences, so weighting recent
+    interactions up is how its user vectors come to lean to recent taste.
+    """
     if params.weighting == "rating":
-        return data.matrix.astype(np.float32)
-    if params.weighting == "bm25":
+        conf = data.matrix.astype(np.float32)
+    elif params.weighting == "bm25":
         from implicit.nearest_neighbours import bm25_weight
 
-        return bm25_weight(data.binary(), K1=params.bm25_k1, B=params.bm25_b).tocsr().astype(np.float32)
-    return data.binary()
+        conf = bm25_weight(data.binary(), K1=params.bm25_k1, B=params.bm25_b).tocsr().astype(np.float32)
+    else:
+        conf = data.binary()
+    if params.recency_half_life is not None:
+        conf = conf.tocsr()
+        conf.sort_indices()  # aligned with data.matrix, whose indices are sorted
+        conf.data *= data.recency_weights(params.recency_half_life)
+    return conf
 
 
-class ALSModel(Recommender):
+class ALSModel(VectorRecommender):
     family = "als"
     params_type = ALSParams
 

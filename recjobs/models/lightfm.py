@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recjobs.interactions import Interactions, SideFeatures
-from recjobs.models.base import Recommender, Vectors
+from recjobs.models.base import VectorRecommender, Vectors
 from recjobs.models.progress import EpochProgress
 from recjobs.settings import LightFMParams
 
@@ -31,7 +31,7 @@ def _with_identity(features: sp.csr_matrix | None, n: int, use: bool) -> sp.csr_
     return sp.diags(1.0 / np.maximum(sums, 1e-12)).dot(stacked).tocsr().astype(np.float32)
 
 
-class LightFMModel(Recommender):
+class LightFMModel(VectorRecommender):
     family = "lightfm"
     params_type = LightFMParams
 

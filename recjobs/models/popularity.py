@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from recjobs.interactions import Interactions, SideFeatures
-from recjobs.models.base import Recommender, Vectors
+from recjobs.models.base import VectorRecommender, Vectors
 from recjobs.settings import PopularityParams
 
 
-class PopularityModel(Recommender):
+class PopularityModel(VectorRecommender):
     family = "popularity"
     params_type = PopularityParams
 

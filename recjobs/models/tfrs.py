@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from recjobs.interactions import Interactions, SideFeatures
-from recjobs.models.base import Recommender, Vectors
+from recjobs.models.base import VectorRecommender, Vectors
 from recjobs.models.progress import EpochProgress
 from recjobs.settings import TFRSParams
 
@@ -49,7 +49,7 @@ def _dense_features(features: np.ndarray | None, n: int, use: bool) -> np.ndarra
     return np.asarray(features.todense(), dtype=np.float32).reshape(n, -1)
 
 
-class TwoTowerModel(Recommender):
+class TwoTowerModel(VectorRecommender):
     family = "tfrs"
     params_type = TFRSParams
 

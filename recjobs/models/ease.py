@@ -1,0 +1,88 @@
+"""EASE (Steck 2019): a closed-form item x item model with one hyper-parameter.
+
+``B = I - P / diag(P)`` with ``P = (X'X + l2 I)^-1``: the best linear reconstruction of
+each item's column from the others, with a zero diagonal. A user's scores are their
+(recency-weighted) history times ``B``. The inverse is dense, so the family models at
+most ``max_items`` items (the most popular ones) and says so when it drops any.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from scipy.linalg import lapack
+from threadpoolctl import threadpool_limits
+
+from recjobs.interactions import Interactions, SideFeatures
+from recjobs.models.base import (
+    Neighbourhood,
+    NeighbourhoodRecommender,
+    item_embedding_svd,
+    recency_history,
+)
+from recjobs.settings import EASEParams
+
+log = logging.getLogger(__name__)
+
+
+def modelled_items(data: Interactions, max_items: int) -> np.ndarray | None:
+    """Positions of the items EASE models: all, or the ``max_items`` most interacted with."""
+    if data.n_items <= max_items:
+        return None
+    counts = np.bincount(data.matrix.indices, minlength=data.n_items)
+    # Ties by item index, so the same data always keeps the same items.
+    keep = np.sort(np.lexsort((np.arange(data.n_items), -counts))[:max_items])
+    share = counts[keep].sum() / max(counts.sum(), 1)
+    log.warning("ease: %d items exceed models.ease.max_items=%d; modelling the %d most popular (%.1f%% of "
+                "interactions), the others are never recommended by ease. Raising max_items needs about "
+                "%.1f GB per million squared items", data.n_items, max_items, max_items, 100 * share, 8.0)
+    return keep
+
+
+def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
+    """``B`` from a dense float32 Gram matrix, in place (Cholesky inverse: one n x n buffer)."""
+    gram[np.diag_indices_from(gram)] += l2
+    factor, info = lapack.spotrf(gram, lower=1, overwrite_a=1, clean=0)
+    if info != 0:
+        raise ValueError(f"ease: the regularised Gram matrix is not positive definite (LAPACK info {info}); "
+                         "raise models.ease.l2")
+    inverse, info = lapack.spotri(factor, lower=1, overwrite_c=1)
+    if info != 0:
+        raise ValueError(f"ease: inverting the Gram matrix failed (LAPACK info {info})")
+    # spotri fills one triangle; mirror it (the inverse is symmetric).
+    lower = np.tril(inverse, -1)
+    inverse = np.tril(inverse) + lower.T
+    diag = np.diag(inverse).copy()
+    inverse /= -diag[None, :]
+    inverse[np.diag_indices_from(inverse)] = 0.0
+    return inverse
+
+
+class EASEModel(NeighbourhoodRecommender):
+    family = "ease"
+    params_type = EASEParams
+
+    def _fit(self, data: Interactions, features: SideFeatures | None) -> Neighbourhood:
+        p: EASEParams = self.params
+        items = modelled_items(data, p.max_items)
+        binary = data.binary()
+        x = binary if items is None else binary[:, items].tocsr()
+        m = x.shape[1]
+        started = time.perf_counter()
+        log.info("ease: Gram matrix of %d items from %d interactions", m, x.nnz)
+        gram = np.empty((m, m), np.float32)
+        xt = x.T.tocsr()
+        band = max(1, 8_000_000 // max(m, 1))  # rows per sparse product: ~32 MB of output at a time
+        for lo in range(0, m, band):
+            gram[lo:lo + band] = (xt[lo:lo + band] @ x).toarray()
+        log.info("ease: inverting %d x %d (Gram took %.1fs)", m, m, time.perf_counter() - started)
+        with threadpool_limits(None, "blas"):
+            weights = ease_weights(gram, p.l2)
+        log.info("ease: fitted in %.1fs", time.perf_counter() - started)
+        history = recency_history(data, p.recency_half_life, p.history_limit)
+        if items is not None:
+            history = history[:, items].tocsr()
+        self.info.update(modelled_items=int(m), fit_seconds_inverse=round(time.perf_counter() - started, 1))
+        return Neighbourhood(weights, history, items, item_embedding_svd(binary, seed=self.seed))
