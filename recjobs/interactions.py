@@ -248,7 +248,8 @@ class Interactions:
 
     def weighted(self, weights: np.ndarray) -> sp.csr_matrix:
         """The binary matrix with ``weights`` (aligned with ``matrix.data``) as values."""
-        return sp.csr_matrix((weights.astype(np.float32), self.matrix.indices, self.matrix.indptr),
+        # Copies of the index arrays: a caller pruning zeros must not rewrite this matrix's.
+        return sp.csr_matrix((weights.astype(np.float32), self.matrix.indices.copy(), self.matrix.indptr.copy()),
                              shape=self.matrix.shape)
 
 

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 ENV_PREFIX = "RECJOBS_"
-FAMILIES = ("popularity", "als", "lightfm", "tfrs", "ease", "itemknn")
+FAMILIES = ("popularity", "als", "lightfm", "tfrs", "ease", "itemknn", "sequence")
 
 
 class _Strict(BaseModel):
@@ -84,9 +84,17 @@ class IngestSettings(_Strict):
 
 
 class SplitSettings(_Strict):
+    # per_user: each user's latest holdout_fraction of interactions is the truth.
+    # global_time: one cutoff per run date; train strictly before it, truth at or after it
+    # for users seen before it (leak-free; what the gate uses by default, see README 'Quality').
+    protocol: Literal["per_user", "global_time"] = "per_user"
+    # per_user: share of each user's history held out. global_time: share of all
+    # interactions (the latest by time) after the cutoff, unless holdout_days is set.
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    # Users with fewer interactions stay wholly in training: holding out their only
-    # interaction would make them cold users that no model can be judged on.
+    # global_time only: the cutoff is this many days before the run's cutoff instead.
+    holdout_days: float | None = Field(None, gt=0.0)
+    # per_user only: users with fewer interactions stay wholly in training: holding out
+    # their only interaction would make them cold users that no model can be judged on.
     min_user_interactions: int = Field(2, ge=2)
 
 
@@ -99,6 +107,12 @@ class GateSettings(_Strict):
     metric: Literal["ndcg", "map", "precision", "recall"] = "ndcg"
     # Absolute improvement a challenger needs over the champion on the same holdout.
     margin: float = Field(0.002, ge=0.0)
+    # And the gain must be significant: a paired test over the holdout's users (two-sided,
+    # at level `significance`); "none" promotes on the margin alone. The bootstrap resamples
+    # users `bootstrap_samples` times with the run's seed, so reruns decide the same.
+    test: Literal["bootstrap", "ttest", "none"] = "bootstrap"
+    significance: float = Field(0.05, gt=0.0, lt=1.0)
+    bootstrap_samples: int = Field(1000, ge=100)
     # A gate compares with the champion of the latest earlier gate, so when several dates
     # run at once (a backfill) it waits for earlier dates of the last `wait_window_days`
     # that have candidates but no gate yet, at most `wait_timeout_minutes`, polling every
@@ -199,7 +213,7 @@ class EASEParams(_Strict):
     l2: float = Field(500.0, gt=0.0)
     # Recency weighting of each user's history when scoring: an interaction's weight is
     # 0.5 ** (age / half-life), age counting the user's newer interactions (None: off).
-    recency_half_life: float | None = Field(10.0, gt=0.0)
+    recency_half_life: float | None = Field(5.0, gt=0.0)
     # Score from at most this many of each user's latest interactions (None: all); with a
     # recency half-life older ones weigh almost nothing, and scoring cost grows with them.
     history_limit: int | None = Field(200, gt=0)
@@ -207,6 +221,10 @@ class EASEParams(_Strict):
     # and max_items**3 / 3 flops. Above it EASE models the most popular max_items items
     # and recommends only those (logged as a warning with the share of interactions covered).
     max_items: int = Field(12_000, gt=1)
+    # Sequential term: weight of "items that follow the user's items" against EASE's
+    # "items that go with them" (0: plain EASE), counted within this many steps.
+    transition_weight: float = Field(0.2, ge=0.0)
+    transition_window: int = Field(10, gt=0)
 
 
 class ItemKNNParams(_Strict):
@@ -220,6 +238,29 @@ class ItemKNNParams(_Strict):
     history_limit: int | None = Field(200, gt=0)
 
 
+class SequenceParams(_Strict):
+    # Query tower over the user's latest ``max_length`` items in time order: "gru", one
+    # self-"attention" block, or learned position-weighted "pool"ing of item embeddings.
+    encoder: Literal["gru", "attention", "pool"] = "gru"
+    max_length: int = Field(20, gt=0)
+    embedding_dim: int = Field(64, gt=0)
+    batch_size: int = Field(1024, gt=1)
+    learning_rate: float = Field(0.002, gt=0.0)
+    optimizer: Literal["adagrad", "adam"] = "adam"
+    temperature: float = Field(0.1, gt=0.0)
+    sampling_correction: bool = True
+    remove_accidental_hits: bool = True
+    max_epochs: int = Field(40, gt=0)
+    # Wall-clock budget, checked between epochs; the best epoch so far is kept.
+    max_seconds: float | None = Field(90.0, gt=0.0)
+    # Next-item examples per epoch, a fresh seeded sample each epoch (None: all of them).
+    examples_per_epoch: int | None = Field(1_000_000, gt=1)
+    patience: int = Field(3, gt=0)
+    # Early stopping: this many users' latest item is held out of training and ranked.
+    validation_users: int = Field(2000, gt=0)
+    threads: int = Field(2, gt=0)
+
+
 class ModelsSettings(_Strict):
     popularity: PopularityParams = PopularityParams()
     als: ALSParams = ALSParams()
@@ -227,6 +268,83 @@ class ModelsSettings(_Strict):
     tfrs: TFRSParams = TFRSParams()
     ease: EASEParams = EASEParams()
     itemknn: ItemKNNParams = ItemKNNParams()
+    sequence: SequenceParams = SequenceParams()
+
+
+class ColdStartSettings(_Strict):
+    """Users and items the champion knows little or nothing about (see recjobs/coldstart.py)."""
+
+    # Items with side features but no interactions are scored from their features by the
+    # families that can (LightFM, TFRS with features) and published on their first night.
+    cold_items: bool = True
+    # Users with fewer interactions than this (but at least one) are ranked by the summed
+    # cosine similarity of the champion's item vectors to their few items, instead of by
+    # their own barely-trained user vector (vector families only); 0: off.
+    min_interactions: int = Field(0, ge=0)
+    # User feature prefix naming a user's segment, e.g. "occupation=" or "age=": popular
+    # items are then also published per segment for new users; None: one global list.
+    segment_prefix: str | None = None
+    # Segments with fewer users with interactions than this get no list of their own.
+    min_segment_users: int = Field(20, gt=0)
+
+    @field_validator("segment_prefix")
+    @classmethod
+    def _non_empty_prefix(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("segment_prefix is empty; use null to turn segments off")
+        return value
+
+
+class RulesSettings(_Strict):
+    """Business rules honoured by every published list and by the gate's evaluation; off by default.
+
+    A source is a CSV or Parquet file (a path ending in .csv/.tsv/.parquet; relative paths
+    are under ``home``) or the name of a table or view in the recommendations database. It
+    is read at every publish and evaluation, so a nightly refresh of it takes effect the
+    next night; a source that cannot be read fails the stage (it never publishes unfiltered).
+    """
+
+    # Items never recommended (out of stock, withdrawn): a source with an item_id column.
+    exclude_items: str | None = None
+    # If set, only these items are recommended: a source with an item_id column.
+    allow_items: str | None = None
+    # Per-user exclusions beyond the items a user has seen: a source with user_id, item_id
+    # and optionally until (a date; the pair applies while until >= the run date).
+    user_exclusions: str | None = None
+
+    @field_validator("exclude_items", "allow_items", "user_exclusions")
+    @classmethod
+    def _non_empty_source(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty source; use null for no rule")
+        return value
+
+
+class RerankSettings(_Strict):
+    """Re-ranking between scoring and publishing (and in the gate's evaluation); off by default."""
+
+    # When a rule or a re-ranking is on, candidates are taken `depth` times deeper than the
+    # list (top_n x depth), and deeper again for a user whose list still comes out short.
+    depth: int = Field(3, ge=1, le=100)
+    # Maximal marginal relevance: 1.0 ranks by relevance alone (off); lower values trade
+    # relevance for dissimilarity to the items already chosen for the list.
+    mmr_lambda: float = Field(1.0, ge=0.0, le=1.0)
+    # Similarity for MMR: item features (where ingested), the model's item vectors, or
+    # auto (features when there are item features, else vectors).
+    mmr_space: Literal["auto", "features", "embedding"] = "auto"
+    # At most this many items of one category per list (None: no cap); an item's categories
+    # are its item features starting with category_prefix (e.g. genre=Comedy).
+    category_cap: int | None = Field(None, gt=0)
+    category_prefix: str = Field("genre=", min_length=1)
+    # Items first seen within freshness_days before the run date get up to freshness_boost
+    # added to their relevance (scaled 0..1 within each list), the newest the most; 0: off.
+    freshness_boost: float = Field(0.0, ge=0.0)
+    freshness_days: float = Field(14.0, gt=0.0)
+
+    @property
+    def active(self) -> bool:
+        """Whether any re-ranking is on (neutral settings skip it entirely)."""
+        return self.mmr_lambda < 1.0 or self.category_cap is not None or self.freshness_boost > 0.0
 
 
 class AirflowSettings(_Strict):
@@ -254,6 +372,9 @@ class Settings(_Strict):
     publish: PublishSettings = PublishSettings()
     models: ModelsSettings = ModelsSettings()
     airflow: AirflowSettings = AirflowSettings()
+    coldstart: ColdStartSettings = ColdStartSettings()
+    rules: RulesSettings = RulesSettings()
+    rerank: RerankSettings = RerankSettings()
 
     @field_validator("home", "inbox_dir")
     @classmethod

@@ -44,6 +44,15 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "learning_rate": [0.05, 0.1],
         "use_features": [True, False],
     },
+    "ease": {
+        "l2": [50.0, 200.0, 500.0, 1000.0],
+        "recency_half_life": [None, 3.0, 5.0, 10.0, 20.0],
+    },
+    "itemknn": {
+        "similarity": ["cosine", "bm25", "tfidf"],
+        "neighbours": [50, 100, 200],
+        "recency_half_life": [None, 5.0, 10.0, 20.0],
+    },
 }
 
 

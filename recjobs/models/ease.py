@@ -4,6 +4,12 @@
 each item's column from the others, with a zero diagonal. A user's scores are their
 (recency-weighted) history times ``B``. The inverse is dense, so the family models at
 most ``max_items`` items (the most popular ones) and says so when it drops any.
+
+Optionally (``transition_weight`` > 0) a sequential term is added to ``B``: how often
+item ``j`` follows item ``i`` within ``transition_window`` steps in users' time-ordered
+histories (row-normalised, each row scaled to the L1 norm of ``B``'s row, so the weight
+is the share of "what comes next" against "what goes together"). With recency-weighted
+histories this makes the latest items propose their usual successors.
 """
 
 from __future__ import annotations
@@ -12,10 +18,11 @@ import logging
 import time
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
-from recjobs.interactions import Interactions, SideFeatures
+from recjobs.interactions import Interactions, SideFeatures, ordered_by_user_time_item
 from recjobs.models.base import (
     Neighbourhood,
     NeighbourhoodRecommender,
@@ -60,6 +67,38 @@ def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
     return inverse
 
 
+def transitions(data: Interactions, window: int, items: np.ndarray | None) -> sp.csr_matrix:
+    """Item x item counts of "j follows i within ``window`` steps" (weight 1/step), row-normalised."""
+    if data.pair_seconds is None:
+        raise ValueError("ease transitions need per-pair times; rerun `recjobs split` for the date")
+    rows = np.repeat(np.arange(data.n_users, dtype=np.int64), np.diff(data.matrix.indptr))
+    cols = data.matrix.indices.astype(np.int64)
+    order = ordered_by_user_time_item(rows, data.pair_seconds, cols)
+    users, seq = rows[order], cols[order]
+    m = data.n_items
+    if items is not None:
+        position = np.full(data.n_items, -1, np.int64)
+        position[items] = np.arange(len(items))
+        seq, m = position[seq], len(items)
+    parts = []
+    for step in range(1, window + 1):
+        ok = (users[step:] == users[:-step]) & (seq[step:] >= 0) & (seq[:-step] >= 0)
+        parts.append((seq[:-step][ok], seq[step:][ok], np.full(int(ok.sum()), 1.0 / step, np.float32)))
+    src, dst, w = (np.concatenate(x) for x in zip(*parts, strict=True))
+    counts = sp.csr_matrix((w, (src, dst)), shape=(m, m))
+    counts.sum_duplicates()
+    sums = np.asarray(counts.sum(axis=1)).ravel()
+    sums[sums == 0] = 1.0
+    return (sp.diags(1.0 / sums) @ counts).tocsr().astype(np.float32)
+
+
+def add_transitions(weights: np.ndarray, trans: sp.csr_matrix, weight: float) -> None:
+    """``weights += weight * trans`` with each transition row scaled to ``weights``' row L1 norm, in place."""
+    scale = np.abs(weights).sum(axis=1) * weight
+    coo = trans.tocoo()
+    np.add.at(weights, (coo.row, coo.col), coo.data * scale[coo.row])
+
+
 class EASEModel(NeighbourhoodRecommender):
     family = "ease"
     params_type = EASEParams
@@ -80,6 +119,8 @@ class EASEModel(NeighbourhoodRecommender):
         log.info("ease: inverting %d x %d (Gram took %.1fs)", m, m, time.perf_counter() - started)
         with threadpool_limits(None, "blas"):
             weights = ease_weights(gram, p.l2)
+        if p.transition_weight > 0:
+            add_transitions(weights, transitions(data, p.transition_window, items), p.transition_weight)
         log.info("ease: fitted in %.1fs", time.perf_counter() - started)
         history = recency_history(data, p.recency_half_life, p.history_limit)
         if items is not None:
