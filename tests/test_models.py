@@ -21,6 +21,7 @@ FAST = {
     "tfrs": {"embedding_dim": 8, "max_epochs": 8, "batch_size": 128, "patience": 2},
     "ease": {"l2": 10.0},
     "itemknn": {"neighbours": 20},
+    "sequence": {"embedding_dim": 16, "max_epochs": 15, "batch_size": 128, "patience": 3, "validation_users": 20},
 }
 # Families with a recency setting, and the one that switches it on.
 RECENCY = {"ease": "recency_half_life", "itemknn": "recency_half_life", "als": "recency_half_life"}
@@ -172,3 +173,36 @@ def test_tensorflow_gets_keras_2_without_the_user_setting_anything():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith(("2.", "tf_keras")), out.stdout
+
+
+def test_ease_above_its_size_limit_models_the_most_popular_items_and_says_so(blocks, caplog):
+    data, _ = blocks
+    counts = np.bincount(data.matrix.indices, minlength=data.n_items)
+    with caplog.at_level("WARNING", logger="recjobs.models.ease"):
+        model = make("ease", max_items=25).fit(data)
+    assert "exceed models.ease.max_items=25" in caplog.text
+    kept = np.sort(np.lexsort((np.arange(data.n_items), -counts))[:25])
+    top, _ = model.recommend(np.arange(data.n_users), 10, exclude=data.matrix)
+    assert set(top[top >= 0].tolist()) <= set(kept.tolist())
+    sims, _ = model.similar_items(np.arange(data.n_items), 3)
+    assert set(sims[sims >= 0].tolist()) <= set(kept.tolist())
+    dropped = np.setdiff1d(np.arange(data.n_items), kept)
+    assert (sims[dropped] == -1).all()  # an item EASE does not model has no neighbours
+
+
+def test_ease_transitions_propose_the_usual_successor():
+    """Every user watches a -> b -> c in order; co-occurrence alone cannot tell b from c after a."""
+    base = pd.Timestamp("2025-01-01", tz="UTC")
+    rows = []
+    for u in range(40):
+        chain = ["a", "b", "c"] if u < 20 else ["a", "c", "b"]
+        chain = chain if u < 30 else ["a", "b", "c"]  # 30 users: a->b->c, 10: a->c->b
+        rows += [(f"u{u}", item, 4.0, base + pd.Timedelta(hours=k)) for k, item in enumerate(chain)]
+    rows += [("new", "a", 4.0, base)]
+    data = Interactions.from_frame(pd.DataFrame(rows, columns=list(C.INTERACTION_COLUMNS)))
+    user = np.flatnonzero(data.user_ids == "new")
+    plain = make("ease", transition_weight=0.0).fit(data).score(user)[0]
+    seq = make("ease", transition_weight=1.0, transition_window=1).fit(data).score(user)[0]
+    b, c = (int(np.flatnonzero(data.item_ids == x)[0]) for x in ("b", "c"))
+    assert plain[b] == pytest.approx(plain[c])
+    assert seq[b] > seq[c]

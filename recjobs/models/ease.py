@@ -48,6 +48,27 @@ def modelled_items(data: Interactions, max_items: int) -> np.ndarray | None:
     return keep
 
 
+def gram_matrix(x: sp.csr_matrix, threads: int = 2) -> np.ndarray:
+    """``x.T @ x`` as a dense float32 array, computed sparse in bands of rows on ``threads`` threads.
+
+    A band at a time bounds the sparse intermediate (~32 MB of output per band); scipy
+    releases the GIL in its sparse products, so bands run on both cores.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    m = x.shape[1]
+    gram = np.empty((m, m), np.float32)
+    xt = x.T.tocsr()
+    band = max(1, 8_000_000 // max(m, 1))
+
+    def fill(lo: int) -> None:
+        gram[lo:lo + band] = (xt[lo:lo + band] @ x).toarray()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(fill, range(0, m, band)))
+    return gram
+
+
 def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
     """``B`` from a dense float32 Gram matrix, in place (Cholesky inverse: one n x n buffer)."""
     gram[np.diag_indices_from(gram)] += l2
@@ -58,9 +79,15 @@ def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
     inverse, info = lapack.spotri(factor, lower=1, overwrite_c=1)
     if info != 0:
         raise ValueError(f"ease: inverting the Gram matrix failed (LAPACK info {info})")
-    # spotri fills one triangle; mirror it (the inverse is symmetric).
-    lower = np.tril(inverse, -1)
-    inverse = np.tril(inverse) + lower.T
+    # spotri fills one triangle; mirror it (the inverse is symmetric), a band at a time so
+    # that no second n x n array is ever allocated.
+    m = inverse.shape[0]
+    band = 1024
+    for lo in range(0, m, band):
+        hi = min(lo + band, m)
+        block = inverse[lo:hi, lo:hi]
+        block[...] = np.tril(block) + np.tril(block, -1).T
+        inverse[lo:hi, hi:] = inverse[hi:, lo:hi].T
     diag = np.diag(inverse).copy()
     inverse /= -diag[None, :]
     inverse[np.diag_indices_from(inverse)] = 0.0
@@ -111,11 +138,7 @@ class EASEModel(NeighbourhoodRecommender):
         m = x.shape[1]
         started = time.perf_counter()
         log.info("ease: Gram matrix of %d items from %d interactions", m, x.nnz)
-        gram = np.empty((m, m), np.float32)
-        xt = x.T.tocsr()
-        band = max(1, 8_000_000 // max(m, 1))  # rows per sparse product: ~32 MB of output at a time
-        for lo in range(0, m, band):
-            gram[lo:lo + band] = (xt[lo:lo + band] @ x).toarray()
+        gram = gram_matrix(x)
         log.info("ease: inverting %d x %d (Gram took %.1fs)", m, m, time.perf_counter() - started)
         with threadpool_limits(None, "blas"):
             weights = ease_weights(gram, p.l2)
