@@ -2,7 +2,12 @@
 
 A small FastAPI app (served by the Airflow API server under /recjobs) renders the
 page from the recommendations database; an external view adds it to the UI's
-navigation. The page itself is built by ``recjobs.dashboard``.
+navigation as "Recs" at ``/plugin/recs``. The UI shows the app in an iframe and
+appends the iframe's own path to its address, so the page reads
+``/plugin/recs/recjobs/?user=...`` (the route and the prefix differ, so no segment
+repeats). The page itself is built by ``recjobs.dashboard``; its charts are drawn by
+vega-embed, which this app serves itself (``/recjobs/static/vega-embed.js``), since
+the browser may have no internet access.
 
 Airflow does not authenticate plugin apps (a mounted app inherits none of the core
 API's dependencies), so every route here requires Airflow's own login: the JWT as
@@ -15,9 +20,12 @@ from typing import Annotated, Any
 
 from airflow.plugins_manager import AirflowPlugin
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 URL_PREFIX = "/recjobs"
+# The UI's nav label (its sidebar shows about six characters) and its page at /plugin/<route>.
+NAV_NAME = "Recs"
+NAV_ROUTE = "recs"
 DB_CONN_ID = "recjobs_db"
 # The custom view name the auth manager is asked about (FAB/Keycloak: grant it per role).
 RESOURCE_NAME = "recjobs dashboard"
@@ -70,6 +78,15 @@ class DashboardDatabase:
         self._engine: Any = None
         self._url = ""
         self._source = ""
+        self._settings: Any = None
+
+    def settings(self) -> Any:  # noqa: ANN401 - recjobs Settings, imported lazily
+        """recjobs' settings: where the runs (a user's history) and item features (genres) are."""
+        from recjobs.settings import load_settings
+
+        if self._settings is None:
+            self._settings = load_settings()
+        return self._settings
 
     def _error(self, exc: Exception) -> DashboardDatabaseError:
         from recjobs.settings import mask_url
@@ -104,7 +121,23 @@ class DashboardDatabase:
         if engine is None:
             return render_no_schema()
         try:
-            return render(engine, user_id=user_id, base=f"{URL_PREFIX}/")
+            return render(engine, user_id=user_id, base=f"{URL_PREFIX}/", settings=self.settings())
+        except SQLAlchemyError as exc:
+            raise self._error(exc) from None
+
+    def read(self, what: Any) -> Any:  # noqa: ANN401
+        """``what(engine, settings)``, or None without a database or schema; database errors named."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from recjobs.dashboard import missing_schema
+
+        engine = self.engine()
+        if engine is None:
+            return None
+        try:
+            if missing_schema(engine):
+                return None
+            return what(engine, self.settings())
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
 
@@ -162,6 +195,34 @@ def create_app() -> FastAPI:
             return JSONResponse({"detail": NO_SCHEMA}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
         return champ
 
+    @app.get("/api/charts", response_model=None)
+    def charts() -> dict | JSONResponse:
+        """The metric charts' Vega-Lite specs, one per metric, with their data inline."""
+        from recjobs.dashboard import NO_SCHEMA, metric_chart_specs, metrics_by_date
+
+        specs = database.read(lambda engine, _settings: metric_chart_specs(metrics_by_date(engine)))
+        if specs is None:
+            return JSONResponse({"detail": NO_SCHEMA}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return specs
+
+    @app.get("/api/embedding", response_model=None)
+    def embedding() -> dict | JSONResponse:
+        """The embedding map's points (item_id, title, genre, x, y), or a message why there are none."""
+        from recjobs.dashboard import NO_SCHEMA, champion_map
+
+        emap = database.read(champion_map)
+        if emap is None:
+            return JSONResponse({"detail": NO_SCHEMA}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return emap.as_json()
+
+    @app.get("/static/vega-embed.js")
+    def vega_embed() -> Response:
+        """vega + vega-lite + vega-embed, bundled by vl-convert: the page loads nothing from the internet."""
+        from recjobs.dashboard import vega_embed_bundle
+
+        return Response(vega_embed_bundle(), media_type="text/javascript",
+                        headers={"Cache-Control": "private, max-age=86400"})
+
     return app
 
 
@@ -169,8 +230,8 @@ class RecjobsDashboardPlugin(AirflowPlugin):
     name = "recjobs_dashboard"
     fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "recjobs dashboard"}]
     external_views = [{
-        "name": "Recommendations",
+        "name": NAV_NAME,
         "href": f"{URL_PREFIX}/",
         "destination": "nav",
-        "url_route": "recjobs",
+        "url_route": NAV_ROUTE,
     }]

@@ -11,4 +11,5 @@ import os as _os
 # TensorFlow Recommenders needs Keras 2; the switch only works before TensorFlow's
 # first import, so set it as soon as anything of ours is imported.
 _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# 3: no C++ info/warning/error lines (see recjobs.models.tfrs.import_tensorflow).
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

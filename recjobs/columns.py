@@ -19,5 +19,6 @@ FEATURE: Final = "feature"
 WEIGHT: Final = "weight"
 TITLE: Final = "title"
 SIMILAR_ITEM: Final = "similar_item_id"
+SEGMENT: Final = "segment"  # a user feature, e.g. occupation=writer (cold start)
 
 INTERACTION_COLUMNS: Final = (USER, ITEM, RATING, TIMESTAMP)

@@ -118,6 +118,26 @@ popular_items = sa.Table(
     sa.Column(C.RUN_DATE, sa.String(10), nullable=False),
 )
 
+# Cold start per segment (coldstart.segment_prefix): the popular items among each segment's
+# users, and each user's segment, so a new user with features gets their segment's list.
+# Tables of their own, so popular_items (and every query on it) stays the global list.
+segment_popular_items = sa.Table(
+    "segment_popular_items",
+    metadata,
+    sa.Column(C.SEGMENT, sa.String(256), primary_key=True),
+    sa.Column(C.RANK, sa.Integer, primary_key=True),
+    sa.Column(C.ITEM, sa.String(128), nullable=False),
+    sa.Column(C.SCORE, sa.Float, nullable=False),
+    sa.Column(C.RUN_DATE, sa.String(10), nullable=False),
+)
+
+user_segments = sa.Table(
+    "user_segments",
+    metadata,
+    sa.Column(C.USER, sa.String(128), primary_key=True),
+    sa.Column(C.SEGMENT, sa.String(256), nullable=False),
+)
+
 items = sa.Table(
     "items",
     metadata,

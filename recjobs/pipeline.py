@@ -26,15 +26,17 @@ from sqlalchemy.engine import Engine
 
 from recjobs import columns as C
 from recjobs.db import ensure_schema, make_engine, model_runs, popular_items
-from recjobs.evaluate import Metrics, evaluate_model
+from recjobs.evaluate import Metrics, PairedTest, PerUser, evaluate_model, paired_test
 from recjobs.faults import fault_point
 from recjobs.features import load_side_features
+from recjobs.filters import blocked_items
 from recjobs.interactions import Events, Holdout, Interactions
 from recjobs.lake import read_events
 from recjobs.models import Recommender, get_family
 from recjobs.publish import PublishResult, SwapPolicy, load_staging, rank_to_staging
+from recjobs.rerank import PostProcess, build_postprocess
 from recjobs.settings import Settings
-from recjobs.split import holdout_order
+from recjobs.split import plan_split
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +112,19 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
     started = time.perf_counter()
     events = load_events(settings, day)
     log.info("read %d interactions for %s in %.1fs", len(events), day, time.perf_counter() - started)
-    order, held = holdout_order(events, settings.split)
+    # The split's protocol (split.protocol) decides the masks; its global_time cutoff, if
+    # any, is measured back from the run's cutoff.
+    plan = plan_split(events, settings.split, int(cutoff_of(day).timestamp() * 1000))
+    held, in_train, holdout_cutoff = plan.held, plan.train, plan.cutoff_millis
     # One reordering to (user, time, item): the matrices below then need no time sort.
-    events = events.take(order)
-    del order
+    events = events.take(plan.order)
+    del plan
     out = run_dir(settings, day)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(events)
     # One matrix at a time, each freed once saved: the stage's peak memory is its task's.
     Interactions.from_events(events).save(out / "full")
-    train = events.take(~held)
+    train = events.take(in_train)
     n_train = len(train)
     train_data = Interactions.from_events(train)
     del train
@@ -138,10 +143,14 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
         "holdout_rows": n_holdout,
         "max_timestamp": dt.datetime.fromtimestamp(int(events.millis.max()) / 1000, dt.UTC).isoformat(),
         "fingerprint": fingerprint,
+        "split_protocol": settings.split.protocol,
+        "holdout_cutoff": None if holdout_cutoff is None
+        else dt.datetime.fromtimestamp(holdout_cutoff / 1000, dt.UTC).isoformat(),
     }
     (out / "snapshot.json").write_text(json.dumps(snapshot, indent=2))
-    log.info("split %s: %d train / %d holdout rows, %d users, %d items in %.1fs", day, n_train, n_holdout,
-             snapshot["users"], snapshot["items"], time.perf_counter() - started)
+    log.info("split %s (%s%s): %d train / %d holdout rows, %d users, %d items in %.1fs", day,
+             settings.split.protocol, f", cutoff {snapshot['holdout_cutoff']}" if holdout_cutoff is not None else "",
+             n_train, n_holdout, snapshot["users"], snapshot["items"], time.perf_counter() - started)
     return out
 
 
@@ -183,6 +192,11 @@ def candidate_path(settings: Settings, day: dt.date, family: str) -> Path:
     return run_dir(settings, day) / "candidates" / family
 
 
+# Per-user metrics of an evaluated candidate, inside its artifact directory (so retraining
+# the candidate, which replaces the directory, also withdraws them).
+PER_USER_FILE = "per_user.npz"
+
+
 def train_candidate(settings: Settings, engine: Engine, run_date: str | dt.date, family: str) -> Path:
     """Fit ``family`` on the split's training part and save it as that date's candidate.
 
@@ -220,19 +234,66 @@ def evaluate_candidate(settings: Settings, engine: Engine, run_date: str | dt.da
     model = Recommender.load(path)
     meta = json.loads((path / "meta.json").read_text())
     train = load_matrix(settings, day, "train")
-    metrics = evaluate_model(model, train, Holdout.load(run_dir(settings, day) / "holdout"), settings.evaluate.k,
-                             settings.evaluate.chunk_users)
-    log.info("%s on %s: ndcg@%d=%.4f precision=%.4f recall=%.4f map=%.4f coverage=%.3f", family, day,
-             metrics.k, metrics.ndcg, metrics.precision, metrics.recall, metrics.map, metrics.coverage)
+    snap = _snapshot(settings, day)
+    features = load_side_features(settings, train)
+    holdout = Holdout.load(run_dir(settings, day) / "holdout")
+    # The gate judges the lists as published: after business rules and re-ranking
+    # (recjobs.rerank), with the raw ranking's metrics kept beside them in raw_metrics.
+    # Neutral settings: post is None and the one evaluation is the raw one.
+    post = build_postprocess(settings, day, model, train, features)
+    metrics = evaluate_model(model, train, holdout, settings.evaluate.k, settings.evaluate.chunk_users,
+                             item_features=None if features is None else features.item,
+                             rank=None if post is None else _published_rank(post, settings))
+    raw = None if post is None else evaluate_model(
+        model, train, holdout, settings.evaluate.k, settings.evaluate.chunk_users,
+        item_features=None if features is None else features.item)
+    if raw is not None:
+        log.info("%s on %s: ndcg@%d %.4f as ranked, %.4f as published (rules and re-ranking)", family, day,
+                 raw.k, raw.ndcg, metrics.ndcg)
+    # Per-user metrics next to the candidate, for the gate's paired test; the fingerprint
+    # lets the gate check that two candidates were scored on the same split.
+    if metrics.per_user is not None:
+        metrics.per_user.save(path / PER_USER_FILE, fingerprint=snap["fingerprint"],
+                              protocol=snap.get("split_protocol", "per_user"))
+    log.info("%s on %s: ndcg@%d=%.4f precision=%.4f recall=%.4f map=%.4f coverage=%.3f diversity=%.3f (%s) "
+             "novelty=%.2f bits, %d users", family, day, metrics.k, metrics.ndcg, metrics.precision, metrics.recall,
+             metrics.map, metrics.coverage, metrics.diversity, metrics.diversity_basis, metrics.novelty,
+             metrics.users)
     _replace_rows(engine, day, "candidate", family, [{
         "family": family, "model_version": meta["model_version"], "status": "evaluated",
         "k": metrics.k, "precision_at_k": metrics.precision, "recall_at_k": metrics.recall,
         "ndcg_at_k": metrics.ndcg, "map_at_k": metrics.map, "coverage": metrics.coverage,
+        "diversity": _finite(metrics.diversity), "novelty": _finite(metrics.novelty),
         "eval_users": metrics.users, "fit_seconds": meta["fit_seconds"], "eval_seconds": metrics.seconds,
         "params": json.dumps(meta["params"], sort_keys=True),
-        "data_snapshot": json.dumps(_snapshot(settings, day), sort_keys=True), "artifact_path": str(path),
+        "data_snapshot": json.dumps(snap, sort_keys=True), "artifact_path": str(path),
+        "raw_metrics": None if raw is None else json.dumps(_metric_columns(raw), sort_keys=True),
     }])
     return metrics
+
+
+def _published_rank(post: PostProcess, settings: Settings) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Evaluation's ranking through ``post``: the first k of the published top-N lists."""
+    k = settings.evaluate.k
+    n = max(k, settings.publish.top_n)  # re-ranking picks greedily, so a top-N's first k is its top-k
+
+    def rank(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        top, scores = post.recommend(rows, n)
+        return top[:, :k], scores[:, :k]
+
+    return rank
+
+
+def _metric_columns(m: Metrics) -> dict[str, float | None]:
+    """``m`` under the names of model_runs' metric columns (the keys of raw_metrics)."""
+    return {"k": m.k, "precision_at_k": m.precision, "recall_at_k": m.recall, "ndcg_at_k": m.ndcg,
+            "map_at_k": m.map, "coverage": m.coverage, "diversity": _finite(m.diversity),
+            "novelty": _finite(m.novelty)}
+
+
+def _finite(value: float | None) -> float | None:
+    # NaN (not measurable) is stored as NULL: SQLite and PostgreSQL disagree on NaN.
+    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def record_failure(engine: Engine, run_date: str | dt.date, family: str, error: BaseException) -> None:
@@ -327,6 +388,11 @@ def _no_candidates_reason(engine: Engine, day: dt.date) -> str:
 def promote(settings: Settings, engine: Engine, run_date: str | dt.date, note: str = "") -> GateDecision:
     """Choose the champion for ``run_date`` from the evaluated candidates; see README 'Gate'.
 
+    The best challenger replaces the champion only when its mean gain on the gate metric
+    is above ``gate.margin`` and significant by a paired test over the holdout's users
+    (``gate.test`` at ``gate.significance``), from the per-user metrics saved next to each
+    candidate. Every candidate row gets its comparison with the champion (gate_diff,
+    gate_ci_low/high, gate_p_value), the gate row the deciding one.
     With no evaluated candidate, records a 'no_candidates' gate row and raises
     :class:`NoCandidatesError`. ``note`` (e.g. how long the caller waited for earlier
     gates) is appended to the recorded reason.
@@ -358,41 +424,114 @@ def promote(settings: Settings, engine: Engine, run_date: str | dt.date, note: s
     best = cands[0]
     by_family = {r.family: r for r in rows}
     previous = champion_before(engine, day)
-    name = settings.gate.metric
-    if previous is None:
+    gate, name = settings.gate, settings.gate.metric
+    champ = by_family.get(previous.family) if previous is not None else None
+    # Every candidate is compared with the champion's candidate (same holdout users), or,
+    # with no champion to defend, with the best candidate; recorded on its row.
+    reference = champ if champ is not None else best
+    tests = {r.family: _paired(settings, r, reference) for r in cands if r.family != reference.family}
+    decisive: PairedTest | None = None
+    if champ is None:
         winner, promoted = best, True
-        reason = f"first run: best candidate by {name}@{best.k} ({getattr(best, metric):.4f})"
-    elif previous.family not in by_family:
-        winner, promoted = best, True
-        reason = (f"champion family {previous.family} has no candidate on {day}; "
-                  f"best candidate {best.family} ({name}={getattr(best, metric):.4f}) takes over")
-    else:
-        champ = by_family[previous.family]
-        champ_score, best_score = getattr(champ, metric), getattr(best, metric)
-        if best.family != champ.family and best_score > champ_score + settings.gate.margin:
-            winner, promoted = best, True
-            reason = (f"{best.family} {name}={best_score:.4f} beats champion {champ.family} "
-                      f"{champ_score:.4f} by more than the margin {settings.gate.margin}")
+        if len(cands) > 1:
+            # Nothing to defend: the best takes it; its lead over the runner-up is said for the record.
+            decisive = _paired(settings, best, cands[1])
+            lead = f"; over runner-up {cands[1].family}: {_describe(decisive)}"
         else:
+            lead = ""
+        if previous is None:
+            reason = f"first run: best candidate {best.family} by {name}@{best.k} ({getattr(best, metric):.4f}){lead}"
+        else:
+            reason = (f"champion family {previous.family} has no candidate on {day}; "
+                      f"best candidate {best.family} ({name}={getattr(best, metric):.4f}) takes over{lead}")
+    else:
+        champ_score = getattr(champ, metric)
+        challengers = [r for r in cands if r.family != champ.family]
+        if not challengers:
             winner, promoted = champ, False
-            if best.family == champ.family:
-                reason = f"champion {champ.family} kept: it is the best candidate ({name}={champ_score:.4f})"
+            reason = f"champion {champ.family} kept: it is the only candidate ({name}={champ_score:.4f})"
+        else:
+            challenger = challengers[0]
+            decisive = tests[challenger.family]
+            above = decisive.diff > gate.margin
+            significant = decisive.p_value is None or decisive.p_value < gate.significance
+            versus = (f"{challenger.family} {name}={getattr(challenger, metric):.4f} vs champion {champ.family} "
+                      f"{champ_score:.4f}: {_describe(decisive)}")
+            if above and significant:
+                winner, promoted = challenger, True
+                reason = f"{versus}; promoted: gain above the margin {gate.margin}" + (
+                    f" and significant at {gate.significance}" if decisive.p_value is not None else "")
             else:
-                reason = (f"champion {champ.family} kept ({name}={champ_score:.4f}): best challenger "
-                          f"{best.family} ({best_score:.4f}) does not beat it by the margin {settings.gate.margin}")
+                winner, promoted = champ, False
+                why = [f"gain not above the margin {gate.margin}"] if not above else []
+                if not significant:
+                    why.append(f"not significant at {gate.significance}")
+                lead = "it is the best candidate; " if best.family == champ.family else ""
+                reason = f"champion {champ.family} kept: {lead}best challenger {versus}; " + " and ".join(why)
     reason += suffix
+    for r in cands:
+        t = tests.get(r.family)
+        log.info("gate %s: candidate %s %s@%s=%.4f diversity=%s novelty=%s%s", day, r.family, name, r.k,
+                 getattr(r, metric), _fmt(r.diversity), _fmt(r.novelty),
+                 f"; vs {reference.family}: {_describe(t)}" if t is not None else "")
     with engine.begin() as conn:
         for r in rows:
             status = ("promoted" if promoted else "champion_kept") if r.family == winner.family else "rejected"
-            conn.execute(model_runs.update().where(model_runs.c.id == r.id).values(status=status, reason=reason))
+            conn.execute(model_runs.update().where(model_runs.c.id == r.id).values(
+                status=status, reason=reason, **_gate_columns(tests.get(r.family))))
     _replace_rows(engine, day, "gate", None, [{
         "family": winner.family, "model_version": winner.model_version,
         "status": "promoted" if promoted else "champion_kept", "reason": reason,
         "k": winner.k, "ndcg_at_k": winner.ndcg_at_k, "precision_at_k": winner.precision_at_k,
         "recall_at_k": winner.recall_at_k, "map_at_k": winner.map_at_k, "coverage": winner.coverage,
+        "diversity": winner.diversity, "novelty": winner.novelty, **_gate_columns(decisive),
     }])
     log.info("gate %s: %s", day, reason)
     return GateDecision(winner.family, winner.model_version, promoted, reason)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _per_user(settings: Settings, row: sa.Row) -> tuple[PerUser, dict[str, str]] | None:
+    path = (Path(row.artifact_path) if row.artifact_path
+            else candidate_path(settings, parse_date(row.run_date), row.family)) / PER_USER_FILE
+    return PerUser.load(path) if path.exists() else None
+
+
+def _paired(settings: Settings, challenger: sa.Row, reference: sa.Row) -> PairedTest:
+    """``challenger`` minus ``reference`` on the gate metric, paired over the holdout's users.
+
+    Candidates evaluated before per-user metrics were saved (or on another split) cannot
+    be paired: then only the difference of the means is known, and the test says so.
+    """
+    gate = settings.gate
+    metric = _METRIC_COLUMN[gate.metric]
+    plain = PairedTest(getattr(challenger, metric) - getattr(reference, metric), None, None, None, 0, "unpaired")
+    a, b = _per_user(settings, challenger), _per_user(settings, reference)
+    if a is None or b is None or any(a[1].get(key) != b[1].get(key) for key in ("fingerprint", "protocol")):
+        return plain
+    common, ia, ib = np.intersect1d(a[0].users, b[0].users, assume_unique=True, return_indices=True)
+    if len(common) == 0:
+        return plain
+    return paired_test(a[0].values[gate.metric][ia], b[0].values[gate.metric][ib], gate.test, gate.significance,
+                       gate.bootstrap_samples, settings.seed)
+
+
+def _describe(test: PairedTest) -> str:
+    if test.test == "unpaired":
+        return f"{test.diff:+.4f} (no per-user metrics to pair: significance not tested)"
+    if test.p_value is None:
+        return f"{test.diff:+.4f} (gate.test=none: significance not tested)"
+    return f"{test.describe()} (paired {test.test} over {test.users} users)"
+
+
+def _gate_columns(test: PairedTest | None) -> dict[str, float | None]:
+    if test is None:
+        return {"gate_diff": None, "gate_ci_low": None, "gate_ci_high": None, "gate_p_value": None}
+    return {"gate_diff": float(test.diff), "gate_ci_low": test.ci_low, "gate_ci_high": test.ci_high,
+            "gate_p_value": test.p_value}
 
 
 def gate_decision(engine: Engine, day: dt.date) -> sa.Row:
@@ -420,6 +559,9 @@ def train_final(settings: Settings, engine: Engine, run_date: str | dt.date) -> 
     snap = _snapshot(settings, day)
     data = load_matrix(settings, day, "full")
     model, seconds = _fit(settings, decision.family, data)
+    from recjobs.coldstart import add_cold_items  # items with features and no interactions yet
+
+    cold_items = add_cold_items(settings, model, data)
     params = settings.model_params(decision.family).model_dump()
     version = model_version(decision.family, day, params, settings.seed, snap["fingerprint"], "full")
     path = model.save(final_path(settings, day), model_version=version, fit_seconds=seconds,
@@ -427,7 +569,8 @@ def train_final(settings: Settings, engine: Engine, run_date: str | dt.date) -> 
     _replace_rows(engine, day, "final", None, [{
         "family": decision.family, "model_version": version, "status": "trained", "fit_seconds": seconds,
         "params": json.dumps(params, sort_keys=True), "artifact_path": str(path),
-        "reason": f"champion retrained on all {snap['interactions']} interactions before {snap['cutoff']}",
+        "reason": f"champion retrained on all {snap['interactions']} interactions before {snap['cutoff']}"
+                  + (f"; {cold_items} new items scored from their features" if cold_items else ""),
     }])
     return path
 
@@ -471,13 +614,20 @@ def _ranked_frames(
 
 
 def _user_frames(model: Recommender, seen: Interactions, n: int, chunk: int,
-                 span: range | None = None) -> Iterator[pd.DataFrame]:
-    return _ranked_frames(model.user_ids, model.item_ids, lambda rows: model.recommend(rows, n, exclude=seen.matrix),
+                 span: range | None = None, post: PostProcess | None = None) -> Iterator[pd.DataFrame]:
+    # ``post``: business rules and re-ranking (recjobs.rerank); None ranks as the model does.
+    rank = ((lambda rows: post.recommend(rows, n)) if post is not None
+            else (lambda rows: model.recommend(rows, n, exclude=seen.matrix)))
+    return _ranked_frames(model.user_ids, model.item_ids, rank,
                           (C.USER, C.ITEM), chunk, model.info.get("model_version", ""), span)
 
 
-def _item_frames(model: Recommender, n: int, chunk: int, span: range | None = None) -> Iterator[pd.DataFrame]:
-    return _ranked_frames(model.item_ids, model.item_ids, lambda rows: model.similar_items(rows, n),
+def _item_frames(model: Recommender, n: int, chunk: int, span: range | None = None,
+                 post: PostProcess | None = None) -> Iterator[pd.DataFrame]:
+    # ``post``: the item rules apply to neighbour lists too (recjobs.rerank).
+    rank = (lambda rows: post.similar_items(rows, n)) if post is not None else (
+        lambda rows: model.similar_items(rows, n))
+    return _ranked_frames(model.item_ids, model.item_ids, rank,
                           (C.ITEM, C.SIMILAR_ITEM), chunk, model.info.get("model_version", ""), span)
 
 
@@ -526,15 +676,25 @@ def rank_shard(settings: Settings, run_date: str | dt.date, shard: int = 0) -> l
     model, _ = _final_model(settings, day)
     p = settings.publish
     written = []
+    post = None  # business rules and re-ranking (recjobs.rerank); None with neutral settings
     for kind in _published_kinds(model):
         if kind == "recommendations":
-            seen = load_matrix(settings, day, "full")
-            if not (np.array_equal(seen.user_ids, model.user_ids) and np.array_equal(seen.item_ids, model.item_ids)):
+            from recjobs.coldstart import align_seen, for_ranking
+
+            # The model's items are the matrix's, then any new items it scored from features
+            # (recjobs.coldstart); the seen matrix gets empty columns for those.
+            seen = align_seen(load_matrix(settings, day, "full"), model)
+            if seen is None:
                 raise PipelineError(f"the final model for {day} was not trained on {day}'s split: "
                                     f"rerun `recjobs train --date {day} --final`")
-            frames = _user_frames(model, seen, p.top_n, p.chunk_users, shard_span(len(model.user_ids), shard, shards))
+            # Users with very few interactions may be ranked by item neighbours (coldstart.min_interactions).
+            ranker = for_ranking(model, seen, settings.coldstart)
+            post = build_postprocess(settings, day, ranker, seen)
+            frames = _user_frames(ranker, seen, p.top_n, p.chunk_users, shard_span(len(model.user_ids), shard, shards),
+                                  post)
         else:
-            frames = _item_frames(model, p.similar_n, p.chunk_users, shard_span(len(model.item_ids), shard, shards))
+            frames = _item_frames(model, p.similar_n, p.chunk_users, shard_span(len(model.item_ids), shard, shards),
+                                  post)
         written.append(rank_to_staging(frames, kind, shard_path(settings, day, kind, shard, shards)))
     log.info("ranked shard %d of %d for %s: %s", shard + 1, shards, day, ", ".join(p.name for p in written))
     return written
@@ -590,13 +750,19 @@ def _publish_popular(settings: Settings, engine: Engine, day: dt.date, seen: Int
         return
     # Users per item, as the popularity family counts; ties by item id, so reruns agree.
     users = np.asarray((seen.matrix != 0).sum(axis=0)).ravel()
-    order = np.lexsort((seen.item_ids.astype(str), -users))[: settings.publish.popular_n]
+    order = np.lexsort((seen.item_ids.astype(str), -users))
+    # The item rules hold for the fallback list too (recjobs.filters).
+    blocked = blocked_items(settings, seen.item_ids)
+    order = (order if blocked is None else order[~blocked[order]])[: settings.publish.popular_n]
     rows = [{C.RANK: r + 1, C.ITEM: seen.item_ids[i], C.SCORE: float(users[i]), C.RUN_DATE: day.isoformat()}
             for r, i in enumerate(order)]
-    # Small table: replacing its rows in one transaction is atomic for readers.
+    from recjobs.coldstart import write_segments
+
+    # Small tables: replacing their rows in one transaction is atomic for readers.
     with engine.begin() as conn:
         conn.execute(popular_items.delete())
         conn.execute(popular_items.insert(), rows)
+        write_segments(conn, settings, seen, day.isoformat())  # per-segment lists for new users
 
 
 # -- whole run ----------------------------------------------------------------------

@@ -1,49 +1,59 @@
 """Benchmark the pipeline on MovieLens 100k (read from ../shared/data/ml-100k, never copied).
 
-Runs ingest -> split -> train/evaluate every family -> gate -> final -> publish in a
+For each split protocol (per_user: each user's latest 20% held out; global_time: one
+time cutoff, the latest 20% of interactions after it, for users seen before it) runs
+ingest -> split -> train/evaluate every family -> gate -> final -> publish in a
 throwaway RECJOBS_HOME and prints, per family, precision/recall/NDCG/MAP@10,
-coverage and fit time, plus the promoted model and publish throughput.
+coverage, intra-list diversity, novelty, fit time and the paired comparison the gate
+made (difference, interval, p-value), then the promoted family and publish
+throughput. The last line is the same as JSON.
 
-    .venv/bin/python scripts/benchmark_ml100k.py [--data DIR] [--families als,lightfm] [--set KEY=VALUE]
+    .venv/bin/python scripts/benchmark_ml100k.py [--data DIR] [--families als,ease] [--protocols per_user]
+        [--set KEY=VALUE] [--quiet]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ml-100k"
+PROTOCOLS = ("per_user", "global_time")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("RECJOBS_ML100K", DEFAULT_DATA)))
-    parser.add_argument("--families", default="popularity,als,lightfm,tfrs")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args()
-    if not (args.data / "u.data").exists():
-        print(f"MovieLens 100k not found at {args.data}; skipping benchmark", file=sys.stderr)
-        return 0
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _num(value: Any) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _cell(value: Any, fmt: str, width: int) -> str:
+    v = _num(value)
+    return f"{'-':>{width}}" if v is None else f"{v:{width}{fmt}}"
+
+
+def run_protocol(args: argparse.Namespace, protocol: str, families: list[str]) -> dict[str, Any]:
+    """One whole pipeline run under ``protocol``; the candidates' and the gate's rows."""
     from recjobs.cli import _parse_set
     from recjobs.features import import_movielens
-    from recjobs.pipeline import engine_for, run_pipeline
+    from recjobs.pipeline import engine_for, run_dir, run_pipeline
     from recjobs.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="recjobs-bench-") as home:
         overrides = _parse_set(args.set)
-        overrides.update(home=home, families=args.families.split(","))
+        overrides.update(home=home, families=families)
+        overrides.setdefault("split", {})
+        overrides["split"] = {**overrides["split"], "protocol": protocol}
         settings = load_settings(overrides)
         engine = engine_for(settings)
         started = time.perf_counter()
@@ -54,24 +64,88 @@ def main() -> int:
         started = time.perf_counter()
         report = run_pipeline(settings, last_day, ingest=False)
         total_s = time.perf_counter() - started
+        snapshot = json.loads((run_dir(settings, last_day) / "snapshot.json").read_text())
         with engine.connect() as conn:
-            runs = pd.read_sql(
-                "SELECT family, fit_seconds FROM model_runs WHERE stage = 'candidate'", conn
-            ).set_index("family")["fit_seconds"]
-    print(f"\nMovieLens 100k, logical date {last_day}, temporal holdout "
-          f"{settings.split.holdout_fraction:.0%} per user, k={settings.evaluate.k}")
-    print(f"{'family':<12}{'P@10':>8}{'R@10':>8}{'NDCG@10':>9}{'MAP@10':>8}{'cover':>7}{'fit s':>8}")
+            cands = pd.read_sql("SELECT * FROM model_runs WHERE stage = 'candidate'", conn)
+            gate = pd.read_sql("SELECT * FROM model_runs WHERE stage = 'gate'", conn).iloc[0]
+        engine.dispose()
+    return {"settings": settings, "day": last_day, "snapshot": snapshot, "report": report, "cands": cands,
+            "gate": gate, "ingest_s": ingest_s, "total_s": total_s}
+
+
+def print_protocol(protocol: str, run: dict[str, Any]) -> dict[str, Any]:
+    """Print one protocol's table; return its machine-readable summary."""
+    settings, snap, report, gate = run["settings"], run["snapshot"], run["report"], run["gate"]
+    k = settings.evaluate.k
+    cands = run["cands"].set_index("family")
+    if protocol == "global_time":
+        how = f"global time cutoff {snap.get('holdout_cutoff')}: latest {settings.split.holdout_fraction:.0%} of " \
+              "interactions, users seen before it"
+    else:
+        how = f"latest {settings.split.holdout_fraction:.0%} of each user's interactions"
+    users = cands["eval_users"].dropna()
+    print(f"\n== protocol {protocol} == MovieLens 100k, logical date {run['day']}, {how}; k={k}, "
+          f"{int(users.max()) if len(users) else 0} users evaluated, {snap['train_rows']} train / "
+          f"{snap['holdout_rows']} holdout rows")
+    print(f"{'family':<12}{'P@10':>8}{'R@10':>8}{'NDCG@10':>9}{'MAP@10':>8}{'cover':>7}{'divers':>8}{'novel':>7}"
+          f"{'fit s':>7}   gate: diff vs {'champion/best':<14}")
+    out: dict[str, Any] = {"families": {}, "failures": dict(report.failures)}
     for family, m in report.candidates.items():
-        print(f"{family:<12}{m.precision:8.4f}{m.recall:8.4f}{m.ndcg:9.4f}{m.map:8.4f}"
-              f"{m.coverage:7.3f}{runs.get(family, float('nan')):8.1f}")
+        row = cands.loc[family]
+        ci = ("" if _num(row["gate_ci_low"]) is None
+              else f"[{row['gate_ci_low']:+.4f}, {row['gate_ci_high']:+.4f}] p={row['gate_p_value']:.3g}")
+        diff = "" if _num(row["gate_diff"]) is None else f"{row['gate_diff']:+.4f} "
+        print(f"{family:<12}{m.precision:8.4f}{m.recall:8.4f}{m.ndcg:9.4f}{m.map:8.4f}{m.coverage:7.3f}"
+              f"{_cell(m.diversity, '.3f', 8)}{_cell(m.novelty, '.2f', 7)}{_cell(row['fit_seconds'], '.1f', 7)}"
+              f"   {diff}{ci}")
+        out["families"][family] = {
+            "precision": round(m.precision, 4), "recall": round(m.recall, 4), "ndcg": round(m.ndcg, 4),
+            "map": round(m.map, 4), "coverage": round(m.coverage, 4),
+            "diversity": None if _num(m.diversity) is None else round(m.diversity, 4),
+            "novelty": None if _num(m.novelty) is None else round(m.novelty, 3),
+            "fit_seconds": _num(row["fit_seconds"]), "users": m.users,
+            "gate_diff": _num(row["gate_diff"]), "gate_p_value": _num(row["gate_p_value"]),
+        }
     for family, err in report.failures.items():
         print(f"{family:<12}FAILED {err}")
-    promoted = report.candidates.get(report.decision.family)
-    print(f"promoted: {report.decision.family} (NDCG@10 {promoted.ndcg:.4f}) - {report.decision.reason}")
+    decision = report.decision
+    print(f"promoted: {decision.family} ({settings.gate.metric.upper()}@{k} "
+          f"{report.candidates[decision.family].ndcg:.4f}) - {decision.reason}")
     for r in report.published:
         print(f"published {r.kind}: {r.rows} rows in {r.seconds:.2f}s ({r.rows / max(r.seconds, 1e-9):,.0f} rows/s)")
-    print(f"ingest {ingest_s:.1f}s, pipeline {total_s:.1f}s end to end")
-    print(json.dumps({f: round(m.ndcg, 4) for f, m in report.candidates.items()}))
+    print(f"ingest {run['ingest_s']:.1f}s, pipeline {run['total_s']:.1f}s end to end")
+    out.update(promoted=decision.family, reason=decision.reason, gate_diff=_num(gate["gate_diff"]),
+               gate_ci=[_num(gate["gate_ci_low"]), _num(gate["gate_ci_high"])],
+               gate_p_value=_num(gate["gate_p_value"]), holdout_cutoff=snap.get("holdout_cutoff"))
+    return out
+
+
+def main() -> int:
+    from recjobs.settings import FAMILIES
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("RECJOBS_ML100K", DEFAULT_DATA)))
+    parser.add_argument("--families", default=",".join(FAMILIES), help="default: every family")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    if not (args.data / "u.data").exists():
+        print(f"MovieLens 100k not found at {args.data}; skipping benchmark", file=sys.stderr)
+        return 0
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    protocols = [p.strip() for p in args.protocols.split(",") if p.strip()]
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown:
+        parser.error(f"unknown protocol(s) {unknown}; known: {list(PROTOCOLS)}")
+    summary: dict[str, Any] = {"date": None}
+    runs = {protocol: run_protocol(args, protocol, families) for protocol in protocols}
+    for protocol, run in runs.items():
+        summary["date"] = dt.date.isoformat(run["day"])
+        summary[protocol] = print_protocol(protocol, run)
+    print(json.dumps(summary, sort_keys=True))
     return 0
 
 

@@ -9,6 +9,7 @@
 --   generated_at   timestamp with time zone of the publish
 -- similar_items (same guarantees): item_id, similar_item_id, rank, score, model_version, generated_at
 -- popular_items: rank, item_id, score (interaction count), run_date: fallback for unknown users
+--   (per segment of users: segment_popular_items and user_segments; fallback query in coldstart.sql)
 -- recommendations_history: run_date, user_id, item_id, rank, score, model_version (every published date)
 -- model_runs: one row per (run_date, family, stage) with metrics, params, timings and gate reasons
 

@@ -45,6 +45,13 @@ CREATE TABLE model_runs (
 	reason TEXT, 
 	artifact_path TEXT, 
 	created_at DATETIME NOT NULL, 
+	diversity FLOAT, 
+	novelty FLOAT, 
+	raw_metrics TEXT, 
+	gate_diff FLOAT, 
+	gate_ci_low FLOAT, 
+	gate_ci_high FLOAT, 
+	gate_p_value FLOAT, 
 	PRIMARY KEY (id)
 );
 
@@ -83,6 +90,21 @@ CREATE TABLE recommendations_history (
 	score FLOAT NOT NULL, 
 	model_version VARCHAR(128) NOT NULL, 
 	PRIMARY KEY (run_date, user_id, rank)
+);
+
+CREATE TABLE segment_popular_items (
+	segment VARCHAR(256) NOT NULL, 
+	rank INTEGER NOT NULL, 
+	item_id VARCHAR(128) NOT NULL, 
+	score FLOAT NOT NULL, 
+	run_date VARCHAR(10) NOT NULL, 
+	PRIMARY KEY (segment, rank)
+);
+
+CREATE TABLE user_segments (
+	user_id VARCHAR(128) NOT NULL, 
+	segment VARCHAR(256) NOT NULL, 
+	PRIMARY KEY (user_id)
 );
 
 -- recommendations: versioned tables recommendations_v<N>; apps read the view `recommendations`.

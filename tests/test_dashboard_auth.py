@@ -3,22 +3,32 @@
 The served routes (login, 401/403, the page in a browser) are tested against a real
 Airflow in tests/test_airflow_server.py; here the page's library and the plugin's
 database handling run against real SQLite and PostgreSQL databases and Airflow's real
-connection lookup (in a subprocess, with its own AIRFLOW_HOME).
+connection lookup (in a subprocess, with its own AIRFLOW_HOME). The last tests start
+a real `airflow standalone` over two published nights and check the charts, the
+embedding map and the lookup in headless Chromium, and the new routes' auth.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
+import pytest
 import sqlalchemy as sa
 
 from recjobs.dashboard import NO_SCHEMA, missing_schema, render, sqlite_file_missing
 from recjobs.db import make_engine
-from tests.conftest import ROOT, _free_port
+from recjobs.pipeline import run_pipeline
+from recjobs.settings import load_settings
+from recjobs.synthetic import write_inbox
+from tests.conftest import AIRFLOW, ROOT, SMALL, _free_port, airflow_process_env, airflow_standalone
 
 SECRET = "s3cret-Pw-41"
 
@@ -123,3 +133,153 @@ def test_plugin_surfaces_a_secrets_backend_failure_instead_of_falling_back(tmp_p
                      AIRFLOW__SECRETS__BACKEND="deny_backend.Deny")
     error = results["denied"]["error"]
     assert "recjobs_db" in error and "AirflowSecretsBackendAccessDenied" in error, error
+
+
+# -- the page in a browser, served by a real `airflow standalone` over two published nights -----------
+USERS = "viewer:viewer,nobody:"
+PASSWORDS = {"viewer": "viewer-pw-5Jq", "nobody": "nobody-pw-2Lc"}
+NEW_ROUTES = ["/recjobs/static/vega-embed.js", "/recjobs/api/embedding", "/recjobs/api/charts"]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _token(port: int, user: str) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/auth/token", method="POST",
+                                 data=json.dumps({"username": user, "password": PASSWORDS[user]}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())["access_token"]
+
+
+@pytest.fixture(scope="module")
+def dashboard_server(tmp_path_factory):  # noqa: ANN001, ANN201
+    """Airflow standalone with our plugin, over a database the real pipeline published twice."""
+    if not AIRFLOW.exists():
+        pytest.skip(f"airflow is not installed next to {sys.executable}")
+    base = tmp_path_factory.mktemp("dashboard_ui")
+    port = _free_port()
+    home = base / "recjobs"
+    (base / "passwords.json").write_text(json.dumps(PASSWORDS))
+    env = {
+        **airflow_process_env(base / "airflow"),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": USERS,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(base / "passwords.json"),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "RECJOBS_HOME": str(home),
+    }
+    settings = load_settings({"home": str(home), "families": ["popularity", "als"], "publish": {"top_n": 10}},
+                             environ={})
+    write_inbox(settings.inbox, SMALL)
+    for day in ("2026-01-20", "2026-01-31"):
+        run_pipeline(settings, day)
+    with airflow_standalone(env, port, base / "standalone.log", timeout=300):
+        yield {"port": port, "url": f"http://127.0.0.1:{port}", "settings": settings}
+
+
+def test_new_dashboard_routes_require_login_and_the_view_permission(dashboard_server):
+    url, port = dashboard_server["url"], dashboard_server["port"]
+    viewer, nobody = _token(port, "viewer"), _token(port, "nobody")
+    for route in NEW_ROUTES:
+        assert _get(url + route)[0] == 401, route
+        assert _get(url + route, nobody)[0] == 403, route
+        assert _get(url + route, viewer)[0] == 200, route
+    status, body = _get(url + "/recjobs/api/embedding", viewer)
+    doc = json.loads(body)
+    assert doc["family"] == "als" and doc["n_points"] == SMALL.n_items and doc["message"] is None
+    # The nav entry: a short label, and a route that differs from the app's prefix.
+    plugins = json.loads(_get(url + "/api/v2/plugins", viewer)[1])["plugins"]
+    view = next(v for p in plugins if p["name"] == "recjobs_dashboard" for v in p["external_views"])
+    assert view["name"] == "Recs" and view["url_route"] == "recs" and view["href"] == "/recjobs/"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (scripts/setup_system.sh installs it)")
+def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboard_server):
+    from playwright.sync_api import sync_playwright
+
+    url = dashboard_server["url"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        outside = []  # every request must stay on the Airflow server: no CDN
+        page.on("request", lambda req: outside.append(req.url) if not req.url.startswith(url) else None)
+        page.goto(f"{url}/auth/login?next={quote('/recjobs/?user=u7x')}")
+        page.fill("input[name='username']", "viewer")
+        page.fill("input[name='password']", PASSWORDS["viewer"])
+        page.click("button[type='submit']")
+        page.wait_for_url("**/recjobs/?user=u7x", wait_until="domcontentloaded", timeout=90_000)
+        # An unknown id: said so, with close ids, and the answer on the first screen.
+        notice = page.locator("#user-notice")
+        assert "Unknown user 'u7x'" in notice.inner_text() and "u7" in page.locator("#user-suggestions").inner_text()
+        box = page.locator("#lookup-result").bounding_box()
+        assert box is not None and box["y"] < 900
+        assert page.locator("#user-recs thead").inner_text().split("\t")[-1].strip() == "users who interacted"
+
+        # The embedding map: one drawn point per item of the live ALS model, titles on hover.
+        page.locator("#embedding-map.rendered").wait_for(timeout=60_000)
+        points = page.locator("#embedding-map g.mark-symbol.role-mark path")
+        assert points.count() == SMALL.n_items
+        spread = page.evaluate("fetch('/recjobs/api/embedding').then(r => r.json()).then(d => "
+                               "[d.points.length, new Set(d.points.map(p => p.x)).size, "
+                               "new Set(d.points.map(p => p.genre)).size])")
+        assert spread[0] == SMALL.n_items and spread[1] > SMALL.n_items // 2 and spread[2] > 1
+        points.nth(5).hover(force=True)
+        tooltip = page.locator("#vg-tooltip-element")
+        tooltip.wait_for(state="visible", timeout=10_000)
+        assert "Item " in tooltip.inner_text() and "genre" in tooltip.inner_text()
+        page.locator("#embedding-map").screenshot(path=str(ARTIFACTS / "dashboard_embedding_map.png"))
+
+        # Metric charts: two families on two dates, a dated tooltip, bounded axes.
+        for column in ("ndcg_at_k", "coverage", "novelty"):
+            page.locator(f"#chart-{column}.rendered").wait_for(timeout=30_000)
+        ndcg = page.locator("#chart-ndcg_at_k g.mark-symbol.role-mark path")
+        assert ndcg.count() == 4
+        ndcg.first.hover(force=True)
+        page.wait_for_function("document.querySelector('#vg-tooltip-element')?.innerText.includes('2026-01-')")
+        texts = page.locator("#chart-coverage .role-axis-label text").all_text_contents()
+        values = [float(t) for t in texts if t.replace(".", "", 1).isdigit()]  # the y axis; x shows dates
+        assert values and max(values) <= 1.0 and any(t.startswith("Jan") for t in texts), texts
+        assert page.locator(".vchart.failed").count() == 0
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(ARTIFACTS / "dashboard_unknown_user.png"), full_page=True)
+
+        # A known user: their history beside their recommendations, both with titles.
+        page.goto(f"{url}/recjobs/?user=u7", wait_until="domcontentloaded", timeout=90_000)
+        assert page.locator("#user-history tbody tr").count() > 0
+        assert page.locator("#user-recs tbody tr").count() == 10
+        assert "Item " in page.locator("#user-history tbody tr").first.inner_text()
+        assert page.locator("#user-notice").count() == 0
+        page.locator("#embedding-map.rendered").wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+        # In the Airflow UI: the short nav label, and the address naming "recjobs" once.
+        ui = context.new_page()
+        ui.set_viewport_size({"width": 1400, "height": 1000})
+        ui.goto(f"{url}/plugin/recs", wait_until="networkidle")
+        embedded = ui.frame_locator("iframe").locator("#champion")
+        embedded.wait_for(state="visible", timeout=60_000)
+        ui.wait_for_url("**/plugin/recs/recjobs/", timeout=30_000)
+        assert "/recjobs/recjobs" not in ui.url and "/plugin/recs/recjobs/" in ui.url
+        label = ui.get_by_role("link", name="Recs")
+        assert label.count() >= 1 and "…" not in label.first.inner_text()
+        ui.frame_locator("iframe").locator("#embedding-map.rendered").wait_for(timeout=60_000)
+        ui.screenshot(path=str(ARTIFACTS / "dashboard_in_airflow_ui.png"))
+        browser.close()
+    assert not outside, outside
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000

@@ -34,6 +34,25 @@ def _with_identity(features: sp.csr_matrix | None, n: int, use: bool) -> sp.csr_
 class LightFMModel(VectorRecommender):
     family = "lightfm"
     params_type = LightFMParams
+    # Cold items (recjobs.coldstart.ColdItemProjection): set by a fit with item features.
+    item_feature_names: np.ndarray | None = None
+    _feature_part: tuple[np.ndarray, np.ndarray] | None = None
+
+    def project_item_features(self, features: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors and biases of items from L1-normalised features alone (no identity feature).
+
+        The features keep the weights a trained item's features have next to its identity
+        (see :func:`_with_identity`), so a new item is a trained item with the same features
+        minus its own identity term. A new item still sits at the centre of its features,
+        so it ranks high for their fans (generated test data, one new item of one of six
+        genres: rank 1 for 33 of 120 users, 47 with the features at full weight).
+        """
+        if self._feature_part is None:
+            raise RuntimeError("lightfm: not fitted with item features in this process")
+        embeddings, biases = self._feature_part
+        sums = np.asarray(features.sum(axis=1)).ravel()
+        weighted = sp.diags(1.0 / (1.0 + sums)).dot(features).tocsr()
+        return np.asarray(weighted @ embeddings, np.float32), np.asarray(weighted @ biases, np.float32)
 
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Vectors:
         from lightfm import LightFM
@@ -68,6 +87,12 @@ class LightFMModel(VectorRecommender):
         user_bias, user_emb = model.get_user_representations(user_features)
         item_bias, item_emb = model.get_item_representations(item_features)
         self.info["hybrid"] = {"items": item_features is not None, "users": user_features is not None}
+        if item_features is not None:
+            # Rows after the identity rows embed the side features themselves: a new item is
+            # represented by them alone, as its own identity feature was never trained.
+            self.item_feature_names = features.item_names
+            self._feature_part = (model.item_embeddings[data.n_items:].astype(np.float32),
+                                  model.item_biases[data.n_items:].astype(np.float32))
         # The user bias shifts all of a user's scores equally, so it is dropped: rankings are
         # unchanged and the score stays a pure matrix product plus item bias.
         del user_bias

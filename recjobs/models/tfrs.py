@@ -13,10 +13,16 @@ the shared chunked matrix product.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
 
 import numpy as np
+import scipy.sparse as sp
 
 from recjobs.interactions import Interactions, SideFeatures
 from recjobs.models.base import VectorRecommender, Vectors
@@ -30,16 +36,67 @@ log = logging.getLogger(__name__)
 _STEPS_PER_CALL = 64
 
 
+_TF_NATIVE_LOG = re.compile(r"^(?:[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]|WARNING: All log messages before "
+                            r"absl::InitializeLog\(\) is called are written to STDERR)")
+
+
+@contextlib.contextmanager
+def _native_stderr_to_debug() -> Iterator[None]:
+    """Send what native code writes to stderr inside the block to this module's debug log.
+
+    TensorFlow's C++ start-up (oneDNN and CUDA probing, "Could not find cuda drivers",
+    "failed call to cuInit") writes straight to file descriptor 2 before its own log level
+    applies, and Airflow shows every stderr line of a task as a red ERROR. Anything else
+    written to stderr meanwhile (a real Python warning) is passed on unchanged.
+    """
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (e.g. captured): nothing to redirect
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                if _TF_NATIVE_LOG.match(line):
+                    log.debug("tensorflow start-up: %s", line)
+                elif line.strip():
+                    print(line, file=sys.stderr)
+
+
 def import_tensorflow():  # noqa: ANN201 - returns the tensorflow module
-    """Import TensorFlow with Keras 2, as TensorFlow Recommenders needs.
+    """Import TensorFlow (with Keras 2, as TensorFlow Recommenders needs) and TFRS, quietly.
 
     ``TF_USE_LEGACY_KERAS`` only has an effect before TensorFlow's first import, so
     it is set here (and when :mod:`recjobs` is imported) rather than left to users.
+    ``TF_CPP_MIN_LOG_LEVEL=3`` (unless set already) hides TensorFlow's C++ info, warning
+    and error lines (NodeDef attributes, oneDNN fallbacks) that no user can act on; a real
+    failure still raises. The start-up lines written before that level applies go to the
+    debug log (``recjobs -v``); set ``TF_CPP_MIN_LOG_LEVEL=0`` to see everything.
     """
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow_recommenders" in sys.modules:
+        return sys.modules["tensorflow"]
+    with _native_stderr_to_debug():
+        import tensorflow as tf
+        import tensorflow_recommenders  # noqa: F401 - loads its own native libraries: same start-up lines
 
+        # Device discovery probes CUDA (cuInit) now rather than in the middle of training.
+        tf.config.list_physical_devices()
+    # TensorFlow's Python side logs deprecation notices through "tensorflow" and absl.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
     return tf
 
 
@@ -52,6 +109,17 @@ def _dense_features(features: np.ndarray | None, n: int, use: bool) -> np.ndarra
 class TwoTowerModel(VectorRecommender):
     family = "tfrs"
     params_type = TFRSParams
+    # Cold items (recjobs.coldstart.ColdItemProjection): set by a fit with item features.
+    item_feature_names: np.ndarray | None = None
+    _feature_kernel: np.ndarray | None = None
+
+    def project_item_features(self, features: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """The item tower for items known by features alone: its id embedding is taken as zero."""
+        if self._feature_kernel is None:
+            raise RuntimeError("tfrs: not fitted with item features in this process")
+        out = np.asarray(features @ self._feature_kernel, np.float32)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12), np.zeros(len(out), np.float32)
 
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Vectors:
         tf = import_tensorflow()
@@ -189,4 +257,7 @@ class TwoTowerModel(VectorRecommender):
                          stopped_early=waited >= p.patience, examples_per_epoch=n)
         user_vectors = user_tower.predict(np.arange(data.n_users, dtype=np.int32), batch_size=8192, verbose=0)
         item_vectors = item_tower.predict(np.arange(data.n_items, dtype=np.int32), batch_size=8192, verbose=0)
+        if item_feats is not None:
+            self.item_feature_names = features.item_names
+            self._feature_kernel = item_tower.get_layer("item_features").kernel.numpy().astype(np.float32)
         return Vectors(user_vectors, item_vectors, np.zeros(data.n_items, np.float32))
