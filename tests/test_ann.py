@@ -1,0 +1,101 @@
+"""recjobs.ann: faster top-N for vector families, checked against exact scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recjobs.ann import AnnIndex, NormPrunedIndex, ann_recommend, augmented_items, with_ann
+from recjobs.models.base import Vectors, top_k
+from recjobs.models.popularity import PopularityModel
+from recjobs.settings import Settings
+
+pytest.importorskip("faiss")
+
+N_USERS, N_ITEMS, DIM, TOP = 600, 1500, 16, 20
+
+
+@pytest.fixture(scope="module")
+def case() -> tuple[Vectors, sp.csr_matrix]:
+    """Clustered vectors with popularity-like item norms, a bias, and seen items (some users heavy)."""
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((12, DIM)).astype(np.float32)
+    items = centres[rng.integers(0, 12, N_ITEMS)] + 0.4 * rng.standard_normal((N_ITEMS, DIM)).astype(np.float32)
+    items *= rng.lognormal(0.0, 0.6, N_ITEMS).astype(np.float32)[:, None]
+    users = centres[rng.integers(0, 12, N_USERS)] + 0.5 * rng.standard_normal((N_USERS, DIM)).astype(np.float32)
+    bias = (0.3 * rng.standard_normal(N_ITEMS)).astype(np.float32)
+    counts = rng.integers(0, 60, N_USERS)
+    picks = [rng.choice(N_ITEMS, c, replace=False) for c in counts]
+    # Heavy users have seen their 900 best-scored items (as a fitted model scores what users
+    # saw highest): every candidate the index retrieves within max_depth is seen.
+    for u in range(10):
+        picks[u] = np.argsort(-(items @ users[u] + bias))[:900]
+        counts[u] = 900
+    rows = np.repeat(np.arange(N_USERS), counts)
+    cols = np.concatenate(picks)
+    seen = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(N_USERS, N_ITEMS))
+    return Vectors(users, items, bias), seen
+
+
+def _exact(vectors: Vectors, seen: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    query = np.hstack([vectors.user_vectors[rows], np.ones((len(rows), 1), np.float32)])
+    return top_k(augmented_items(vectors), query, TOP, seen[rows])
+
+
+def _recall(got: np.ndarray, want: np.ndarray) -> float:
+    return sum(len(np.intersect1d(g[g >= 0], w[w >= 0])) for g, w in zip(got, want, strict=True)) / (want >= 0).sum()
+
+
+@pytest.mark.parametrize("kind, knobs", [("ivf", {"lists": 32, "probe": 12}), ("hnsw", {"hnsw_m": 16, "ef_search": 64})])
+def test_index_excludes_seen_and_recalls_exact(case: tuple[Vectors, sp.csr_matrix], kind: str,
+                                               knobs: dict[str, int]) -> None:
+    vectors, seen = case
+    rows = np.arange(N_USERS)
+    index = AnnIndex(augmented_items(vectors), kind, **knobs)  # type: ignore[arg-type]
+    ids, scores = ann_recommend(vectors, index, rows, TOP, seen, depth=40, max_depth=200)
+    want, _ = _exact(vectors, seen, rows)
+    assert (ids >= 0).all(), "every list is full (the catalogue has enough unseen items)"
+    assert not seen[np.repeat(rows, TOP), ids.ravel()].any(), "a seen item was recommended"
+    assert _recall(ids, want) >= 0.95
+    # Scores are the exact u.v + b of the returned items, best first.
+    query = np.hstack([vectors.user_vectors, np.ones((N_USERS, 1), np.float32)])
+    np.testing.assert_allclose(scores, np.einsum("ud,ukd->uk", query, augmented_items(vectors)[ids]), rtol=1e-4,
+                               atol=1e-4)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    # Users left without enough unseen candidates at max_depth are ranked exactly.
+    np.testing.assert_array_equal(ids[:10], want[:10])
+    # Rebuilding the index gives the same lists (seeded k-means, single-threaded graph).
+    again = AnnIndex(augmented_items(vectors), kind, **knobs)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(ann_recommend(vectors, again, rows, TOP, seen, depth=40, max_depth=200)[0], ids)
+
+
+def test_pruned_is_exact(case: tuple[Vectors, sp.csr_matrix]) -> None:
+    vectors, seen = case
+    rows = np.arange(N_USERS)
+    index = NormPrunedIndex(vectors, TOP, seen, sample_users=300)
+    assert index.head < N_ITEMS, "the norm bound prunes part of the catalogue on these vectors"
+    ids, scores = index.recommend(vectors, rows, TOP, seen, augmented_items(vectors))
+    want, want_scores = _exact(vectors, seen, rows)
+    np.testing.assert_array_equal(ids, want)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_ranker_wraps_vector_families_only(case: tuple[Vectors, sp.csr_matrix]) -> None:
+    vectors, seen = case
+    model = PopularityModel()
+    model.user_ids = np.asarray([f"u{i}" for i in range(N_USERS)], dtype=object)
+    model.item_ids = np.asarray([f"i{i}" for i in range(N_ITEMS)], dtype=object)
+    model.vectors = vectors
+    assert with_ann(model, "off") is model
+    ranker = with_ann(model, "ivf", TOP, seen, depth=40, max_depth=200, lists=32, probe=32)
+    ids, _ = ranker.recommend(np.arange(50), TOP, exclude=seen)
+    want, _ = model.recommend(np.arange(50), TOP, exclude=seen)
+    assert _recall(ids, want) >= 0.99  # every list probed: only the passes differ from exact
+    assert ranker.user_ids is model.user_ids and ranker.info is model.info
+
+
+def test_setting_is_validated() -> None:
+    assert Settings.model_validate({"publish": {"ann": "hnsw"}}).publish.ann == "hnsw"
+    with pytest.raises(ValueError, match="ann"):
+        Settings.model_validate({"publish": {"ann": "annoy"}})
