@@ -139,6 +139,19 @@ class PublishSettings(_Strict):
     # Users (and items) are ranked in this many shards: in Airflow one mapped task each, so
     # with Celery/Kubernetes they run on several workers; `recjobs publish` ranks them in turn.
     shards: int = Field(1, ge=1, le=1024)
+    # Ranking users of a vector family (recjobs.ann): "off" scores every item exactly;
+    # "pruned" is exact too but skips items a norm bound rules out; "ivf"/"hnsw" are faiss
+    # indexes (approximate; recall against exact is measured by scripts/benchmark_scale.py).
+    # Neighbourhood families always rank exactly.
+    ann: Literal["off", "ivf", "hnsw", "pruned"] = "off"
+    ann_lists: int | None = Field(None, gt=0)  # ivf: k-means lists (None: about 1.5 sqrt(items))
+    ann_probe: int = Field(32, gt=0)  # ivf: lists searched per user
+    ann_hnsw_m: int = Field(32, gt=1)  # hnsw: links per node
+    ann_ef_search: int = Field(128, gt=0)  # hnsw: search breadth (at least the retrieval depth)
+    # ivf/hnsw: candidates retrieved before seen items are dropped; users left short are
+    # retrieved again up to ann_max_depth, then ranked exactly.
+    ann_depth: int = Field(128, gt=0)
+    ann_max_depth: int = Field(512, gt=0)
 
 
 class PopularityParams(_Strict):
@@ -252,10 +265,11 @@ class SequenceParams(_Strict):
     sampling_correction: bool = True
     remove_accidental_hits: bool = True
     max_epochs: int = Field(40, gt=0)
-    # Wall-clock budget, checked between epochs; the best epoch so far is kept.
-    max_seconds: float | None = Field(90.0, gt=0.0)
+    # Wall-clock budget, checked between epochs; the best epoch so far is kept. At ML-20M
+    # size an epoch of 500k examples takes ~20 s on 2 cores (pool), so training ends by ~80 s.
+    max_seconds: float | None = Field(60.0, gt=0.0)
     # Next-item examples per epoch, a fresh seeded sample each epoch (None: all of them).
-    examples_per_epoch: int | None = Field(1_000_000, gt=1)
+    examples_per_epoch: int | None = Field(500_000, gt=1)
     patience: int = Field(3, gt=0)
     # Early stopping: this many users' latest item is held out of training and ranked.
     validation_users: int = Field(2000, gt=0)

@@ -53,6 +53,11 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "neighbours": [50, 100, 200],
         "recency_half_life": [None, 5.0, 10.0, 20.0],
     },
+    "sequence": {
+        "temperature": [0.1, 0.2, 0.3],
+        "learning_rate": [0.002, 0.005],
+        "max_length": [10, 20, 50],
+    },
 }
 
 

@@ -21,7 +21,7 @@ FAST = {
     "tfrs": {"embedding_dim": 8, "max_epochs": 8, "batch_size": 128, "patience": 2},
     "ease": {"l2": 10.0},
     "itemknn": {"neighbours": 20},
-    "sequence": {"embedding_dim": 16, "max_epochs": 15, "batch_size": 128, "patience": 3, "validation_users": 20},
+    "sequence": {"embedding_dim": 16, "max_epochs": 20, "batch_size": 128, "patience": 5, "validation_users": 20},
 }
 # Families with a recency setting, and the one that switches it on.
 RECENCY = {"ease": "recency_half_life", "itemknn": "recency_half_life", "als": "recency_half_life"}

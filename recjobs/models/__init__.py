@@ -18,6 +18,7 @@ _REGISTRY: dict[str, str] = {
     "tfrs": "recjobs.models.tfrs:TwoTowerModel",
     "ease": "recjobs.models.ease:EASEModel",
     "itemknn": "recjobs.models.itemknn:ItemKNNModel",
+    "sequence": "recjobs.models.sequence:SequenceModel",
 }
 
 
