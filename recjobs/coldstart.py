@@ -267,11 +267,17 @@ def segment_popular_rows(settings: Settings, seen: Interactions, segments: pd.Da
     counts = np.asarray((indicator @ binary).todense())
     sizes = np.bincount(codes, minlength=len(names))
     item_names = seen.item_ids.astype(str)
+    from recjobs.filters import blocked_items
+
+    # The item rules (rules.exclude_items / allow_items) hold for every fallback list.
+    blocked = blocked_items(settings, seen.item_ids)
     rows: list[dict[str, object]] = []
     for s, name in enumerate(names):
         if sizes[s] < cold.min_segment_users:
             continue
-        order = np.lexsort((item_names, -counts[s]))[: settings.publish.popular_n]
+        order = np.lexsort((item_names, -counts[s]))
+        order = order if blocked is None else order[~blocked[order]]
+        order = order[: settings.publish.popular_n]
         order = order[counts[s, order] > 0]
         rows.extend({C.SEGMENT: name, C.RANK: r + 1, C.ITEM: seen.item_ids[i], C.SCORE: float(counts[s, i]),
                      C.RUN_DATE: run_date} for r, i in enumerate(order))

@@ -679,6 +679,7 @@ def rank_shard(settings: Settings, run_date: str | dt.date, shard: int = 0) -> l
     post = None  # business rules and re-ranking (recjobs.rerank); None with neutral settings
     for kind in _published_kinds(model):
         if kind == "recommendations":
+            from recjobs.ann import for_publish
             from recjobs.coldstart import align_seen, for_ranking
 
             # The model's items are the matrix's, then any new items it scored from features
@@ -689,6 +690,8 @@ def rank_shard(settings: Settings, run_date: str | dt.date, shard: int = 0) -> l
                                     f"rerun `recjobs train --date {day} --final`")
             # Users with very few interactions may be ranked by item neighbours (coldstart.min_interactions).
             ranker = for_ranking(model, seen, settings.coldstart)
+            # publish.ann: rank vector families through an index (recjobs.ann); built once per shard.
+            ranker = for_publish(ranker, p, seen.matrix)
             post = build_postprocess(settings, day, ranker, seen)
             frames = _user_frames(ranker, seen, p.top_n, p.chunk_users, shard_span(len(model.user_ids), shard, shards),
                                   post)

@@ -350,8 +350,10 @@ class RerankSettings(_Strict):
     """Re-ranking between scoring and publishing (and in the gate's evaluation); off by default."""
 
     # When a rule or a re-ranking is on, candidates are taken `depth` times deeper than the
-    # list (top_n x depth), and deeper again for a user whose list still comes out short.
+    # list (top_n x depth), and 4x deeper again for a user whose list still comes out short,
+    # up to top_n x max_depth candidates (a list that cannot fill then stays short).
     depth: int = Field(3, ge=1, le=100)
+    max_depth: int = Field(20, ge=1, le=1000)
     # Maximal marginal relevance: 1.0 ranks by relevance alone (off); lower values trade
     # relevance for dissimilarity to the items already chosen for the list.
     mmr_lambda: float = Field(1.0, ge=0.0, le=1.0)
@@ -366,6 +368,12 @@ class RerankSettings(_Strict):
     # added to their relevance (scaled 0..1 within each list), the newest the most; 0: off.
     freshness_boost: float = Field(0.0, ge=0.0)
     freshness_days: float = Field(14.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _depths_ordered(self) -> RerankSettings:
+        if self.max_depth < self.depth:
+            raise ValueError(f"max_depth {self.max_depth} is below depth {self.depth}")
+        return self
 
     @property
     def active(self) -> bool:
