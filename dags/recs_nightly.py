@@ -3,13 +3,27 @@
 Every task is a thin call into ``recjobs``; tasks hand each other dates and paths,
 never data. Heavy libraries (TensorFlow, implicit, LightFM) are imported inside the
 tasks that need them, never at parse time.
+
+**Which day a run computes** (`run_date`): the `run_date` param when given, else the
+day (UTC) of the run's logical date. A scheduled run's logical date is the start of the
+day it covers, so the run after midnight computes the day that just ended. A manual
+trigger's logical date is when it was triggered (the form's *Logical date*, default
+now), so it computes today with the data up to now; tonight's run recomputes today with
+the whole day and replaces it.
+
+**Assets**: `ingest` and `split` read `recjobs.ratings_lake`; `ingest` emits an event
+for it when it added rows; `publish` emits `recjobs.recommendations` and
+`recjobs.similar_items` events only for the lists it made live (not for a backfilled
+date kept as history only). Schedule downstream DAGs on them (`from recjobs_airflow
+import RECOMMENDATIONS`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import re
+import logging
+import sys
+from pathlib import Path
 from typing import Any
 
 import pendulum
@@ -21,15 +35,30 @@ from airflow.sdk.exceptions import (
 )
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-FAMILIES = ["popularity", "als", "lightfm", "tfrs"]
-DB_CONN_ID = "recjobs_db"
+if str(Path(__file__).parent) not in sys.path:
+    # Airflow puts the bundle's folder on sys.path when it parses or runs a DAG; a plain
+    # DagBag (`airflow dags list --local`, import tests) does not.
+    sys.path.append(str(Path(__file__).parent))
+
+from recjobs_airflow import (
+    LAKE_UPDATES,
+    LIVE_PUBLICATIONS,
+    PUBLISHED_ASSETS,
+    RATINGS_LAKE,
+    RECOMMENDATIONS,
+    SIMILAR_ITEMS,
+    report_ingest,
+    task_settings,
+)
+
+# Parse time: only pydantic settings are imported here, nothing heavy.
+from recjobs.settings import FAMILIES, load_settings, mask_url
+
+log = logging.getLogger("recjobs.dags.recs_nightly")
 
 
 def _queues() -> tuple[dict[str, str], dict[str, str]]:
     """Task kwargs routing training and ranking to the queues in settings (`airflow.*`)."""
-    # Parse time: only pydantic settings are imported here, nothing heavy.
-    from recjobs.settings import load_settings
-
     routes = load_settings().airflow
     return ({"queue": routes.train_queue} if routes.train_queue else {},
             {"queue": routes.score_queue} if routes.score_queue else {})
@@ -38,63 +67,15 @@ def _queues() -> tuple[dict[str, str], dict[str, str]]:
 TRAIN_QUEUE, SCORE_QUEUE = _queues()
 
 
-class DatabaseConnectionError(RuntimeError):
-    """The ``recjobs_db`` connection exists but cannot be used; never fall back then."""
-
-
-def _redact(text: str) -> str:
-    # Messages may quote a URI or the connection's JSON: keep the password out of logs.
-    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
-    return re.sub(r'("password"\s*:\s*)"(?:[^"\\]|\\.)*"', r'\1"***"', text)
-
-
-def _database_url() -> str | None:
-    """The recommendations database from the ``recjobs_db`` connection, if one is defined.
-
-    Only a connection that does not exist falls back to RECJOBS_DATABASE_URL / the embedded
-    SQLite default; any other failure fails the task, so nothing is published elsewhere.
-    """
-    from airflow.sdk import BaseHook
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    env_name = f"AIRFLOW_CONN_{DB_CONN_ID.upper()}"
-    try:
-        return BaseHook.get_connection(DB_CONN_ID).get_uri()
-    except AirflowNotFoundException:
-        # The task SDK also reports "not found" when a secrets backend fails to parse the
-        # connection (it logs the error at debug level and tries the next backend), so a
-        # defined but malformed AIRFLOW_CONN_RECJOBS_DB lands here too.
-        if os.environ.get(env_name):
-            raise DatabaseConnectionError(
-                f"Airflow connection {DB_CONN_ID!r} is set in {env_name} but Airflow cannot read it "
-                "(a malformed URI or JSON?); refusing to fall back to the embedded database"
-            ) from None
-        return None
-    except Exception as exc:
-        raise DatabaseConnectionError(
-            f"Airflow connection {DB_CONN_ID!r} cannot be used: {type(exc).__name__}: {_redact(str(exc))}; "
-            "refusing to fall back to the embedded database"
-        ) from None
-
-
-def _settings(params: dict[str, Any]):  # noqa: ANN202 - recjobs.settings.Settings, imported lazily
-    from recjobs.settings import load_settings
-
-    overrides: dict[str, Any] = {
-        "families": params.get("families") or None,
-        "train_window_days": params.get("train_window_days"),
-        "database_url": _database_url(),
-    }
-    return load_settings(overrides)
-
-
 def _run_date(context: dict[str, Any]) -> str:
-    """The partition this run computes: the params' run_date, else the data interval's start day."""
+    """The partition this run computes: the params' run_date, else its logical date's UTC day."""
     override = context["params"].get("run_date")
     if override:
         return dt.date.fromisoformat(override).isoformat()
-    start = context.get("data_interval_start") or context["logical_date"]
-    return start.date().isoformat()
+    # A run triggered without a logical date (API, `airflow dags trigger` without one) has
+    # only run_after: when it was asked to run.
+    when = context.get("logical_date") or context["dag_run"].run_after
+    return when.astimezone(dt.UTC).date().isoformat()
 
 
 @dag(
@@ -108,34 +89,43 @@ def _run_date(context: dict[str, Any]) -> str:
     # Retries come from Airflow's own [core] default_task_retries / default_task_retry_delay,
     # so operators tune them per deployment (docker-compose.yaml sets one retry).
     params={
-        "families": Param(None, type=["null", "array"], items={"enum": FAMILIES}, minItems=1,
-                          description="Model families to train (default: the settings', RECJOBS_FAMILIES)."),
-        "run_date": Param(None, type=["null", "string"], format="date",
-                          description="Compute this date instead of the run's data interval (YYYY-MM-DD)."),
-        "train_window_days": Param(None, type=["null", "integer"], minimum=1,
-                                   description="Train on the last N days only (default: all history)."),
+        # Top-level `examples` make the trigger form a multi-select of these values (with
+        # only `items.enum` it is a free-text box); `items.enum` still validates API/CLI input.
+        "families": Param(None, type=["null", "array"], items={"enum": list(FAMILIES)}, examples=list(FAMILIES),
+                          uniqueItems=True, minItems=1, title="Model families",
+                          description="Families to train and gate. Empty: the settings' (RECJOBS_FAMILIES)."),
+        # format=date: the form shows the browser's calendar, which displays the day in the
+        # browser's locale but sends YYYY-MM-DD; the help text must not name another format.
+        "run_date": Param(None, type=["null", "string"], format="date", title="Run date",
+                          description="The day (UTC) to compute: pick it in the calendar (in --conf or the "
+                                      "API: \"2026-01-31\"). Empty: the day of the run's logical date, "
+                                      "for a manual run the data up to now."),
+        "train_window_days": Param(None, type=["null", "integer"], minimum=1, title="Training window (days)",
+                                   description="Train on the last N days only. Empty: all history."),
     },
     tags=["recjobs"],
     doc_md=__doc__,
 )
 def recs_nightly() -> None:
-    @task
+    @task(inlets=[RATINGS_LAKE], outlets=[LAKE_UPDATES])
     def ingest() -> int:
         from recjobs.ingest import ingest_inbox
         from recjobs.pipeline import engine_for
 
-        settings = _settings(get_current_context()["params"])
+        context = get_current_context()
+        settings = task_settings(context["params"])
         reports = ingest_inbox(settings, engine_for(settings))
-        for r in reports:
-            print(r.summary())
+        extra = report_ingest(settings, reports)
+        if extra:
+            context["outlet_events"][LAKE_UPDATES].add(RATINGS_LAKE, extra=extra)
         return sum(r.rows_valid for r in reports)
 
-    @task
+    @task(inlets=[RATINGS_LAKE])
     def split() -> str:
         from recjobs.pipeline import prepare
 
         context = get_current_context()
-        return str(prepare(_settings(context["params"]), _run_date(context)))
+        return str(prepare(task_settings(context["params"]), _run_date(context)))
 
     def train_and_evaluate(family: str):  # noqa: ANN202 - returns the two task objects
         @task(task_id=f"train_{family}", **TRAIN_QUEUE)
@@ -143,7 +133,7 @@ def recs_nightly() -> None:
             from recjobs.pipeline import engine_for, record_failure, train_candidate
 
             context = get_current_context()
-            settings = _settings(context["params"])
+            settings = task_settings(context["params"])
             if family not in settings.families:
                 raise AirflowSkipException(f"{family} not in params.families")
             engine = engine_for(settings)
@@ -158,7 +148,7 @@ def recs_nightly() -> None:
             from recjobs.pipeline import engine_for, evaluate_candidate
 
             context = get_current_context()
-            settings = _settings(context["params"])
+            settings = task_settings(context["params"])
             return evaluate_candidate(settings, engine_for(settings), _run_date(context), family).ndcg
 
         return train(), evaluate()
@@ -172,7 +162,7 @@ def recs_nightly() -> None:
         from recjobs.pipeline import promote as gate
 
         context = get_current_context()
-        settings = _settings(context["params"])
+        settings = task_settings(context["params"])
         engine = engine_for(settings)
         day = _run_date(context)
         note = ""
@@ -186,15 +176,14 @@ def recs_nightly() -> None:
             limit = dt.timedelta(minutes=settings.gate.wait_timeout_minutes)
             dates = ", ".join(map(str, pending))
             if waited < limit:
-                print(f"waiting for the gate of earlier date(s) {dates} (waited {waited}, at most {limit})")
+                log.info("waiting for the gate of earlier date(s) %s (waited %s, at most %s)", dates, waited, limit)
                 raise AirflowRescheduleException(now + dt.timedelta(seconds=settings.gate.wait_poll_seconds))
             note = f"stopped waiting for earlier date(s) {dates} after {waited} (gate.wait_timeout_minutes)"
         try:
-            decision = gate(settings, engine, day, note=note)
+            decision = gate(settings, engine, day, note=note)  # logs the decision and its reason
         except NoCandidatesError as exc:
             # Recorded in model_runs (status no_candidates); retrying cannot produce candidates.
             raise AirflowFailException(str(exc)) from None
-        print(decision.reason)
         return decision.family
 
     @task(**TRAIN_QUEUE)
@@ -202,13 +191,13 @@ def recs_nightly() -> None:
         from recjobs.pipeline import engine_for, train_final
 
         context = get_current_context()
-        settings = _settings(context["params"])
+        settings = task_settings(context["params"])
         return str(train_final(settings, engine_for(settings), _run_date(context)))
 
     @task
     def plan_shards() -> list[int]:
         context = get_current_context()
-        return list(range(_settings(context["params"]).publish.shards))
+        return list(range(task_settings(context["params"]).publish.shards))
 
     # One mapped task per shard: with Celery or Kubernetes they rank on several workers at once.
     @task(**SCORE_QUEUE)
@@ -216,17 +205,26 @@ def recs_nightly() -> None:
         from recjobs.pipeline import rank_shard as rank
 
         context = get_current_context()
-        return [str(p) for p in rank(_settings(context["params"]), _run_date(context), shard)]
+        return [str(p) for p in rank(task_settings(context["params"]), _run_date(context), shard)]
 
-    @task
+    # Inlets: publish reads the live lists (which version is live, what to prune); declaring the
+    # Assets here also registers them, so the events added through the alias find them.
+    @task(inlets=[RECOMMENDATIONS, SIMILAR_ITEMS], outlets=[LIVE_PUBLICATIONS])
     def publish() -> int:
         from recjobs.pipeline import engine_for, load_published
 
         context = get_current_context()
-        settings = _settings(context["params"])
-        results = load_published(settings, engine_for(settings), _run_date(context))
+        settings = task_settings(context["params"])
+        day = _run_date(context)
+        results = load_published(settings, engine_for(settings), day)  # logs each list, live or not
         for r in results:
-            print(f"{r.kind}: {r.rows} rows in {r.table_name} ({'live' if r.live else 'history only'})")
+            if r.live:
+                # Plain str/int: the extra goes to Airflow as msgpack (table_name is SQLAlchemy's quoted_name).
+                context["outlet_events"][LIVE_PUBLICATIONS].add(PUBLISHED_ASSETS[r.kind], extra={
+                    "run_date": str(day), "table": str(r.table_name), "rows": int(r.rows),
+                    "database": str(mask_url(settings.db_url))})
+            else:
+                log.info("no %s Asset event: %s is kept as history only", r.kind, day)
         return results[0].rows
 
     prepared = split()

@@ -209,7 +209,9 @@ def train_candidate(settings: Settings, engine: Engine, run_date: str | dt.date,
     data = load_matrix(settings, day, "train")
     model, seconds = _fit(settings, family, data)
     params = settings.model_params(family).model_dump()
-    version = model_version(family, day, params, settings.seed, snap["fingerprint"], "candidate")
+    # The candidate's training part depends on the split protocol too, not only on the data.
+    split_key = f"{snap['fingerprint']}/{snap.get('split_protocol', 'per_user')}/{snap.get('holdout_cutoff')}"
+    version = model_version(family, day, params, settings.seed, split_key, "candidate")
     return model.save(candidate_path(settings, day, family), model_version=version, fit_seconds=seconds,
                       run_date=day.isoformat(), stage="candidate")
 

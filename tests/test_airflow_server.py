@@ -1,8 +1,10 @@
 """A real Airflow (scheduler, API server with our plugin, dag-processor, triggerer).
 
 One module-scoped `airflow standalone` (SQLite metadata DB, LocalExecutor) with real
-simple-auth-manager users serves every test: a backfill of three past dates through
-the scheduler; the dashboard's routes refusing anonymous and unauthorised callers;
+simple-auth-manager users serves every test: the run that unpausing starts publishes the
+newest date live, which triggers a downstream DAG scheduled on the recommendations Asset;
+a backfill of three past dates through the scheduler (history only: no Asset events);
+the dashboard's routes refusing anonymous and unauthorised callers;
 and the dashboard page opened in headless Chromium after logging in through
 Airflow's login form, which must show the champion and charts built from those runs.
 The processes are started and stopped here.
@@ -26,7 +28,6 @@ import pytest
 import sqlalchemy as sa
 
 from recjobs.db import make_engine
-from recjobs.pipeline import run_pipeline
 from recjobs.settings import load_settings
 from recjobs.synthetic import write_inbox
 from tests.conftest import (
@@ -93,8 +94,9 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        # No run for "yesterday" when the DAG is unpaused: only the backfill's runs.
-        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        # The project's DAGs beside a downstream DAG scheduled on the recommendations Asset.
+        "AIRFLOW__CORE__DAGS_FOLDER": str(_dags_folder(base / "dags")),
+        "DOWNSTREAM_OUT": str(base / "downstream.jsonl"),
         # LocalExecutor with two task slots: the mapped ranking shards share them.
         "AIRFLOW__CORE__PARALLELISM": "2",
         "RECJOBS_HOME": str(home),
@@ -116,21 +118,82 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
         before["empty_db"] = _http(f"http://127.0.0.1:{port}/recjobs/", admin)
         with sqlite3.connect(db_file) as conn:
             before["tables"] = conn.execute("SELECT name FROM sqlite_master").fetchall()
-        # The newest date is published first, as the nightly run would have done.
-        run_pipeline(settings, LIVE_DATE)
 
-        def unpaused() -> bool:
-            out = subprocess.run([str(BIN / "airflow"), "dags", "unpause", "recs_nightly"], env=env,
-                                 capture_output=True, text=True, timeout=120)
-            return out.returncode == 0
+        airflow_db = base / "airflow" / "airflow.db"
 
-        assert wait_for(unpaused, timeout=180, interval=5), "recs_nightly was never parsed"
+        def parsed() -> bool:  # pausing it (it is paused already) succeeds once it has been parsed
+            if _airflow(env, "dags", "pause", "recs_nightly").returncode != 0:
+                return False
+            with sqlite3.connect(airflow_db) as conn:
+                row = conn.execute("SELECT next_dagrun FROM dag WHERE dag_id = 'recs_nightly'").fetchone()
+            return row is not None and row[0] is not None
+
+        assert wait_for(parsed, timeout=180, interval=5), "recs_nightly was never parsed"
+        # The newest date is published first, by the run that unpausing starts at once (catchup off:
+        # the latest whole day). Its slot is taken by a run computing LIVE_DATE, so that the
+        # scheduler does not start one for the real yesterday (it skips a slot that has a run).
+        with sqlite3.connect(airflow_db) as conn:
+            slot = conn.execute("SELECT next_dagrun FROM dag WHERE dag_id = 'recs_nightly'").fetchone()[0]
+        out = _airflow(env, "dags", "trigger", "recs_nightly", "--logical-date", str(slot),
+                       "--conf", json.dumps({"run_date": LIVE_DATE}))
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert _airflow(env, "dags", "unpause", "recs_nightly").returncode == 0
+        # ...and its live publish triggers the downstream DAG.
+        assert wait_for(lambda: _states(airflow_db, "recs_downstream") in (["success"], ["failed"]),
+                        timeout=600, interval=5), (_states(airflow_db, "recs_nightly"),
+                                                   (base / "standalone.log").read_text()[-3000:])
         yield {"env": env, "port": port, "settings": settings, "base": base, "before_schema": before}
+
+
+def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def _states(airflow_db: Path, dag_id: str) -> list[str]:
+    with sqlite3.connect(airflow_db) as conn:
+        return [s for (s,) in conn.execute("SELECT state FROM dag_run WHERE dag_id = ? ORDER BY id", (dag_id,))]
+
+
+# What a team's DAG does with a fresh publish (refresh a cache, export the lists): here it
+# records each triggering event's extra.
+DOWNSTREAM_DAG = '''
+import json
+import os
+
+import pendulum
+from airflow.sdk import dag, task
+from recjobs_airflow import RECOMMENDATIONS
+
+
+@dag(dag_id="recs_downstream", schedule=[RECOMMENDATIONS], start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+     catchup=False, is_paused_upon_creation=False)
+def recs_downstream():
+    @task
+    def record(triggering_asset_events=None):
+        with open(os.environ["DOWNSTREAM_OUT"], "a") as out:
+            for event in triggering_asset_events[RECOMMENDATIONS]:
+                out.write(json.dumps(event.extra) + "\\n")
+
+    record()
+
+
+recs_downstream()
+'''
+
+
+def _dags_folder(folder: Path) -> Path:
+    """The project's DAG files (linked, so they are the real ones) and the downstream DAG."""
+    folder.mkdir()
+    for source in (ROOT / "dags").glob("*.py"):
+        (folder / source.name).symlink_to(source)
+    (folder / "recs_downstream.py").write_text(DOWNSTREAM_DAG)
+    return folder
 
 
 def _runs(airflow_home: Path) -> dict[str, str]:
     with sqlite3.connect(airflow_home / "airflow.db") as conn:
-        rows = conn.execute("SELECT logical_date, state FROM dag_run WHERE dag_id = 'recs_nightly'").fetchall()
+        rows = conn.execute("SELECT logical_date, state FROM dag_run WHERE dag_id = 'recs_nightly' "
+                            "AND run_type = 'backfill'").fetchall()
     return {str(d)[:10]: s for d, s in rows}
 
 
@@ -171,11 +234,33 @@ def test_backfill_through_the_scheduler_keeps_dated_history_and_live_newest(airf
     # Publishing fanned out over the mapped shards (one task instance per shard and date).
     with sqlite3.connect(home / "airflow.db") as conn:
         mapped = conn.execute("SELECT run_id, map_index, state FROM task_instance "
-                              "WHERE dag_id = 'recs_nightly' AND task_id = 'rank_shard'").fetchall()
+                              "WHERE dag_id = 'recs_nightly' AND task_id = 'rank_shard' "
+                              "AND run_id LIKE 'backfill%'").fetchall()
     assert sorted(m for _, m, _ in mapped) == [0, 0, 0, 1, 1, 1] and {s for _, _, s in mapped} == {"success"}
     # Each date used only data before its own end: the splits differ by date.
     snaps = [Path(airflow_server["settings"].runs_dir / d / "snapshot.json").read_text() for d in BACKFILL]
     assert len(set(snaps)) == 3
+
+
+def test_a_live_publish_triggers_the_downstream_dag_and_history_only_publishes_do_not(airflow_server):
+    airflow_db = airflow_server["base"] / "airflow" / "airflow.db"
+    # The fixture's run published LIVE_DATE live: one recommendations event, one downstream run,
+    # which received the event's extra. (After the backfill, when run in file order: its three
+    # publishes were history only and emitted nothing.)
+    assert _states(airflow_db, "recs_downstream") == ["success"]
+    lines = (airflow_server["base"] / "downstream.jsonl").read_text().splitlines()
+    received = [json.loads(line) for line in lines]
+    settings = airflow_server["settings"]
+    assert [(e["run_date"], e["rows"], e["database"]) for e in received] == [
+        (LIVE_DATE, SMALL.n_users * 10, settings.db_url_masked)]
+    with sqlite3.connect(airflow_db) as conn:
+        events = conn.execute("SELECT a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                              "WHERE a.name IN ('recjobs.recommendations', 'recjobs.similar_items')").fetchall()
+        lake = conn.execute("SELECT COUNT(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+                            "WHERE a.name = 'recjobs.ratings_lake'").fetchone()[0]
+    assert sorted(name for name, _ in events) == ["recjobs.recommendations", "recjobs.similar_items"]
+    assert {json.loads(extra)["run_date"] for _, extra in events} == {LIVE_DATE}
+    assert lake == 1  # the first ingest added rows; later ones found nothing new and emitted nothing
 
 
 def test_dashboard_shows_initdb_hint_and_creates_nothing_before_the_schema_exists(airflow_server):
@@ -244,20 +329,19 @@ def test_dashboard_page_in_headless_chromium(airflow_server):
         champion = page.locator("#champion").inner_text()
         assert "Champion" in champion and "champion since" in champion
         assert "20260131" in champion  # the live model is the newest date's
-        ndcg = page.locator("svg.chart[data-metric='ndcg_at_k']")
-        assert ndcg.is_visible()
-        # Three families on four dates, each a point, joined by one line per family.
-        assert ndcg.locator("circle").count() == 12
-        assert ndcg.locator("polyline").count() == 3
+        page.locator("#chart-ndcg_at_k.rendered").wait_for(timeout=60_000)
+        # Three families on four dates, each a point, joined by one line per family (Vega-Lite marks).
+        assert page.locator("#chart-ndcg_at_k g.mark-symbol.role-mark path").count() == 12
+        assert page.locator("#chart-ndcg_at_k g.mark-line.role-mark path").count() == 3
         assert page.locator("#gate tbody tr").count() >= 4
         assert page.locator("#ingest tbody tr").count() >= 1
         recs = page.locator("#user-recs tbody tr")
         assert recs.count() == 10 and "Item " in recs.first.inner_text()  # titles from the items table
-        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard_scheduler_run.png"), full_page=True)
         # ...and the page as it appears inside the Airflow UI, opened from its nav in the logged-in browser.
         ui = context.new_page()
         ui.set_viewport_size({"width": 1400, "height": 1000})
-        ui.goto(f"{url}/plugin/recjobs", wait_until="networkidle")
+        ui.goto(f"{url}/plugin/recs", wait_until="networkidle")
         embedded = ui.frame_locator("iframe").locator("#champion")
         embedded.wait_for(state="visible", timeout=60_000)
         assert "20260131" in embedded.inner_text()

@@ -7,34 +7,69 @@ so nothing leaks into or out of the test process.
 from __future__ import annotations
 
 import json
+import os
+import sqlite3
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
 
 from recjobs.db import make_engine
-from tests.conftest import AIRFLOW
+from recjobs.settings import FAMILIES
+from tests.conftest import AIRFLOW, ROOT
 
 
 def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
     code = (
+        "import json, sys\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
         "bag = DagBag()\n"
         "assert not bag.import_errors, bag.import_errors\n"
         "dag = bag.get_dag('recs_nightly')\n"
-        "print(sorted(t.task_id for t in dag.tasks))\n"
-        "print(type(dag.timetable).__name__, dag.max_active_runs, dag.catchup)\n"
-        "import sys; print('tensorflow' in sys.modules, 'implicit' in sys.modules)\n"
+        "inbox = bag.get_dag('recs_inbox')\n"
+        "def names(objs): return sorted(o.name for o in objs)\n"
+        "print(json.dumps({\n"
+        "    'tasks': sorted(t.task_id for t in dag.tasks),\n"
+        "    'timetable': [type(dag.timetable).__name__, dag.max_active_runs, dag.catchup],\n"
+        "    'heavy': ['tensorflow' in sys.modules, 'implicit' in sys.modules],\n"
+        "    'lineage': {t.task_id: [names(t.inlets), names(t.outlets)] for t in [*dag.tasks, *inbox.tasks]\n"
+        "                if t.inlets or t.outlets},\n"
+        "    'params': {k: {**dag.params.get_param(k).schema, 'help': dag.params.get_param(k).description}\n"
+        "               for k in dag.params},\n"
+        "    'inbox': [sorted(t.task_id for t in inbox.tasks), type(inbox.timetable).__name__,\n"
+        "              inbox.get_task('wait_for_files').mode],\n"
+        "}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env=airflow_env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    tasks, timetable, heavy = out.stdout.strip().splitlines()[-3:]
-    for fam in ("popularity", "als", "lightfm", "tfrs"):
-        assert f"'train_{fam}'" in tasks and f"'evaluate_{fam}'" in tasks
-    assert timetable == "CronDataIntervalTimetable 1 False"
-    assert heavy == "False False"  # heavy libraries are not imported at parse time
-    assert "'rank_shard'" in tasks and "'plan_shards'" in tasks
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    tasks = got["tasks"]
+    for fam in FAMILIES:  # one train/evaluate pair per registered family
+        assert f"train_{fam}" in tasks and f"evaluate_{fam}" in tasks
+    assert got["timetable"] == ["CronDataIntervalTimetable", 1, False]
+    assert got["heavy"] == [False, False]  # heavy libraries are not imported at parse time
+    assert "rank_shard" in tasks and "plan_shards" in tasks
+    # Assets: the lake is read by ingest and split; events go through aliases so that only a
+    # real change (rows ingested, lists made live) emits one.
+    lake, recs, similar = "recjobs.ratings_lake", "recjobs.recommendations", "recjobs.similar_items"
+    assert got["lineage"] == {
+        "ingest": [[lake], ["recjobs.lake_updates"]],
+        "split": [[lake], []],
+        "publish": [[recs, similar], ["recjobs.live_publications"]],
+    }
+    assert got["inbox"] == [["ingest", "wait_for_files"], "ContinuousTimetable", "reschedule"]
+    # The trigger form: `examples` make families a multi-select of the known families (the UI
+    # renders an array with top-level examples or enum as one); run_date a date picker whose
+    # help names no other format.
+    families, run_date = got["params"]["families"], got["params"]["run_date"]
+    assert families["examples"] == list(FAMILIES) and families["items"] == {"enum": list(FAMILIES)}
+    assert run_date["format"] == "date" and "YYYY" not in run_date["help"]
+    # Tasks log through `logging`: print() output lands after the task in Airflow's log, some lines twice.
+    for source in (ROOT / "dags").glob("*.py"):
+        assert "print(" not in source.read_text(), source
 
 
 def test_training_and_ranking_tasks_go_to_the_configured_queues(airflow_env):
@@ -52,10 +87,21 @@ def test_training_and_ranking_tasks_go_to_the_configured_queues(airflow_env):
     assert queues["ingest"] == queues["publish"] == "default"
 
 
+def _asset_events(airflow_env: dict[str, str], after: int = 0) -> list[tuple[int, str, dict, str]]:
+    """(id, asset name, extra, source task) of the asset events in this Airflow's metadata DB."""
+    db = Path(airflow_env["AIRFLOW_HOME"]) / "airflow.db"
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT e.id, a.name, e.extra, e.source_task_id FROM asset_event e "
+                            "JOIN asset a ON a.id = e.asset_id WHERE e.id > ? ORDER BY e.id", (after,)).fetchall()
+    return [(i, name, json.loads(extra or "{}"), task) for i, name, extra, task in rows]
+
+
 def test_airflow_dags_test_runs_the_pipeline_to_success(airflow_env, tmp_path, small_inbox, settings):
     env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "RECJOBS_PUBLISH__TOP_N": "10",
+           "RECJOBS_FAMILIES": '["popularity", "als", "lightfm", "tfrs"]',
            "RECJOBS_MODELS__TFRS__MAX_EPOCHS": "5", "RECJOBS_MODELS__LIGHTFM__EPOCHS": "10"}
-    # Logical date 2026-02-01: the run's data interval is the day 2026-01-31.
+    before = max([e[0] for e in _asset_events(airflow_env)], default=0)
+    # A manual run without run_date computes the day of its logical date: 2026-02-01.
     out = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", "2026-02-01"], env=env,
                          capture_output=True, text=True, timeout=900)
     log = out.stdout + out.stderr
@@ -68,7 +114,37 @@ def test_airflow_dags_test_runs_the_pipeline_to_success(airflow_env, tmp_path, s
         pub = conn.execute(sa.text("SELECT run_date FROM publications WHERE is_live = :t AND kind = 'recommendations'"), {"t": True}).scalar_one()
     assert len(recs) == 120 * 10
     assert set(cands["family"]) == {"popularity", "als", "lightfm", "tfrs"}
-    assert set(cands["run_date"]) == {"2026-01-31"} and pub == "2026-01-31"
+    assert set(cands["run_date"]) == {"2026-02-01"} and pub == "2026-02-01"
+    # TensorFlow trained in this process and said nothing on stderr (Airflow shows stderr as ERROR).
+    for noise in ("cuInit", "cuda drivers", "NodeDef mentions attribute", "oneDNN", "absl::InitializeLog"):
+        assert noise not in log, noise
+    # Asset events: the lake (ingest added rows), and both lists, which went live.
+    events = {name: (extra, task) for _, name, extra, task in _asset_events(airflow_env, before)}
+    assert set(events) == {"recjobs.ratings_lake", "recjobs.recommendations", "recjobs.similar_items"}
+    lake, lake_task = events["recjobs.ratings_lake"]
+    assert lake_task == "ingest" and lake["rows"] > 0 and "synthetic_ratings.csv" in lake["files"]
+    extra, task = events["recjobs.recommendations"]
+    assert task == "publish" and extra["run_date"] == "2026-02-01" and extra["rows"] == 120 * 10
+    assert extra["database"] == settings.db_url_masked and extra["table"].startswith("recommendations_v")
+    assert events["recjobs.similar_items"][0]["run_date"] == "2026-02-01"
+    assert "not found; cannot create asset event" not in log  # the Assets are registered by the DAG
+
+
+def test_inbox_dag_ingests_new_files_and_emits_the_lake_asset(airflow_env, small_inbox, settings):
+    # Delivered a minute ago: settled (the sensor leaves files changed in the last 30 s alone).
+    old = time.time() - 60
+    for path in small_inbox:
+        os.utime(path, (old, old))
+    before = max([e[0] for e in _asset_events(airflow_env)], default=0)
+    env = {**airflow_env, "RECJOBS_HOME": str(settings.home)}
+    out = subprocess.run([str(AIRFLOW), "dags", "test", "recs_inbox"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0 and "state=success" in log, log[-5000:]
+    assert sorted(p.name for p in settings.ratings_dir.glob("dt=*"))  # the lake has partitions
+    events = _asset_events(airflow_env, before)
+    assert [(name, task) for _, name, _, task in events] == [("recjobs.ratings_lake", "ingest")]
+    assert sorted(events[0][2]["files"]) == sorted(p.name for p in small_inbox)
 
 
 def test_dag_publishes_to_the_recjobs_db_connection_on_postgresql(airflow_env, small_inbox, settings, postgres_url):

@@ -9,9 +9,12 @@ and the night queued behind it runs and publishes.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sqlite3
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +23,7 @@ import sqlalchemy as sa
 
 from recjobs import columns as C
 from recjobs.db import make_engine
+from recjobs.inbox import pending_inbox_files
 from recjobs.ingest import ingest_inbox
 from recjobs.pipeline import (
     NoCandidatesError,
@@ -120,6 +124,38 @@ def test_a_gate_sees_and_reports_an_earlier_date_still_in_flight(popularity):
     with pytest.raises(NoCandidatesError):
         promote(settings, engine, "2026-01-28")
     assert earlier_dates_in_flight(settings, engine, "2026-01-31") == []
+
+
+def test_the_inbox_watch_sees_only_new_settled_content(settings, small_inbox):
+    engine = engine_for(settings)
+    now = time.time()
+    for path in small_inbox:
+        os.utime(path, (now - 60, now - 60))
+    assert pending_inbox_files(settings, engine, now=now) == sorted(small_inbox)
+    # A file still being copied in (changed in the last 30 s) waits until it stops changing.
+    partial = settings.inbox / "zz_arriving.csv"
+    partial.write_text("user_id,item_id,rating,timestamp\nu1,i1,4,1767225600\n")
+    assert partial not in pending_inbox_files(settings, engine)
+    assert partial in pending_inbox_files(settings, engine, now=time.time() + 31)
+
+    # The inbox DAG and the nightly run ingesting at once: both take the lake's lock, and
+    # content one ingested is skipped by the other, so every row is merged exactly once.
+    with ThreadPoolExecutor(2) as pool:
+        reports = [r for batch in pool.map(lambda _: ingest_inbox(settings, engine_for(settings)), range(2))
+                   for r in batch]
+    ratings = [r for r in reports if not r.skipped and Path(r.source_path).name in ("synthetic_ratings.csv",
+                                                                                      partial.name)]
+    assert sorted(Path(r.source_path).name for r in ratings) == ["synthetic_ratings.csv", partial.name]
+    lake_rows = sum(len(pd.read_parquet(p)) for p in settings.ratings_dir.rglob("*.parquet"))
+    assert lake_rows == sum(r.rows_valid - r.duplicates_dropped for r in ratings)
+    # Ingested (or rejected) content is no longer pending; files stay in the inbox.
+    assert pending_inbox_files(settings, engine, now=time.time() + 31) == []
+    # The same content under another name is not new either; changed content is.
+    (settings.inbox / "copy.csv").write_bytes(small_inbox[0].read_bytes())
+    changed = settings.inbox / "zz_arriving.csv"
+    changed.write_text("user_id,item_id,rating,timestamp\nu1,i2,5,1767225600\n")
+    assert pending_inbox_files(settings, engine, now=time.time() + 31) == [changed]
+    engine.dispose()
 
 
 # -- a real scheduler ----------------------------------------------------------------
