@@ -225,26 +225,32 @@ class Interactions:
         seconds = np.load(path / "pair_seconds.npy") if (path / "pair_seconds.npy").exists() else None
         return cls(a["user_ids"].astype(object), a["item_ids"].astype(object), matrix, a["item_last_seen"], seconds)
 
-    def recency_weights(self, half_life: float | None) -> np.ndarray:
-        """Per stored pair (aligned with ``matrix.data``): ``0.5 ** (age / half_life)``.
+    def recency_ages(self) -> np.ndarray:
+        """Per stored pair (aligned with ``matrix.data``): how many of the user's interactions are newer.
 
-        ``age`` counts the user's interactions newer than this one (0 for the latest),
-        so "recent" is relative to each user's own activity, not to the calendar: a
-        user back after a year still has a most-recent taste. Ties in time are broken by
-        item index, so the weights depend only on the data. ``None``: all ones.
+        0 for the user's latest; ties in time are broken by item index, so ages depend
+        only on the data.
         """
-        ones = np.ones(self.nnz, np.float32)
-        if half_life is None:
-            return ones
         if self.pair_seconds is None:
             raise ValueError("recency weighting needs per-pair times; this matrix was saved without them "
                              "(rerun `recjobs split` for the date)")
-        rows = np.repeat(np.arange(self.n_users, dtype=np.int64), np.diff(self.matrix.indptr))
-        order = ordered_by_user_time_item(rows, self.pair_seconds, self.matrix.indices.astype(np.int64))
+        rows = np.repeat(np.arange(self.n_users, dtype=np.int32), np.diff(self.matrix.indptr))
+        order = ordered_by_user_time_item(rows, self.pair_seconds, self.matrix.indices)
         ends = self.matrix.indptr[1:][rows[order]]
-        age = np.empty(self.nnz, np.float64)
+        del rows
+        age = np.empty(self.nnz, np.int64)
         age[order] = ends - 1 - np.arange(self.nnz)
-        return np.power(0.5, age / half_life).astype(np.float32)
+        return age
+
+    def recency_weights(self, half_life: float | None) -> np.ndarray:
+        """Per stored pair: ``0.5 ** (age / half_life)`` (see :meth:`recency_ages`); ``None``: all ones.
+
+        "Recent" is relative to each user's own activity, not to the calendar: a user
+        back after a year still has a most-recent taste.
+        """
+        if half_life is None:
+            return np.ones(self.nnz, np.float32)
+        return np.power(0.5, self.recency_ages() / half_life).astype(np.float32)
 
     def weighted(self, weights: np.ndarray) -> sp.csr_matrix:
         """The binary matrix with ``weights`` (aligned with ``matrix.data``) as values."""

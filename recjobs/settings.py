@@ -187,7 +187,7 @@ class LightFMParams(_Strict):
     epochs: int = Field(40, gt=0)
     # Wall-clock budget: training stops at the end of the epoch during which it runs out
     # (None: no limit). A run it stopped is reproducible only by its epochs_run.
-    max_seconds: float | None = Field(90.0, gt=0.0)
+    max_seconds: float | None = Field(60.0, gt=0.0)
     use_item_features: bool = True
     use_user_features: bool = True
     # One thread: LightFM's Hogwild SGD is bit-reproducible only then, and reruns must give
@@ -209,7 +209,7 @@ class TFRSParams(_Strict):
     max_epochs: int = Field(40, gt=0)
     # Wall-clock budget: training stops at the end of the epoch during which it runs out
     # (None: no limit); the best epoch so far is kept, as with early stopping.
-    max_seconds: float | None = Field(90.0, gt=0.0)
+    max_seconds: float | None = Field(60.0, gt=0.0)
     # Training pairs per epoch, a fresh seeded sample each epoch (None: all of them). Keeps
     # epochs under ~30 s on 2 cores at ML-20M size (a full epoch there takes ~4 minutes), so
     # the budget and early stopping act in time; smaller data use all their pairs.

@@ -373,12 +373,15 @@ def recency_history(data: Interactions, half_life: float | None, limit: int | No
     half-life of a few interactions older ones weigh almost nothing, and scoring cost
     grows with the history's size (heavy users have thousands).
     """
-    weights = data.recency_weights(half_life)
-    if limit is not None:
-        if data.pair_seconds is None and half_life is None:
-            raise ValueError("a history limit needs per-pair times; rerun `recjobs split` for the date")
-        keep = data.recency_weights(1.0) >= 0.5 ** (limit - 0.5)  # age < limit
-        weights = np.where(keep, weights, 0.0).astype(np.float32)
+    if half_life is None and limit is None:
+        weights = np.ones(data.nnz, np.float32)
+    else:
+        age = data.recency_ages()
+        weights = (np.ones(data.nnz, np.float32) if half_life is None
+                   else np.power(0.5, age / half_life).astype(np.float32))
+        if limit is not None:
+            weights[age >= limit] = 0.0
+        del age
     history = data.weighted(weights)
     history.eliminate_zeros()
     return history

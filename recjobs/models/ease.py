@@ -94,36 +94,39 @@ def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
     return inverse
 
 
-def transitions(data: Interactions, window: int, items: np.ndarray | None) -> sp.csr_matrix:
-    """Item x item counts of "j follows i within ``window`` steps" (weight 1/step), row-normalised."""
+def transitions(data: Interactions, window: int, items: np.ndarray | None) -> np.ndarray:
+    """Dense item x item shares of "j follows i within ``window`` steps" (weight 1/step), rows summing to 1."""
     if data.pair_seconds is None:
         raise ValueError("ease transitions need per-pair times; rerun `recjobs split` for the date")
-    rows = np.repeat(np.arange(data.n_users, dtype=np.int64), np.diff(data.matrix.indptr))
-    cols = data.matrix.indices.astype(np.int64)
-    order = ordered_by_user_time_item(rows, data.pair_seconds, cols)
-    users, seq = rows[order], cols[order]
+    rows = np.repeat(np.arange(data.n_users, dtype=np.int32), np.diff(data.matrix.indptr))
+    order = ordered_by_user_time_item(rows, data.pair_seconds, data.matrix.indices)
+    users, seq = rows[order], data.matrix.indices[order].astype(np.int64)
+    del rows, order
     m = data.n_items
     if items is not None:
         position = np.full(data.n_items, -1, np.int64)
         position[items] = np.arange(len(items))
         seq, m = position[seq], len(items)
-    parts = []
+    # Dense m x m (m <= max_items), one step at a time: all steps' (i, j) pairs at once
+    # would be window x interactions triples, gigabytes at ML-20M size.
+    counts = np.zeros((m, m), np.float32)
     for step in range(1, window + 1):
         ok = (users[step:] == users[:-step]) & (seq[step:] >= 0) & (seq[:-step] >= 0)
-        parts.append((seq[:-step][ok], seq[step:][ok], np.full(int(ok.sum()), 1.0 / step, np.float32)))
-    src, dst, w = (np.concatenate(x) for x in zip(*parts, strict=True))
-    counts = sp.csr_matrix((w, (src, dst)), shape=(m, m))
-    counts.sum_duplicates()
-    sums = np.asarray(counts.sum(axis=1)).ravel()
+        flat = seq[:-step][ok] * m + seq[step:][ok]
+        del ok
+        counts += (np.bincount(flat, minlength=m * m) / step).astype(np.float32).reshape(m, m)
+        del flat
+    sums = counts.sum(axis=1)
     sums[sums == 0] = 1.0
-    return (sp.diags(1.0 / sums) @ counts).tocsr().astype(np.float32)
+    counts /= sums[:, None]
+    return counts
 
 
-def add_transitions(weights: np.ndarray, trans: sp.csr_matrix, weight: float) -> None:
+def add_transitions(weights: np.ndarray, trans: np.ndarray, weight: float) -> None:
     """``weights += weight * trans`` with each transition row scaled to ``weights``' row L1 norm, in place."""
     scale = np.abs(weights).sum(axis=1) * weight
-    coo = trans.tocoo()
-    np.add.at(weights, (coo.row, coo.col), coo.data * scale[coo.row])
+    trans *= scale[:, None]
+    weights += trans
 
 
 class EASEModel(NeighbourhoodRecommender):
