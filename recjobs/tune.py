@@ -31,6 +31,7 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "regularization": [0.05, 0.5, 2.0],
         "alpha": [0.5, 1.0, 2.0],
         "weighting": ["bm25", "none"],
+        "recency_half_life": [None, 10.0, 50.0],
     },
     "lightfm": {
         "no_components": [32, 64],
