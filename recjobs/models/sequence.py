@@ -28,7 +28,7 @@ import numpy as np
 from recjobs.interactions import Interactions, SideFeatures, ordered_by_user_time_item
 from recjobs.models.base import VectorRecommender, Vectors
 from recjobs.models.progress import EpochProgress
-from recjobs.models.tfrs import import_tensorflow
+from recjobs.models.tfrs import seeded_tensorflow
 from recjobs.settings import SequenceParams
 
 log = logging.getLogger(__name__)
@@ -143,17 +143,9 @@ class SequenceModel(VectorRecommender):
 
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Vectors:
         hist = Histories(data)  # first: a matrix without pair times fails before TensorFlow loads
-        tf = import_tensorflow()
-        import tensorflow_recommenders as tfrs
-
         p: SequenceParams = self.params
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(p.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(p.threads)
-        except RuntimeError:
-            pass  # already initialised in this process; keep its setting
-        tf.keras.utils.set_random_seed(self.seed)
-        tf.config.experimental.enable_op_determinism()
+        tf = seeded_tensorflow(p.threads, self.seed)
+        import tensorflow_recommenders as tfrs
         rng = np.random.default_rng(self.seed)
 
         counts = np.diff(hist.indptr)

@@ -100,6 +100,19 @@ def import_tensorflow():  # noqa: ANN201 - returns the tensorflow module
     return tf
 
 
+def seeded_tensorflow(threads: int, seed: int):  # noqa: ANN201 - TensorFlow's module
+    """TensorFlow with ``threads`` threads per pool, seeded, with deterministic ops: the same data give the same model."""
+    tf = import_tensorflow()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass  # already initialised in this process; keep its setting
+    tf.keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+    return tf
+
+
 def _dense_features(features: np.ndarray | None, n: int, use: bool) -> np.ndarray | None:
     if not use or features is None:
         return None
@@ -122,17 +135,9 @@ class TwoTowerModel(VectorRecommender):
         return out / np.maximum(norms, 1e-12), np.zeros(len(out), np.float32)
 
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Vectors:
-        tf = import_tensorflow()
-        import tensorflow_recommenders as tfrs
-
         p: TFRSParams = self.params
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(p.threads)
-            tf.config.threading.set_inter_op_parallelism_threads(p.threads)
-        except RuntimeError:
-            pass  # already initialised in this process; keep its setting
-        tf.keras.utils.set_random_seed(self.seed)
-        tf.config.experimental.enable_op_determinism()
+        tf = seeded_tensorflow(p.threads, self.seed)
+        import tensorflow_recommenders as tfrs
 
         coo = data.binary().tocoo()
         users = coo.row.astype(np.int32)
