@@ -461,9 +461,14 @@ def top_k(
     with threadpool_limits(1, "blas"):
         ids, scores = topk(items, query, k, filter_query_items=filt, num_threads=0)
     ids = ids.astype(np.int64, copy=False)
-    empty = scores <= np.finfo(np.float32).min  # filtered or missing slots
+    return _padded(ids, scores, scores <= np.finfo(np.float32).min, n)  # filtered or missing slots
+
+
+def _padded(ids: np.ndarray, scores: np.ndarray, empty: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Empty slots as index -1 / score -inf, and rows padded to ``n`` columns."""
     ids[empty] = -1
     scores[empty] = -np.inf
+    k = ids.shape[1]
     if k < n:
         ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
         scores = np.pad(scores, ((0, 0), (0, n - k)), constant_values=-np.inf)
@@ -494,13 +499,7 @@ def top_k_of_scores(
     order = np.lexsort((part, -part_scores), axis=1)
     ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
     top = np.take_along_axis(part_scores, order, axis=1)
-    empty = ~np.isfinite(top)
-    ids[empty] = -1
-    top[empty] = -np.inf
-    if k < n:
-        ids = np.pad(ids, ((0, 0), (0, n - k)), constant_values=-1)
-        top = np.pad(top, ((0, 0), (0, n - k)), constant_values=-np.inf)
-    return ids, top
+    return _padded(ids, top, ~np.isfinite(top), n)
 
 
 def cosine_neighbours(vectors: np.ndarray, item_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
