@@ -37,6 +37,8 @@ class DashboardDatabaseError(RuntimeError):
 
 def _scrub(text: str, url: str) -> str:
     """``text`` with ``url``'s password, wherever it appears, replaced by ``***``."""
+    from urllib.parse import quote
+
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -44,7 +46,12 @@ def _scrub(text: str, url: str) -> str:
         password = make_url(url).password
     except ArgumentError:
         return text.replace(url, "<database URL>")
-    return text.replace(str(password), "***") if password else text
+    if not password:
+        return text
+    # Messages may quote the URL as written (percent-encoded) or the decoded password.
+    for form in (quote(str(password), safe=""), quote(str(password)), str(password)):
+        text = text.replace(form, "***")
+    return text
 
 
 def database_url() -> tuple[str, str]:

@@ -283,3 +283,14 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
         browser.close()
     assert not outside, outside
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+
+def test_error_scrubbing_hides_a_percent_encoded_password():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("recjobs_dashboard_plugin", ROOT / "plugins" / "recjobs_dashboard.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    url = "postgresql://u:p%40ss%2Fw@db.example/recs"
+    text = plugin._scrub(f"could not connect to {url} (password p@ss/w rejected)", url)
+    assert "p%40ss" not in text and "p@ss/w" not in text and text.count("***") == 2

@@ -206,3 +206,19 @@ def test_ease_transitions_propose_the_usual_successor():
     b, c = (int(np.flatnonzero(data.item_ids == x)[0]) for x in ("b", "c"))
     assert plain[b] == pytest.approx(plain[c])
     assert seq[b] > seq[c]
+
+
+@pytest.mark.parametrize("family", ["itemknn", "ease"])
+def test_neighbourhood_lists_hold_only_items_the_history_reaches(family):
+    """A user whose items reach few others gets a short list, not arbitrary items at score 0."""
+    base = pd.Timestamp("2025-01-01", tz="UTC")
+    rows = [(f"u{u:02d}", f"p{i}", 4.0, base + pd.Timedelta(hours=i)) for u in range(30) for i in range(10)
+            if (u + i) % 3]
+    rows += [("zz", "r0", 4.0, base), ("zz", "r1", 4.0, base), ("yy", "r0", 4.0, base), ("yy", "r2", 4.0, base)]
+    data = Interactions.from_frame(pd.DataFrame(rows, columns=list(C.INTERACTION_COLUMNS)))
+    # EASE capped at the ten p-items models none of zz's items; item-item has 2 neighbours per item.
+    model = make(family, **({"neighbours": 2} if family == "itemknn" else {"max_items": 10})).fit(data)
+    top, scores = model.recommend(np.flatnonzero(data.user_ids == "zz"), 5, exclude=data.matrix)
+    listed = set(data.item_ids[top[0][top[0] >= 0]])
+    assert listed <= {"r2"}, listed
+    assert np.isneginf(scores[0][top[0] < 0]).all()

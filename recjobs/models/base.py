@@ -301,8 +301,22 @@ class NeighbourhoodRecommender(Recommender):
         return full
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
+        """History times the item x item matrix; items nothing in the history reaches score -inf.
+
+        A score of 0 would be a real candidate to the top-k, so a user whose few items
+        have few neighbours would get lists padded with arbitrary items; -inf leaves those
+        slots empty instead (index -1), for re-ranking's deeper pass or the fallback list.
+        """
         nb = self._nb()
-        return self._widen(sparse_times(nb.history[user_rows], nb.similarity))
+        history = nb.history[user_rows]
+        if sp.issparse(nb.similarity):
+            product = (history @ nb.similarity).tocoo()
+            block = np.full((len(user_rows), nb.similarity.shape[1]), -np.inf, np.float32)
+            block[product.row, product.col] = product.data
+        else:
+            block = sparse_times(history, nb.similarity)
+            block[np.diff(history.indptr) == 0] = -np.inf  # no modelled item in the history
+        return self._widen(block)
 
     def similar_items(self, item_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` items by the learned item x item weights (the item's row of ``similarity``)."""
@@ -387,15 +401,13 @@ def recency_history(data: Interactions, half_life: float | None, limit: int | No
     return history
 
 
-def sparse_times(history: sp.csr_matrix, similarity: np.ndarray | sp.csr_matrix, threads: int = 2) -> np.ndarray:
-    """``history @ similarity`` as a dense float32 block, fast for a dense ``similarity``.
+def sparse_times(history: sp.csr_matrix, similarity: np.ndarray, threads: int = 2) -> np.ndarray:
+    """``history @ similarity`` for a dense ``similarity``, as a dense float32 block.
 
     scipy's sparse x dense product streams a whole row of ``similarity`` per stored
     entry; taking ``similarity`` a band of columns at a time keeps the band in cache
     (measured 1.7x), and scipy releases the GIL there, so two threads split the rows.
     """
-    if sp.issparse(similarity):
-        return (history @ similarity).toarray().astype(np.float32, copy=False)
     n_rows, m = history.shape[0], similarity.shape[1]
     out = np.empty((n_rows, m), np.float32)
     band = 512

@@ -43,8 +43,9 @@ def modelled_items(data: Interactions, max_items: int) -> np.ndarray | None:
     keep = np.sort(np.lexsort((np.arange(data.n_items), -counts))[:max_items])
     share = counts[keep].sum() / max(counts.sum(), 1)
     log.warning("ease: %d items exceed models.ease.max_items=%d; modelling the %d most popular (%.1f%% of "
-                "interactions), the others are never recommended by ease. Raising max_items needs about "
-                "%.1f GB per million squared items", data.n_items, max_items, max_items, 100 * share, 8.0)
+                "interactions), the others are never recommended by ease. Modelling all of them would need "
+                "about %.1f GB for the item x item matrix", data.n_items, max_items, max_items, 100 * share,
+                4 * data.n_items**2 / 1e9)
     return keep
 
 
