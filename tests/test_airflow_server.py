@@ -146,7 +146,14 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=180)
+    for _attempt in range(5):
+        out = subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=300)
+        # The standalone's metadata database is SQLite: on a busy machine a CLI call can meet
+        # the scheduler's write lock. The failed attempt rolled back, so trying again is safe.
+        if out.returncode == 0 or "database is locked" not in out.stderr:
+            break
+        time.sleep(5)
+    return out
 
 
 def _states(airflow_db: Path, dag_id: str) -> list[str]:
@@ -199,11 +206,10 @@ def _runs(airflow_home: Path) -> dict[str, str]:
 
 def test_backfill_through_the_scheduler_keeps_dated_history_and_live_newest(airflow_server):
     env = airflow_server["env"]
-    out = subprocess.run([str(BIN / "airflow"), "backfill", "create", "--dag-id", "recs_nightly",
-                          # The default reprocess behaviour (none): no task depends_on_past, so
-                          # Airflow no longer demands one; gates order themselves through model_runs.
-                          "--from-date", BACKFILL[0], "--to-date", BACKFILL[-1]],
-                         env=env, capture_output=True, text=True, timeout=300)
+    out = _airflow(env, "backfill", "create", "--dag-id", "recs_nightly",
+                   # The default reprocess behaviour (none): no task depends_on_past, so Airflow
+                   # no longer demands one; gates order themselves through model_runs.
+                   "--from-date", BACKFILL[0], "--to-date", BACKFILL[-1])
     assert out.returncode == 0, out.stderr[-3000:]
     home = Path(env["AIRFLOW_HOME"])
     finished = wait_for(lambda: len(_runs(home)) == 3 and all(s in ("success", "failed") for s in _runs(home).values()),

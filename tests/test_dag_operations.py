@@ -165,7 +165,14 @@ NIGHTS = ["2026-01-30", "2026-01-31"]
 
 
 def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=180)
+    for _attempt in range(5):
+        out = subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=300)
+        # The standalone's metadata database is SQLite: on a busy machine a CLI call can meet
+        # the scheduler's write lock. The failed attempt rolled back, so trying again is safe.
+        if out.returncode == 0 or "database is locked" not in out.stderr:
+            break
+        time.sleep(5)
+    return out
 
 
 def _dag_runs(airflow_home: Path) -> list[tuple[str, str, str | None, str | None]]:
