@@ -354,4 +354,4 @@ def test_dashboard_page_in_headless_chromium(airflow_server):
         time.sleep(2)
         ui.screenshot(path=str(ARTIFACTS / "dashboard_in_airflow_ui.png"))
         browser.close()
-    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    assert (ARTIFACTS / "dashboard_scheduler_run.png").stat().st_size > 10_000
