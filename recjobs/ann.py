@@ -207,7 +207,7 @@ class AnnRanker(VectorRecommender):
     :class:`recjobs.coldstart.ThinUserNeighbourhood`) are ranked by the model itself.
     """
 
-    def __init__(self, model: VectorRecommender, index: AnnIndex | NormPrunedIndex, depth: int = 128,
+    def __init__(self, model: VectorRecommender, index: AnnIndex | NormPrunedIndex | ClusteredIndex, depth: int = 128,
                  max_depth: int = 512) -> None:
         super().__init__(model.params, model.seed)
         self.family = model.family  # type: ignore[misc]
@@ -227,6 +227,11 @@ class AnnRanker(VectorRecommender):
     def similar_items(self, item_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         return self.model.similar_items(item_rows, n)
 
+    def ranking_order(self, user_rows: np.ndarray) -> np.ndarray:
+        if isinstance(self.index, ClusteredIndex):
+            return self.index.order(user_rows)
+        return super().ranking_order(user_rows)
+
     def recommend(
         self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -238,6 +243,8 @@ class AnnRanker(VectorRecommender):
             rows = user_rows[~own]
             if isinstance(self.index, NormPrunedIndex):
                 ids[~own], scores[~own] = self.index.recommend(self.vectors, rows, n, exclude, self._items)
+            elif isinstance(self.index, ClusteredIndex):
+                ids[~own], scores[~own] = self.index.recommend(self.vectors.user_vectors, rows, n, exclude)
             else:
                 ids[~own], scores[~own] = ann_recommend(self.vectors, self.index, rows, n, exclude,
                                                         self.depth, self.max_depth, self._items)
@@ -323,14 +330,175 @@ class NormPrunedIndex:
         return ids, scores
 
 
-def with_ann(model: Recommender, kind: Literal["off", "ivf", "hnsw", "pruned"], n: int = 50,
+class ClusteredIndex:
+    """Approximate top-N for users grouped by taste: each group ranks a short shared candidate list.
+
+    Users are clustered by k-means on their vectors (seeded, on a sample, one thread, so
+    every shard builds the same clusters). A user ``u = c + d`` of cluster ``c`` scores
+    item ``i`` at most ``c . a_i + |d| |v_i|`` (Cauchy-Schwarz, ``a_i = [v_i, b_i]``), so
+    the items with the largest ``c . a_i + R_c |v_i|`` (``R_c`` the cluster's radius) are
+    the ones any member can rank high. Each cluster keeps its ``candidates`` best items by
+    that bound, and its members are scored exactly against those only: one small matrix
+    product per cluster instead of the whole catalogue. ``candidates`` is calibrated at
+    build time: grown until the recall of the exact top-``n`` on a sample of users reaches
+    ``recall``. The candidate list depends on the cluster only, never on which users share
+    a batch, so sharded and unsharded ranking return the same lists.
+    """
+
+    def __init__(self, vectors: Vectors, n: int, exclude: sp.csr_matrix | None = None, clusters: int | None = None,
+                 recall: float = 0.99, sample_users: int = 2048, seed: int = 1) -> None:
+        import faiss
+
+        started = time.perf_counter()
+        users = np.ascontiguousarray(vectors.user_vectors, dtype=np.float32)
+        self.items = augmented_items(vectors)
+        self.item_norms = np.linalg.norm(vectors.item_vectors, axis=1).astype(np.float32)
+        n_users, dim = users.shape
+        n_items = len(self.items)
+        # About 256 users a cluster: enough to make each cluster's product a real matrix
+        # product, few enough that the candidates fit the cluster tightly.
+        k = max(1, min(clusters or round(n_users / 256), 4096, n_users))
+        rng = np.random.default_rng(seed)
+        train = users[np.sort(rng.choice(n_users, min(n_users, 64 * k), replace=False))]
+        with _threads(1):
+            kmeans = faiss.Kmeans(dim, k, niter=10, seed=seed, min_points_per_centroid=1, max_points_per_centroid=64)
+            kmeans.train(train)
+            _, assign = kmeans.index.search(users, 1)
+        self.assign = assign.ravel().astype(np.int64)
+        self.centroids = np.hstack([kmeans.centroids, np.ones((k, 1), np.float32)])
+        distance = np.linalg.norm(users - kmeans.centroids[self.assign], axis=1)
+        self.radius = np.zeros(k, np.float32)
+        np.maximum.at(self.radius, self.assign, distance)
+        self.n, self.n_clusters = n, k
+        self._cache: dict[int, np.ndarray] = {}
+        sample = np.sort(rng.choice(n_users, min(n_users, sample_users), replace=False))
+        self.recall = self._calibrate(users, sample, n, exclude, recall)
+        self.build_seconds = time.perf_counter() - started
+        log.info("clustered ranking: %d user clusters, %d of %d items scored per user (recall %.4f of exact "
+                 "top-%d on %d sampled users), built in %.1fs", k, self.candidates, n_items, self.recall, n,
+                 len(sample), self.build_seconds)
+
+    def _calibrate(self, users: np.ndarray, sample: np.ndarray, n: int, exclude: sp.csr_matrix | None,
+                   target: float) -> float:
+        """Set the candidate count so that ``target`` of the sample's exact top-``n`` items are candidates.
+
+        An item of a user's exact top-``n`` is in the user's ranked list exactly when it is
+        among the cluster's candidates (the candidates hold no better item), so the recall
+        of ``m`` candidates is the share of those items whose bound ranks below ``m`` in
+        their cluster: one pass gives the ``m`` for any target. Returns the sample's recall.
+        """
+        n_items = len(self.items)
+        query = np.hstack([users[sample], np.ones((len(sample), 1), np.float32)])
+        want, _ = top_k(self.items, query, n, exclude[sample] if exclude is not None else None)
+        clusters, member_of = np.unique(self.assign[sample], return_inverse=True)
+        # Every sampled cluster's bounds at once (items x clusters), each column sorted: an
+        # item's rank in its cluster is how many items bound above it.
+        bounds = self.items @ self.centroids[clusters].T + np.outer(self.item_norms, self.radius[clusters])
+        ordered = np.sort(bounds, axis=0)
+        ranks = []
+        for j in range(len(clusters)):
+            best = want[member_of == j]
+            values = bounds[best[best >= 0], j]
+            ranks.append(n_items - np.searchsorted(ordered[:, j], values, side="right"))
+        found = np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
+        if not len(found):
+            self.candidates = min(n_items, n)
+            return 1.0
+        m = max(n, int(np.quantile(found, target, method="higher")) + 1)
+        # Past half the catalogue a per-cluster product saves little: rank exactly instead.
+        self.candidates = m if m < n_items // 2 else n_items
+        return float((found < self.candidates).mean())
+
+    def _cluster_candidates(self, cluster: int, m: int) -> np.ndarray:
+        """The ``m`` items with the largest bound for ``cluster``'s members, in item order."""
+        if m >= len(self.items):
+            return np.arange(len(self.items))
+        if m == self.candidates and cluster in self._cache:
+            return self._cache[cluster]
+        bound = self.items @ self.centroids[cluster] + self.radius[cluster] * self.item_norms
+        cand = np.sort(np.argpartition(bound, len(bound) - m)[len(bound) - m:])
+        if m == self.candidates:
+            self._cache[cluster] = cand
+        return cand
+
+    def order(self, user_rows: np.ndarray) -> np.ndarray:
+        """``user_rows`` grouped by cluster (stable): batches of them share candidate lists."""
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        return user_rows[np.argsort(self.assign[user_rows], kind="stable")]
+
+    def recommend(self, user_vectors: np.ndarray, user_rows: np.ndarray, n: int,
+                  exclude: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` (item indices, exact scores) of ``user_rows``, ``exclude``'s items left out.
+
+        Users whose seen items take more than a quarter of their cluster's candidates, or
+        whose candidates cannot fill the list exact scoring would, are ranked against every
+        item (very heavy users).
+        """
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        n_rows, n_items = len(user_rows), len(self.items)
+        ids = np.full((n_rows, n), -1, np.int64)
+        scores = np.full((n_rows, n), -np.inf, np.float32)
+        if n_rows == 0:
+            return ids, scores
+        # Deeper lists (re-ranking asks for more) need proportionally more candidates.
+        m = min(n_items, -(-self.candidates * max(n, self.n) // self.n))
+        cluster = self.assign[user_rows]
+        by_cluster = np.argsort(cluster, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(cluster[by_cluster]) != 0])
+        position = np.full(n_items, -1, np.int64)
+        short = np.zeros(n_rows, bool)
+        with threadpool_limits(1, "blas"):
+            for group in np.split(by_cluster, starts[1:]):
+                rows = user_rows[group]
+                cand = self._cluster_candidates(int(cluster[group[0]]), m)
+                sub = self.items[cand]
+                block = user_vectors[rows] @ sub[:, :-1].T + sub[:, -1]
+                n_seen = np.zeros(len(rows), np.int64)
+                crowded = np.zeros(len(rows), bool)
+                if exclude is not None:
+                    indptr = exclude.indptr
+                    lens = (indptr[rows + 1] - indptr[rows]).astype(np.int64)
+                    flat = np.repeat(indptr[rows] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+                    seen_items = exclude.indices[flat]
+                    n_seen = lens
+                    position[cand] = np.arange(len(cand))
+                    local = position[seen_items]
+                    position[cand] = -1
+                    hit = local >= 0
+                    owner = np.repeat(np.arange(len(rows)), lens)[hit]
+                    block[owner, local[hit]] = -np.inf
+                    # Calibrated for users whose seen items take few of the candidates; where
+                    # they take more than a quarter (heavy users), the best unseen items lie
+                    # deeper than the list reaches: rank those users against every item.
+                    crowded = np.bincount(owner, minlength=len(rows)) * 4 > len(cand)
+                k = min(n, len(cand))
+                top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < len(cand) else np.tile(
+                    np.arange(len(cand)), (len(rows), 1))
+                top_scores = np.take_along_axis(block, top, axis=1)
+                # Best first; equal scores by item index, so lists depend only on the scores.
+                order = np.lexsort((cand[top], -top_scores), axis=1)
+                top, top_scores = np.take_along_axis(top, order, 1), np.take_along_axis(top_scores, order, 1)
+                valid = np.isfinite(top_scores)
+                ids[group, :k] = np.where(valid, cand[top], -1)
+                scores[group, :k] = np.where(valid, top_scores, -np.inf)
+                short[group] = crowded | (valid.sum(axis=1) < np.minimum(n, n_items - n_seen))
+        rest = np.flatnonzero(short)
+        if len(rest):
+            query = np.hstack([user_vectors[user_rows[rest]], np.ones((len(rest), 1), np.float32)])
+            ids[rest], scores[rest] = top_k(self.items, query, n, exclude[user_rows[rest]] if exclude is not None
+                                            else None)
+        return ids, scores
+
+
+def with_ann(model: Recommender, kind: Literal["off", "ivf", "hnsw", "pruned", "clustered"], n: int = 50,
              exclude: sp.csr_matrix | None = None, depth: int = 128, max_depth: int = 512,
-             **knobs: Any) -> Recommender:
+             recall: float = 0.99, **knobs: Any) -> Recommender:
     """``model`` ranked through an index of ``kind``, or ``model`` itself when off or not a vector family.
 
     Builds the index once (per shard task; its cost is logged). ``n`` and ``exclude``
-    (the seen matrix) let ``pruned`` size its head for the lists it will rank; ``knobs``
-    go to :class:`AnnIndex`.
+    (the seen matrix) let ``pruned`` size its head and ``clustered`` calibrate its
+    candidates (to ``recall``) for the lists it will rank; ``knobs`` go to :class:`AnnIndex`
+    (``lists`` is ``clustered``'s user cluster count).
     """
     if kind == "off" or not isinstance(model, VectorRecommender):
         if kind != "off":
@@ -338,7 +506,9 @@ def with_ann(model: Recommender, kind: Literal["off", "ivf", "hnsw", "pruned"], 
         return model
     with threadpool_limits(1, "blas"):
         if kind == "pruned":
-            index: AnnIndex | NormPrunedIndex = NormPrunedIndex(model._vec(), n, exclude)
+            index: AnnIndex | NormPrunedIndex | ClusteredIndex = NormPrunedIndex(model._vec(), n, exclude)
+        elif kind == "clustered":
+            index = ClusteredIndex(model._vec(), n, exclude, clusters=knobs.get("lists"), recall=recall)
         else:
             index = build_index(model, kind, **knobs)
     return AnnRanker(model, index, depth, max_depth)
@@ -347,5 +517,5 @@ def with_ann(model: Recommender, kind: Literal["off", "ivf", "hnsw", "pruned"], 
 def for_publish(model: Recommender, publish: PublishSettings, seen: sp.csr_matrix | None) -> Recommender:
     """``model`` ranked as ``publish.ann`` says (see :func:`with_ann`); ``seen``: the publish seen matrix."""
     return with_ann(model, publish.ann, publish.top_n, seen, publish.ann_depth, publish.ann_max_depth,
-                    lists=publish.ann_lists, probe=publish.ann_probe, hnsw_m=publish.ann_hnsw_m,
+                    publish.ann_recall, lists=publish.ann_lists, probe=publish.ann_probe, hnsw_m=publish.ann_hnsw_m,
                     ef_search=publish.ann_ef_search)

@@ -585,17 +585,21 @@ def _ranked_frames(
     chunk: int,
     version: str,
     span: range | None = None,
+    order: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Long (key, target, rank, score, version) frames, ``chunk`` keys at a time, with progress.
 
     ``span`` limits the ranking to those key positions (a shard); default all keys.
+    ``order`` puts the span's positions in the order to rank them in (the ranker's
+    :meth:`~recjobs.models.base.Recommender.ranking_order`); default key order.
     """
     span = span if span is not None else range(len(keys))
     total = len(span)
+    ordered = order(np.arange(span.start, span.stop)) if order is not None else np.arange(span.start, span.stop)
     started = time.perf_counter()
     next_report = 0.0
-    for lo in range(span.start, span.stop, chunk):
-        rows = np.arange(lo, min(lo + chunk, span.stop))
+    for lo in range(0, total, chunk):
+        rows = ordered[lo:lo + chunk]
         top, scores = rank(rows)
         valid = top >= 0
         ranks = np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)
@@ -608,7 +612,7 @@ def _ranked_frames(
         })
         fault_point("publish.mid_shard")  # tests: a worker lost part-way through a shard
         elapsed = time.perf_counter() - started
-        done = rows[-1] + 1 - span.start
+        done = min(lo + chunk, total)
         if elapsed >= next_report or done == total:
             rate = done / max(elapsed, 1e-9)
             log.info("ranked %d/%d %s (%.0f/s, ETA %.0fs)", done, total, columns[0], rate, (total - done) / rate)
@@ -621,7 +625,7 @@ def _user_frames(model: Recommender, seen: Interactions, n: int, chunk: int,
     rank = ((lambda rows: post.recommend(rows, n)) if post is not None
             else (lambda rows: model.recommend(rows, n, exclude=seen.matrix)))
     return _ranked_frames(model.user_ids, model.item_ids, rank,
-                          (C.USER, C.ITEM), chunk, model.info.get("model_version", ""), span)
+                          (C.USER, C.ITEM), chunk, model.info.get("model_version", ""), span, model.ranking_order)
 
 
 def _item_frames(model: Recommender, n: int, chunk: int, span: range | None = None,

@@ -143,8 +143,12 @@ class PublishSettings(_Strict):
     # "pruned" is exact too but skips items a norm bound rules out; "ivf"/"hnsw" are faiss
     # indexes (approximate; recall against exact is measured by scripts/benchmark_scale.py).
     # Neighbourhood families always rank exactly.
-    ann: Literal["off", "ivf", "hnsw", "pruned"] = "off"
-    ann_lists: int | None = Field(None, gt=0)  # ivf: k-means lists (None: about 1.5 sqrt(items))
+    # "clustered" groups users by k-means and scores each group against a shared candidate
+    # list calibrated to ann_recall of exact's top-N (the fastest; see recjobs.ann).
+    ann: Literal["off", "ivf", "hnsw", "pruned", "clustered"] = "off"
+    # ivf: k-means lists (None: about 1.5 sqrt(items)); clustered: user clusters (None: users / 256)
+    ann_lists: int | None = Field(None, gt=0)
+    ann_recall: float = Field(0.99, gt=0.0, le=1.0)  # clustered: recall of exact top-N to calibrate to
     ann_probe: int = Field(32, gt=0)  # ivf: lists searched per user
     ann_hnsw_m: int = Field(32, gt=1)  # hnsw: links per node
     ann_ef_search: int = Field(128, gt=0)  # hnsw: search breadth (at least the retrieval depth)

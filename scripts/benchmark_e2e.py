@@ -3,10 +3,12 @@
 Every stage runs as its own `recjobs` CLI process, as each Airflow task runs in its own
 process and calls the same library functions, so the per-stage peak RSS is what one task
 needs. Then the exact scoring path is timed against implicit's own `recommend` for every
-user (BLAS limited to one thread in both, as in publish), with the champion's vectors.
+user (BLAS limited to one thread in both, as in publish), with the champion's vectors, and
+so is ranking through the ``clustered`` index (``publish.ann``), with its recall of exact.
 
     .venv/bin/python scripts/benchmark_e2e.py                 # ML-20M shape: 138k users, 20M ratings
     .venv/bin/python scripts/benchmark_e2e.py --scale 10      # ten times that
+    .venv/bin/python scripts/benchmark_e2e.py --home DIR --scoring-only   # comparisons only, on a kept run
     .venv/bin/python scripts/benchmark_e2e.py --scale 0.1 --families popularity,als \\
         --set models.lightfm.epochs=5 --database-url postgresql://...
 
@@ -57,13 +59,18 @@ def run_stage(name: str, args: list[str], env: dict[str, str]) -> Stage:
     return Stage(name, seconds, usage.ru_maxrss / 1024, proc.returncode)
 
 
-def scoring_ratio(settings: Settings, day: dt.date) -> str:
-    """Our top-N scoring of every user against implicit's recommend on the same vectors."""
+def scoring_ratio(settings: Settings, day: dt.date) -> list[str]:
+    """Our top-N scoring of every user against implicit's recommend on the same vectors.
+
+    Exact scoring first, then (vector champions) the ``clustered`` index of recjobs.ann,
+    whose build time is counted in its rate and whose lists are compared with exact's.
+    """
     import numpy as np
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from recjobs.models.base import Recommender
+    from recjobs.ann import with_ann
+    from recjobs.models.base import Recommender, VectorRecommender
     from recjobs.pipeline import final_path, load_matrix
 
     top_n = settings.publish.top_n
@@ -71,23 +78,44 @@ def scoring_ratio(settings: Settings, day: dt.date) -> str:
     seen = load_matrix(settings, day, "full").matrix
     users = np.arange(len(model.user_ids))
     chunk = settings.publish.chunk_users
+    exact = np.empty((len(users), top_n), np.int64)
     started = time.perf_counter()
     for lo in range(0, len(users), chunk):
-        model.recommend(users[lo:lo + chunk], top_n, exclude=seen)
+        exact[lo:lo + chunk] = model.recommend(users[lo:lo + chunk], top_n, exclude=seen)[0]
     ours = time.perf_counter() - started
-    # implicit's own path: the same factors (bias as one more factor), its recommend over all users.
-    vec = model.vectors
-    ref = AlternatingLeastSquares(factors=vec.user_vectors.shape[1] + 1)
-    ref.user_factors = np.hstack([vec.user_vectors, np.ones((len(users), 1), np.float32)])
-    ref.item_factors = np.hstack([vec.item_vectors, vec.item_bias[:, None]]).astype(np.float32)
-    started = time.perf_counter()
-    with threadpool_limits(1, "blas"):
+    lines = []
+    if isinstance(model, VectorRecommender):
+        # implicit's own path: the same factors (bias as one more factor), its recommend over all users.
+        vec = model.vectors
+        ref = AlternatingLeastSquares(factors=vec.user_vectors.shape[1] + 1)
+        ref.user_factors = np.hstack([vec.user_vectors, np.ones((len(users), 1), np.float32)])
+        ref.item_factors = np.hstack([vec.item_vectors, vec.item_bias[:, None]]).astype(np.float32)
+        started = time.perf_counter()
+        with threadpool_limits(1, "blas"):
+            for lo in range(0, len(users), chunk):
+                rows = users[lo:lo + chunk]
+                ref.recommend(rows, seen[rows], N=top_n, filter_already_liked_items=True)
+        theirs = time.perf_counter() - started
+        lines.append(f"scoring {len(users):,} users ({model.family}), top-{top_n}, seen excluded: ours {ours:.1f}s, "
+                     f"implicit.recommend {theirs:.1f}s, ratio {theirs / ours:.2f}x (>1 is faster than implicit)")
+        started = time.perf_counter()
+        ranker = with_ann(model, "clustered", top_n, seen, recall=settings.publish.ann_recall,
+                          lists=settings.publish.ann_lists)
+        built = time.perf_counter() - started
+        order = ranker.ranking_order(users)
+        got = np.empty_like(exact)
         for lo in range(0, len(users), chunk):
-            rows = users[lo:lo + chunk]
-            ref.recommend(rows, seen[rows], N=top_n, filter_already_liked_items=True)
-    theirs = time.perf_counter() - started
-    return (f"scoring {len(users):,} users, top-{top_n}, seen excluded: ours {ours:.1f}s, implicit.recommend "
-            f"{theirs:.1f}s, ratio {theirs / ours:.2f}x (>1 is faster than implicit)")
+            rows = order[lo:lo + chunk]
+            got[rows] = ranker.recommend(rows, top_n, exclude=seen)[0]
+        ann = time.perf_counter() - started
+        hits = sum(len(np.intersect1d(g[g >= 0], w[w >= 0])) for g, w in zip(got, exact, strict=True))
+        lines.append(f"publish.ann=clustered (ann_recall {settings.publish.ann_recall}): {ann:.1f}s with the index "
+                     f"build ({built:.1f}s), ratio {theirs / ann:.2f}x implicit.recommend, "
+                     f"{ours / ann:.2f}x exact, recall@{top_n} of exact {hits / max((exact >= 0).sum(), 1):.4f}")
+    else:
+        lines.append(f"scoring {len(users):,} users ({model.family}, not a vector family: no implicit "
+                     f"equivalent), top-{top_n}, seen excluded: {ours:.1f}s")
+    return lines
 
 
 def load_ratio(settings: Settings, day: dt.date, url: str, rounds: int = 2) -> str:
@@ -162,6 +190,8 @@ def main() -> int:
     parser.add_argument("--database-url", help="default: SQLite in the benchmark's home")
     parser.add_argument("--home", help="keep everything here (default: a temporary folder)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every stage")
+    parser.add_argument("--scoring-only", action="store_true",
+                        help="with --home of an earlier run: only the scoring (and load) comparisons")
     args = parser.parse_args()
 
     tmp = None if args.home else tempfile.TemporaryDirectory(prefix="recjobs-e2e-")
@@ -171,6 +201,13 @@ def main() -> int:
     if args.database_url:
         env["RECJOBS_DATABASE_URL"] = args.database_url
     spec = LargeSpec().scaled(args.scale)
+    if args.scoring_only:
+        settings = load_settings(_parse_set(args.set),
+                                 environ={k: v for k, v in env.items() if k.startswith("RECJOBS_")})
+        print("\n".join(scoring_ratio(settings, spec.end)))
+        if args.database_url and make_url(args.database_url).get_backend_name() == "postgresql":
+            print(load_ratio(settings, spec.end, args.database_url))
+        return 0
     data = home / "inbox" / "ratings.csv"
     started = time.perf_counter()
     if not data.exists():
@@ -199,7 +236,7 @@ def main() -> int:
         print(f"{s.name:<22}{s.seconds:9.1f}{s.peak_rss_mib:14,.0f}{s.status:6d}")
     print(f"{'total':<22}{total:9.1f}{max(s.peak_rss_mib for s in stages):14,.0f}")
     if all(s.status == 0 for s in stages[-2:]):
-        print(scoring_ratio(settings, spec.end))
+        print("\n".join(scoring_ratio(settings, spec.end)))
     if stages[-1].status == 0 and args.database_url and make_url(args.database_url).get_backend_name() == "postgresql":
         print(load_ratio(settings, spec.end, args.database_url))
     if tmp is not None:

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recjobs.ann import AnnIndex, NormPrunedIndex, ann_recommend, augmented_items, with_ann
+from recjobs.ann import (
+    AnnIndex,
+    ClusteredIndex,
+    NormPrunedIndex,
+    ann_recommend,
+    augmented_items,
+    with_ann,
+)
 from recjobs.models.base import Vectors, top_k
 from recjobs.models.popularity import PopularityModel
 from recjobs.settings import Settings
@@ -81,6 +88,47 @@ def test_pruned_is_exact(case: tuple[Vectors, sp.csr_matrix]) -> None:
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
 
 
+def test_clustered_recalls_exact_and_lists_do_not_depend_on_batches(case: tuple[Vectors, sp.csr_matrix]) -> None:
+    vectors, seen = case
+    rows = np.arange(N_USERS)
+    index = ClusteredIndex(vectors, TOP, seen, clusters=12, recall=0.95)
+    assert index.candidates < N_ITEMS // 2, "users score a short candidate list, not the catalogue"
+    ids, scores = index.recommend(vectors.user_vectors, rows, TOP, seen)
+    want, _ = _exact(vectors, seen, rows)
+    assert (ids >= 0).all(), "every list is full (the catalogue has enough unseen items)"
+    assert not seen[np.repeat(rows, TOP), ids.ravel()].any(), "a seen item was recommended"
+    # Calibrated on every user here (fewer than the sample size): the target holds overall.
+    assert _recall(ids, want) >= 0.95
+    # Heavy users whose candidates are all seen are ranked against every item, exactly.
+    np.testing.assert_array_equal(ids[:10], want[:10])
+    query = np.hstack([vectors.user_vectors, np.ones((N_USERS, 1), np.float32)])
+    np.testing.assert_allclose(scores, np.einsum("ud,ukd->uk", query, augmented_items(vectors)[ids]), rtol=1e-4,
+                               atol=1e-4)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    # A user's list depends on its cluster only: any batching (shards, chunks) gives the same.
+    shuffled = np.random.default_rng(0).permutation(rows)
+    for part in np.array_split(shuffled, 7):
+        np.testing.assert_array_equal(index.recommend(vectors.user_vectors, part, TOP, seen)[0], ids[part])
+    order = index.order(rows)
+    assert sorted(order) == list(rows) and (np.diff(index.assign[order]) >= 0).all()
+    # Deeper lists (re-ranking asks for more) take proportionally more candidates.
+    deep, _ = index.recommend(vectors.user_vectors, rows, 3 * TOP, seen)
+    assert _recall(deep[:, :TOP], want) >= _recall(ids, want)
+    # Rebuilding gives the same clusters and lists (seeded k-means on one thread).
+    again = ClusteredIndex(vectors, TOP, seen, clusters=12, recall=0.95)
+    assert again.candidates == index.candidates
+    np.testing.assert_array_equal(again.recommend(vectors.user_vectors, rows, TOP, seen)[0], ids)
+
+
+def test_clustered_ranks_exactly_when_no_short_list_reaches_the_target(case: tuple[Vectors, sp.csr_matrix]) -> None:
+    vectors, seen = case
+    index = ClusteredIndex(vectors, TOP, seen, clusters=12, recall=1.0)
+    if index.candidates < N_ITEMS:  # a perfect recall within half the catalogue is exact anyway
+        assert index.recall == 1.0
+    ids, _ = index.recommend(vectors.user_vectors, np.arange(N_USERS), TOP, seen)
+    np.testing.assert_array_equal(ids, _exact(vectors, seen, np.arange(N_USERS))[0])
+
+
 def test_ranker_wraps_vector_families_only(case: tuple[Vectors, sp.csr_matrix]) -> None:
     vectors, seen = case
     model = PopularityModel()
@@ -93,9 +141,16 @@ def test_ranker_wraps_vector_families_only(case: tuple[Vectors, sp.csr_matrix]) 
     want, _ = model.recommend(np.arange(50), TOP, exclude=seen)
     assert _recall(ids, want) >= 0.99  # every list probed: only the passes differ from exact
     assert ranker.user_ids is model.user_ids and ranker.info is model.info
+    clustered = with_ann(model, "clustered", TOP, seen, lists=12)
+    assert sorted(clustered.ranking_order(np.arange(N_USERS))) == list(range(N_USERS))
+    ids, _ = clustered.recommend(np.arange(50), TOP, exclude=seen)
+    assert _recall(ids, want) >= 0.9
 
 
 def test_setting_is_validated() -> None:
     assert Settings.model_validate({"publish": {"ann": "hnsw"}}).publish.ann == "hnsw"
+    assert Settings.model_validate({"publish": {"ann": "clustered", "ann_recall": 0.98}}).publish.ann_recall == 0.98
+    with pytest.raises(ValueError, match="ann_recall"):
+        Settings.model_validate({"publish": {"ann_recall": 1.5}})
     with pytest.raises(ValueError, match="ann"):
         Settings.model_validate({"publish": {"ann": "annoy"}})

@@ -63,6 +63,19 @@ def test_sharded_publish_gives_the_unsharded_rows(tmp_path, settings, small_inbo
     assert len(expected["recommendations"]) == 120 * 10
 
 
+def test_sharded_publish_through_the_clustered_index_gives_the_unsharded_rows(tmp_path, settings, small_inbox):
+    # Its candidate lists belong to user clusters, not to the batches a shard happens to rank.
+    whole, engine = _trained(settings.home, ann="clustered", ann_lists=6, ann_recall=0.8)
+    publish(whole, engine, DAY)
+    expected = _live(engine)
+    sharded = whole.model_copy(update={"publish": whole.publish.model_copy(update={"shards": 3})})
+    for shard in (1, 2, 0):
+        rank_shard(sharded, DAY, shard)
+    load_published(sharded, engine, DAY)
+    pd.testing.assert_frame_equal(_live(engine), expected)
+    assert len(expected) == 120 * 10
+
+
 def test_load_names_shards_not_yet_ranked(tmp_path, settings, small_inbox):
     sharded, engine = _trained(settings.home, shards=4)
     rank_shard(sharded, DAY, 0)
