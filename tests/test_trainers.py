@@ -84,6 +84,35 @@ def test_a_long_epoch_gets_heartbeat_lines(caplog):
     assert beats and "epoch 1/3" in beats[0] and "examples/s" in beats[0] and "ETA" in beats[0]
 
 
+class _Clock:
+    """A clock the test moves by hand, so the budget's decisions do not depend on machine speed."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("epoch_seconds, epochs_run", [([34.0, 34.0, 34.0], 1), ([25.0, 25.0, 25.0], 2),
+                                                       ([70.0], 1), ([10.0, 10.0, 10.0], 3)])
+def test_budget_starts_no_epoch_that_would_end_past_it(epoch_seconds, epochs_run, caplog):
+    # max_seconds 60: after 34 s another 34 s epoch would end at 68 s, so training stops at
+    # one; 25 s epochs fit two (a third would end at 75 s); a first epoch always runs.
+    log = logging.getLogger("recjobs.test_trainers")
+    clock = _Clock()
+    with caplog.at_level(logging.INFO, logger=log.name), EpochProgress(log, "x", 3, 100, max_seconds=60.0,
+                                                                         every=3600, clock=clock) as p:
+        for epoch, seconds in enumerate(epoch_seconds, start=1):
+            p.start_epoch(epoch)
+            clock.now += seconds
+            if p.end_epoch():
+                break
+    assert p.epochs_done == epochs_run
+    assert p.stopped_by_budget is (epochs_run < 3)
+    assert clock.now <= 60.0 or epochs_run == 1, "no epoch after the first ended past the budget"
+
+
 def test_lightfm_epoch_by_epoch_equals_one_fit_call(data):
     # fit_partial one epoch at a time draws the same random stream as fit(epochs=n).
     from lightfm import LightFM

@@ -8,8 +8,10 @@ Cython loop, which Python cannot interrupt) still reports at least every 10 s. T
 heartbeat can run while the epoch runs because LightFM, implicit and TensorFlow
 release the GIL in their compute loops.
 
-The budget is checked at the end of each epoch: once ``max_seconds`` have passed,
-training stops there, so a run may exceed its budget by at most one epoch.
+The budget is a deadline checked at the end of each epoch: another epoch starts only if,
+at the pace of the one just finished, it would end within ``max_seconds``. The first
+epoch always runs (a model needs one), so only a first epoch longer than the whole
+budget makes a run exceed it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -45,7 +48,9 @@ class EpochProgress:
         examples_per_epoch: int,
         max_seconds: float | None = None,
         every: float = 10.0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        self._clock = clock  # seconds; tests give a clock of their own
         self.logger = logger
         self.name = name
         self.epochs = epochs
@@ -55,7 +60,7 @@ class EpochProgress:
         self.epochs_done = 0
         self.stopped_by_budget = False
         self._lock = threading.Lock()
-        self._started = time.perf_counter()
+        self._started = self._clock()
         self._epoch = 0
         self._epoch_started = self._started
         self._epoch_examples = 0
@@ -67,7 +72,7 @@ class EpochProgress:
 
     # -- context -----------------------------------------------------------------
     def __enter__(self) -> EpochProgress:
-        self._started = self._last_log = time.perf_counter()
+        self._started = self._last_log = self._clock()
         self._thread = threading.Thread(target=self._heartbeat, name=f"{self.name}-progress", daemon=True)
         self._thread.start()
         return self
@@ -82,14 +87,14 @@ class EpochProgress:
     @property
     def elapsed(self) -> float:
         """Seconds since the loop started."""
-        return time.perf_counter() - self._started
+        return self._clock() - self._started
 
     # -- the loop ------------------------------------------------------------------
     def start_epoch(self, epoch: int) -> None:
         """Mark the start of 1-based ``epoch``."""
         with self._lock:
             self._epoch = epoch
-            self._epoch_started = time.perf_counter()
+            self._epoch_started = self._clock()
             self._epoch_examples = 0
 
     def advance(self, examples: int) -> None:
@@ -103,11 +108,11 @@ class EpochProgress:
         examples/s is then the training rate alone; the epoch's duration still counts both.
         """
         with self._lock:
-            self._examples_seconds = time.perf_counter() - self._epoch_started
+            self._examples_seconds = self._clock() - self._epoch_started
 
     def end_epoch(self, **scores: float) -> bool:
         """Log the finished epoch; True when the budget is spent and training should stop."""
-        now = time.perf_counter()
+        now = self._clock()
         with self._lock:
             seconds = now - self._epoch_started
             training = self._examples_seconds or seconds
@@ -121,10 +126,14 @@ class EpochProgress:
         self.logger.info("%s epoch %d/%d done in %.1fs: %s examples/s%s, elapsed %s, %s",
                          self.name, self.epochs_done, self.epochs, seconds, f"{rate:,.0f}", extra,
                          _duration(now - self._started), self._eta(now, remaining_in_epoch=0.0))
-        if self.max_seconds is not None and now - self._started >= self.max_seconds and self.epochs_done < self.epochs:
+        spent = now - self._started
+        if (self.max_seconds is not None and self.epochs_done < self.epochs
+                and spent + seconds > self.max_seconds):
             self.stopped_by_budget = True
-            self.logger.info("%s: budget of %s spent after epoch %d/%d; stopping here",
-                             self.name, _duration(self.max_seconds), self.epochs_done, self.epochs)
+            why = ("spent" if spent >= self.max_seconds else
+                   f"would be passed by another epoch ({_duration(spent)} + about {_duration(seconds)})")
+            self.logger.info("%s: budget of %s %s after epoch %d/%d; stopping here",
+                             self.name, _duration(self.max_seconds), why, self.epochs_done, self.epochs)
             return True
         return False
 
@@ -152,7 +161,7 @@ class EpochProgress:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(min(1.0, self.every)):
-            now = time.perf_counter()
+            now = self._clock()
             with self._lock:
                 if now - self._last_log < self.every or self._epoch == 0:
                     continue
