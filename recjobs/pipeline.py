@@ -30,6 +30,7 @@ from recjobs.evaluate import Metrics, PairedTest, PerUser, evaluate_model, paire
 from recjobs.faults import fault_point
 from recjobs.features import load_side_features
 from recjobs.filters import blocked_items
+from recjobs.heartbeat import Heartbeat
 from recjobs.interactions import Events, Holdout, Interactions
 from recjobs.lake import read_events
 from recjobs.models import Recommender, get_family
@@ -110,29 +111,36 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
     """
     day = parse_date(run_date)
     started = time.perf_counter()
-    events = load_events(settings, day)
-    log.info("read %d interactions for %s in %.1fs", len(events), day, time.perf_counter() - started)
-    # The split's protocol (split.protocol) decides the masks; its global_time cutoff, if
-    # any, is measured back from the run's cutoff.
-    plan = plan_split(events, settings.split, int(cutoff_of(day).timestamp() * 1000))
-    held, in_train, holdout_cutoff = plan.held, plan.train, plan.cutoff_millis
-    # One reordering to (user, time, item): the matrices below then need no time sort.
-    events = events.take(plan.order)
-    del plan
-    out = run_dir(settings, day)
-    out.mkdir(parents=True, exist_ok=True)
-    fingerprint = _fingerprint(events)
-    # One matrix at a time, each freed once saved: the stage's peak memory is its task's.
-    Interactions.from_events(events).save(out / "full")
-    train = events.take(in_train)
-    n_train = len(train)
-    train_data = Interactions.from_events(train)
-    del train
-    train_data.save(out / "train")
-    holdout = events.take(held)
-    n_holdout = len(holdout)
-    Holdout.from_events(holdout, train_data).save(out / "holdout")
-    del holdout, train_data
+    with Heartbeat(log, f"split {day}") as beat:
+        beat.phase("reading the window from the lake")
+        events = load_events(settings, day)
+        log.info("read %d interactions for %s in %.1fs", len(events), day, time.perf_counter() - started)
+        # The split's protocol (split.protocol) decides the masks; its global_time cutoff, if
+        # any, is measured back from the run's cutoff.
+        beat.phase(f"ordering {len(events):,} rows by (user, time, item) and planning the {settings.split.protocol} "
+                   "split")
+        plan = plan_split(events, settings.split, int(cutoff_of(day).timestamp() * 1000))
+        held, in_train, holdout_cutoff = plan.held, plan.train, plan.cutoff_millis
+        # One reordering to (user, time, item): the matrices below then need no time sort.
+        events = events.take(plan.order)
+        del plan
+        out = run_dir(settings, day)
+        out.mkdir(parents=True, exist_ok=True)
+        fingerprint = _fingerprint(events)
+        # One matrix at a time, each freed once saved: the stage's peak memory is its task's.
+        beat.phase("writing the full matrix (everything before the cutoff)")
+        Interactions.from_events(events).save(out / "full")
+        train = events.take(in_train)
+        n_train = len(train)
+        beat.phase(f"writing the training matrix ({n_train:,} rows)")
+        train_data = Interactions.from_events(train)
+        del train
+        train_data.save(out / "train")
+        holdout = events.take(held)
+        n_holdout = len(holdout)
+        beat.phase(f"writing the holdout ({n_holdout:,} rows)")
+        Holdout.from_events(holdout, train_data).save(out / "holdout")
+        del holdout, train_data
     snapshot = {
         "run_date": day.isoformat(),
         "cutoff": cutoff_of(day).isoformat(),
@@ -233,22 +241,27 @@ def evaluate_candidate(settings: Settings, engine: Engine, run_date: str | dt.da
     path = candidate_path(settings, day, family)
     if not (path / "meta.json").exists():
         raise PipelineError(f"no {family} candidate for {day}: run `recjobs train --date {day} --family {family}`")
-    model = Recommender.load(path)
-    meta = json.loads((path / "meta.json").read_text())
-    train = load_matrix(settings, day, "train")
-    snap = _snapshot(settings, day)
-    features = load_side_features(settings, train)
-    holdout = Holdout.load(run_dir(settings, day) / "holdout")
-    # The gate judges the lists as published: after business rules and re-ranking
-    # (recjobs.rerank), with the raw ranking's metrics kept beside them in raw_metrics.
-    # Neutral settings: post is None and the one evaluation is the raw one.
-    post = build_postprocess(settings, day, model, train, features)
-    metrics = evaluate_model(model, train, holdout, settings.evaluate.k, settings.evaluate.chunk_users,
-                             item_features=None if features is None else features.item,
-                             rank=None if post is None else _published_rank(post, settings))
-    raw = None if post is None else evaluate_model(
-        model, train, holdout, settings.evaluate.k, settings.evaluate.chunk_users,
-        item_features=None if features is None else features.item)
+    with Heartbeat(log, f"evaluate {family} {day}") as beat:
+        beat.phase("loading the candidate, the training matrix and the holdout")
+        model = Recommender.load(path)
+        meta = json.loads((path / "meta.json").read_text())
+        train = load_matrix(settings, day, "train")
+        snap = _snapshot(settings, day)
+        features = load_side_features(settings, train)
+        holdout = Holdout.load(run_dir(settings, day) / "holdout")
+        # The gate judges the lists as published: after business rules and re-ranking
+        # (recjobs.rerank), with the raw ranking's metrics kept beside them in raw_metrics.
+        # Neutral settings: post is None and the one evaluation is the raw one.
+        post = build_postprocess(settings, day, model, train, features)
+        beat.phase("ranking and scoring the holdout's users")
+        metrics = evaluate_model(model, train, holdout, settings.evaluate.k, settings.evaluate.chunk_users,
+                                 item_features=None if features is None else features.item,
+                                 rank=None if post is None else _published_rank(post, settings))
+        if post is not None:
+            beat.phase("scoring the raw ranking too (before rules and re-ranking)")
+        raw = None if post is None else evaluate_model(
+            model, train, holdout, settings.evaluate.k, settings.evaluate.chunk_users,
+            item_features=None if features is None else features.item)
     if raw is not None:
         log.info("%s on %s: ndcg@%d %.4f as ranked, %.4f as published (rules and re-ranking)", family, day,
                  raw.k, raw.ndcg, metrics.ndcg)

@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
+from recjobs.heartbeat import Heartbeat
 from recjobs.interactions import Interactions, SideFeatures, ordered_by_user_time_item
 from recjobs.models.base import (
     Neighbourhood,
@@ -141,16 +142,20 @@ class EASEModel(NeighbourhoodRecommender):
         x = binary if items is None else binary[:, items].tocsr()
         m = x.shape[1]
         started = time.perf_counter()
-        log.info("ease: Gram matrix of %d items from %d interactions", m, x.nnz)
-        gram = gram_matrix(x)
-        log.info("ease: inverting %d x %d (Gram took %.1fs)", m, m, time.perf_counter() - started)
-        with threadpool_limits(None, "blas"):
-            weights = ease_weights(gram, p.l2)
-        if p.transition_weight > 0:
-            add_transitions(weights, transitions(data, p.transition_window, items), p.transition_weight)
-        log.info("ease: fitted in %.1fs", time.perf_counter() - started)
-        history = recency_history(data, p.recency_half_life, p.history_limit)
-        if items is not None:
-            history = history[:, items].tocsr()
+        with Heartbeat(log, "ease") as beat:
+            beat.phase(f"Gram matrix of {m} items from {x.nnz:,} interactions")
+            gram = gram_matrix(x)
+            beat.phase(f"inverting {m} x {m} (Gram took {time.perf_counter() - started:.1f}s)")
+            with threadpool_limits(None, "blas"):
+                weights = ease_weights(gram, p.l2)
+            if p.transition_weight > 0:
+                beat.phase("counting transitions")
+                add_transitions(weights, transitions(data, p.transition_window, items), p.transition_weight)
+            log.info("ease: fitted in %.1fs", time.perf_counter() - started)
+            beat.phase("recency-weighted histories and the item embedding")
+            history = recency_history(data, p.recency_half_life, p.history_limit)
+            if items is not None:
+                history = history[:, items].tocsr()
+            embedding = item_embedding_svd(binary, seed=self.seed)
         self.info.update(modelled_items=int(m), fit_seconds_inverse=round(time.perf_counter() - started, 1))
-        return Neighbourhood(weights, history, items, item_embedding_svd(binary, seed=self.seed))
+        return Neighbourhood(weights, history, items, embedding)

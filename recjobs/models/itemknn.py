@@ -15,6 +15,7 @@ import warnings
 
 from threadpoolctl import threadpool_limits
 
+from recjobs.heartbeat import Heartbeat
 from recjobs.interactions import Interactions, SideFeatures
 from recjobs.models.base import (
     Neighbourhood,
@@ -42,11 +43,14 @@ class ItemKNNModel(NeighbourhoodRecommender):
         else:
             knn = CosineRecommender(K=p.neighbours, num_threads=0)
         started = time.perf_counter()
-        log.info("itemknn: %s neighbours of %d items from %d interactions", p.similarity, data.n_items, data.nnz)
-        with threadpool_limits(1, "blas"), warnings.catch_warnings():
-            # implicit converts its own weighted copy to CSR and warns about that.
-            warnings.simplefilter("ignore")
-            knn.fit(data.binary(), show_progress=False)
-        log.info("itemknn: fitted in %.1fs", time.perf_counter() - started)
-        history = recency_history(data, p.recency_half_life, p.history_limit)
-        return Neighbourhood(knn.similarity.tocsr(), history, None, item_embedding_svd(data.binary(), seed=self.seed))
+        with Heartbeat(log, "itemknn") as beat:
+            beat.phase(f"{p.similarity} neighbours of {data.n_items} items from {data.nnz:,} interactions")
+            with threadpool_limits(1, "blas"), warnings.catch_warnings():
+                # implicit converts its own weighted copy to CSR and warns about that.
+                warnings.simplefilter("ignore")
+                knn.fit(data.binary(), show_progress=False)
+            log.info("itemknn: fitted in %.1fs", time.perf_counter() - started)
+            beat.phase("recency-weighted histories and the item embedding")
+            history = recency_history(data, p.recency_half_life, p.history_limit)
+            embedding = item_embedding_svd(data.binary(), seed=self.seed)
+        return Neighbourhood(knn.similarity.tocsr(), history, None, embedding)
