@@ -129,11 +129,11 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
         fingerprint = _fingerprint(events)
         # One matrix at a time, each freed once saved: the stage's peak memory is its task's.
         beat.phase("writing the full matrix (everything before the cutoff)")
-        Interactions.from_events(events).save(out / "full")
+        Interactions.from_events(events, time_ordered=True).save(out / "full")
         train = events.take(in_train)
         n_train = len(train)
         beat.phase(f"writing the training matrix ({n_train:,} rows)")
-        train_data = Interactions.from_events(train)
+        train_data = Interactions.from_events(train, time_ordered=True)
         del train
         train_data.save(out / "train")
         holdout = events.take(held)
