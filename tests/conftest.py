@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,9 @@ def airflow_process_env(airflow_home: Path, plugins: Path = ROOT / "plugins", **
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        # The DAG files do not change while a test runs: parse each once (a new file is still
+        # parsed at once) instead of every 30 s, CPU that the scheduler's tasks need on a small machine.
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
         **extra,
     }
 
@@ -151,6 +155,33 @@ def airflow_env(tmp_path_factory) -> dict[str, str]:  # noqa: ANN001
     env = airflow_process_env(tmp_path_factory.mktemp("airflow"), AIRFLOW__CORE__UNIT_TEST_MODE="False")
     subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     return env
+
+
+def airflow_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """``airflow *args`` in ``env`` (text output captured), retried while the metadata DB is locked."""
+    for _attempt in range(5):
+        out = subprocess.run([str(AIRFLOW), *args], env=env, capture_output=True, text=True, timeout=300)
+        # A standalone's metadata database is SQLite: on a busy machine a CLI call can meet
+        # the scheduler's write lock. The failed attempt rolled back, so trying again is safe.
+        if out.returncode == 0 or "database is locked" not in out.stderr:
+            break
+        time.sleep(5)
+    return out
+
+
+def parsed_dag(airflow_db: Path, dag_id: str) -> tuple[bool, str | None] | None:
+    """(is_paused, next_dagrun) of ``dag_id`` once the dag-processor has stored it, else None.
+
+    Read from the standalone's SQLite metadata DB (read-only): polling with an `airflow`
+    CLI call instead costs seconds of CPU per poll, taken from the scheduler beside it.
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{airflow_db}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT d.is_paused, d.next_dagrun FROM dag d WHERE d.dag_id = ? AND EXISTS "
+                               "(SELECT 1 FROM serialized_dag s WHERE s.dag_id = d.dag_id)", (dag_id,)).fetchone()
+    except sqlite3.OperationalError:  # no database or tables yet, or locked past the timeout
+        return None
+    return None if row is None else (bool(row[0]), row[1])
 
 
 def _health(port: int) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import subprocess
 import sys
 import time
 import urllib.error
@@ -34,8 +33,10 @@ from tests.conftest import (
     ROOT,
     SMALL,
     _free_port,
+    airflow_cli,
     airflow_process_env,
     airflow_standalone,
+    parsed_dag,
     wait_for,
 )
 
@@ -104,6 +105,9 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
         "RECJOBS_MODELS__LIGHTFM__EPOCHS": "10",
         "RECJOBS_PUBLISH__TOP_N": "10",
         "RECJOBS_PUBLISH__SHARDS": "2",
+        # The backfill's later gates wait for earlier ones (up_for_reschedule): poll more often than
+        # the 30 s default, so the test does not sit out most of a poll after each earlier gate.
+        "RECJOBS_GATE__WAIT_POLL_SECONDS": "10",
     }
     write_inbox(home / "inbox", SMALL)
     settings = load_settings(environ={k: v for k, v in env.items() if k.startswith("RECJOBS_")})
@@ -121,39 +125,25 @@ def airflow_server(tmp_path_factory):  # noqa: ANN001, ANN201
 
         airflow_db = base / "airflow" / "airflow.db"
 
-        def parsed() -> bool:  # pausing it (it is paused already) succeeds once it has been parsed
-            if _airflow(env, "dags", "pause", "recs_nightly").returncode != 0:
-                return False
-            with sqlite3.connect(airflow_db) as conn:
-                row = conn.execute("SELECT next_dagrun FROM dag WHERE dag_id = 'recs_nightly'").fetchone()
-            return row is not None and row[0] is not None
+        def parsed() -> bool:  # stored, still paused (the default for a new DAG), its next slot computed
+            dag = parsed_dag(airflow_db, "recs_nightly")
+            return dag is not None and dag[0] and dag[1] is not None
 
-        assert wait_for(parsed, timeout=180, interval=5), "recs_nightly was never parsed"
+        assert wait_for(parsed, timeout=180, interval=2), ("recs_nightly was never parsed (or is not paused)",
+                                                           parsed_dag(airflow_db, "recs_nightly"))
         # The newest date is published first, by the run that unpausing starts at once (catchup off:
         # the latest whole day). Its slot is taken by a run computing LIVE_DATE, so that the
         # scheduler does not start one for the real yesterday (it skips a slot that has a run).
-        with sqlite3.connect(airflow_db) as conn:
-            slot = conn.execute("SELECT next_dagrun FROM dag WHERE dag_id = 'recs_nightly'").fetchone()[0]
-        out = _airflow(env, "dags", "trigger", "recs_nightly", "--logical-date", str(slot),
+        slot = parsed_dag(airflow_db, "recs_nightly")[1]
+        out = airflow_cli(env, "dags", "trigger", "recs_nightly", "--logical-date", str(slot),
                        "--conf", json.dumps({"run_date": LIVE_DATE}))
         assert out.returncode == 0, out.stderr[-3000:]
-        assert _airflow(env, "dags", "unpause", "recs_nightly").returncode == 0
+        assert airflow_cli(env, "dags", "unpause", "recs_nightly").returncode == 0
         # ...and its live publish triggers the downstream DAG.
         assert wait_for(lambda: _states(airflow_db, "recs_downstream") in (["success"], ["failed"]),
-                        timeout=600, interval=5), (_states(airflow_db, "recs_nightly"),
+                        timeout=600, interval=2), (_states(airflow_db, "recs_nightly"),
                                                    (base / "standalone.log").read_text()[-3000:])
         yield {"env": env, "port": port, "settings": settings, "base": base, "before_schema": before}
-
-
-def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    for _attempt in range(5):
-        out = subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=300)
-        # The standalone's metadata database is SQLite: on a busy machine a CLI call can meet
-        # the scheduler's write lock. The failed attempt rolled back, so trying again is safe.
-        if out.returncode == 0 or "database is locked" not in out.stderr:
-            break
-        time.sleep(5)
-    return out
 
 
 def _states(airflow_db: Path, dag_id: str) -> list[str]:
@@ -206,14 +196,14 @@ def _runs(airflow_home: Path) -> dict[str, str]:
 
 def test_backfill_through_the_scheduler_keeps_dated_history_and_live_newest(airflow_server):
     env = airflow_server["env"]
-    out = _airflow(env, "backfill", "create", "--dag-id", "recs_nightly",
-                   # The default reprocess behaviour (none): no task depends_on_past, so Airflow
-                   # no longer demands one; gates order themselves through model_runs.
-                   "--from-date", BACKFILL[0], "--to-date", BACKFILL[-1])
+    out = airflow_cli(env, "backfill", "create", "--dag-id", "recs_nightly",
+                      # The default reprocess behaviour (none): no task depends_on_past, so Airflow
+                      # no longer demands one; gates order themselves through model_runs.
+                      "--from-date", BACKFILL[0], "--to-date", BACKFILL[-1])
     assert out.returncode == 0, out.stderr[-3000:]
     home = Path(env["AIRFLOW_HOME"])
     finished = wait_for(lambda: len(_runs(home)) == 3 and all(s in ("success", "failed") for s in _runs(home).values()),
-                        timeout=900, interval=5)
+                        timeout=900, interval=2)
     assert finished, _runs(home)
     assert _runs(home) == dict.fromkeys(BACKFILL, "success")
 

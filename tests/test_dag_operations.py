@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sqlite3
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,15 @@ from recjobs.pipeline import (
 )
 from recjobs.settings import load_settings
 from recjobs.synthetic import generate, write_inbox
-from tests.conftest import SMALL, _free_port, airflow_process_env, airflow_standalone, wait_for
+from tests.conftest import (
+    SMALL,
+    _free_port,
+    airflow_cli,
+    airflow_process_env,
+    airflow_standalone,
+    parsed_dag,
+    wait_for,
+)
 
 BIN = Path(sys.executable).parent
 
@@ -162,19 +169,6 @@ def test_the_inbox_watch_sees_only_new_settled_content(settings, small_inbox):
 NIGHTS = ["2026-01-30", "2026-01-31"]
 
 
-
-
-def _airflow(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    for _attempt in range(5):
-        out = subprocess.run([str(BIN / "airflow"), *args], env=env, capture_output=True, text=True, timeout=300)
-        # The standalone's metadata database is SQLite: on a busy machine a CLI call can meet
-        # the scheduler's write lock. The failed attempt rolled back, so trying again is safe.
-        if out.returncode == 0 or "database is locked" not in out.stderr:
-            break
-        time.sleep(5)
-    return out
-
-
 def _dag_runs(airflow_home: Path) -> list[tuple[str, str, str | None, str | None]]:
     with sqlite3.connect(airflow_home / "airflow.db") as conn:
         return conn.execute("SELECT substr(logical_date, 1, 10), state, start_date, end_date FROM dag_run "
@@ -203,9 +197,9 @@ def scheduler(tmp_path):  # noqa: ANN001, ANN201
     log_path = tmp_path / "standalone.log"
     with airflow_standalone(env, port, log_path):
         # Paused (the default for a new DAG) until the test has queued its runs.
-        parsed = wait_for(lambda: _airflow(env, "dags", "pause", "recs_nightly").returncode == 0,
-                          timeout=180, interval=5)
-        assert parsed, "recs_nightly was never parsed"
+        airflow_db = tmp_path / "airflow" / "airflow.db"
+        parsed = wait_for(lambda: (parsed_dag(airflow_db, "recs_nightly") or (False,))[0], timeout=180, interval=2)
+        assert parsed, ("recs_nightly was never parsed (or is not paused)", parsed_dag(airflow_db, "recs_nightly"))
         yield {"env": env, "home": home, "airflow_home": tmp_path / "airflow", "log": log_path}
 
 
@@ -220,14 +214,14 @@ def test_a_night_whose_inbox_file_is_rejected_ends_and_the_next_night_publishes(
 
     # Both nights queued at once while paused: with max_active_runs=1 the second waits for the first.
     for night in NIGHTS:
-        out = _airflow(env, "dags", "trigger", "recs_nightly", "--logical-date", f"{night}T00:00:00+00:00",
-                       "--conf", f'{{"run_date": "{night}"}}')
+        out = airflow_cli(env, "dags", "trigger", "recs_nightly", "--logical-date", f"{night}T00:00:00+00:00",
+                          "--conf", f'{{"run_date": "{night}"}}')
         assert out.returncode == 0, out.stderr[-3000:]
-    assert _airflow(env, "dags", "unpause", "recs_nightly").returncode == 0
+    assert airflow_cli(env, "dags", "unpause", "recs_nightly").returncode == 0
 
     airflow_home = scheduler["airflow_home"]
     done = wait_for(lambda: [r[1] in ("failed", "success") for r in _dag_runs(airflow_home)] == [True, True],
-                    timeout=1200, interval=5)
+                    timeout=1200, interval=2)
     # Before the fix the second night stayed "running" forever: promote depended on the
     # failed promote of the first night, and Airflow's deadlock detection ignores that.
     assert done, (_dag_runs(airflow_home), scheduler["log"].read_text()[-3000:])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -65,41 +67,58 @@ def group_precision(model: Recommender, data: Interactions) -> float:
     return float(np.mean(own))
 
 
-@pytest.mark.parametrize("family", families())
+@pytest.fixture(scope="module", params=families())
+def family(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def fitted(family: str, blocks: tuple[Interactions, SideFeatures]) -> Iterator[Recommender]:
+    """``family`` fitted once on ``blocks``, shared by the contract tests that only read it.
+
+    Fitting (TFRS and sequence above all) is most of this module's time, and scoring,
+    ranking, neighbours, embeddings and saving leave a fitted model as it was. Teardown
+    checks that: a test that changed the shared model fails here, naming the family.
+    """
+    data, feats = blocks
+    model = make(family).fit(data, feats)
+    rows = np.arange(data.n_users)
+    before = model.score(rows).copy()
+    yield model
+    np.testing.assert_array_equal(model.score(rows), before, err_msg=f"{family}: a test changed the shared model")
+
+
 class TestModelContract:
-    def test_seen_items_are_never_recommended(self, family, blocks):
-        data, feats = blocks
-        model = make(family).fit(data, feats)
-        top, scores = model.recommend(np.arange(data.n_users), 10, exclude=data.matrix)
+    def test_seen_items_are_never_recommended(self, fitted, blocks):
+        data, _ = blocks
+        top, scores = fitted.recommend(np.arange(data.n_users), 10, exclude=data.matrix)
         seen = data.matrix.toarray() > 0
         for u in range(data.n_users):
             valid = top[u][top[u] >= 0]
             assert not seen[u, valid].any()
             assert np.all(np.diff(scores[u][top[u] >= 0]) <= 0)  # best first
 
-    def test_save_and_load_give_identical_scores(self, family, blocks, tmp_path):
-        data, feats = blocks
-        model = make(family).fit(data, feats)
-        path = model.save(tmp_path / "artifact", model_version="v1")
+    def test_save_and_load_give_identical_scores(self, fitted, blocks, tmp_path):
+        data, _ = blocks
+        path = fitted.save(tmp_path / "artifact", model_version="v1")
         loaded = Recommender.load(path)
-        assert type(loaded) is type(model) and loaded.params == model.params
+        assert type(loaded) is type(fitted) and loaded.params == fitted.params
         rows = np.arange(data.n_users)
-        np.testing.assert_array_equal(loaded.score(rows), model.score(rows))
-        assert list(loaded.item_ids) == list(model.item_ids)
+        np.testing.assert_array_equal(loaded.score(rows), fitted.score(rows))
+        assert list(loaded.item_ids) == list(fitted.item_ids)
 
-    def test_same_seed_same_model(self, family, blocks):
+    def test_same_seed_same_model(self, family, fitted, blocks):
+        # A second, independent fit with the same seed (after other fits in this process).
         data, feats = blocks
-        a = make(family).fit(data, feats).score(np.arange(10))
-        b = make(family).fit(data, feats).score(np.arange(10))
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        again = make(family).fit(data, feats).score(np.arange(10))
+        np.testing.assert_allclose(again, fitted.score(np.arange(10)), rtol=1e-5, atol=1e-6)
 
-    def test_similar_items_exclude_the_item_and_stay_in_its_group(self, family, blocks):
-        data, feats = blocks
-        model = make(family).fit(data, feats)
-        if not model.has_similar_items():
+    def test_similar_items_exclude_the_item_and_stay_in_its_group(self, family, fitted, blocks):
+        data, _ = blocks
+        if not fitted.has_similar_items():
             assert family == "popularity"
             return
-        top, scores = model.similar_items(np.arange(40), 5)
+        top, scores = fitted.similar_items(np.arange(40), 5)
         assert top.shape == (40, 5)
         for i in range(40):
             valid = top[i][top[i] >= 0]
@@ -108,17 +127,17 @@ class TestModelContract:
             same = [(int(data.item_ids[j][1:]) < 20) == (int(data.item_ids[i][1:]) < 20) for j in valid]
             assert np.mean(same) >= 0.8, (family, i, data.item_ids[valid])
 
-    def test_item_embedding_is_one_row_per_item_or_none(self, family, blocks):
-        data, feats = blocks
-        emb = make(family).fit(data, feats).item_embedding()
+    def test_item_embedding_is_one_row_per_item_or_none(self, family, fitted, blocks):
+        data, _ = blocks
+        emb = fitted.item_embedding()
         if family == "popularity":
             assert emb is None
         else:
             assert emb.shape[0] == data.n_items and emb.ndim == 2 and np.isfinite(emb).all()
 
-    def test_learns_the_known_structure(self, family, blocks):
-        data, feats = blocks
-        precision = group_precision(make(family).fit(data, feats), data)
+    def test_learns_the_known_structure(self, family, fitted, blocks):
+        data, _ = blocks
+        precision = group_precision(fitted, data)
         if family == "popularity":
             # One list for all: right for one group, wrong for the other.
             assert precision < 0.75
