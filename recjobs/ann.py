@@ -34,7 +34,7 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recjobs.interactions import Interactions, SideFeatures
-from recjobs.models.base import Recommender, VectorRecommender, Vectors, top_k
+from recjobs.models.base import Recommender, VectorRecommender, Vectors, top_k, top_k_of_scores
 from recjobs.settings import PublishSettings
 
 log = logging.getLogger(__name__)
@@ -360,6 +360,8 @@ class ClusteredIndex:
         k = max(1, min(clusters or round(n_users / 256), 4096, n_users))
         rng = np.random.default_rng(seed)
         train = users[np.sort(rng.choice(n_users, min(n_users, 64 * k), replace=False))]
+        if not n_users:  # nothing to cluster (k-means needs a point): one cluster that ranks nobody
+            train = np.zeros((1, dim), np.float32)
         with _threads(1):
             kmeans = faiss.Kmeans(dim, k, niter=10, seed=seed, min_points_per_centroid=1, max_points_per_centroid=64)
             kmeans.train(train)
@@ -391,15 +393,18 @@ class ClusteredIndex:
         query = np.hstack([users[sample], np.ones((len(sample), 1), np.float32)])
         want, _ = top_k(self.items, query, n, exclude[sample] if exclude is not None else None)
         clusters, member_of = np.unique(self.assign[sample], return_inverse=True)
-        # Every sampled cluster's bounds at once (items x clusters), each column sorted: an
-        # item's rank in its cluster is how many items bound above it.
-        bounds = self.items @ self.centroids[clusters].T + np.outer(self.item_norms, self.radius[clusters])
-        ordered = np.sort(bounds, axis=0)
+        # The sampled clusters' bounds (items x clusters), each column sorted: an item's rank
+        # in its cluster is how many items bound above it. 64 clusters at a time: all of them
+        # at once is items x clusters floats, gigabytes for a large catalogue.
         ranks = []
-        for j in range(len(clusters)):
-            best = want[member_of == j]
-            values = bounds[best[best >= 0], j]
-            ranks.append(n_items - np.searchsorted(ordered[:, j], values, side="right"))
+        for lo in range(0, len(clusters), 64):
+            block = clusters[lo:lo + 64]
+            bounds = self.items @ self.centroids[block].T + np.outer(self.item_norms, self.radius[block])
+            ordered = np.sort(bounds, axis=0)
+            for j in range(len(block)):
+                best = want[member_of == lo + j]
+                values = bounds[best[best >= 0], j]
+                ranks.append(n_items - np.searchsorted(ordered[:, j], values, side="right"))
         found = np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
         if not len(found):
             self.candidates = min(n_items, n)
@@ -452,7 +457,7 @@ class ClusteredIndex:
                 rows = user_rows[group]
                 cand = self._cluster_candidates(int(cluster[group[0]]), m)
                 sub = self.items[cand]
-                block = user_vectors[rows] @ sub[:, :-1].T + sub[:, -1]
+                block = _fixed_shape_scores(user_vectors[rows], sub)
                 n_seen = np.zeros(len(rows), np.int64)
                 crowded = np.zeros(len(rows), bool)
                 if exclude is not None:
@@ -482,12 +487,36 @@ class ClusteredIndex:
                 ids[group, :k] = np.where(valid, cand[top], -1)
                 scores[group, :k] = np.where(valid, top_scores, -np.inf)
                 short[group] = crowded | (valid.sum(axis=1) < np.minimum(n, n_items - n_seen))
+        # Against every item, _TILE users at a time (so each one's scores are bit-identical
+        # in any batch); ties by item index, as above.
         rest = np.flatnonzero(short)
-        if len(rest):
-            query = np.hstack([user_vectors[user_rows[rest]], np.ones((len(rest), 1), np.float32)])
-            ids[rest], scores[rest] = top_k(self.items, query, n, exclude[user_rows[rest]] if exclude is not None
-                                            else None)
+        with threadpool_limits(1, "blas"):
+            for lo in range(0, len(rest), _TILE):
+                part = rest[lo:lo + _TILE]
+                rows = user_rows[part]
+                ids[part], scores[part] = top_k_of_scores(_fixed_shape_scores(user_vectors[rows], self.items), n,
+                                                          exclude[rows] if exclude is not None else None)
         return ids, scores
+
+
+# Rows per matrix product in ClusteredIndex. BLAS picks its kernel by a product's shape
+# (one row: a matrix-vector product; small shapes: other kernels) and kernels round
+# differently, so a user's scores would change in the last bits, and near-ties swap, with
+# the users that share its batch, i.e. with the sharding. A product of exactly _TILE rows
+# (zero padded) takes one path whatever rows fill it.
+_TILE = 64
+
+
+def _fixed_shape_scores(user_vectors: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``[u, 1] . items`` for each row ``u``, each row bit-identical whatever rows come with it."""
+    n_rows = len(user_vectors)
+    query = np.zeros((-(-n_rows // _TILE) * _TILE, items.shape[1]), np.float32)
+    query[:n_rows, :-1], query[:n_rows, -1] = user_vectors, 1.0
+    out = np.empty((len(query), len(items)), np.float32)
+    items_t = np.ascontiguousarray(items).T
+    for lo in range(0, len(query), _TILE):  # callers hold BLAS to one thread: one path per shape
+        np.matmul(query[lo:lo + _TILE], items_t, out=out[lo:lo + _TILE])
+    return out[:n_rows]
 
 
 def with_ann(model: Recommender, kind: Literal["off", "ivf", "hnsw", "pruned", "clustered"], n: int = 50,

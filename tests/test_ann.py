@@ -154,3 +154,37 @@ def test_setting_is_validated() -> None:
         Settings.model_validate({"publish": {"ann_recall": 1.5}})
     with pytest.raises(ValueError, match="ann"):
         Settings.model_validate({"publish": {"ann": "annoy"}})
+
+
+def test_clustered_scores_do_not_depend_on_batches_to_the_bit(case: tuple[Vectors, sp.csr_matrix]) -> None:
+    # Shards and chunks split clusters differently; BLAS picks its kernel by the product's
+    # shape (one row: a matrix-vector product), and kernels round differently. Published
+    # scores (and the order of near-ties) must not change with the sharding.
+    vectors, seen = case
+    index = ClusteredIndex(vectors, TOP, seen, clusters=40, recall=0.95)
+    rows = index.order(np.arange(N_USERS))
+    ids, scores = index.recommend(vectors.user_vectors, rows, TOP, seen)
+    for size in (1, 2, 3, 37):
+        for lo in range(0, N_USERS, size):
+            got_ids, got = index.recommend(vectors.user_vectors, rows[lo:lo + size], TOP, seen)
+            np.testing.assert_array_equal(got_ids, ids[lo:lo + size])
+            assert (got.view(np.int32) == scores[lo:lo + size].view(np.int32)).all(), f"batch {lo}+{size}"
+
+
+def test_clustered_edge_cases() -> None:
+    rng = np.random.default_rng(5)
+
+    def vectors(users: int, items: int) -> Vectors:
+        return Vectors(rng.standard_normal((users, 8)).astype(np.float32),
+                       rng.standard_normal((items, 8)).astype(np.float32), rng.standard_normal(items).astype(np.float32))
+
+    # No users (nothing to cluster): the index builds and ranks nobody.
+    empty = ClusteredIndex(vectors(0, 30), 5)
+    ids, scores = empty.recommend(np.zeros((0, 8), np.float32), np.arange(0), 5, None)
+    assert ids.shape == (0, 5) and scores.shape == (0, 5)
+    # Fewer users than clusters asked for, a catalogue smaller than n, no seen matrix: exact lists.
+    for v, n in ((vectors(3, 40), 10), (vectors(50, 7), 10)):
+        index = ClusteredIndex(v, n, clusters=12)
+        query = np.hstack([v.user_vectors, np.ones((len(v.user_vectors), 1), np.float32)])
+        want, _ = top_k(augmented_items(v), query, n)
+        np.testing.assert_array_equal(index.recommend(v.user_vectors, np.arange(len(query)), n, None)[0], want)
