@@ -120,6 +120,24 @@ def ordered_by_user_time_item(users: np.ndarray, millis: np.ndarray, items: np.n
     return order
 
 
+# Rows deduplicated at a time when building a matrix from rows grouped by user.
+_PAIR_BLOCK = 16_000_000
+
+
+def _latest_per_pair(rows: np.ndarray, cols: np.ndarray, n_items: int) -> np.ndarray:
+    """Indices of each distinct (row, col) pair's last row, in (row, col) order.
+
+    Rows come in time order (within each user at least), so a stable sort by (user,
+    item) leaves each repeated pair's latest row last in its run.
+    """
+    if not len(rows):
+        return np.zeros(0, np.int64)
+    pair = rows.astype(np.int64) * max(n_items, 1) + cols
+    by_pair = np.argsort(pair, kind="stable")
+    pair = pair[by_pair]
+    return by_pair[np.flatnonzero(np.append(pair[1:] != pair[:-1], True))]
+
+
 @dataclass(frozen=True)
 class Interactions:
     """A users x items matrix with the ids of its rows and columns.
@@ -181,16 +199,19 @@ class Interactions:
         del keep
         # The split passes rows already in (user, time) order; checking costs two arrays of
         # the rows' size, which at 200M rows is gigabytes of the stage's peak.
-        if not time_ordered and not _time_ordered_per_row(rows, millis):
+        grouped = time_ordered or _time_ordered_per_row(rows, millis)
+        if not grouped:
             by_time = np.argsort(millis, kind="stable")
             rows, cols, millis, ratings = rows[by_time], cols[by_time], millis[by_time], ratings[by_time]
-        # Rows are now in time order (within each user at least), so a stable sort by
-        # (user, item) leaves each repeated pair's latest rating last in its run.
-        pair = rows.astype(np.int64) * max(len(items), 1) + cols
-        by_pair = np.argsort(pair, kind="stable")
-        pair = pair[by_pair]
-        last = by_pair[np.flatnonzero(np.append(pair[1:] != pair[:-1], True))] if len(pair) else by_pair
-        del pair, by_pair
+            last = _latest_per_pair(rows, cols, len(items))
+        else:
+            # Rows grouped by user: pairs never cross users, so blocks of whole users can be
+            # deduplicated one at a time, with sort buffers of a block's size, not the window's.
+            cuts = np.searchsorted(rows, rows[np.arange(_PAIR_BLOCK, len(rows), _PAIR_BLOCK)], side="left")
+            bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]]))
+            last = np.concatenate([lo + _latest_per_pair(rows[lo:hi], cols[lo:hi], len(items))
+                                   for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)] or
+                                  [np.zeros(0, np.int64)])
         # Sorted, distinct (row, col) pairs are CSR order already: no COO round trip.
         indptr = np.zeros(len(users) + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows[last], minlength=len(users)), out=indptr[1:])

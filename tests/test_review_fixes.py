@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from recjobs import interactions
 from recjobs.interactions import Events, Interactions, ordered_by_user_time_item
 
 USERS, ITEMS = np.array(["a", "b", "c"], dtype=object), np.array(["w", "x", "y", "z"], dtype=object)
@@ -18,7 +20,12 @@ def _latest_by_pair(users: np.ndarray, items: np.ndarray, millis: np.ndarray,
     return out
 
 
-def test_matrix_keeps_each_pairs_latest_row_in_any_input_order() -> None:
+@pytest.mark.parametrize("block", [None, 3])
+def test_matrix_keeps_each_pairs_latest_row_in_any_input_order(block: int | None, monkeypatch) -> None:  # noqa: ANN001
+    if block is not None:
+        # Rows grouped by user are deduplicated a block of whole users at a time: blocks of
+        # a few rows make every input span several blocks.
+        monkeypatch.setattr(interactions, "_PAIR_BLOCK", block)
     rng = np.random.default_rng(7)
     user_ids, item_ids = USERS, ITEMS
     for trial in range(300):
