@@ -192,6 +192,7 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to every stage")
     parser.add_argument("--scoring-only", action="store_true",
                         help="with --home of an earlier run: only the scoring (and load) comparisons")
+    parser.add_argument("--no-scoring", action="store_true", help="with --scoring-only: the load comparison only")
     args = parser.parse_args()
 
     tmp = None if args.home else tempfile.TemporaryDirectory(prefix="recjobs-e2e-")
@@ -204,7 +205,8 @@ def main() -> int:
     if args.scoring_only:
         settings = load_settings(_parse_set(args.set),
                                  environ={k: v for k, v in env.items() if k.startswith("RECJOBS_")})
-        print("\n".join(scoring_ratio(settings, spec.end)))
+        if not args.no_scoring:
+            print("\n".join(scoring_ratio(settings, spec.end)))
         if args.database_url and make_url(args.database_url).get_backend_name() == "postgresql":
             print(load_ratio(settings, spec.end, args.database_url))
         return 0
