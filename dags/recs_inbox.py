@@ -53,7 +53,7 @@ WAIT_SECONDS = 24 * 3600
 def recs_inbox() -> None:
     @task.sensor(poke_interval=POKE_SECONDS, timeout=WAIT_SECONDS, mode="reschedule", soft_fail=True)
     def wait_for_files() -> PokeReturnValue:
-        from recjobs.inbox import pending_inbox_files
+        from recjobs.ingest import pending_inbox_files
         from recjobs.pipeline import engine_for
 
         context = get_current_context()

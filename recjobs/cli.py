@@ -7,7 +7,6 @@ Exit codes: 0 success, 1 a stage failed (message on stderr), 2 bad usage or sett
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import sys
@@ -15,31 +14,39 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from recjobs.settings import Settings, SettingsError, load_settings
+from recjobs.errors import RecjobsError, SettingsError, UsageError
+from recjobs.settings import Settings, load_settings
 
 log = logging.getLogger("recjobs")
 
 
-def _parse_set(pairs: Sequence[str]) -> dict[str, Any]:
+def parse_set(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as nested overrides (values parsed as JSON where they parse)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep:
-            raise SettingsError(f"--set expects KEY=VALUE, got {pair!r}")
+        if not sep or not key.strip() or any(not part.strip() for part in key.split(".")):
+            raise SettingsError(f"--set expects KEY=VALUE with a dotted key, got {pair!r}")
         try:
             value: Any = json.loads(raw)
         except ValueError:
             value = raw
         node = out
-        parts = key.split(".")
+        parts = [part.strip() for part in key.split(".")]
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SettingsError(f"--set {pair!r}: {part} is set to a value and used as a section")
+            node = child
         node[parts[-1]] = value
     return out
 
 
+_parse_set = parse_set  # the name scripts used
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = _parse_set(args.set or [])
+    overrides = parse_set(args.set or [])
     if getattr(args, "families", None):
         overrides["families"] = [f.strip() for f in args.families.split(",") if f.strip()]
     return load_settings(overrides)
@@ -65,8 +72,8 @@ def _print_sample(settings: Settings, engine, limit: int = 5) -> None:  # noqa: 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from recjobs.data.synthetic import SyntheticSpec, write_inbox
     from recjobs.pipeline import engine_for, run_pipeline
-    from recjobs.synthetic import SyntheticSpec, write_inbox
 
     settings = _settings(args)
     spec = SyntheticSpec()
@@ -97,8 +104,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from recjobs.features import import_movielens, ingest_side_file, sniff_kind
-    from recjobs.ingest import ingest_file, ingest_inbox, parse_columns_option
+    from recjobs.ingest import (
+        import_movielens,
+        ingest_file,
+        ingest_inbox,
+        ingest_side_file,
+        parse_columns_option,
+        sniff_kind,
+    )
     from recjobs.pipeline import engine_for
 
     if args.columns:  # same path as --set, so a bad mapping is reported like any setting
@@ -178,27 +191,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    import sqlalchemy as sa
-
-    from recjobs.db import model_runs
     from recjobs.pipeline import engine_for
-    from recjobs.publish import SwapPolicy, live_version, rollback_lists
+    from recjobs.publish import SwapPolicy, rollback_lists
 
     settings = _settings(args)
     engine = engine_for(settings)
-    # similar_items move only if the last publish made them live (a popularity champion has none).
+    # similar_items move only if the last publish made them live (a popularity champion has none);
+    # each move is recorded in model_runs by rollback_lists itself.
     for kind, move in rollback_lists(engine, SwapPolicy.of(settings.publish)).items():
         if isinstance(move, str):
             print(f"{kind}: {move}")
-            continue
-        old, new = move
-        print(f"{kind}: live view moved from {old} back to {new}")
-        live = live_version(engine, kind)
-        with engine.begin() as conn:
-            conn.execute(sa.insert(model_runs).values(
-                run_date=live.run_date, family=live.model_version.split("-")[0], model_version=live.model_version,
-                stage="rollback", status="live", reason=f"{kind}: rolled back from {old} to {new}",
-                created_at=dt.datetime.now(dt.UTC)))
+        else:
+            print(f"{kind}: live view moved from {move[0]} back to {move[1]}")
     return 0
 
 
@@ -219,20 +223,37 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from recjobs.pipeline import load_events, parse_date
-    from recjobs.split import split_events
-    from recjobs.tune import tune
+    from recjobs.data.split import split_events
+    from recjobs.models.registry import get_family
+    from recjobs.pipeline import load_events, run_day, tune
 
     settings = _settings(args)
-    day = parse_date(args.date)
+    get_family(args.family)
+    grid = _grid(args.grid, settings, args.family) if args.grid else None
+    day = run_day(settings, args.date)
     train, _ = split_events(load_events(settings, day), settings.split)  # the holdout is never looked at
-    grid = json.loads(args.grid) if args.grid else None
     results = tune(settings, train, args.family, grid)
     print(f"{args.family}: {len(results)} grid points on the training part's inner split (holdout unused)")
     for r in results:
         print(f"  ndcg@{settings.evaluate.k} {r.ndcg:.4f}  P {r.precision:.4f}  R {r.recall:.4f}  "
               f"fit {r.fit_seconds:5.1f}s  {json.dumps(r.params, sort_keys=True)}")
     return 0
+
+
+def _grid(text: str, settings: Settings, family: str) -> dict[str, list[Any]]:
+    """``--grid`` as {parameter: [values]}; a :class:`UsageError` naming what is wrong."""
+    try:
+        grid = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--grid is not JSON ({exc}): {text[:200]!r}") from None
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise UsageError(f"--grid must be a JSON object of non-empty lists, e.g. '{{\"factors\": [32, 64]}}'; "
+                         f"got {text[:200]!r}")
+    known = set(type(settings.model_params(family)).model_fields)
+    unknown = sorted(set(grid) - known)
+    if unknown:
+        raise UsageError(f"--grid: {family} has no parameter(s) {unknown}; it has {sorted(known)}")
+    return grid
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -244,15 +265,23 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (exit 2), not a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recjobs", description=__doc__.splitlines()[0])
+    """The ``recjobs`` argument parser, one subcommand per stage."""
+    parser = _Parser(prog="recjobs", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a setting, e.g. --set models.als.factors=128 (repeatable)")
-    dated = argparse.ArgumentParser(add_help=False)
+    dated = _Parser(add_help=False)
     dated.add_argument("--date", required=True, help="logical date YYYY-MM-DD")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo", parents=[common], help="generate sample data and run the whole pipeline")
     p.add_argument("--date", help="logical date (default: the sample's last day)")
@@ -303,24 +332,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    from recjobs.ingest import IngestError
-    from recjobs.pipeline import PipelineError
+    """Run one subcommand; the one error boundary of the command line.
 
+    A recjobs error, a settings error or a bad argument is one line on stderr naming the
+    bad value, and a non-zero exit (2 usage or settings, 1 a stage failed); never a
+    traceback. Anything else is a bug: one line too, and its traceback with ``-v``.
+    """
+    parser = build_parser()
+    command = "recjobs"
     try:
+        args = parser.parse_args(argv)
+        command = f"recjobs {args.command}"
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
         return args.func(args)
-    except SettingsError as exc:
-        print(f"recjobs: {exc}", file=sys.stderr)
-        return 2
-    except (IngestError, PipelineError, FileNotFoundError, RuntimeError) as exc:
-        print(f"recjobs {args.command}: {exc}", file=sys.stderr)
+    except RecjobsError as exc:
+        print(f"{command}: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the boundary: a bug is reported in one line, not hidden
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            log.exception("%s failed", command)
+        print(f"{command}: unexpected {type(exc).__name__}: {_one_line(exc)} (run with -v for the traceback)",
+              file=sys.stderr)
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    # Settings errors list each bad key on its own line; the CLI's answer stays one line.
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from recjobs.cli import _parse_set
+from recjobs.cli import parse_set
+from recjobs.data import LargeSpec, write_large_csv
 from recjobs.settings import Settings, load_settings
-from recjobs.synthetic import LargeSpec, write_large_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 RECJOBS = Path(sys.executable).with_name("recjobs")
@@ -62,19 +62,20 @@ def run_stage(name: str, args: list[str], env: dict[str, str]) -> Stage:
 def scoring_ratio(settings: Settings, day: dt.date) -> list[str]:
     """Our top-N scoring of every user against implicit's recommend on the same vectors.
 
-    Exact scoring first, then (vector champions) the ``clustered`` index of recjobs.ann,
+    Exact scoring first, then (vector champions) the ``clustered`` index of recjobs.ranking.ann,
     whose build time is counted in its rate and whose lists are compared with exact's.
     """
     import numpy as np
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from recjobs.ann import with_ann
-    from recjobs.models.base import Recommender, VectorRecommender
-    from recjobs.pipeline import final_path, load_matrix
+    from recjobs.models import Recommender, VectorRecommender
+    from recjobs.pipeline import load_matrix
+    from recjobs.ranking.ann import with_ann
+    from recjobs.runs import RunFolder
 
     top_n = settings.publish.top_n
-    model = Recommender.load(final_path(settings, day))
+    model = Recommender.load(RunFolder.of(settings, day).final)
     seen = load_matrix(settings, day, "full").matrix
     users = np.arange(len(model.user_ids))
     chunk = settings.publish.chunk_users
@@ -123,7 +124,7 @@ def load_ratio(settings: Settings, day: dt.date, url: str, rounds: int = 2) -> s
 
     Both load the staged ``recommendations`` shards, stamped with ``generated_at`` as a
     publish stamps them, into unindexed scratch tables of the list's DDL: ours with
-    ``publish._bulk_load`` inside one transaction (as ``publish_list`` does), ADBC on a
+    ``publish.bulk_load`` inside one transaction (as ``publish_list`` does), ADBC on a
     connection of its own. Best of ``rounds`` each, alternating, so a noisy neighbour on
     the cores hurts neither side alone.
     """
@@ -133,12 +134,12 @@ def load_ratio(settings: Settings, day: dt.date, url: str, rounds: int = 2) -> s
 
     from recjobs import columns as C
     from recjobs.db import LIST_COLUMNS, libpq_uri, list_table, make_engine
-    from recjobs.pipeline import staging_dir
-    from recjobs.publish import _bulk_load, read_staging
+    from recjobs.publish import bulk_load, read_staging
+    from recjobs.runs import RunFolder
 
-    parts = sorted((staging_dir(settings, day) / "recommendations").rglob("*.parquet"))
+    parts = sorted((RunFolder.of(settings, day).staging / "recommendations").rglob("*.parquet"))
     if not parts:
-        return f"load ratio: no staged recommendations under {staging_dir(settings, day)}"
+        return f"load ratio: no staged recommendations under {RunFolder.of(settings, day).staging}"
     columns = [c.name for c in LIST_COLUMNS["recommendations"]]
     stamp = pa.scalar(dt.datetime.now(dt.UTC), pa.timestamp("us", tz="UTC"))
     stamp_text = stamp.as_py().strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
@@ -154,7 +155,7 @@ def load_ratio(settings: Settings, day: dt.date, url: str, rounds: int = 2) -> s
     def ours() -> int:
         with engine.begin() as conn:
             frames = (f.assign(**{C.GENERATED_AT: stamp_text}) for f in read_staging(parts))
-            return _bulk_load(conn, tables["ours"], columns, frames)
+            return bulk_load(conn, tables["ours"], columns, frames)
 
     def adbc() -> int:
         batches = (pa.RecordBatch.from_arrays([*b.columns, pa.repeat(stamp, b.num_rows)], schema=schema)
@@ -203,7 +204,7 @@ def main() -> int:
         env["RECJOBS_DATABASE_URL"] = args.database_url
     spec = LargeSpec().scaled(args.scale)
     if args.scoring_only:
-        settings = load_settings(_parse_set(args.set),
+        settings = load_settings(parse_set(args.set),
                                  environ={k: v for k, v in env.items() if k.startswith("RECJOBS_")})
         if not args.no_scoring:
             print("\n".join(scoring_ratio(settings, spec.end)))
@@ -219,7 +220,7 @@ def main() -> int:
               file=sys.stderr)
     date = spec.end.isoformat()
     common = [x for pair in args.set for x in ("--set", pair)]
-    settings = load_settings(_parse_set(args.set), environ={k: v for k, v in env.items() if k.startswith("RECJOBS_")})
+    settings = load_settings(parse_set(args.set), environ={k: v for k, v in env.items() if k.startswith("RECJOBS_")})
     families = args.families.split(",") if args.families else settings.families
     family_set = ["--set", f"families={json.dumps(families)}"]
     stages = [run_stage("ingest", ["ingest", *common], env),

@@ -5,7 +5,7 @@ Usage::
     .venv/bin/python scripts/benchmark_ingest.py --scale 0.25          # 5M ratings
     .venv/bin/python scripts/benchmark_ingest.py --scale 1.0 --again   # 20M, then a forced rerun
 
-The CSV is generated once (``recjobs.synthetic.write_large_csv``) into ``--data``; each
+The CSV is generated once (``recjobs.data.synthetic.write_large_csv``) into ``--data``; each
 run ingests it into a fresh ``RECJOBS_HOME`` under a temporary folder with
 ``/usr/bin/time -v`` (peak resident memory of the whole process). ``--again`` also
 times a forced re-ingest of the same file into the now full lake: every partition is
@@ -30,7 +30,7 @@ RECJOBS = Path(sys.executable).with_name("recjobs")
 
 def ensure_csv(folder: Path, scale: float) -> Path:
     """The generated CSV for ``scale``, written on first use."""
-    from recjobs.synthetic import LargeSpec, write_large_csv
+    from recjobs.data import LargeSpec, write_large_csv
 
     path = folder / f"ratings_{scale:g}.csv"
     if not path.exists():

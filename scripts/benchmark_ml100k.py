@@ -44,13 +44,14 @@ def _cell(value: Any, fmt: str, width: int) -> str:
 
 def run_protocol(args: argparse.Namespace, protocol: str, families: list[str]) -> dict[str, Any]:
     """One whole pipeline run under ``protocol``; the candidates' and the gate's rows."""
-    from recjobs.cli import _parse_set
-    from recjobs.features import import_movielens
-    from recjobs.pipeline import engine_for, run_dir, run_pipeline
+    from recjobs.cli import parse_set
+    from recjobs.ingest import import_movielens
+    from recjobs.pipeline import engine_for, run_pipeline
+    from recjobs.runs import RunFolder
     from recjobs.settings import load_settings
 
     with tempfile.TemporaryDirectory(prefix="recjobs-bench-") as home:
-        overrides = _parse_set(args.set)
+        overrides = parse_set(args.set)
         overrides.update(home=home, families=families)
         overrides.setdefault("split", {})
         overrides["split"] = {**overrides["split"], "protocol": protocol}
@@ -64,7 +65,7 @@ def run_protocol(args: argparse.Namespace, protocol: str, families: list[str]) -
         started = time.perf_counter()
         report = run_pipeline(settings, last_day, ingest=False)
         total_s = time.perf_counter() - started
-        snapshot = json.loads((run_dir(settings, last_day) / "snapshot.json").read_text())
+        snapshot = RunFolder.of(settings, last_day).snapshot()
         with engine.connect() as conn:
             cands = pd.read_sql("SELECT * FROM model_runs WHERE stage = 'candidate'", conn)
             gate = pd.read_sql("SELECT * FROM model_runs WHERE stage = 'gate'", conn).iloc[0]

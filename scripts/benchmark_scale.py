@@ -4,11 +4,11 @@ Builds a fitted model of the given size, scores every user in chunks with seen i
 excluded, then publishes the top-N to the database. Prints users/s, rows/s and peak memory.
 
 Vectors (``--vectors``): ``als`` (default) fits the ALS family for a few iterations on
-``recjobs.synthetic``'s ML-20M-shaped rating log (heavy-tailed activity, Zipf-like item
+``recjobs.data.synthetic``'s ML-20M-shaped rating log (heavy-tailed activity, Zipf-like item
 popularity, taste clusters), so item norms, clusters and seen items are what a real fit
 gives; ``--cache DIR`` keeps the fit for reruns. ``random`` is Gaussian vectors with
 uniformly random seen items (fast, but unrealistic for an index: no structure, no
-popularity). Then ``--ann`` compares ranking through recjobs.ann with exact scoring,
+popularity). Then ``--ann`` compares ranking through recjobs.ranking.ann with exact scoring,
 interleaved chunk by chunk so a shared machine's load hits both alike: users/s of each,
 their ratio, recall@N against exact (seen items excluded) and the index build time.
 
@@ -49,10 +49,10 @@ def main() -> None:
     parser.add_argument("--skip-publish", action="store_true")
     args = parser.parse_args()
 
+    from recjobs.data import Interactions
     from recjobs.db import ensure_schema, make_engine
-    from recjobs.interactions import Interactions
-    from recjobs.pipeline import _user_frames
     from recjobs.publish import publish_list
+    from recjobs.ranking import user_frames
 
     started = time.perf_counter()
     if args.vectors == "als":
@@ -70,7 +70,7 @@ def main() -> None:
         return
 
     started = time.perf_counter()
-    n_rows = sum(len(f) for f in _user_frames(model, data, args.top_n, args.chunk))
+    n_rows = sum(len(f) for f in user_frames(model, data, args.top_n, args.chunk))
     score_s = time.perf_counter() - started
     print(f"score + top-{args.top_n} (seen excluded): {score_s:.1f}s, {n_users / score_s:,.0f} users/s, "
           f"{n_rows / score_s:,.0f} rows/s")
@@ -81,7 +81,7 @@ def main() -> None:
         ensure_schema(engine)
         started = time.perf_counter()
         result = publish_list(engine, "recommendations", "2026-01-01", "bench",
-                              _user_frames(model, data, args.top_n, args.chunk), history=False)
+                              user_frames(model, data, args.top_n, args.chunk), history=False)
         total_s = time.perf_counter() - started
         print(f"publish to {engine.dialect.name} (score + load + index + swap): {total_s:.1f}s for {result.rows:,} rows, "
               f"{result.rows / total_s:,.0f} rows/s; load alone ~{result.rows / max(total_s - score_s, 1e-9):,.0f} rows/s")
@@ -92,8 +92,8 @@ def main() -> None:
 
 def _random_model(n_users: int, n_items: int, n_seen: int, factors: int) -> tuple[Any, sp.csr_matrix]:
     """Gaussian vectors and uniformly random seen pairs (no structure)."""
-    from recjobs.models.base import Vectors
     from recjobs.models.popularity import PopularityModel
+    from recjobs.models.vectors import Vectors
 
     rng = np.random.default_rng(0)
     model = PopularityModel()
@@ -109,14 +109,13 @@ def _random_model(n_users: int, n_items: int, n_seen: int, factors: int) -> tupl
 
 
 def _als_model(factors: int, iterations: int, cache: Path | None) -> tuple[Any, sp.csr_matrix]:
-    """The ALS family fitted on recjobs.synthetic's ML-20M-shaped log; seen = its binary matrix."""
+    """The ALS family fitted on recjobs.data.synthetic's ML-20M-shaped log; seen = its binary matrix."""
     import pyarrow.csv as pacsv
 
-    from recjobs.interactions import Interactions
+    from recjobs.data import Interactions, LargeSpec, write_large_csv
     from recjobs.models.als import ALSModel
-    from recjobs.models.base import Vectors
+    from recjobs.models.vectors import Vectors
     from recjobs.settings import ALSParams
-    from recjobs.synthetic import LargeSpec, write_large_csv
 
     spec = LargeSpec()
     saved = cache / f"als-{factors}-{iterations}.npz" if cache else None
@@ -165,7 +164,7 @@ def _parse_ann(spec: str) -> tuple[str, str, dict[str, float]]:
 
 def compare_ann(model: Any, seen: sp.csr_matrix, specs: str, n: int, chunk: int, limit: int) -> None:
     """Exact against each ANN setting, interleaved chunk by chunk; prints the table."""
-    from recjobs.ann import AnnRanker, ClusteredIndex, NormPrunedIndex, build_index
+    from recjobs.ranking.ann import AnnRanker, ClusteredIndex, NormPrunedIndex, build_index
 
     n_users = seen.shape[0]
     rows_all = np.arange(n_users)

@@ -40,10 +40,9 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from recjobs import columns as C
-    from recjobs.interactions import Interactions
+    from recjobs.data import Interactions, LargeSpec, write_large_csv
     from recjobs.models import get_family
     from recjobs.settings import Settings
-    from recjobs.synthetic import LargeSpec, write_large_csv
 
     spec = LargeSpec().scaled(args.scale)
     path = Path(tempfile.gettempdir()) / f"recjobs-large-{args.scale:g}.csv"

@@ -3,7 +3,7 @@
 200 random holdout users (per-user split) are cut to their latest k training
 interactions; each family is fitted on that data and NDCG@10 / recall@10 on those
 users' holdout is compared for the model's own ranking and for
-:class:`recjobs.coldstart.ThinUserNeighbourhood`.
+:class:`recjobs.ranking.coldstart.ThinUserNeighbourhood`.
 
     .venv/bin/python scripts/measure_thin_users.py --k 1,3,5 --families lightfm,tfrs,als
 """
@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from recjobs.coldstart import ThinUserNeighbourhood
-from recjobs.evaluate import evaluate_model
-from recjobs.features import import_movielens, load_side_features
-from recjobs.interactions import Holdout, Interactions
+from recjobs.data import Holdout, Interactions, Lake, load_side_features
+from recjobs.evaluation import evaluate_model
+from recjobs.ingest import import_movielens
 from recjobs.models import get_family
-from recjobs.pipeline import engine_for, load_matrix, prepare, run_dir
+from recjobs.pipeline import engine_for, load_matrix, prepare
+from recjobs.ranking import ThinUserNeighbourhood
+from recjobs.runs import RunFolder
 from recjobs.settings import load_settings
 
 ML100K = Path(os.environ.get("RECJOBS_ML100K", Path(__file__).resolve().parents[2] / "shared/data/ml-100k"))
@@ -60,7 +61,7 @@ def main() -> None:
     day = dt.date(1998, 4, 30)
     prepare(settings, day)
     train = load_matrix(settings, day, "train")
-    hold = Holdout.load(run_dir(settings, day) / "holdout")
+    hold = Holdout.load(RunFolder.of(settings, day).matrix("holdout"))
     chosen = np.sort(np.random.default_rng(0).choice(np.unique(hold.user_rows), args.users, replace=False))
     mask = np.zeros(train.n_users, bool)
     mask[chosen] = True
@@ -68,7 +69,7 @@ def main() -> None:
     truth = Holdout(hold.user_rows[sel], hold.item_cols[sel])
     for k in (int(x) for x in args.k.split(",")):
         data = thinned(train, chosen, k)
-        features = load_side_features(settings, data)
+        features = load_side_features(Lake.of(settings), data)
         for family in args.families.split(","):
             started = time.perf_counter()
             model = get_family(family)(settings.model_params(family), seed=42).fit(data, features)

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from recjobs.data import SyntheticSpec, generate, write_inbox
 from recjobs.settings import Settings, load_settings
-from recjobs.synthetic import SyntheticSpec, generate, write_inbox
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("RECJOBS_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))

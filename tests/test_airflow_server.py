@@ -26,9 +26,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from recjobs.data import write_inbox
 from recjobs.db import make_engine
 from recjobs.settings import load_settings
-from recjobs.synthetic import write_inbox
 from tests.conftest import (
     ROOT,
     SMALL,

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from recjobs import columns as C
 from recjobs.db import ensure_schema, libpq_uri, make_engine
-from recjobs.publish import _bulk_load, load_staging, publish_list, rank_to_staging, read_staging
+from recjobs.publish import bulk_load, load_staging, publish_list, rank_to_staging, read_staging
 from tests.conftest import ROOT
 
 UTC = dt.UTC
@@ -71,7 +71,7 @@ def test_every_supported_type_round_trips_exactly_with_nulls(pg):
     })
     columns = list(frame.columns)
     with pg.begin() as conn:
-        assert _bulk_load(conn, "scratch", columns, [frame, frame.iloc[:0], arrow]) == 5
+        assert bulk_load(conn, "scratch", columns, [frame, frame.iloc[:0], arrow]) == 5
     with pg.connect() as conn:
         rows = [tuple(r) for r in conn.exec_driver_sql(f"SELECT {', '.join(columns)} FROM scratch").all()]
     assert rows[:4] == [
@@ -94,14 +94,14 @@ def test_unsupported_column_type_is_refused_by_name(pg):
     with pg.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE scratch (n numeric)")
     with pytest.raises(TypeError, match=r"n \(numeric\)"), pg.begin() as conn:
-        _bulk_load(conn, "scratch", ["n"], [pd.DataFrame({"n": [1.5]})])
+        bulk_load(conn, "scratch", ["n"], [pd.DataFrame({"n": [1.5]})])
 
 
 def test_values_out_of_range_fail_the_load_rather_than_wrap(pg):
     with pg.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE scratch (i int4)")
     with pytest.raises(pa.ArrowInvalid), pg.begin() as conn:
-        _bulk_load(conn, "scratch", ["i"], [pd.DataFrame({"i": [2**31]})])
+        bulk_load(conn, "scratch", ["i"], [pd.DataFrame({"i": [2**31]})])
 
 
 def staged_frames(n_users: int, version: str) -> list[pd.DataFrame]:
@@ -198,7 +198,7 @@ def test_sqlite_and_arrow_frames_load_the_same_rows(tmp_path):
         conn.exec_driver_sql("CREATE TABLE scratch (s varchar(128), f float8)")
         frames = [pd.DataFrame({"s": ["", "a", None], "f": [-0.0, 5e-324, 1.5]}),
                   pa.table({"s": ["é", None], "f": [1 / 3, 2.0]})]
-        assert _bulk_load(conn, "scratch", ["s", "f"], frames) == 5
+        assert bulk_load(conn, "scratch", ["s", "f"], frames) == 5
     with engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT s, f FROM scratch").all()
     assert [r.s for r in rows] == ["", "a", None, "é", None]
@@ -217,7 +217,7 @@ def test_text_is_sent_as_utf8_whatever_the_database_encoding(postgres_url):
     try:
         with engine.begin() as conn:
             conn.exec_driver_sql("CREATE TABLE scratch (s text)")
-            _bulk_load(conn, "scratch", ["s"], [pd.DataFrame({"s": ["é", "Zürich"]})])
+            bulk_load(conn, "scratch", ["s"], [pd.DataFrame({"s": ["é", "Zürich"]})])
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT s, length(s) FROM scratch").all() == [("é", 1), ("Zürich", 6)]
     finally:

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from recjobs.coldstart import align_seen
-from recjobs.interactions import Interactions
+from recjobs.data import Interactions
 from recjobs.models import get_family
 from recjobs.pipeline import engine_for, load_published, rank_shard, run_pipeline
+from recjobs.ranking import align_seen
 from recjobs.settings import load_settings
 from tests.conftest import ROOT
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
+from recjobs.data import Lake
 from recjobs.db import make_engine
 from recjobs.settings import FAMILIES
 from tests.conftest import AIRFLOW, ROOT
@@ -141,7 +142,7 @@ def test_inbox_dag_ingests_new_files_and_emits_the_lake_asset(airflow_env, small
                          capture_output=True, text=True, timeout=600)
     log = out.stdout + out.stderr
     assert out.returncode == 0 and "state=success" in log, log[-5000:]
-    assert sorted(p.name for p in settings.ratings_dir.glob("dt=*"))  # the lake has partitions
+    assert sorted(p.name for p in Lake.of(settings).ratings.glob("dt=*"))  # the lake has partitions
     events = _asset_events(airflow_env, before)
     assert [(name, task) for _, name, _, task in events] == [("recjobs.ratings_lake", "ingest")]
     assert sorted(events[0][2]["files"]) == sorted(p.name for p in small_inbox)

@@ -21,9 +21,9 @@ import pytest
 import sqlalchemy as sa
 
 from recjobs import columns as C
+from recjobs.data import Lake, generate, write_inbox
 from recjobs.db import make_engine
-from recjobs.inbox import pending_inbox_files
-from recjobs.ingest import ingest_inbox
+from recjobs.ingest import ingest_inbox, pending_inbox_files
 from recjobs.pipeline import (
     NoCandidatesError,
     PipelineError,
@@ -38,7 +38,6 @@ from recjobs.pipeline import (
     train_final,
 )
 from recjobs.settings import load_settings
-from recjobs.synthetic import generate, write_inbox
 from tests.conftest import (
     SMALL,
     _free_port,
@@ -153,7 +152,7 @@ def test_the_inbox_watch_sees_only_new_settled_content(settings, small_inbox):
     ratings = [r for r in reports if not r.skipped and Path(r.source_path).name in ("synthetic_ratings.csv",
                                                                                       partial.name)]
     assert sorted(Path(r.source_path).name for r in ratings) == ["synthetic_ratings.csv", partial.name]
-    lake_rows = sum(len(pd.read_parquet(p)) for p in settings.ratings_dir.rglob("*.parquet"))
+    lake_rows = sum(len(pd.read_parquet(p)) for p in Lake.of(settings).ratings.rglob("*.parquet"))
     assert lake_rows == sum(r.rows_valid - r.duplicates_dropped for r in ratings)
     # Ingested (or rejected) content is no longer pending; files stay in the inbox.
     assert pending_inbox_files(settings, engine, now=time.time() + 31) == []

@@ -15,25 +15,28 @@ import sqlalchemy as sa
 from recjobs.dashboard import (
     DASH,
     METRICS,
+    NO_GENRE,
+    build_map,
     champion,
     champion_map,
     close_ids,
     ingest_by_date,
+    item_genres,
     live_artifact,
     lookup_user,
     metric_chart_spec,
     metric_chart_specs,
     metrics_by_date,
+    project_2d,
     render,
     vega_embed_bundle,
 )
+from recjobs.data import write_inbox
 from recjobs.db import ingest_log, model_runs, publications
-from recjobs.embedding_map import NO_GENRE, build_map, item_genres, project_2d
 from recjobs.models import get_family
 from recjobs.models.base import Recommender
 from recjobs.pipeline import engine_for, load_matrix, run_pipeline
 from recjobs.settings import load_settings
-from recjobs.synthetic import write_inbox
 from tests.conftest import SMALL
 
 

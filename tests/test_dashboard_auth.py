@@ -24,10 +24,10 @@ import pytest
 import sqlalchemy as sa
 
 from recjobs.dashboard import NO_SCHEMA, missing_schema, render, sqlite_file_missing
+from recjobs.data import write_inbox
 from recjobs.db import make_engine
 from recjobs.pipeline import run_pipeline
 from recjobs.settings import load_settings
-from recjobs.synthetic import write_inbox
 from tests.conftest import AIRFLOW, ROOT, SMALL, _free_port, airflow_process_env, airflow_standalone
 
 SECRET = "s3cret-Pw-41"

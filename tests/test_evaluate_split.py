@@ -10,17 +10,16 @@ import pytest
 import scipy.sparse as sp
 
 from recjobs import columns as C
-from recjobs.evaluate import (
+from recjobs.data import Events, Interactions, plan_split, split_events, temporal_split
+from recjobs.evaluation import (
     evaluate_model,
     list_diversity,
     ranking_metrics,
     self_information,
     unit_rows,
 )
-from recjobs.interactions import Events, Interactions
-from recjobs.models.base import VectorRecommender, Vectors
+from recjobs.models.vectors import VectorRecommender, Vectors
 from recjobs.settings import PopularityParams, SplitSettings
-from recjobs.split import plan_split, split_events, temporal_split
 
 
 def test_ranking_metrics_known_values():

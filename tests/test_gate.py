@@ -10,18 +10,16 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from recjobs.evaluate import PerUser, paired_test
+from recjobs.evaluation import PerUser, paired_test
 from recjobs.ingest import ingest_inbox
 from recjobs.pipeline import (
-    PER_USER_FILE,
-    candidate_path,
     engine_for,
     evaluate_candidate,
-    parse_date,
     prepare,
     promote,
     train_candidate,
 )
+from recjobs.runs import RunFolder
 from recjobs.settings import Settings, load_settings
 
 EARLIER, DAY = "2026-01-30", "2026-01-31"
@@ -63,7 +61,7 @@ def test_a_challenger_differing_only_by_noise_does_not_replace_the_champion(tmp_
     # real training, stored as the 'lightfm' candidate), so the two differ only by noise.
     twin = settings.model_copy(update={"seed": 9})
     train_candidate(twin, engine, DAY, "als")
-    os.replace(candidate_path(settings, parse_date(DAY), "als"), candidate_path(settings, parse_date(DAY), "lightfm"))
+    os.replace(RunFolder.of(settings, DAY).candidate("als"), RunFolder.of(settings, DAY).candidate("lightfm"))
     evaluate_candidate(settings, engine, DAY, "lightfm")
     candidate(settings, engine, "als")
     cands = rows(engine, "candidate")
@@ -96,7 +94,7 @@ def test_a_real_gap_promotes_and_records_the_difference_interval_and_p_value(tmp
     prepare(settings, DAY)
     for family in settings.families:
         candidate(settings, engine, family)
-    assert (candidate_path(settings, parse_date(DAY), "ease") / PER_USER_FILE).exists()
+    assert RunFolder.of(settings, DAY).per_user("ease").exists()
 
     decision = promote(settings, engine, DAY)
     assert decision.promoted and decision.family == "ease"
@@ -118,7 +116,7 @@ def test_a_real_gap_promotes_and_records_the_difference_interval_and_p_value(tmp
     assert rows(engine, "gate").iloc[0]["gate_p_value"] < 0.05
 
     # A candidate evaluated before per-user metrics existed: the margin alone decides, and the reason says so.
-    (candidate_path(settings, parse_date(DAY), "ease") / PER_USER_FILE).unlink()
+    RunFolder.of(settings, DAY).per_user("ease").unlink()
     decision = promote(settings, engine, DAY)
     assert decision.promoted and "significance not tested" in decision.reason
     assert pd.isna(rows(engine, "gate").iloc[0]["gate_p_value"])

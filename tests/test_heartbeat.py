@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from recjobs.heartbeat import Heartbeat
 from recjobs.pipeline import prepare
+from recjobs.progress import Heartbeat
 
 
 def test_a_long_phase_is_repeated_while_it_runs(caplog):

@@ -11,15 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from recjobs import columns as C
+from recjobs.data import Lake
 from recjobs.ingest import IngestError, ingest_file, ingest_inbox
-from recjobs.lake import read_ratings
-from recjobs.pipeline import cutoff_of
+from recjobs.runs import cutoff_of
 
 FAR = cutoff_of(pd.Timestamp("2030-01-01").date())
 
 
 def lake_rows(settings) -> pd.DataFrame:  # noqa: ANN001
-    return read_ratings(settings.ratings_dir, FAR)
+    return Lake.of(settings).read_ratings(FAR)
 
 
 def write(path: Path, text: str) -> Path:
@@ -29,8 +29,8 @@ def write(path: Path, text: str) -> Path:
 
 def lake_digest(settings) -> dict[str, str]:  # noqa: ANN001
     return {
-        str(p.relative_to(settings.ratings_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(settings.ratings_dir.rglob("*.parquet"))
+        str(p.relative_to(Lake.of(settings).ratings)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Lake.of(settings).ratings.rglob("*.parquet"))
     }
 
 
@@ -48,10 +48,10 @@ def test_movielens_csv_and_parquet_inputs_land_in_daily_partitions(settings, eng
     rows = lake_rows(settings)
     assert len(rows) == 6
     assert set(rows[C.USER]) == {"1", "2", "3", "4", "5"}  # ids kept as strings
-    parts = sorted(p.parent.name for p in settings.ratings_dir.rglob("part-0.parquet"))
+    parts = sorted(p.parent.name for p in Lake.of(settings).ratings.rglob("part-0.parquet"))
     assert parts == ["dt=1997-12-04", "dt=1998-04-04", "dt=2024-03-01", "dt=2024-03-02"]
     # The ISO timestamp and the Unix one name the same instant on 2024-03-01.
-    day = pq.read_table(settings.ratings_dir / "dt=2024-03-01" / "part-0.parquet").to_pandas()
+    day = pq.read_table(Lake.of(settings).ratings / "dt=2024-03-01" / "part-0.parquet").to_pandas()
     assert set(day[C.TIMESTAMP].dt.hour) == {10}
 
 
@@ -147,7 +147,7 @@ def test_inbox_ingests_ratings_and_side_files_once(settings, engine, small_inbox
         "synthetic_item_features.csv", "synthetic_items.csv", "synthetic_ratings.csv"]
     assert not any(r.skipped for r in reports)
     assert all(r.skipped for r in ingest_inbox(settings, engine))
-    assert (settings.features_dir / "item_features.parquet").exists()
+    assert (Lake.of(settings).features / "item_features.parquet").exists()
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM items").scalar_one() == 80
 
@@ -329,7 +329,7 @@ def test_rejected_inbox_file_is_skipped_later_with_its_reason_until_forced(setti
 
 
 def _partitions(settings) -> dict[str, pa.Table]:  # noqa: ANN001
-    return {p.parent.name: pq.read_table(p) for p in sorted(settings.ratings_dir.rglob("part-0.parquet"))}
+    return {p.parent.name: pq.read_table(p) for p in sorted(Lake.of(settings).ratings.rglob("part-0.parquet"))}
 
 
 def _home(tmp_path, name):  # noqa: ANN001, ANN202

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from recjobs import columns as C
-from recjobs.lake import read_ratings
-from recjobs.pipeline import cutoff_of
+from recjobs.data import Lake
+from recjobs.runs import cutoff_of
 from tests.conftest import AIRFLOW
 
 RECJOBS = Path(sys.executable).with_name("recjobs")
@@ -44,7 +44,7 @@ def ratings_file(path: Path, users: list[str], days: int, per_day: int = 5) -> P
 
 
 def lake(home: Path) -> pd.DataFrame:
-    rows = read_ratings(home / "lake" / "ratings", FAR)
+    rows = Lake(home / "lake").read_ratings(FAR)
     return rows.sort_values([C.USER, C.ITEM, C.TIMESTAMP]).reset_index(drop=True)
 
 

@@ -9,11 +9,10 @@ import pandas as pd
 import pytest
 
 from recjobs import columns as C
-from recjobs.evaluate import evaluate_model
-from recjobs.interactions import Interactions, SideFeatures, align_features
+from recjobs.data import Interactions, SideFeatures, align_features, temporal_split
+from recjobs.evaluation import evaluate_model
 from recjobs.models import Recommender, families, get_family
 from recjobs.settings import Settings
-from recjobs.split import temporal_split
 
 FAST = {
     "popularity": {},

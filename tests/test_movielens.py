@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from recjobs.evaluate import evaluate_model
-from recjobs.features import import_movielens, load_side_features
-from recjobs.interactions import Interactions
-from recjobs.lake import read_ratings
+from recjobs.data import Interactions, Lake, load_side_features, temporal_split
+from recjobs.evaluation import evaluate_model
+from recjobs.ingest import import_movielens
 from recjobs.models import get_family
-from recjobs.pipeline import cutoff_of, parse_date
-from recjobs.split import temporal_split
+from recjobs.runs import cutoff_of, parse_date
 from tests.conftest import ML100K
 
 pytestmark = pytest.mark.skipif(not (ML100K / "u.data").exists(), reason=f"MovieLens 100k not found at {ML100K}")
@@ -19,11 +17,11 @@ pytestmark = pytest.mark.skipif(not (ML100K / "u.data").exists(), reason=f"Movie
 def test_movielens_import_and_als_beats_popularity_on_temporal_holdout(settings, engine):
     reports = import_movielens(ML100K, settings, engine)
     assert reports[0].rows_valid == 100_000 and reports[0].rows_quarantined == 0
-    frame = read_ratings(settings.ratings_dir, cutoff_of(parse_date("1998-04-22")))
+    frame = Lake.of(settings).read_ratings(cutoff_of(parse_date("1998-04-22")))
     assert len(frame) == 100_000 and frame["user_id"].nunique() == 943 and frame["item_id"].nunique() == 1682
     train, holdout = temporal_split(frame, settings.split)
     data = Interactions.from_frame(train)
-    features = load_side_features(settings, data)
+    features = load_side_features(Lake.of(settings), data)
     assert features.item.shape == (data.n_items, 19) and features.user.shape[0] == data.n_users
     scores = {}
     for family in ("popularity", "als"):
@@ -35,7 +33,7 @@ def test_movielens_import_and_als_beats_popularity_on_temporal_holdout(settings,
 def test_ease_with_recency_reaches_the_quality_target_on_the_per_user_protocol(settings, engine):
     """Issue 9's target, NDCG@10 >= 0.25 on benchmark_ml100k's per-user protocol, with the shipped defaults."""
     import_movielens(ML100K, settings, engine)
-    frame = read_ratings(settings.ratings_dir, cutoff_of(parse_date("1998-04-22")))
+    frame = Lake.of(settings).read_ratings(cutoff_of(parse_date("1998-04-22")))
     per_user = settings.split.model_copy(update={"protocol": "per_user"})
     train, holdout = temporal_split(frame, per_user)
     data = Interactions.from_frame(train)

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from recjobs.data import Lake
 from recjobs.pipeline import engine_for, promote, run_pipeline
 from recjobs.settings import load_settings
 from tests.conftest import ROOT
@@ -40,7 +41,7 @@ def test_rerun_of_a_date_reproduces_metrics_and_recommendations(tmp_path, small_
     first = run_pipeline(settings, DAY)
     engine = engine_for(settings)
     recs1, cands1 = recs(engine), runs(engine, "candidate")
-    parts1 = {p.name: p.read_bytes() for p in settings.ratings_dir.rglob("*.parquet")}
+    parts1 = {p.name: p.read_bytes() for p in Lake.of(settings).ratings.rglob("*.parquet")}
     assert len(recs1) == 120 * 10 and recs1["model_version"].nunique() == 1
     assert set(cands1["status"]) <= {"promoted", "rejected"} and (cands1["status"] == "promoted").sum() == 1
     assert first.decision.promoted and "first run" in first.decision.reason
@@ -50,7 +51,7 @@ def test_rerun_of_a_date_reproduces_metrics_and_recommendations(tmp_path, small_
     cands2 = runs(engine, "candidate")
     cols = ["family", "model_version", "ndcg_at_k", "precision_at_k", "map_at_k", "coverage", "status"]
     pd.testing.assert_frame_equal(cands2[cols], cands1[cols])
-    assert {p.name: p.read_bytes() for p in settings.ratings_dir.rglob("*.parquet")} == parts1
+    assert {p.name: p.read_bytes() for p in Lake.of(settings).ratings.rglob("*.parquet")} == parts1
     assert second.decision == first.decision
     assert len(runs(engine, "gate")) == 1  # the rerun replaced, not added
 
@@ -127,11 +128,9 @@ def test_stages_after_split_read_only_the_split_matrices(tmp_path, small_inbox):
     """Split codes the data once; train, evaluate, gate, final and publish never re-read the lake."""
     import shutil
 
+    from recjobs.data import Holdout, Interactions, Lake, temporal_split
     from recjobs.ingest import ingest_inbox
-    from recjobs.interactions import Holdout, Interactions
-    from recjobs.lake import read_ratings
     from recjobs.pipeline import (
-        cutoff_of,
         evaluate_candidate,
         load_matrix,
         prepare,
@@ -139,7 +138,7 @@ def test_stages_after_split_read_only_the_split_matrices(tmp_path, small_inbox):
         train_candidate,
         train_final,
     )
-    from recjobs.split import temporal_split
+    from recjobs.runs import cutoff_of
 
     settings = load_settings({"home": str(tmp_path / "home"), **FAST, "families": ["popularity", "als"]},
                              environ={})
@@ -148,7 +147,7 @@ def test_stages_after_split_read_only_the_split_matrices(tmp_path, small_inbox):
     day = pd.Timestamp(DAY).date()
     out = prepare(settings, day)
     # The columnar split equals the row-wise (pandas, string ids) one it replaced.
-    frame = read_ratings(settings.ratings_dir, cutoff_of(day))
+    frame = Lake.of(settings).read_ratings(cutoff_of(day))
     train_frame, hold_frame = temporal_split(frame, settings.split)
     for part, rows in (("full", frame), ("train", train_frame)):
         got, want = load_matrix(settings, day, part), Interactions.from_frame(rows)
@@ -160,7 +159,7 @@ def test_stages_after_split_read_only_the_split_matrices(tmp_path, small_inbox):
     assert np.array_equal(hold.user_rows, want.user_rows) and np.array_equal(hold.item_cols, want.item_cols)
     assert len(hold.user_rows) > 0
 
-    shutil.rmtree(settings.ratings_dir)  # from here on, only the split's own files exist
+    shutil.rmtree(Lake.of(settings).ratings)  # from here on, only the split's own files exist
     for family in settings.families:
         train_candidate(settings, engine, day, family)
         evaluate_candidate(settings, engine, day, family)

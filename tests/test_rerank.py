@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from recjobs.evaluate import list_diversity, unit_rows
-from recjobs.filters import RulesError, load_rules
+from recjobs.data import generate
+from recjobs.errors import RulesError
+from recjobs.evaluation import list_diversity, unit_rows
 from recjobs.ingest import ingest_inbox
 from recjobs.pipeline import (
     engine_for,
@@ -24,9 +25,9 @@ from recjobs.pipeline import (
     train_candidate,
     train_final,
 )
-from recjobs.rerank import ItemSignals, _pack, greedy_rerank
+from recjobs.ranking import load_rules
+from recjobs.ranking.rerank import ItemSignals, _pack, greedy_rerank
 from recjobs.settings import load_settings
-from recjobs.synthetic import generate
 from tests.conftest import SMALL
 
 DAY = "2026-01-31"

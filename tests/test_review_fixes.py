@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from recjobs import interactions
-from recjobs.interactions import Events, Interactions, ordered_by_user_time_item
+from recjobs.data import Events, Interactions, interactions, ordered_by_user_time_item
 
 USERS, ITEMS = np.array(["a", "b", "c"], dtype=object), np.array(["w", "x", "y", "z"], dtype=object)
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from recjobs import columns as C
-from recjobs.interactions import Interactions
+from recjobs.data import Interactions
 from recjobs.models import get_family
 from recjobs.models.sequence import Histories
 from recjobs.settings import SequenceParams

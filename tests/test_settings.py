@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from recjobs.data import Lake
 from recjobs.settings import SettingsError, load_settings, mask_url
 
 
 def test_defaults_and_derived_paths(tmp_path):
     s = load_settings({"home": str(tmp_path)}, environ={})
     assert s.db_url == f"sqlite:///{tmp_path / 'recjobs.db'}"
-    assert s.inbox == tmp_path / "inbox" and s.ratings_dir == tmp_path / "lake" / "ratings"
+    assert s.inbox == tmp_path / "inbox" and Lake.of(s).ratings == tmp_path / "lake" / "ratings"
     assert s.evaluate.k == 10 and s.publish.top_n == 50 and s.ingest.max_invalid_share == 0.01
     assert s.families == ["popularity", "als", "lightfm", "tfrs", "ease", "itemknn", "sequence"]
 

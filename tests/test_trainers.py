@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from recjobs import columns as C
-from recjobs.interactions import Interactions, SideFeatures, align_features
+from recjobs.data import Interactions, SideFeatures, align_features
 from recjobs.models import Recommender, get_family
-from recjobs.models.progress import EpochProgress
+from recjobs.progress import EpochProgress
 from recjobs.settings import Settings
 
 SMALL = {

@@ -1,39 +1,39 @@
-"""Model family registry.
+"""Model families behind one contract (:mod:`recjobs.models.base`).
 
-Families are imported lazily by name so that TensorFlow or implicit load only in
-the process that trains or scores that family (never at DAG parse time). Adding a
-family means one module and one line here.
+The registry (:mod:`recjobs.models.registry`) is the one list of families; each family
+is one module here, imported by name only when it is asked for, so TensorFlow or
+implicit load only in the process that trains or scores that family (never when a DAG
+is parsed). The contract's classes are imported on first use too.
 """
 
 from __future__ import annotations
 
-import importlib
+from typing import TYPE_CHECKING, Any
 
-from recjobs.models.base import Recommender
+from recjobs.models.registry import FAMILIES, families, get_family
 
-_REGISTRY: dict[str, str] = {
-    "popularity": "recjobs.models.popularity:PopularityModel",
-    "als": "recjobs.models.als:ALSModel",
-    "lightfm": "recjobs.models.lightfm:LightFMModel",
-    "tfrs": "recjobs.models.tfrs:TwoTowerModel",
-    "ease": "recjobs.models.ease:EASEModel",
-    "itemknn": "recjobs.models.itemknn:ItemKNNModel",
-    "sequence": "recjobs.models.sequence:SequenceModel",
-}
+if TYPE_CHECKING:
+    from recjobs.models.base import Recommender
+    from recjobs.models.neighbourhood import Neighbourhood, NeighbourhoodRecommender
+    from recjobs.models.vectors import VectorRecommender, Vectors
 
 
-def families() -> list[str]:
-    return list(_REGISTRY)
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - PEP 562: the contract's classes on first use
+    if name == "Recommender":
+        from recjobs.models.base import Recommender
+
+        return Recommender
+    if name in ("VectorRecommender", "Vectors"):
+        from recjobs.models import vectors
+
+        return getattr(vectors, name)
+    if name in ("NeighbourhoodRecommender", "Neighbourhood"):
+        from recjobs.models import neighbourhood
+
+        return getattr(neighbourhood, name)
+    raise AttributeError(f"module 'recjobs.models' has no attribute {name!r}")
 
 
-def get_family(name: str) -> type[Recommender]:
-    """The :class:`Recommender` subclass registered as ``name``."""
-    try:
-        target = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown model family {name!r}; known: {families()}") from None
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-__all__ = ["Recommender", "families", "get_family"]
+__all__ = ["FAMILIES", "Neighbourhood", "NeighbourhoodRecommender", "Recommender", "VectorRecommender",
+           "Vectors", "families", "get_family"]

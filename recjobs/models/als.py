@@ -15,9 +15,10 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from recjobs.interactions import Interactions, SideFeatures
-from recjobs.models.base import VectorRecommender, Vectors
-from recjobs.models.progress import EpochProgress
+from recjobs.data.features import SideFeatures
+from recjobs.data.interactions import Interactions
+from recjobs.models.vectors import VectorRecommender, Vectors
+from recjobs.progress import EpochProgress
 from recjobs.settings import ALSParams
 
 log = logging.getLogger(__name__)

@@ -22,14 +22,15 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 from threadpoolctl import threadpool_limits
 
-from recjobs.heartbeat import Heartbeat
-from recjobs.interactions import Interactions, SideFeatures, ordered_by_user_time_item
-from recjobs.models.base import (
+from recjobs.data.features import SideFeatures
+from recjobs.data.interactions import Interactions, ordered_by_user_time_item
+from recjobs.models.neighbourhood import (
     Neighbourhood,
     NeighbourhoodRecommender,
     item_embedding_svd,
     recency_history,
 )
+from recjobs.progress import Heartbeat
 from recjobs.settings import EASEParams
 
 log = logging.getLogger(__name__)

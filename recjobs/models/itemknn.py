@@ -15,14 +15,15 @@ import warnings
 
 from threadpoolctl import threadpool_limits
 
-from recjobs.heartbeat import Heartbeat
-from recjobs.interactions import Interactions, SideFeatures
-from recjobs.models.base import (
+from recjobs.data.features import SideFeatures
+from recjobs.data.interactions import Interactions
+from recjobs.models.neighbourhood import (
     Neighbourhood,
     NeighbourhoodRecommender,
     item_embedding_svd,
     recency_history,
 )
+from recjobs.progress import Heartbeat
 from recjobs.settings import ItemKNNParams
 
 log = logging.getLogger(__name__)

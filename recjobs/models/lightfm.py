@@ -12,9 +12,10 @@ import logging
 import numpy as np
 import scipy.sparse as sp
 
-from recjobs.interactions import Interactions, SideFeatures
-from recjobs.models.base import VectorRecommender, Vectors
-from recjobs.models.progress import EpochProgress
+from recjobs.data.features import SideFeatures
+from recjobs.data.interactions import Interactions
+from recjobs.models.vectors import VectorRecommender, Vectors
+from recjobs.progress import EpochProgress
 from recjobs.settings import LightFMParams
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def _with_identity(features: sp.csr_matrix | None, n: int, use: bool) -> sp.csr_
 class LightFMModel(VectorRecommender):
     family = "lightfm"
     params_type = LightFMParams
-    # Cold items (recjobs.coldstart.ColdItemProjection): set by a fit with item features.
+    # Cold items (recjobs.ranking.coldstart.ColdItemProjection): set by a fit with item features.
     item_feature_names: np.ndarray | None = None
     _feature_part: tuple[np.ndarray, np.ndarray] | None = None
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from recjobs.interactions import Interactions, SideFeatures
-from recjobs.models.base import VectorRecommender, Vectors
+from recjobs.data.features import SideFeatures
+from recjobs.data.interactions import Interactions
+from recjobs.models.vectors import VectorRecommender, Vectors
 from recjobs.settings import PopularityParams
 
 

@@ -25,10 +25,11 @@ import logging
 
 import numpy as np
 
-from recjobs.interactions import Interactions, SideFeatures, ordered_by_user_time_item
-from recjobs.models.base import VectorRecommender, Vectors
-from recjobs.models.progress import EpochProgress
+from recjobs.data.features import SideFeatures
+from recjobs.data.interactions import Interactions, ordered_by_user_time_item
 from recjobs.models.tfrs import seeded_tensorflow
+from recjobs.models.vectors import VectorRecommender, Vectors
+from recjobs.progress import EpochProgress
 from recjobs.settings import SequenceParams
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,10 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 
-from recjobs.interactions import Interactions, SideFeatures
-from recjobs.models.base import VectorRecommender, Vectors
-from recjobs.models.progress import EpochProgress
+from recjobs.data.features import SideFeatures
+from recjobs.data.interactions import Interactions
+from recjobs.models.vectors import VectorRecommender, Vectors
+from recjobs.progress import EpochProgress
 from recjobs.settings import TFRSParams
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def _dense_features(features: np.ndarray | None, n: int, use: bool) -> np.ndarra
 class TwoTowerModel(VectorRecommender):
     family = "tfrs"
     params_type = TFRSParams
-    # Cold items (recjobs.coldstart.ColdItemProjection): set by a fit with item features.
+    # Cold items (recjobs.ranking.coldstart.ColdItemProjection): set by a fit with item features.
     item_feature_names: np.ndarray | None = None
     _feature_kernel: np.ndarray | None = None
 

@@ -1,0 +1,52 @@
+"""The dashboard, independent of any web framework: ``data`` (what it shows, read from the
+database and run folders), ``charts`` (Vega-Lite specs), ``page`` (the HTML) and
+``embedding_map`` (the champion's item vectors in 2-D). The Airflow plugin serves it."""
+
+from recjobs.dashboard.charts import (
+    METRICS,
+    PALETTE,
+    embedding_map_spec,
+    metric_chart_spec,
+    metric_chart_specs,
+)
+from recjobs.dashboard.data import (
+    Champion,
+    LiveArtifact,
+    UserLookup,
+    champion,
+    champion_map,
+    close_ids,
+    full_matrix,
+    gate_decisions,
+    ingest_by_date,
+    item_titles,
+    live_artifact,
+    lookup_user,
+    metrics_by_date,
+    missing_schema,
+    sqlite_file_missing,
+)
+from recjobs.dashboard.embedding_map import (
+    NO_GENRE,
+    EmbeddingMap,
+    build_map,
+    item_genres,
+    load_map,
+    project_2d,
+)
+from recjobs.dashboard.page import (
+    DASH,
+    NO_SCHEMA,
+    VEGA_BUNDLE_PATH,
+    render,
+    render_no_schema,
+    vega_embed_bundle,
+)
+
+__all__ = [
+    "DASH", "METRICS", "NO_GENRE", "NO_SCHEMA", "PALETTE", "VEGA_BUNDLE_PATH", "Champion", "EmbeddingMap",
+    "LiveArtifact", "UserLookup", "build_map", "champion", "champion_map", "close_ids", "embedding_map_spec",
+    "full_matrix", "gate_decisions", "ingest_by_date", "item_genres", "item_titles", "live_artifact", "load_map", "lookup_user",
+    "metric_chart_spec", "metric_chart_specs", "metrics_by_date", "missing_schema", "project_2d", "render",
+    "render_no_schema", "sqlite_file_missing", "vega_embed_bundle",
+]

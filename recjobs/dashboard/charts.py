@@ -1,0 +1,88 @@
+"""The dashboard's charts as Vega-Lite specs (built with Altair, drawn in the browser by vega-embed)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from recjobs import columns as C
+
+PALETTE = {"popularity": "#8c8c8c", "als": "#1f77b4", "lightfm": "#2ca02c", "tfrs": "#d62728",
+           "ease": "#ff7f0e", "itemknn": "#9467bd"}
+# (column, title, bounded): bounded metrics lie in [0, 1], so their axis never goes past 1;
+# novelty is self-information in bits and has no such bound.
+METRICS = [("ndcg_at_k", "NDCG@k", True), ("precision_at_k", "Precision@k", True),
+           ("recall_at_k", "Recall@k", True), ("map_at_k", "MAP@k", True),
+           ("coverage", "Catalogue coverage", True), ("diversity", "Intra-list diversity", True),
+           ("novelty", "Novelty (bits)", False)]
+
+
+def _upper(value: float) -> float:
+    """A round axis maximum a little above ``value``, at most 1."""
+    if not value > 0:
+        return 1.0
+    padded = value * 1.1
+    step = 10 ** math.floor(math.log10(padded))
+    return min(1.0, math.ceil(padded / step) * step)
+
+
+def metric_chart_spec(frame: pd.DataFrame, column: str, title: str, bounded: bool = True) -> dict[str, Any]:
+    """A Vega-Lite line chart of ``column`` over logical dates (a time axis), one line per family.
+
+    Bounded metrics get a y domain from 0 to at most 1; every point shows its date,
+    family and value on hover.
+    """
+    import altair as alt
+
+    data = frame[[C.RUN_DATE, "family", column]].dropna() if column in frame.columns else pd.DataFrame()
+    data = (data.rename(columns={C.RUN_DATE: "date"}).astype({column: float})
+            if not data.empty else pd.DataFrame({"date": [], "family": [], column: []}))
+    if bounded:
+        top = _upper(float(data[column].max())) if not data.empty else 1.0
+        y_scale = alt.Scale(domain=[0, top], nice=False, clamp=True)
+    else:
+        y_scale = alt.Scale(zero=False, nice=True)
+    families = sorted(data["family"].unique()) if not data.empty else []
+    color = alt.Color("family:N", title="family", legend=alt.Legend(orient="bottom"),
+                      scale=alt.Scale(domain=families, range=[PALETTE.get(f, "#17becf") for f in families]))
+    # ISO dates parsed as UTC midnight and shown in UTC: a viewer west of Greenwich sees the same day.
+    x = alt.X("date:T", timeUnit="utcyearmonthdate", title="logical date",
+              axis=alt.Axis(format="%b %d", labelAngle=0, labelOverlap=True))
+    chart = (alt.Chart(data, title=title)
+             .mark_line(point=alt.OverlayMarkDef(filled=True, size=60))
+             .encode(x=x, y=alt.Y(f"{column}:Q", title=None, scale=y_scale), color=color,
+                     tooltip=[alt.Tooltip("date:T", timeUnit="utcyearmonthdate", format="%Y-%m-%d", title="date"),
+                              alt.Tooltip("family:N"), alt.Tooltip(f"{column}:Q", title=title, format=".4f")])
+             .properties(width=330, height=170))
+    return chart.to_dict()
+
+
+def metric_chart_specs(metrics: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """One chart spec per metric of :data:`METRICS`, from evaluated (not failed) candidates."""
+    charted = (metrics[metrics["status"] != "failed"] if not metrics.empty
+               else pd.DataFrame(columns=[C.RUN_DATE, "family", *(c for c, _, _ in METRICS)]))
+    return {column: metric_chart_spec(charted, column, title, bounded) for column, title, bounded in METRICS}
+
+
+def embedding_map_spec(data_url: str, explained: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
+    """A Vega-Lite scatter of the map's points, read from ``data_url`` (the ``api/embedding`` route)."""
+    import altair as alt
+
+    data = alt.UrlData(url=data_url, format=alt.DataFormat(type="json", property="points"))
+    tooltip = [alt.Tooltip(f"{C.TITLE}:N", title="title"), alt.Tooltip("genre:N"),
+               alt.Tooltip(f"{C.ITEM}:N", title="item_id")]
+    chart = (alt.Chart(data)
+             .mark_circle(size=45, opacity=0.75)
+             .encode(x=alt.X("x:Q", title=f"component 1 ({explained[0]:.0%} of variance)", axis=alt.Axis(grid=False)),
+                     y=alt.Y("y:Q", title=f"component 2 ({explained[1]:.0%} of variance)", axis=alt.Axis(grid=False)),
+                     color=alt.Color("genre:N", scale=alt.Scale(scheme="category20"),
+                                     legend=alt.Legend(title="genre", symbolLimit=40)),
+                     tooltip=tooltip)
+             .properties(width=640, height=440)
+             .interactive())
+    return chart.to_dict()
+
+
+__all__ = ["METRICS", "PALETTE", "embedding_map_spec", "metric_chart_spec", "metric_chart_specs"]

@@ -1,0 +1,261 @@
+"""What the dashboard shows, read from the database and the run folders (no HTML here)."""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from recjobs import columns as C
+from recjobs.dashboard.embedding_map import EmbeddingMap, load_map
+from recjobs.data.interactions import Interactions
+from recjobs.data.lake import Lake
+from recjobs.db.ledger import CHAMPION_STATUSES
+from recjobs.runs import RunFolder, family_of
+from recjobs.settings import Settings
+
+# What the page reads: the tables, and the live view ``ensure_schema`` creates.
+DASHBOARD_TABLES = ("model_runs", "ingest_log", "publications", "popular_items", "items")
+DASHBOARD_VIEWS = ("recommendations",)
+_CHAMPION_SQL = ", ".join(f"'{s}'" for s in CHAMPION_STATUSES)
+
+
+def sqlite_file_missing(url: str) -> bool:
+    """Whether ``url`` names a SQLite file that does not exist (connecting would create it)."""
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return False
+    return not Path(parsed.database).exists()
+
+
+def missing_schema(engine: Engine) -> list[str]:
+    """The tables and views the page reads that are absent; looks only, never creates."""
+    inspector = sa.inspect(engine)
+    present = set(inspector.get_table_names()) | set(inspector.get_view_names())
+    return [name for name in (*DASHBOARD_TABLES, *DASHBOARD_VIEWS) if name not in present]
+
+
+@dataclass(frozen=True)
+class Champion:
+    family: str
+    model_version: str
+    run_date: str
+    since: str
+    published_at: str
+
+
+def _frame(engine: Engine, sql: str, **params: Any) -> pd.DataFrame:
+    with engine.connect() as conn:
+        return pd.DataFrame(conn.execute(sa.text(sql), params).mappings().all())
+
+
+def champion(engine: Engine) -> Champion | None:
+    """The live model and the first date of its family's unbroken run as champion."""
+    live = _frame(engine, "SELECT model_version, run_date, published_at FROM publications "
+                          "WHERE kind = 'recommendations' AND is_live = :t", t=True)
+    if live.empty:
+        return None
+    row = live.iloc[0]
+    # Only decisions count: a night without candidates leaves the champion as it was.
+    gates = _frame(engine, "SELECT run_date, family FROM model_runs WHERE stage = 'gate' AND run_date <= :d "
+                           f"AND status IN ({_CHAMPION_SQL}) ORDER BY run_date DESC", d=row["run_date"])
+    family = family_of(row["model_version"])
+    since = row["run_date"]
+    for _, g in gates.iterrows():
+        if g["family"] != family:
+            break
+        since = g["run_date"]
+    return Champion(family, row["model_version"], row["run_date"], since, str(row["published_at"])[:19])
+
+
+def ingest_by_date(engine: Engine) -> pd.DataFrame:
+    # Rejected files (nothing merged) are counted apart, so they stand out.
+    frame = _frame(engine, "SELECT ingested_at, kind, COALESCE(status, 'ingested') AS status, rows_read, "
+                           "rows_valid, rows_quarantined, duplicates_dropped, source_path FROM ingest_log "
+                           "ORDER BY ingested_at")
+    if frame.empty:
+        return frame
+    frame["date"] = pd.to_datetime(frame["ingested_at"], utc=True, format="mixed").dt.strftime("%Y-%m-%d")
+    return (frame.groupby(["date", "kind", "status"], as_index=False)
+            .agg(files=("source_path", "count"), rows_read=("rows_read", "sum"), rows_valid=("rows_valid", "sum"),
+                 rows_quarantined=("rows_quarantined", "sum"), duplicates=("duplicates_dropped", "sum")))
+
+
+def metrics_by_date(engine: Engine) -> pd.DataFrame:
+    """Every evaluated candidate's metrics by logical date (failed ones included, with their status)."""
+    return _frame(engine, "SELECT run_date, family, status, ndcg_at_k, precision_at_k, recall_at_k, map_at_k, "
+                          "coverage, diversity, novelty, fit_seconds FROM model_runs "
+                          "WHERE stage = 'candidate' AND status != 'training' ORDER BY run_date, family")
+
+
+def gate_decisions(engine: Engine, limit: int = 30) -> pd.DataFrame:
+    """The latest gate and rollback decisions with their significance (NULL where not computed)."""
+    return _frame(engine, "SELECT run_date, family, status, ndcg_at_k, gate_diff, gate_ci_low, gate_ci_high, "
+                          "gate_p_value, reason FROM model_runs WHERE stage IN ('gate', 'rollback') "
+                          "ORDER BY run_date DESC, id DESC LIMIT :n", n=limit)
+
+
+# -- one user: history beside recommendations ------------------------------------------------
+def item_titles(engine: Engine) -> dict[str, str]:
+    """Item id -> title from the ``items`` table (empty when no titles were ingested)."""
+    frame = _frame(engine, "SELECT item_id, title FROM items")
+    return {} if frame.empty else dict(zip(frame[C.ITEM].astype(str), frame[C.TITLE].fillna(""), strict=True))
+
+
+_matrix_cache: dict[tuple[str, float], Interactions] = {}
+_matrix_lock = threading.Lock()
+
+
+def full_matrix(settings: Settings, run_date: str) -> Interactions | None:
+    """The date's full interactions matrix (``runs/<date>/full``), or None when it is gone.
+
+    The last one read is kept: every lookup against the same live date reuses it.
+    """
+    path = RunFolder.of(settings, run_date).matrix("full")
+    marker = path / "indptr.npy"
+    if not marker.exists():
+        return None
+    key = (str(path), marker.stat().st_mtime)
+    with _matrix_lock:
+        hit = _matrix_cache.get(key)
+    if hit is None:
+        hit = Interactions.load(path)
+        with _matrix_lock:
+            _matrix_cache.clear()
+            _matrix_cache[key] = hit
+    return hit
+
+
+def close_ids(query: str, known: list[str], n: int = 5) -> list[str]:
+    """Up to ``n`` known ids near ``query``: numerically nearest for a number, then by spelling."""
+    query = query.strip()
+    out: list[str] = []
+    if query.lstrip("-").isdigit():
+        numeric = pd.to_numeric(pd.Series(known, dtype=object), errors="coerce").dropna()
+        if not numeric.empty:
+            order = (numeric - int(query)).abs().sort_values(kind="stable")
+            out.extend(str(known[i]) for i in order.index[:n])
+    for match in difflib.get_close_matches(query, known, n=n, cutoff=0.5):
+        if match not in out:
+            out.append(match)
+    return out[:n]
+
+
+@dataclass
+class UserLookup:
+    """What the page shows for one looked-up id."""
+
+    user_id: str
+    known: bool  # in the live lists or in the model's data
+    recommendations: pd.DataFrame  # rank, item_id, title, and a score column named for what it is
+    source: str  # "personal" | "popular"
+    history: pd.DataFrame = field(default_factory=pd.DataFrame)
+    history_total: int = 0
+    suggestions: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+def _history(data: Interactions, row: int, titles: dict[str, str], n: int) -> tuple[pd.DataFrame, int]:
+    start, end = data.matrix.indptr[row], data.matrix.indptr[row + 1]
+    items = data.item_ids[data.matrix.indices[start:end]].astype(str)
+    frame = pd.DataFrame({C.ITEM: items, C.TITLE: [titles.get(i, "") for i in items],
+                          C.RATING: [f"{v:g}" for v in data.matrix.data[start:end]]})
+    if data.pair_seconds is not None:
+        seconds = data.pair_seconds[start:end]
+        frame["last seen"] = pd.to_datetime(seconds, unit="s", utc=True).strftime("%Y-%m-%d")
+        frame = frame.iloc[(-seconds).argsort(kind="stable")]  # newest first
+    else:
+        frame = frame.iloc[(-data.matrix.data[start:end]).argsort(kind="stable")]  # best rated first
+    return frame.head(n).reset_index(drop=True), end - start
+
+
+def lookup_user(engine: Engine, user_id: str, settings: Settings | None = None, n: int = 20,
+                history_n: int = 30) -> UserLookup:
+    """One user's live list beside their history; for an unknown id, close known ids and the fallback list."""
+    user_id = user_id.strip()
+    titles = item_titles(engine)
+    champ = champion(engine)
+    data = full_matrix(settings, champ.run_date) if settings is not None and champ is not None else None
+    history, total = pd.DataFrame(), 0
+    row = None
+    if data is not None:
+        hits = (data.user_ids.astype(str) == user_id).nonzero()[0]
+        row = int(hits[0]) if len(hits) else None
+        if row is not None:
+            history, total = _history(data, row, titles, history_n)
+    personal = _frame(engine, "SELECT r.rank, r.item_id, i.title, r.score FROM recommendations r "
+                              "LEFT JOIN items i ON i.item_id = r.item_id WHERE r.user_id = :u "
+                              "ORDER BY r.rank LIMIT :n", u=user_id, n=n)
+    if not personal.empty:
+        recs = personal.rename(columns={C.SCORE: "model score"})
+        return UserLookup(user_id, True, recs, "personal", history, total)
+    popular = _frame(engine, "SELECT p.rank, p.item_id, i.title, p.score FROM popular_items p "
+                             "LEFT JOIN items i ON i.item_id = p.item_id ORDER BY p.rank LIMIT :n", n=n)
+    if not popular.empty:
+        # popular_items.score counts users per item: a count, not comparable with model scores.
+        popular[C.SCORE] = popular[C.SCORE].round().astype("int64")
+    recs = popular.rename(columns={C.SCORE: "users who interacted"})
+    if row is not None:
+        return UserLookup(user_id, True, recs, "popular", history, total, message=(
+            f"User {user_id!r} is known to the model but has no personal list "
+            "(every item already seen?): apps serve the popular items below."))
+    known = (data.user_ids.astype(str).tolist() if data is not None else
+             _frame(engine, "SELECT DISTINCT user_id FROM recommendations")[C.USER].astype(str).tolist()
+             if champ is not None else [])
+    suggestions = close_ids(user_id, known)
+    return UserLookup(user_id, False, recs, "popular", suggestions=suggestions, message=(
+        f"Unknown user {user_id!r}: no such user in the live recommendations or the model's data. "
+        "Apps serve such users the popular items below (fallback)."))
+
+
+# -- the champion's item vectors ---------------------------------------------------------------
+@dataclass(frozen=True)
+class LiveArtifact:
+    """Where the live champion's final model should be, and which version is live."""
+
+    path: Path | None
+    model_version: str
+    run_date: str
+
+
+def live_artifact(engine: Engine, settings: Settings | None = None) -> LiveArtifact | None:
+    """The final model behind the live list (from ``model_runs``' final row), None before a publish."""
+    champ = champion(engine)
+    if champ is None:
+        return None
+    finals = _frame(engine, "SELECT model_version, artifact_path FROM model_runs WHERE stage = 'final' "
+                            "AND run_date = :d ORDER BY id DESC", d=champ.run_date)
+    path = None
+    if not finals.empty:
+        same = finals[finals["model_version"] == champ.model_version]
+        row = (same if not same.empty else finals).iloc[0]
+        path = Path(row["artifact_path"]) if row["artifact_path"] else None
+    if path is None and settings is not None:
+        path = RunFolder.of(settings, champ.run_date).final
+    return LiveArtifact(path, champ.model_version, champ.run_date)
+
+
+def champion_map(engine: Engine, settings: Settings | None = None) -> EmbeddingMap:
+    """The embedding map of the live champion; its ``message`` says why there are no points."""
+    live = live_artifact(engine, settings)
+    if live is None:
+        return EmbeddingMap("", "", 0, message="no model published yet")
+    family = family_of(live.model_version)
+    if live.path is None or not (live.path / "meta.json").exists():
+        return EmbeddingMap(live.model_version, family, 0, message=(
+            f"the champion's model artifact is not available at {live.path or '(no path recorded)'}"))
+    features = Lake.of(settings).read_side("item_features") if settings is not None else None
+    return load_map(live.path, item_titles(engine), features)
+
+
+__all__ = [
+    "Champion", "DASHBOARD_TABLES", "DASHBOARD_VIEWS", "LiveArtifact", "UserLookup", "champion", "champion_map",
+    "close_ids", "full_matrix", "gate_decisions", "ingest_by_date", "item_titles", "live_artifact", "lookup_user",
+    "metrics_by_date", "missing_schema", "sqlite_file_missing",
+]

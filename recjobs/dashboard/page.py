@@ -1,0 +1,222 @@
+"""The dashboard's data and HTML, independent of any web framework.
+
+The page shows the live champion and since when, a lookup of one user (their history
+beside their recommendations, with titles where item metadata exists), each family's
+metrics over logical dates as charts, a 2-D map of the champion's item vectors, gate
+decisions with their significance, and ingest counts.
+
+Charts are Vega-Lite specs built with Altair and drawn in the browser by vega-embed,
+which the plugin serves itself (``vl_convert.javascript_bundle``): the page loads
+nothing from the internet.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import threading
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from recjobs.dashboard.charts import embedding_map_spec, metric_chart_specs
+from recjobs.dashboard.data import (
+    UserLookup,
+    champion,
+    champion_map,
+    gate_decisions,
+    ingest_by_date,
+    lookup_user,
+    metrics_by_date,
+    missing_schema,
+)
+from recjobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DASH = "–"  # shown for a value that was never recorded (NULL), e.g. in rows older than the column
+NO_SCHEMA = "no recjobs schema yet: run recjobs initdb"
+VEGA_BUNDLE_PATH = "static/vega-embed.js"
+
+
+def render_no_schema(missing: list[str] | None = None) -> str:
+    """The page shown before ``recjobs initdb`` has created the schema."""
+    detail = f" (missing: {', '.join(missing)})" if missing else " (no database yet)"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>recjobs</title><style>{STYLE}</style>"
+            "</head><body><h1>recjobs: nightly recommendations</h1>"
+            f'<div class="card" id="no-schema"><b>{html.escape(NO_SCHEMA)}</b>{html.escape(detail)}</div>'
+            "</body></html>")
+
+
+_bundle: str | None = None
+_bundle_lock = threading.Lock()
+
+
+def vega_embed_bundle() -> str:
+    """vega, vega-lite and vega-embed as one self-contained script (built once, ~0.9 MB)."""
+    global _bundle
+    with _bundle_lock:
+        if _bundle is None:
+            import vl_convert
+
+            _bundle = vl_convert.javascript_bundle()
+        return _bundle
+
+
+def _gate_table(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+
+    def ci(row: pd.Series) -> str | None:
+        lo, hi = row["gate_ci_low"], row["gate_ci_high"]
+        return None if pd.isna(lo) or pd.isna(hi) else f"[{lo:+.4f}, {hi:+.4f}]"
+
+    return pd.DataFrame({
+        "run_date": frame["run_date"], "family": frame["family"], "status": frame["status"],
+        "ndcg_at_k": frame["ndcg_at_k"],
+        "diff vs champion": frame["gate_diff"].map(lambda v: None if pd.isna(v) else f"{v:+.4f}"),
+        "CI of diff": frame.apply(ci, axis=1),
+        "p-value": frame["gate_p_value"].map(lambda v: None if pd.isna(v) else f"{v:.3g}"),
+        "reason": frame["reason"],
+    })
+
+
+def _cell(value: Any) -> str:  # noqa: ANN401
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return DASH
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _table(frame: pd.DataFrame, css_id: str, empty: str = "nothing yet") -> str:
+    if frame.empty:
+        return f'<p id="{css_id}" class="empty">{html.escape(empty)}</p>'
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+                   for row in frame.itertuples(index=False))
+    return f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.2rem;color:#1a1a1a;background:#fff}
+h1{font-size:1.4rem;margin:0 0 .5rem} h2{font-size:1.1rem;margin:1.4rem 0 .5rem} h3{font-size:1rem;margin:.4rem 0}
+.card{border:1px solid #ddd;border-radius:8px;padding:.8rem 1rem;display:inline-block;margin-right:1rem}
+.card b{font-size:1.2rem} .charts{display:flex;flex-wrap:wrap;gap:.8rem}
+.vchart{border:1px solid #eee;border-radius:6px;background:#fcfcfc;padding:4px;min-width:200px;min-height:120px}
+table{border-collapse:collapse;font-size:13px} td,th{border-bottom:1px solid #eee;padding:3px 8px;text-align:left}
+form{margin:.5rem 0} input{padding:4px}
+.side{display:flex;flex-wrap:wrap;gap:2rem;align-items:flex-start}
+.notice{background:#fff4e5;border:1px solid #f0c36d;border-radius:6px;padding:.5rem .8rem;margin:.5rem 0}
+.muted{color:#666;font-size:13px} #lookup-result{border-left:4px solid #1f77b4;padding-left:.8rem}
+"""
+
+# Draws every chart whose spec the page carries; a chart that fails says so in its place.
+EMBED_SCRIPT = """
+for (const el of document.querySelectorAll('script.chart-spec')) {
+  const target = document.getElementById(el.dataset.target);
+  vegaEmbed(target, JSON.parse(el.textContent), {actions: false, renderer: 'svg'})
+    .then(() => target.classList.add('rendered'))
+    .catch((err) => { target.textContent = 'chart failed: ' + err; target.classList.add('failed'); });
+}
+"""
+
+
+def _spec_script(target: str, spec: dict[str, Any]) -> str:
+    # JSON inside <script>: escape "</" so a title can never close the element.
+    text = json.dumps(spec).replace("</", "<\\/")
+    return f'<script type="application/json" class="chart-spec" data-target="{target}">{text}</script>'
+
+
+def _lookup_html(found: UserLookup, base: str) -> str:
+    e = html.escape
+    out = ['<section id="lookup-result">']
+    if found.message:
+        out.append(f'<div class="notice" id="user-notice">{e(found.message)}')
+        if found.suggestions:
+            links = ", ".join(f'<a href="{e(base)}?user={e(s)}">{e(s)}</a>' for s in found.suggestions)
+            out.append(f'<br>Did you mean: <span id="user-suggestions">{links}</span>?')
+        elif not found.known:
+            out.append("<br>No similar user ids found.")
+        out.append("</div>")
+    out.append('<div class="side">')
+    if found.known:
+        shown = f" (latest {len(found.history)} of {found.history_total})" if found.history_total > len(
+            found.history) else ""
+        out.append(f"<div><h3>History of {e(found.user_id)}{e(shown)}</h3>"
+                   + _table(found.history, "user-history", "no history available for this run") + "</div>")
+    if found.source == "personal":
+        title = f"Recommendations for {e(found.user_id)}"
+        note = "model score: the champion's score, higher is better (comparable within one list only)"
+    else:
+        title = "Popular items (fallback list)"
+        note = "users who interacted: how many users interacted with the item, not a model score"
+    out.append(f'<div><h3>{title}</h3><p class="muted">{e(note)}</p>'
+               + _table(found.recommendations, "user-recs", "no lists published yet") + "</div>")
+    out.append("</div></section>")
+    return "".join(out)
+
+
+def render(engine: Engine, user_id: str | None = None, base: str = "", settings: Settings | None = None) -> str:
+    """The whole dashboard page as HTML, or the "run recjobs initdb" page without a schema.
+
+    ``base`` is the URL the page is served at (ending in "/"); the vega bundle and the
+    map's data are fetched relative to it. ``settings`` locate the run's interactions
+    (a user's history) and the item features (the map's genres).
+    """
+    missing = missing_schema(engine)
+    if missing:
+        return render_no_schema(missing)
+    champ = champion(engine)
+    metrics = metrics_by_date(engine)
+    e = html.escape
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>recjobs</title><style>{STYLE}</style>"
+           "</head><body><h1>recjobs: nightly recommendations</h1>"]
+    if champ is None:
+        out.append('<div class="card" id="champion">No model published yet.</div>')
+    else:
+        out.append(f'<div class="card" id="champion">Champion <b>{e(champ.family)}</b><br>'
+                   f"{e(champ.model_version)}<br>champion since {e(champ.since)} · "
+                   f"live data date {e(champ.run_date)} · published {e(champ.published_at)} UTC</div>")
+    # The lookup and its result come first, so the answer is on screen right after submitting.
+    out.append(f"<h2 id='lookup'>Look up a user</h2><form method='get' action='{e(base)}'>"
+               f"<input name='user' placeholder='user_id' value='{e(user_id or '')}'> "
+               "<button type='submit'>Show history and top-N</button></form>")
+    if user_id:
+        out.append(_lookup_html(lookup_user(engine, user_id, settings), base))
+    scripts = []
+    out.append("<h2>Candidates by logical date</h2><div class='charts'>")
+    for column, spec in metric_chart_specs(metrics).items():
+        out.append(f'<div class="vchart" id="chart-{e(column)}" data-metric="{e(column)}"></div>')
+        scripts.append(_spec_script(f"chart-{column}", spec))
+    out.append("</div>")
+    out.append("<h2>Champion's item embedding</h2>")
+    try:
+        emap = champion_map(engine, settings)
+    except (OSError, ValueError, KeyError) as exc:  # a broken artifact must not take the page down
+        log.exception("embedding map failed")
+        out.append(f'<p class="notice" id="embedding-message">embedding map unavailable: {e(str(exc))}</p>')
+    else:
+        if emap.message:
+            out.append(f'<p class="notice" id="embedding-message">{e(emap.message.capitalize())}.</p>')
+        else:
+            sample = f"an evenly spaced {len(emap.points)} of " if len(emap.points) < emap.n_items else ""
+            out.append(f'<p class="muted">PCA of the item vectors of {e(emap.model_version)} ({e(emap.family)}): '
+                       f"{e(sample)}{emap.n_items} items, coloured by genre; hover for titles, "
+                       "scroll to zoom, drag to pan.</p>")
+            out.append(f'<div class="vchart" id="embedding-map" data-points="{len(emap.points)}"></div>')
+            scripts.append(_spec_script("embedding-map", embedding_map_spec(f"{base}api/embedding", emap.explained)))
+    out.append("<h2>Gate decisions</h2>" + _table(_gate_table(gate_decisions(engine)), "gate"))
+    if not metrics.empty:
+        latest = metrics[metrics["run_date"] == metrics["run_date"].max()]
+        out.append("<h2>Latest candidates</h2>" + _table(latest, "latest"))
+    out.append("<h2>Ingest by date</h2>" + _table(ingest_by_date(engine), "ingest"))
+    out.append(f'<script src="{e(base)}{VEGA_BUNDLE_PATH}"></script>{"".join(scripts)}<script>{EMBED_SCRIPT}</script>')
+    out.append("</body></html>")
+    return "".join(out)
+
+
+__all__ = ["DASH", "NO_SCHEMA", "VEGA_BUNDLE_PATH", "render", "render_no_schema", "vega_embed_bundle"]

@@ -1,0 +1,318 @@
+"""The ratings lake and its side tables: the one module that writes under ``<home>/lake``.
+
+Layout (``Lake``)::
+
+    lake/ratings/dt=YYYY-MM-DD/part-0.parquet   ratings, Hive-partitioned by event date (UTC)
+    lake/features/<kind>.parquet                 side tables: item_features, user_features, items
+    lake/quarantine/<content hash>.parquet       the bad rows of one delivered file
+    lake/.spill/<random>/                        one ingest's validated rows before the merge
+    lake/.inbox_hashes.json                      the inbox watcher's hash cache
+    lake/.lock                                   the writers' lock
+
+Shared files (partitions and side tables) are written only through :meth:`Lake.writer`,
+which holds ``lake/.lock`` for the whole read-modify-write: a partition merge reads,
+merges and rewrites a file, so two unserialised writers would lose each other's rows.
+The lock is an OS file lock: it holds between processes on one host (and on a shared
+filesystem only where that filesystem implements locks), and the OS releases it when
+its holder dies, even by SIGKILL. Private files (a spill folder, a content's
+quarantine file) are named uniquely and need no lock. Readers never need the lock:
+every file is replaced atomically (:mod:`recjobs.files`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import filelock
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from recjobs import columns as C
+from recjobs.data.interactions import Events
+from recjobs.errors import LakeLockTimeout
+from recjobs.faults import fault_point
+from recjobs.files import write_parquet
+
+if TYPE_CHECKING:
+    from recjobs.settings import Settings
+
+RATINGS_SCHEMA = pa.schema(
+    [
+        pa.field(C.USER, pa.string(), nullable=False),
+        pa.field(C.ITEM, pa.string(), nullable=False),
+        pa.field(C.RATING, pa.float32(), nullable=False),
+        pa.field(C.TIMESTAMP, pa.timestamp("ms", tz="UTC"), nullable=False),
+    ]
+)
+PART_FILE = "part-0.parquet"
+_PARTITIONING = ds.partitioning(pa.schema([(C.DATE, pa.string())]), flavor="hive")
+# Side tables, by kind: the id column each is keyed on.
+SIDE_KINDS = {"item_features": C.ITEM, "user_features": C.USER, "items": C.ITEM}
+DAY_MS = 86_400_000
+
+
+def to_ratings_table(frame: pd.DataFrame) -> pa.Table:
+    """Cast a frame with the canonical columns to the lake's exact schema."""
+    return pa.Table.from_pandas(
+        frame[list(C.INTERACTION_COLUMNS)], schema=RATINGS_SCHEMA, preserve_index=False
+    )
+
+
+def day_names(days: np.ndarray) -> list[str]:
+    """``YYYY-MM-DD`` partition names of days since 1970 (UTC)."""
+    ms = pd.Series(np.asarray(days, dtype=np.int64) * DAY_MS).astype("datetime64[ms]")
+    return ms.dt.tz_localize("UTC").dt.strftime("%Y-%m-%d").tolist()
+
+
+@dataclass(frozen=True)
+class Lake:
+    """Where the lake is, and the only way to write to it; see the module docstring."""
+
+    root: Path
+    lock_timeout: float = 3600.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> Lake:
+        """The lake of ``settings`` (``<home>/lake``; lock timeout ``ingest.lock_timeout_seconds``)."""
+        return cls(settings.lake, settings.ingest.lock_timeout_seconds)
+
+    @property
+    def ratings(self) -> Path:
+        return self.root / "ratings"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def inbox_cache(self) -> Path:
+        """The inbox watcher's cache of content hashes (a cache: safe to delete)."""
+        return self.root / ".inbox_hashes.json"
+
+    def side_path(self, kind: str) -> Path:
+        """The side table of ``kind`` (one of :data:`SIDE_KINDS`)."""
+        if kind not in SIDE_KINDS:
+            raise ValueError(f"unknown side table {kind!r}; known: {sorted(SIDE_KINDS)}")
+        return self.features / f"{kind}.parquet"
+
+    def quarantine_path(self, content_hash: str) -> Path:
+        """Where the bad rows of the content with this hash go."""
+        return self.quarantine / f"{content_hash[:16]}.parquet"
+
+    # -- writing ---------------------------------------------------------------------
+    @contextmanager
+    def writer(self) -> Iterator[LakeWriter]:
+        """Hold the writers' lock (``lake/.lock``) for the ``with`` block and yield the writer.
+
+        Raises :class:`~recjobs.errors.LakeLockTimeout` when another writer held it for
+        longer than ``lock_timeout`` seconds.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ".lock"
+        lock = filelock.FileLock(path)
+        try:
+            lock.acquire(timeout=self.lock_timeout)
+        except filelock.Timeout:
+            raise LakeLockTimeout(
+                f"{path}: another writer held the lake's lock for more than {self.lock_timeout:g}s "
+                "(ingest.lock_timeout_seconds); is a stuck `recjobs ingest` still running?"
+            ) from None
+        try:
+            yield LakeWriter(self)
+        finally:
+            lock.release()
+
+    @contextmanager
+    def spill_folder(self) -> Iterator[Path]:
+        """A private temporary folder in ``lake/.spill``, removed afterwards (or by a later
+        call, if this process is killed)."""
+        root = self.root / ".spill"
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_spills(root)
+        name = uuid.uuid4().hex
+        # The lock comes first, so a concurrent cleaner never sees the folder unlocked.
+        lock = filelock.FileLock(root / f"{name}.lock")
+        lock.acquire()
+        folder = root / name
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.release()
+            (root / f"{name}.lock").unlink(missing_ok=True)
+
+    # -- reading ---------------------------------------------------------------------
+    def read_events(self, cutoff: dt.datetime, start: dt.datetime | None = None) -> Events | None:
+        """Ratings with ``start <= timestamp < cutoff`` (UTC), coded; None if there are none."""
+        return read_events(self.ratings, cutoff, start)
+
+    def read_ratings(self, cutoff: dt.datetime, start: dt.datetime | None = None) -> pd.DataFrame:
+        """Ratings with ``start <= timestamp < cutoff`` (UTC) as a frame, ids as strings."""
+        return read_ratings(self.ratings, cutoff, start)
+
+    def read_side(self, kind: str) -> pd.DataFrame | None:
+        """The side table of ``kind`` as a frame (ids as ``str``), or None when none was ingested."""
+        path = self.side_path(kind)
+        if not path.exists():
+            return None
+        frame = pq.read_table(path).to_pandas()
+        for col in (C.USER, C.ITEM):
+            if col in frame.columns:
+                frame[col] = frame[col].astype(object)
+        return frame
+
+
+def _remove_stale_spills(root: Path) -> None:
+    """Delete spill folders whose writer died (their lock is free): SIGKILL leaves them."""
+    for lock_path in root.glob("*.lock"):
+        lock = filelock.FileLock(lock_path)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            continue  # a live ingest's spill
+        try:
+            shutil.rmtree(root / lock_path.stem, ignore_errors=True)
+        finally:
+            lock.release()
+            lock_path.unlink(missing_ok=True)
+
+
+class LakeWriter:
+    """The lake's writes, available only while :meth:`Lake.writer` holds the lock."""
+
+    def __init__(self, lake: Lake) -> None:
+        self.lake = lake
+
+    def merge_ratings(self, day: str, rows: pa.Table | pd.DataFrame) -> MergeResult:
+        """Merge ``rows`` into partition ``dt=day`` (see :func:`_merge_partition`)."""
+        return _merge_partition(self.lake.ratings, day, rows)
+
+    def write_side(self, kind: str, table: pa.Table) -> Path:
+        """Replace the side table of ``kind`` with ``table``, atomically."""
+        return write_parquet(table, self.lake.side_path(kind))
+
+
+SEQ = "_seq"
+"""Column of :func:`merge_partition`'s input ordering rows of one file: the highest wins."""
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What one partition merge did."""
+
+    added: int  # rows the partition gained
+    duplicates: int  # input rows dropped: repeated in the input or already in the partition
+    new_unique: int  # distinct (user, item, timestamp) keys among the input rows
+
+
+def _merge_partition(root: Path, day: str, new_rows: pa.Table | pd.DataFrame) -> MergeResult:
+    """Merge ``new_rows`` into partition ``dt=day``.
+
+    Rows are de-duplicated on (user, item, timestamp), the newest file winning (and,
+    within ``new_rows``, the row with the highest :data:`SEQ`, or the last one without
+    that column), and sorted, so merging the same rows again leaves the partition
+    byte-for-byte as it was. Arrow throughout: no per-row Python objects.
+    A read-modify-write of the partition file: only :class:`LakeWriter` calls it, under the lock.
+    """
+    if isinstance(new_rows, pd.DataFrame):
+        new_rows = to_ratings_table(new_rows)
+    n_new = new_rows.num_rows
+    seq = (new_rows.column(SEQ).combine_chunks().cast(pa.int64()) if SEQ in new_rows.column_names
+           else pa.array(np.arange(n_new, dtype=np.int64)))
+    new_rows = new_rows.select(list(C.INTERACTION_COLUMNS)).cast(RATINGS_SCHEMA)
+    path = root / f"{C.DATE}={day}" / PART_FILE
+    old_table = pq.read_table(path) if path.exists() else None
+    n_old = 0 if old_table is None else old_table.num_rows
+    if old_table is not None:
+        # The partition's rows rank below every new row: the newest file wins.
+        combined = pa.concat_tables([old_table.cast(RATINGS_SCHEMA), new_rows])
+        seq = pa.concat_arrays([pa.array(np.full(n_old, -1, dtype=np.int64)), seq])
+    else:
+        combined = new_rows
+    keys = [C.USER, C.ITEM, C.TIMESTAMP]
+    order = pc.sort_indices(
+        combined.append_column(SEQ, seq),
+        sort_keys=[(k, "ascending") for k in (*keys, SEQ)],
+    )
+    combined = combined.take(order)
+    seq_sorted = seq.take(order).to_numpy()
+    # Within a run of equal keys the last row has the highest rank: keep it.
+    keep = np.ones(combined.num_rows, dtype=bool)
+    if combined.num_rows > 1:
+        same = np.ones(combined.num_rows - 1, dtype=bool)
+        for k in keys:
+            col = combined.column(k).combine_chunks()
+            same &= np.asarray(pc.equal(col.slice(0, len(col) - 1), col.slice(1)), dtype=bool)
+        keep[:-1] = ~same
+    merged = combined.filter(pa.array(keep)).combine_chunks()
+    new_unique = int(np.count_nonzero(keep & (seq_sorted >= 0)))
+    result = MergeResult(added=merged.num_rows - n_old, duplicates=n_old + n_new - merged.num_rows,
+                         new_unique=new_unique)
+    if old_table is not None and old_table.equals(merged):
+        return result
+    fault_point("lake.merge.before_write")
+    write_parquet(merged, path)
+    return result
+
+
+def _window_table(root: Path, cutoff: dt.datetime, start: dt.datetime | None) -> pa.Table | None:
+    """The lake's rows with ``start <= timestamp < cutoff`` as Arrow; None if the lake is empty."""
+    if not root.exists() or not any(root.glob(f"{C.DATE}=*/{PART_FILE}")):
+        return None
+    dataset = ds.dataset(root, format="parquet", partitioning=_PARTITIONING)
+    last_day = (cutoff - dt.timedelta(microseconds=1)).date().isoformat()
+    ts = pa.scalar(cutoff, type=pa.timestamp("ms", tz="UTC"))
+    expr = (ds.field(C.DATE) <= last_day) & (ds.field(C.TIMESTAMP) < ts)
+    if start is not None:
+        expr &= (ds.field(C.DATE) >= start.date().isoformat()) & (
+            ds.field(C.TIMESTAMP) >= pa.scalar(start, type=pa.timestamp("ms", tz="UTC"))
+        )
+    return dataset.to_table(columns=list(C.INTERACTION_COLUMNS), filter=expr)
+
+
+def read_ratings(root: Path, cutoff: dt.datetime, start: dt.datetime | None = None) -> pd.DataFrame:
+    """All interactions with ``start <= timestamp < cutoff`` (UTC), ids as strings."""
+    table = _window_table(root, cutoff, start)
+    if table is None:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_DTYPES.items()})
+    frame = table.to_pandas()
+    for col in (C.USER, C.ITEM):
+        frame[col] = frame[col].astype(object)
+    return frame
+
+
+def read_events(root: Path, cutoff: dt.datetime, start: dt.datetime | None = None) -> Events | None:
+    """The same rows as :func:`read_ratings`, coded (no Python object per row); None if none."""
+    table = _window_table(root, cutoff, start)
+    if table is None or table.num_rows == 0:
+        return None
+    events = Events.from_arrow(table)
+    del table
+    # Arrow's allocator keeps freed pages for reuse; hand them back, since what follows
+    # is numpy's, and the split stage's peak memory is what sizes its task.
+    pa.default_memory_pool().release_unused()
+    return events
+
+
+_EMPTY_DTYPES = {
+    C.USER: object,
+    C.ITEM: object,
+    C.RATING: "float32",
+    C.TIMESTAMP: "datetime64[ms, UTC]",
+}

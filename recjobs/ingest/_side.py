@@ -1,0 +1,148 @@
+"""Side files: user and item features, and item titles, into the lake's side tables.
+
+Formats (CSV with a header, or Parquet with the same columns):
+
+* item features: ``item_id,feature[,weight]``, one row per (item, feature), e.g.
+  ``50,genre=Sci-Fi``; weight defaults to 1;
+* user features: ``user_id,feature[,weight]``, e.g. ``196,occupation=writer``;
+* item titles: ``item_id,title``.
+
+A new file replaces the features of the ids it names and keeps the others, so
+files can be delivered whole or as updates. Rows are validated like ratings: empty
+ids or features and non-numeric weights are quarantined with a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from sqlalchemy.engine import Engine
+
+from recjobs import columns as C
+from recjobs.data.lake import SIDE_KINDS, Lake, LakeWriter
+from recjobs.db.schema import items as items_table
+from recjobs.errors import IngestError, LakeLockTimeout
+from recjobs.files import write_parquet
+from recjobs.ingest._layout import sniff_kind
+from recjobs.ingest._report import IngestReport, file_sha256
+from recjobs.ingest._text import first_line
+from recjobs.ingest.ledger import record_ingest, record_rejection, seen_before
+from recjobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _read_any(path: Path) -> pd.DataFrame:
+    if path.suffix.lower() == ".parquet":
+        return pd.read_parquet(path).astype(object).astype("string")
+    # utf-8-sig: a byte-order mark (Excel) must not become part of the first column's name.
+    try:
+        return pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[],
+                           encoding="utf-8-sig", sep="\t" if "\t" in first_line(path) else ",")
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise IngestError(f"{path}: cannot parse as CSV: {exc}") from None
+
+
+def ingest_side_frame(
+    writer: LakeWriter, frame: pd.DataFrame, kind: str, source: str,
+    check: Callable[[int, pd.DataFrame], None] | None = None,
+) -> tuple[int, int, pd.DataFrame]:
+    """Validate and merge a side frame; returns (rows valid, rows quarantined, quarantined rows).
+
+    ``writer`` holds the lake's lock (the merge is a read-modify-write of the side table).
+    ``check(n_bad, bad_rows)`` runs before anything is written and may raise to refuse
+    the whole frame.
+    """
+    key = SIDE_KINDS[kind]
+    value_col = C.TITLE if kind == "items" else C.FEATURE
+    missing = [c for c in (key, value_col) if c not in frame.columns]
+    if missing:
+        raise IngestError(f"{source}: missing required columns {missing} for {kind}")
+    frame = frame.copy()
+    ids = frame[key].astype("string").str.strip()
+    values = frame[value_col].astype("string").str.strip()
+    reason = pd.Series(pd.NA, index=frame.index, dtype="string")
+    reason[ids.isna() | (ids == "")] = f"empty {key}"
+    if kind != "items":
+        reason[reason.isna() & (values.isna() | (values == ""))] = "empty feature"
+        weights = (
+            pd.to_numeric(frame[C.WEIGHT], errors="coerce")
+            if C.WEIGHT in frame.columns
+            else pd.Series(1.0, index=frame.index)
+        )
+        reason[reason.isna() & ~np.isfinite(weights.astype("float64").fillna(np.nan))] = "weight is not a number"
+    good = reason.isna()
+    bad = frame[~good].assign(**{C.REASON: reason[~good], C.SOURCE_ROW: frame.index[~good] + 2})
+    clean = pd.DataFrame({key: ids[good].astype(object), value_col: values[good].astype(object)})
+    if kind != "items":
+        clean[C.WEIGHT] = weights[good].astype("float32").to_numpy()
+    if check is not None:
+        check(int((~good).sum()), bad)
+    old = writer.lake.read_side(kind)
+    if old is not None:
+        old = old[~old[key].isin(set(clean[key]))]
+        clean = pd.concat([old, clean], ignore_index=True)
+    subset = [key] if kind == "items" else [key, C.FEATURE]
+    clean = clean.drop_duplicates(subset, keep="last").sort_values(subset, kind="stable")
+    writer.write_side(kind, pa.Table.from_pandas(clean.reset_index(drop=True), preserve_index=False))
+    return int(good.sum()), int((~good).sum()), bad
+
+
+def ingest_side_file(path: Path | str, settings: Settings, engine: Engine, kind: str | None = None) -> IngestReport:
+    """Ingest a features or titles file (see the module docstring); skipped if seen before."""
+    path = Path(path)
+    if not path.is_file():
+        raise IngestError(f"{path}: no such file")
+    digest = file_sha256(path)
+    report = IngestReport(source_path=str(path), content_hash=digest)
+    if seen_before(engine, report):
+        return report
+    kind = kind or sniff_kind(path)
+    try:
+        frame = _read_any(path)
+        if frame.empty:
+            raise IngestError(f"{path}: no data rows")
+        report.rows_read = len(frame)
+        # The side file's merge is a read-modify-write of the lake, like a ratings merge.
+        with Lake.of(settings).writer() as writer:
+            report.rows_valid, report.rows_quarantined, bad = ingest_side_frame(
+                writer, frame, kind, str(path), check=lambda n_bad, bad: _check_share(
+                    report, settings, bad, kind, n_bad))
+            if kind == "items":
+                sync_titles(writer.lake, engine)
+            record_ingest(engine, report, kind=kind)
+    except LakeLockTimeout as exc:
+        raise IngestError(f"{path}: {exc}") from None
+    except IngestError as exc:
+        record_rejection(engine, report, kind, str(exc))
+        raise
+    return report
+
+
+def _check_share(
+    report: IngestReport, settings: Settings, bad: pd.DataFrame, kind: str, n_bad: int
+) -> None:
+    report.rows_quarantined = n_bad
+    if report.rows_quarantined:
+        qpath = Lake.of(settings).quarantine_path(report.content_hash)
+        write_parquet(pa.Table.from_pandas(bad.astype("string").reset_index(drop=True), preserve_index=False), qpath)
+        report.quarantine_path = str(qpath)
+    share = report.rows_quarantined / max(report.rows_read, 1)
+    if share > settings.ingest.max_invalid_share:
+        raise IngestError(f"{report.source_path}: {report.rows_quarantined} of {report.rows_read} {kind} rows "
+                          f"invalid ({share:.2%}); bad rows: {report.quarantine_path}")
+
+
+def sync_titles(lake: Lake, engine: Engine) -> None:
+    """Copy item titles from the lake into the ``items`` table, for apps and the dashboard."""
+    titles = lake.read_side("items")
+    if titles is None:
+        return
+    with engine.begin() as conn:
+        conn.execute(items_table.delete())
+        conn.execute(items_table.insert(), titles[[C.ITEM, C.TITLE]].to_dict("records"))

@@ -1,0 +1,150 @@
+"""The publish stage: rank the final model's lists in shards to staging files, then load and swap.
+
+Ranking (:func:`rank_shard`) needs no database: in Airflow each shard is a mapped task,
+so shards rank on as many workers as the executor has. Loading
+(:func:`load_published`) is one short step that makes every list live at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from recjobs.data.interactions import Interactions
+from recjobs.db import ledger
+from recjobs.errors import PipelineError
+from recjobs.models.base import Recommender
+from recjobs.pipeline.split import load_matrix, run_day
+from recjobs.publish.locks import SwapPolicy
+from recjobs.publish.staging import rank_to_staging
+from recjobs.publish.tables import replace_fallback_lists
+from recjobs.publish.versions import PublishResult, load_staging
+from recjobs.ranking.ann import for_publish
+from recjobs.ranking.coldstart import (
+    align_seen,
+    for_ranking,
+    popular_rows,
+    segment_popular_rows,
+    user_segment_frame,
+)
+from recjobs.ranking.lists import item_frames, user_frames
+from recjobs.ranking.rerank import build_postprocess
+from recjobs.runs import RunFolder, shard_span
+from recjobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def final_model(settings: Settings, day: dt.date) -> tuple[Recommender, dict[str, Any]]:
+    """The date's final model (with its version in ``info``) and its metadata."""
+    path = RunFolder.of(settings, day).final
+    if not (path / "meta.json").exists():
+        raise PipelineError(f"no final model for {day}: run `recjobs train --date {day} --final` first")
+    model = Recommender.load(path)
+    meta = json.loads((path / "meta.json").read_text())
+    model.info["model_version"] = meta["model_version"]
+    return model, meta
+
+
+def _published_kinds(model: Recommender) -> list[str]:
+    # A champion without item vectors (popularity) has no neighbours to publish.
+    return ["recommendations", "similar_items"] if model.has_similar_items() else ["recommendations"]
+
+
+def rank_shard(settings: Settings, run_date: str | dt.date, shard: int = 0) -> list[Path]:
+    """Rank shard ``shard`` of ``publish.shards`` (users, and items for neighbours) to staging files.
+
+    Runs with no database connection: in Airflow each shard is a mapped task, so shards
+    rank on as many workers as the executor has. A retried shard rewrites its own files
+    atomically, so a shard killed mid-way leaves nothing for :func:`load_published` to
+    double-count.
+    """
+    day = run_day(settings, run_date)
+    shards = settings.publish.shards
+    folder = RunFolder.of(settings, day)
+    model, _ = final_model(settings, day)
+    p = settings.publish
+    written = []
+    post = None  # business rules and re-ranking (recjobs.ranking.rerank); None with neutral settings
+    for kind in _published_kinds(model):
+        if kind == "recommendations":
+            # The model's items are the matrix's, then any new items it scored from features
+            # (recjobs.ranking.coldstart); the seen matrix gets empty columns for those.
+            seen = align_seen(load_matrix(settings, day, "full"), model)
+            if seen is None:
+                raise PipelineError(f"the final model for {day} was not trained on {day}'s split: "
+                                    f"rerun `recjobs train --date {day} --final`")
+            # Users with very few interactions may be ranked by item neighbours (coldstart.min_interactions).
+            ranker = for_ranking(model, seen, settings.coldstart)
+            # publish.ann: rank vector families through an index (recjobs.ranking.ann); built once per shard.
+            ranker = for_publish(ranker, p, seen.matrix)
+            post = build_postprocess(settings, day, ranker, seen)
+            frames = user_frames(ranker, seen, p.top_n, p.chunk_users, shard_span(len(model.user_ids), shard, shards),
+                                  post)
+        else:
+            frames = item_frames(model, p.similar_n, p.chunk_users, shard_span(len(model.item_ids), shard, shards),
+                                  post)
+        written.append(rank_to_staging(frames, kind, folder.shard(kind, shard, shards)))
+    log.info("ranked shard %d of %d for %s: %s", shard + 1, shards, day, ", ".join(p.name for p in written))
+    return written
+
+
+def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) -> list[PublishResult]:
+    """Load every shard's staged lists as new versions and swap them live (see recjobs.publish).
+
+    Fails naming the missing shards if any has not been ranked, before touching the database.
+    """
+    day = run_day(settings, run_date)
+    shards = settings.publish.shards
+    folder = RunFolder.of(settings, day)
+    model, meta = final_model(settings, day)
+    kinds = _published_kinds(model)
+    parts = {kind: [folder.shard(kind, s, shards) for s in range(shards)] for kind in kinds}
+    missing = sorted({s for paths in parts.values() for s, path in enumerate(paths) if not path.exists()})
+    if missing:
+        raise PipelineError(f"shard(s) {', '.join(map(str, missing))} of {shards} not ranked for {day} "
+                            f"(no {folder.staging}/<list>/part-N-of-{shards:04d}.parquet); run "
+                            f"`recjobs publish --date {day} --shard N` for each, or rerun those mapped tasks")
+    p = settings.publish
+    results = [load_staging(engine, kind, paths, day.isoformat(), meta["model_version"], p.keep_versions,
+                            history=kind == "recommendations", history_days=p.history_days,
+                            swap=SwapPolicy.of(p))
+               for kind, paths in parts.items()]
+    _publish_fallback(settings, engine, day, load_matrix(settings, day, "full"), results[0].live)
+    ledger.record_publish(engine, day, meta["family"], meta["model_version"], results[0].live,
+                          f"{results[0].rows} rows in {results[0].table_name}")
+    for r in results:
+        log.info("published %s: %d rows to %s in %.1fs (%s)", r.kind, r.rows, r.table_name, r.seconds,
+                 "live" if r.live else "history only: a newer date is live")
+    return results
+
+
+def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list[PublishResult]:
+    """Rank every shard in this process, then load and swap: what the DAG's mapped tasks do.
+
+    Ranking writes ``runs/<date>/publish/<list>/part-*.parquet`` with no database
+    transaction open, so scoring never holds a write lock; loading is a short step.
+    """
+    for shard in range(settings.publish.shards):
+        rank_shard(settings, run_date, shard)
+    return load_published(settings, engine, run_date)
+
+
+def _publish_fallback(settings: Settings, engine: Engine, day: dt.date, seen: Interactions, live: bool) -> None:
+    """The fallback lists of a publish that went live: popular items (global and per segment)."""
+    if not live:
+        return
+    popular = popular_rows(settings, seen, day.isoformat())
+    segments = user_segment_frame(settings)
+    segment_rows = [] if segments is None else segment_popular_rows(settings, seen, segments, day.isoformat())
+    # Small tables: replacing their rows in one transaction is atomic for readers.
+    with engine.begin() as conn:
+        replace_fallback_lists(conn, popular, segment_rows, segments)
+
+
+__all__ = ["final_model", "load_published", "publish", "rank_shard"]

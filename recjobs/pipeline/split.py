@@ -1,0 +1,130 @@
+"""The split stage: read the date's window from the lake once, code it, and write the matrices.
+
+Stages pass paths and ids, never data frames, so each can run in its own process (an
+Airflow task, a CLI call) and be retried alone. The split writes ``train``, ``full``
+and ``holdout`` under the date's run folder (:mod:`recjobs.runs`), which every later
+stage loads in about a second instead of re-reading Parquet and re-coding ids.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recjobs.data.interactions import Events, Holdout, Interactions
+from recjobs.data.lake import Lake
+from recjobs.data.split import plan_split
+from recjobs.errors import PipelineError
+from recjobs.files import write_json
+from recjobs.progress import Heartbeat
+from recjobs.runs import RunFolder, check_run_date, cutoff_of, parse_date, window
+from recjobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_day(settings: Settings, run_date: str | dt.date) -> dt.date:
+    """The run date of a stage: parsed, and refused when later than ``runs.max_future_days`` allows."""
+    return check_run_date(parse_date(run_date), settings.runs.max_future_days)
+
+
+def load_events(settings: Settings, run_date: dt.date) -> Events:
+    """The date's training window from the lake, coded; fails clearly when it is empty."""
+    cutoff, start = window(settings, run_date)
+    lake = Lake.of(settings)
+    events = lake.read_events(cutoff, start)
+    if events is None:
+        raise PipelineError(
+            f"no interactions before {cutoff.isoformat()} in {lake.ratings}: "
+            "ingest some first (recjobs ingest PATH)"
+        )
+    return events
+
+
+def _fingerprint(ordered: Events) -> str:
+    # ``ordered`` is in (user, time, item) order, canonical since ingest keeps (user, item,
+    # timestamp) unique; ids are hashed by value, so the digest depends on the data only.
+    digest = hashlib.sha256()
+    for array in (ordered.users, ordered.items, ordered.millis, ordered.ratings):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    for ids in (ordered.user_ids, ordered.item_ids):
+        digest.update("\x1f".join(map(str, ids)).encode())
+    return digest.hexdigest()[:16]
+
+
+# -- split -------------------------------------------------------------------------
+def prepare(settings: Settings, run_date: str | dt.date) -> Path:
+    """Split ``run_date``'s window and write what later stages load to ``runs/<date>/``.
+
+    Reads the lake once, codes the ids once (Arrow dictionary encoding, no Python
+    object per row) and writes the training matrix, the coded holdout and the full
+    matrix (everything before the cutoff) as ``.npy`` folders.
+    """
+    day = run_day(settings, run_date)
+    started = time.perf_counter()
+    with Heartbeat(log, f"split {day}") as beat:
+        beat.phase("reading the window from the lake")
+        events = load_events(settings, day)
+        log.info("read %d interactions for %s in %.1fs", len(events), day, time.perf_counter() - started)
+        # The split's protocol (split.protocol) decides the masks; its global_time cutoff, if
+        # any, is measured back from the run's cutoff.
+        beat.phase(f"ordering {len(events):,} rows by (user, time, item) and planning the {settings.split.protocol} "
+                   "split")
+        plan = plan_split(events, settings.split, int(cutoff_of(day).timestamp() * 1000))
+        held, in_train, holdout_cutoff = plan.held, plan.train, plan.cutoff_millis
+        # One reordering to (user, time, item): the matrices below then need no time sort.
+        events = events.take(plan.order)
+        del plan
+        folder = RunFolder.of(settings, day)
+        out = folder.root
+        out.mkdir(parents=True, exist_ok=True)
+        fingerprint = _fingerprint(events)
+        # One matrix at a time, each freed once saved: the stage's peak memory is its task's.
+        beat.phase("writing the full matrix (everything before the cutoff)")
+        Interactions.from_events(events, time_ordered=True).save(folder.matrix("full"))
+        train = events.take(in_train)
+        n_train = len(train)
+        beat.phase(f"writing the training matrix ({n_train:,} rows)")
+        train_data = Interactions.from_events(train, time_ordered=True)
+        del train
+        train_data.save(folder.matrix("train"))
+        holdout = events.take(held)
+        n_holdout = len(holdout)
+        beat.phase(f"writing the holdout ({n_holdout:,} rows)")
+        Holdout.from_events(holdout, train_data).save(folder.matrix("holdout"))
+        del holdout, train_data
+    snapshot = {
+        "run_date": day.isoformat(),
+        "cutoff": cutoff_of(day).isoformat(),
+        "interactions": len(events),
+        "users": len(events.user_ids),
+        "items": len(events.item_ids),
+        "train_rows": n_train,
+        "holdout_rows": n_holdout,
+        "max_timestamp": dt.datetime.fromtimestamp(int(events.millis.max()) / 1000, dt.UTC).isoformat(),
+        "fingerprint": fingerprint,
+        "split_protocol": settings.split.protocol,
+        "holdout_cutoff": None if holdout_cutoff is None
+        else dt.datetime.fromtimestamp(holdout_cutoff / 1000, dt.UTC).isoformat(),
+    }
+    write_json(folder.snapshot_path, snapshot)
+    log.info("split %s (%s%s): %d train / %d holdout rows, %d users, %d items in %.1fs", day,
+             settings.split.protocol, f", cutoff {snapshot['holdout_cutoff']}" if holdout_cutoff is not None else "",
+             n_train, n_holdout, snapshot["users"], snapshot["items"], time.perf_counter() - started)
+    return out
+
+
+def load_matrix(settings: Settings, day: dt.date, part: str) -> Interactions:
+    """The date's ``train`` or ``full`` (everything before the cutoff) matrix from :func:`prepare`."""
+    path = RunFolder.of(settings, day).matrix(part)
+    if not path.exists():
+        raise PipelineError(f"no {part} matrix for {day} in {path}: run `recjobs split --date {day}` first")
+    return Interactions.load(path)
+
+
+__all__ = ["load_events", "load_matrix", "prepare", "run_day"]

@@ -1,0 +1,110 @@
+"""Retention: which published versions and history rows are kept, and dropping the rest.
+
+Versions are ordered by when they went live (``publications.live_seq``), not by id
+or run date: pruning keeps the live version and the ones rollback would return to,
+then the newest others, up to ``publish.keep_versions``. ``recommendations_history``
+keeps ``publish.history_days`` days behind its newest date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from recjobs.db.engine import write_tx
+from recjobs.db.ledger import as_utc
+from recjobs.db.schema import publications, recommendations_history
+from recjobs.errors import SwapTimeoutError
+from recjobs.publish.locks import SwapPolicy, lock_swaps, locked_tx
+
+log = logging.getLogger(__name__)
+# A version loaded but not yet through its swap is protected from pruning this long; a
+# swap gives up long before (swap_deadline_s), so an older one was abandoned.
+PENDING_GRACE = dt.timedelta(days=1)
+
+
+def prune_history(engine: Engine, history_days: int) -> int:
+    """Delete ``recommendations_history`` rows older than the newest run date minus ``history_days``."""
+    with write_tx(engine) as conn:  # SQLite: write lock up front, not a read lock upgraded later
+        newest = conn.execute(sa.select(sa.func.max(recommendations_history.c.run_date))).scalar()
+        if newest is None:
+            return 0
+        cutoff = (dt.date.fromisoformat(newest) - dt.timedelta(days=history_days)).isoformat()
+        deleted = conn.execute(
+            recommendations_history.delete().where(recommendations_history.c.run_date < cutoff)
+        ).rowcount
+    if deleted:
+        log.info("deleted %d recommendations_history rows before %s (publish.history_days=%d)",
+                 deleted, cutoff, history_days)
+    return deleted
+
+
+def _doomed(rows: list[sa.Row], keep_versions: int) -> list[sa.Row]:
+    """The versions to drop: all but the first ``keep_versions`` in order of worth.
+
+    Worth: the live version, then the versions rollback would return to (latest live
+    first), then the rest (history-only backfills), newest first. A version still
+    waiting for its swap is never dropped (unless abandoned).
+    """
+    active = [r for r in rows if not r.dropped]
+    live = [r for r in active if r.is_live]
+    live_seq = live[0].live_seq if live and live[0].live_seq is not None else None
+    chain = sorted(
+        (r for r in active if not r.is_live and r.live_seq is not None and (live_seq is None or r.live_seq < live_seq)),
+        key=lambda r: r.live_seq, reverse=True,
+    )
+    fresh = dt.datetime.now(dt.UTC) - PENDING_GRACE
+    pending = [r for r in active if not r.is_live and r.live_seq is None and not r.history_only
+               and as_utc(r.published_at) > fresh]
+    ranked = {r.id for r in [*live, *chain, *pending]}
+    rest = sorted((r for r in active if r.id not in ranked), key=lambda r: r.id, reverse=True)
+    keep = {r.id for r in [*live, *chain, *rest][:keep_versions]} | {r.id for r in [*live, *pending]}
+    return [r for r in active if r.id not in keep]
+
+
+def prune(engine: Engine, kind: str, keep_versions: int | None, swap: SwapPolicy | None = None) -> list[str]:
+    """Drop the versions of ``kind`` beyond the ``keep_versions`` worth keeping (never the live one).
+
+    Tables of retired versions (rolled back from) still present are dropped too;
+    ``keep_versions=None`` drops only those. Each drop waits at most one lock timeout:
+    a table still in use by a reader is left for the next prune.
+    """
+    policy = SwapPolicy(swap.lock_timeout_ms if swap else SwapPolicy.lock_timeout_ms, deadline_s=0.0)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(publications).where(publications.c.kind == kind).order_by(publications.c.id.desc())
+        ).all()
+        conn.rollback()
+    existing = set(sa.inspect(engine).get_table_names())
+    leftovers = [r for r in rows if r.dropped and r.table_name in existing]
+    doomed = [] if keep_versions is None else _doomed(rows, keep_versions)
+    dropped = []
+    for row in [*doomed, *leftovers]:
+        if _drop_version(engine, kind, row.id, row.table_name, policy):
+            dropped.append(row.table_name)
+    return dropped
+
+
+def _drop_version(engine: Engine, kind: str, pub_id: int, table_name: str, policy: SwapPolicy) -> bool:
+    """Drop one version's table in its own short transaction; False if it is live or busy now."""
+
+    def drop(conn: Connection) -> bool:
+        lock_swaps(conn, kind)
+        # Re-checked under the swap lock: a rollback may have made it live since prune looked.
+        if conn.execute(sa.select(publications.c.is_live).where(publications.c.id == pub_id)).scalar_one():
+            return False
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table_name}")
+        conn.execute(publications.update().where(publications.c.id == pub_id).values(dropped=True))
+        return True
+
+    try:
+        return locked_tx(engine, policy, f"drop {table_name}", drop)
+    except SwapTimeoutError:
+        log.info("%s is in use by a reader; the next prune drops it", table_name)
+        return False
+
+
+__all__ = ["PENDING_GRACE", "prune", "prune_history"]

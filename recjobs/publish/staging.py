@@ -1,0 +1,62 @@
+"""Staging: ranked lists written to Parquet files, with no database transaction open.
+
+Scoring happens while a list is written here (the frames are usually a lazy ranking
+generator), so ranking never holds a database lock; loading reads the files back.
+Each staged file records the model version its lists were ranked with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recjobs import columns as C
+from recjobs.db.schema import LIST_COLUMNS
+from recjobs.files import atomic_file
+
+
+def _staging_schema(kind: str) -> pa.Schema:
+    key, target = (c.name for c in LIST_COLUMNS[kind][:2])
+    return pa.schema([
+        pa.field(key, pa.string(), nullable=False),
+        pa.field(target, pa.string(), nullable=False),
+        pa.field(C.RANK, pa.int32(), nullable=False),
+        pa.field(C.SCORE, pa.float64(), nullable=False),
+        pa.field(C.MODEL_VERSION, pa.string(), nullable=False),
+    ])
+
+
+def rank_to_staging(frames: Iterable[pd.DataFrame], kind: str, path: Path) -> Path:
+    """Write the ranked ``frames`` of list ``kind`` to the Parquet file ``path``, atomically.
+
+    This is where scoring happens (``frames`` is usually a lazy ranking generator), so
+    it runs with no database connection open: ranking never holds a write lock. The
+    file appears whole or not at all (temporary file, fsync, rename).
+    """
+    schema = _staging_schema(kind)
+    with atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for frame in frames:
+            writer.write_table(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False))
+    return path
+
+
+def read_staging(paths: Path | Sequence[Path], batch_rows: int = 200_000) -> Iterator[pd.DataFrame]:
+    """The staged list at ``paths`` (one file, or a list's shards in order) in frames of ``batch_rows`` rows.
+
+    Every file is opened before the first frame is produced, so a missing or unreadable
+    shard fails before any transaction starts.
+    """
+    files = []
+    for path in [paths] if isinstance(paths, Path) else list(paths):
+        try:
+            files.append(pq.ParquetFile(path))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise FileNotFoundError(f"cannot read staged list {path}: {exc}") from exc
+    return (batch.to_pandas() for source in files for batch in source.iter_batches(batch_size=batch_rows))
+
+
+__all__ = ["rank_to_staging", "read_staging"]

@@ -1,0 +1,48 @@
+"""The one source of settings.
+
+Embedded defaults live in the section models (``_sections``, and each family's
+parameters in ``_params``). They can be overridden, in increasing priority, by a JSON
+file named in ``RECJOBS_CONFIG``, by environment variables (``RECJOBS_HOME``,
+``RECJOBS_DATABASE_URL``, and nested keys with ``__`` such as
+``RECJOBS_MODELS__ALS__FACTORS=128``), and by explicit overrides (Airflow params, CLI
+flags): see :func:`load_settings`. Every level rejects unknown keys, NaN and
+infinities, so a typo fails loudly instead of being ignored.
+
+Light enough to import when Airflow parses a DAG: pydantic only (SQLAlchemy is
+imported when a URL is masked).
+"""
+
+from recjobs.errors import SettingsError
+from recjobs.models.registry import FAMILIES
+from recjobs.settings._load import ENV_PREFIX, load_settings
+from recjobs.settings._params import (
+    ALSParams,
+    EASEParams,
+    ItemKNNParams,
+    LightFMParams,
+    ModelsSettings,
+    PopularityParams,
+    SequenceParams,
+    TFRSParams,
+)
+from recjobs.settings._sections import (
+    AirflowSettings,
+    ColdStartSettings,
+    EvaluateSettings,
+    GateSettings,
+    IngestSettings,
+    PublishSettings,
+    RerankSettings,
+    RulesSettings,
+    RunsSettings,
+    Settings,
+    SplitSettings,
+    mask_url,
+)
+
+__all__ = [
+    "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "ColdStartSettings", "EASEParams",
+    "EvaluateSettings", "GateSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
+    "PopularityParams", "PublishSettings", "RerankSettings", "RulesSettings", "RunsSettings", "SequenceParams", "Settings",
+    "SettingsError", "SplitSettings", "TFRSParams", "load_settings", "mask_url",
+]

@@ -1,0 +1,146 @@
+"""Hyper-parameters of each model family (``models.<family>``), with tuned defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from recjobs.settings._strict import Strict
+
+
+class PopularityParams(Strict):
+    # Half-life in days for recency-weighted counts; None counts all interactions equally.
+    half_life_days: float | None = None
+
+
+# Defaults below are the values `recjobs tune` chose on MovieLens 100k's training part
+# (grids in recjobs/tune.py); re-tune on your own data.
+class ALSParams(Strict):
+    factors: int = Field(32, gt=0)
+    regularization: float = Field(2.0, ge=0.0)
+    alpha: float = Field(1.0, gt=0.0)
+    iterations: int = Field(15, gt=0)
+    # Wall-clock budget: another iteration starts only if, at the last one's pace, it ends
+    # within it (None: no limit). A run it stopped is reproducible only by its epochs_run.
+    max_seconds: float | None = Field(60.0, gt=0.0)
+    weighting: Literal["none", "rating", "bm25"] = "none"
+    bm25_k1: float = 100.0
+    bm25_b: float = 0.8
+    # Recency: each confidence is multiplied by 0.5 ** (age / half-life), age counting the
+    # user's newer interactions, so user factors lean to recent taste (None: off).
+    recency_half_life: float | None = Field(None, gt=0.0)
+
+
+class LightFMParams(Strict):
+    loss: Literal["warp", "bpr", "logistic", "warp-kos"] = "warp"
+    no_components: int = Field(64, gt=0)
+    learning_rate: float = Field(0.05, gt=0.0)
+    item_alpha: float = Field(1e-6, ge=0.0)
+    user_alpha: float = Field(1e-6, ge=0.0)
+    max_sampled: int = Field(10, gt=0)
+    epochs: int = Field(40, gt=0)
+    # Wall-clock budget: another epoch starts only if, at the last one's pace, it ends within
+    # it (None: no limit). A run it stopped is reproducible only by its epochs_run. 75 s
+    # fits two epochs at ML-20M size (~34 s each on one thread).
+    max_seconds: float | None = Field(75.0, gt=0.0)
+    use_item_features: bool = True
+    use_user_features: bool = True
+    # One thread: LightFM's Hogwild SGD is bit-reproducible only then, and reruns must give
+    # the same lists. 2 measured ~1.3x faster per epoch here, with metrics differing in the
+    # third decimal between reruns.
+    num_threads: int = Field(1, gt=0)
+
+
+class TFRSParams(Strict):
+    embedding_dim: int = Field(64, gt=0)
+    use_features: bool = True
+    batch_size: int = Field(1024, gt=0)
+    learning_rate: float = Field(0.1, gt=0.0)
+    optimizer: Literal["adagrad", "adam"] = "adagrad"
+    temperature: float = Field(0.2, gt=0.0)
+    sampling_correction: bool = True
+    remove_accidental_hits: bool = True
+    l2: float = Field(0.0, ge=0.0)
+    max_epochs: int = Field(40, gt=0)
+    # Wall-clock budget: another epoch starts only if, at the last one's pace, it ends within
+    # it (None: no limit); the best epoch so far is kept, as with early stopping. 75 s fits
+    # three ML-20M epochs of ~22 s.
+    max_seconds: float | None = Field(75.0, gt=0.0)
+    # Training pairs per epoch, a fresh seeded sample each epoch (None: all of them). Keeps
+    # epochs under ~30 s on 2 cores at ML-20M size (a full epoch there takes ~4 minutes), so
+    # the budget and early stopping act in time; smaller data use all their pairs.
+    examples_per_epoch: int | None = Field(2_000_000, gt=1)
+    patience: int = Field(3, gt=0)
+    validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    threads: int = Field(2, gt=0)
+    # XLA-compile the training step: measured slower on CPU (57k vs 66k examples/s).
+    jit_compile: bool = False
+
+
+class EASEParams(Strict):
+    # L2 regularisation of the closed form (Steck 2019); larger for denser data.
+    l2: float = Field(500.0, gt=0.0)
+    # Recency weighting of each user's history when scoring: an interaction's weight is
+    # 0.5 ** (age / half-life), age counting the user's newer interactions (None: off).
+    recency_half_life: float | None = Field(5.0, gt=0.0)
+    # Score from at most this many of each user's latest interactions (None: all); with a
+    # recency half-life older ones weigh almost nothing, and scoring cost grows with them.
+    history_limit: int | None = Field(200, gt=0)
+    # Size limit: the dense item x item inverse needs 4 * max_items**2 bytes (twice, briefly)
+    # and max_items**3 / 3 flops. Above it EASE models the most popular max_items items
+    # and recommends only those (logged as a warning with the share of interactions covered).
+    max_items: int = Field(8_000, gt=1)
+    # Sequential term: weight of "items that follow the user's items" against EASE's
+    # "items that go with them" (0: plain EASE), counted within this many steps.
+    transition_weight: float = Field(0.2, ge=0.0)
+    transition_window: int = Field(10, gt=0)
+
+
+class ItemKNNParams(Strict):
+    # implicit's item-item models: cosine, BM25-weighted or TF-IDF-weighted co-occurrence.
+    similarity: Literal["cosine", "bm25", "tfidf"] = "bm25"
+    # Neighbours kept per item: the learned matrix stays sparse (items x neighbours).
+    neighbours: int = Field(100, gt=0)
+    bm25_k1: float = Field(1.2, ge=0.0)
+    bm25_b: float = Field(0.75, ge=0.0, le=1.0)
+    recency_half_life: float | None = Field(10.0, gt=0.0)
+    history_limit: int | None = Field(200, gt=0)
+
+
+class SequenceParams(Strict):
+    # Query tower over the user's latest ``max_length`` items in time order: "gru", one
+    # self-"attention" block, or learned position-weighted "pool"ing of item embeddings.
+    # Measured on MovieLens 100k (README 'Quality'): pool is as good as gru and 5-10x faster.
+    encoder: Literal["gru", "attention", "pool"] = "pool"
+    max_length: int = Field(20, gt=0)
+    embedding_dim: int = Field(64, gt=0)
+    batch_size: int = Field(1024, gt=1)
+    learning_rate: float = Field(0.005, gt=0.0)
+    optimizer: Literal["adagrad", "adam"] = "adam"
+    temperature: float = Field(0.2, gt=0.0)
+    sampling_correction: bool = True
+    remove_accidental_hits: bool = True
+    max_epochs: int = Field(40, gt=0)
+    # Wall-clock budget, checked between epochs (another starts only if it would end within
+    # it); the best epoch so far is kept. At ML-20M size an epoch of 500k examples takes
+    # ~20 s on 2 cores (pool), so 75 s fits three.
+    max_seconds: float | None = Field(75.0, gt=0.0)
+    # Next-item examples per epoch, a fresh seeded sample each epoch (None: all of them).
+    examples_per_epoch: int | None = Field(500_000, gt=1)
+    patience: int = Field(3, gt=0)
+    # Early stopping: this many users' latest item is held out of training and ranked.
+    validation_users: int = Field(2000, gt=0)
+    threads: int = Field(2, gt=0)
+
+
+class ModelsSettings(Strict):
+    popularity: PopularityParams = PopularityParams()
+    als: ALSParams = ALSParams()
+    lightfm: LightFMParams = LightFMParams()
+    tfrs: TFRSParams = TFRSParams()
+    ease: EASEParams = EASEParams()
+    itemknn: ItemKNNParams = ItemKNNParams()
+    sequence: SequenceParams = SequenceParams()
+
+

@@ -1,0 +1,332 @@
+"""The settings sections and :class:`Settings`, with their embedded defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from recjobs.columns import INTERACTION_COLUMNS
+from recjobs.models.registry import FAMILIES
+from recjobs.settings._params import ModelsSettings
+from recjobs.settings._strict import Strict
+
+
+def known_families(value: list[str]) -> list[str]:
+    """``value`` if every name in it is a registered family; else a ValueError naming the others."""
+    unknown = sorted(set(value) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown model families {unknown}; known: {list(FAMILIES)}")
+    return value
+
+
+class IngestSettings(Strict):
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    max_invalid_share: float = Field(0.01, ge=0.0, le=1.0)
+    batch_rows: int = Field(1_000_000, gt=0)
+    # Canonical column -> the file's column name, e.g. {"user_id": "customer", "item_id": "sku"}.
+    columns: dict[str, str] = {}
+    # Weight given to every row of a file without a rating column (event data); None: such
+    # a file is refused as missing its rating column.
+    default_rating: float | None = None
+    # How long an ingest waits for another one holding the lake's lock before giving up.
+    lock_timeout_seconds: float = Field(3600.0, gt=0.0)
+    # Validated rows are spilled to disk (<lake>/.spill) and merged a few days at a time:
+    # consecutive days are merged together up to this many new rows, which bounds the
+    # merge's memory (a single larger day is merged alone).
+    merge_rows: int = Field(2_000_000, gt=0)
+    # Long files log progress (rows, rows/s, partitions, ETA) at most this often.
+    progress_seconds: float = Field(10.0, gt=0.0)
+    # Threads for the I/O- and Arrow-bound parts (spill writes, partition merges); Arrow
+    # releases the GIL there, so 2 keeps both cores of a small worker busy.
+    threads: int = Field(2, ge=1)
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(INTERACTION_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown columns {unknown}; map only {list(INTERACTION_COLUMNS)}")
+        empty = sorted(k for k, v in value.items() if not v.strip())
+        if empty:
+            raise ValueError(f"columns {empty} are mapped to an empty file column name")
+        return value
+
+    @model_validator(mode="after")
+    def _default_rating_in_range(self) -> IngestSettings:
+        if self.rating_min > self.rating_max:
+            raise ValueError(f"rating_min {self.rating_min:g} is above rating_max {self.rating_max:g}")
+        if self.default_rating is not None and not (
+            self.rating_min <= self.default_rating <= self.rating_max
+        ):
+            raise ValueError(
+                f"default_rating {self.default_rating:g} is outside rating_min..rating_max "
+                f"[{self.rating_min:g}, {self.rating_max:g}]"
+            )
+        return self
+
+
+class SplitSettings(Strict):
+    # per_user: each user's latest holdout_fraction of interactions is the truth.
+    # global_time: one cutoff per run date; train strictly before it, truth at or after it
+    # for users seen before it (leak-free; what the gate uses by default, see README 'Quality').
+    protocol: Literal["per_user", "global_time"] = "global_time"
+    # per_user: share of each user's history held out. global_time: share of all
+    # interactions (the latest by time) after the cutoff, unless holdout_days is set.
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # global_time only: the cutoff is this many days before the run's cutoff instead.
+    holdout_days: float | None = Field(None, gt=0.0)
+    # per_user only: users with fewer interactions stay wholly in training: holding out
+    # their only interaction would make them cold users that no model can be judged on.
+    min_user_interactions: int = Field(2, ge=2)
+
+
+class EvaluateSettings(Strict):
+    k: int = Field(10, gt=0)
+    chunk_users: int = Field(2048, gt=0)
+
+
+class GateSettings(Strict):
+    metric: Literal["ndcg", "map", "precision", "recall"] = "ndcg"
+    # Absolute improvement a challenger needs over the champion on the same holdout.
+    margin: float = Field(0.002, ge=0.0)
+    # And the gain must be significant: a paired test over the holdout's users (two-sided,
+    # at level `significance`); "none" promotes on the margin alone. The bootstrap resamples
+    # users `bootstrap_samples` times with the run's seed, so reruns decide the same.
+    test: Literal["bootstrap", "ttest", "none"] = "bootstrap"
+    significance: float = Field(0.05, gt=0.0, lt=1.0)
+    bootstrap_samples: int = Field(1000, ge=100)
+    # A gate compares with the champion of the latest earlier gate, so when several dates
+    # run at once (a backfill) it waits for earlier dates of the last `wait_window_days`
+    # that have candidates but no gate yet, at most `wait_timeout_minutes`, polling every
+    # `wait_poll_seconds`; then it gates anyway and its reason names the dates it skipped.
+    wait_window_days: int = Field(7, ge=0)
+    wait_timeout_minutes: float = Field(60.0, ge=0.0)
+    wait_poll_seconds: int = Field(30, gt=0)
+
+
+class PublishSettings(Strict):
+    top_n: int = Field(50, gt=0)
+    similar_n: int = Field(20, gt=0)
+    popular_n: int = Field(100, gt=0)
+    keep_versions: int = Field(3, ge=1)
+    chunk_users: int = Field(2048, gt=0)
+    # Days of recommendations_history kept behind the newest run date; None keeps all.
+    history_days: int | None = Field(90, gt=0)
+    # PostgreSQL: how long one attempt to repoint a view may wait for its lock. While it
+    # waits, new readers of the view queue behind it, so this bounds their delay.
+    swap_lock_timeout_ms: int = Field(500, gt=0)
+    # Total time to keep retrying (with backoff) before the publish fails; the new table
+    # stays loaded and a rerun publishes again.
+    swap_deadline_s: float = Field(300.0, gt=0.0)
+    # Users (and items) are ranked in this many shards: in Airflow one mapped task each, so
+    # with Celery/Kubernetes they run on several workers; `recjobs publish` ranks them in turn.
+    shards: int = Field(1, ge=1, le=1024)
+    # Ranking users of a vector family (recjobs.ranking.ann): "off" scores every item exactly;
+    # "pruned" is exact too but skips items a norm bound rules out; "ivf"/"hnsw" are faiss
+    # indexes (approximate; recall against exact is measured by scripts/benchmark_scale.py).
+    # Neighbourhood families always rank exactly.
+    # "clustered" groups users by k-means and scores each group against a shared candidate
+    # list calibrated to ann_recall of exact's top-N (the fastest; see recjobs.ranking.ann).
+    ann: Literal["off", "ivf", "hnsw", "pruned", "clustered"] = "off"
+    # ivf: k-means lists (None: about 1.5 sqrt(items)); clustered: user clusters (None: users / 256)
+    ann_lists: int | None = Field(None, gt=0)
+    ann_recall: float = Field(0.99, gt=0.0, le=1.0)  # clustered: recall of exact top-N to calibrate to
+    ann_probe: int = Field(32, gt=0)  # ivf: lists searched per user
+    ann_hnsw_m: int = Field(32, gt=1)  # hnsw: links per node
+    ann_ef_search: int = Field(128, gt=0)  # hnsw: search breadth (at least the retrieval depth)
+    # ivf/hnsw: candidates retrieved before seen items are dropped; users left short are
+    # retrieved again up to ann_max_depth, then ranked exactly.
+    ann_depth: int = Field(128, gt=0)
+    ann_max_depth: int = Field(512, gt=0)
+
+
+
+class ColdStartSettings(Strict):
+    """Users and items the champion knows little or nothing about (see recjobs/coldstart.py)."""
+
+    # Items with side features but no interactions are scored from their features by the
+    # families that can (LightFM, TFRS with features) and published on their first night.
+    cold_items: bool = True
+    # Users with fewer interactions than this (but at least one) are ranked by the summed
+    # cosine similarity of the champion's item vectors to their few items, instead of by
+    # their own barely-trained user vector, when the champion is one of thin_user_families;
+    # 0 or 1: off. ALS is not listed: its user vector is a least-squares fit to the user's
+    # items, which ranked better than neighbours (README "Cold start" has the numbers).
+    min_interactions: int = Field(6, ge=0)
+    thin_user_families: list[str] = ["lightfm", "tfrs"]
+    # User feature prefix naming a user's segment, e.g. "occupation=" or "age=": popular
+    # items are then also published per segment for new users; None: one global list.
+    segment_prefix: str | None = None
+    # Segments with fewer users with interactions than this get no list of their own.
+    min_segment_users: int = Field(20, gt=0)
+
+    @field_validator("segment_prefix")
+    @classmethod
+    def _non_empty_prefix(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("segment_prefix is empty; use null to turn segments off")
+        return value
+
+    @field_validator("thin_user_families")
+    @classmethod
+    def _known_thin_families(cls, value: list[str]) -> list[str]:
+        return known_families(value)
+
+
+class RulesSettings(Strict):
+    """Business rules honoured by every published list and by the gate's evaluation; off by default.
+
+    A source is a CSV or Parquet file (a path ending in .csv/.tsv/.parquet; relative paths
+    are under ``home``) or the name of a table or view in the recommendations database. It
+    is read at every publish and evaluation, so a nightly refresh of it takes effect the
+    next night; a source that cannot be read fails the stage (it never publishes unfiltered).
+    """
+
+    # Items never recommended (out of stock, withdrawn): a source with an item_id column.
+    exclude_items: str | None = None
+    # If set, only these items are recommended: a source with an item_id column.
+    allow_items: str | None = None
+    # Per-user exclusions beyond the items a user has seen: a source with user_id, item_id
+    # and optionally until (a date; the pair applies while until >= the run date).
+    user_exclusions: str | None = None
+
+    @field_validator("exclude_items", "allow_items", "user_exclusions")
+    @classmethod
+    def _non_empty_source(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty source; use null for no rule")
+        return value
+
+
+class RerankSettings(Strict):
+    """Re-ranking between scoring and publishing (and in the gate's evaluation); off by default."""
+
+    # When a rule or a re-ranking is on, candidates are taken `depth` times deeper than the
+    # list (top_n x depth), and 4x deeper again for a user whose list still comes out short,
+    # up to top_n x max_depth candidates (a list that cannot fill then stays short).
+    depth: int = Field(3, ge=1, le=100)
+    max_depth: int = Field(20, ge=1, le=1000)
+    # Maximal marginal relevance: 1.0 ranks by relevance alone (off); lower values trade
+    # relevance for dissimilarity to the items already chosen for the list.
+    mmr_lambda: float = Field(1.0, ge=0.0, le=1.0)
+    # Similarity for MMR: item features (where ingested), the model's item vectors, or
+    # auto (features when there are item features, else vectors).
+    mmr_space: Literal["auto", "features", "embedding"] = "auto"
+    # At most this many items of one category per list (None: no cap); an item's categories
+    # are its item features starting with category_prefix (e.g. genre=Comedy).
+    category_cap: int | None = Field(None, gt=0)
+    category_prefix: str = Field("genre=", min_length=1)
+    # Items first seen within freshness_days before the run date get up to freshness_boost
+    # added to their relevance (scaled 0..1 within each list), the newest the most; 0: off.
+    freshness_boost: float = Field(0.0, ge=0.0)
+    freshness_days: float = Field(14.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _depths_ordered(self) -> RerankSettings:
+        if self.max_depth < self.depth:
+            raise ValueError(f"max_depth {self.max_depth} is below depth {self.depth}")
+        return self
+
+    @property
+    def active(self) -> bool:
+        """Whether any re-ranking is on (neutral settings skip it entirely)."""
+        return self.mmr_lambda < 1.0 or self.category_cap is not None or self.freshness_boost > 0.0
+
+
+class RunsSettings(Strict):
+    """Which run dates a stage accepts."""
+
+    # A run date later than today (UTC) plus this many days is refused: a mistyped year
+    # (2062 for 2026) would go live and make every real date look old to retention.
+    # None turns the guard off (e.g. for generated data dated in the future).
+    max_future_days: int | None = Field(1, ge=0)
+
+
+class AirflowSettings(Strict):
+    """Where the DAG's heavy tasks run; read when the DAG file is parsed."""
+
+    # Celery/Kubernetes queue for training tasks (candidates and the champion), e.g. a
+    # bigger or GPU worker's; None: Airflow's default queue.
+    train_queue: str | None = None
+    # Queue for the mapped ranking shards of publish.
+    score_queue: str | None = None
+
+
+class Settings(Strict):
+    home: Path = Path("~/.recjobs")
+    database_url: str | None = None
+    inbox_dir: Path | None = None
+    seed: int = 42
+    families: list[str] = list(FAMILIES)
+    # Train only on the last N days before the logical date; None means all history.
+    train_window_days: int | None = Field(None, gt=0)
+    ingest: IngestSettings = IngestSettings()
+    split: SplitSettings = SplitSettings()
+    evaluate: EvaluateSettings = EvaluateSettings()
+    gate: GateSettings = GateSettings()
+    publish: PublishSettings = PublishSettings()
+    models: ModelsSettings = ModelsSettings()
+    airflow: AirflowSettings = AirflowSettings()
+    runs: RunsSettings = RunsSettings()
+    coldstart: ColdStartSettings = ColdStartSettings()
+    rules: RulesSettings = RulesSettings()
+    rerank: RerankSettings = RerankSettings()
+
+    @field_validator("home", "inbox_dir")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(os.path.expanduser(str(value))).absolute()
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, value: list[str]) -> list[str]:
+        known_families(value)
+        if not value:
+            raise ValueError("at least one model family is needed")
+        # Keep registry order so runs do not depend on how a user listed them.
+        return [f for f in FAMILIES if f in value]
+
+    # Derived locations: everything on disk hangs off ``home``.
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'recjobs.db'}"
+
+    @property
+    def db_url_masked(self) -> str:
+        """``db_url`` with any password shown as ``***``: the only form to print or log."""
+        return mask_url(self.db_url)
+
+    @property
+    def inbox(self) -> Path:
+        return self.inbox_dir or self.home / "inbox"
+
+    @property
+    def lake(self) -> Path:
+        return self.home / "lake"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    def model_params(self, family: str) -> BaseModel:
+        return getattr(self.models, family)
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password (in the userinfo or a ``password`` query key) as ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # Not a URL SQLAlchemy understands: still never echo what may be a secret.
+        return "<unparseable database URL>"
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
+
