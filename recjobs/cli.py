@@ -79,7 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = SyntheticSpec()
     paths = write_inbox(settings.inbox, spec)
     print(f"generated sample data: {', '.join(str(p) for p in paths)}")
-    report = run_pipeline(settings, args.date or spec.end)
+    report = run_pipeline(settings, args.date or spec.end, isolate=settings.runs.isolate_stages)
     _print_run(report)
     _print_sample(settings, engine_for(settings))
     return 3 if report.failures else 0
@@ -98,7 +98,8 @@ def _print_run(report) -> None:  # noqa: ANN001
 def cmd_run(args: argparse.Namespace) -> int:
     from recjobs.pipeline import run_pipeline
 
-    report = run_pipeline(_settings(args), args.date, ingest=not args.no_ingest)
+    settings = _settings(args)
+    report = run_pipeline(settings, args.date, ingest=not args.no_ingest, isolate=settings.runs.isolate_stages)
     _print_run(report)
     return 3 if report.failures else 0
 

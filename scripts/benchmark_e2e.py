@@ -184,6 +184,40 @@ def load_ratio(settings: Settings, day: dt.date, url: str, rounds: int = 2) -> s
             f"ratio {best['ours'] / best['adbc']:.2f}x (goal >= 0.7x)")
 
 
+def forced_champions(which: str, families: list[str], date: str, common: list[str], env: dict[str, str],
+                     stages: list[Stage]) -> list[str]:
+    """Each named family made champion in turn (the gate run over it alone), its final model
+    trained and published; the night each would make: the shared stages plus its own."""
+    chosen = families if which == "all" else [f.strip() for f in which.split(",") if f.strip()]
+    shared = sum(s.seconds for s in stages if s.name not in ("promote", "train final", "publish"))
+    lines = [f"{'champion':<12}{'promote s':>10}{'final s':>9}{'publish s':>10}{'peak MiB':>10}{'night s':>9}"]
+    for family in chosen:
+        forced = ["--set", f"families={json.dumps([family])}"]
+        own = [run_stage(f"promote {family}", ["promote", "--date", date, *common, *forced], env),
+               run_stage(f"final {family}", ["train", "--date", date, "--final", *common], env),
+               run_stage(f"publish {family}", ["publish", "--date", date, *common], env)]
+        night = shared + sum(s.seconds for s in own)
+        peak = max([s.peak_rss_mib for s in stages] + [s.peak_rss_mib for s in own])
+        lines.append(f"{family:<12}{own[0].seconds:10.1f}{own[1].seconds:9.1f}{own[2].seconds:10.1f}{peak:10,.0f}"
+                     f"{night:9.1f}" + ("" if all(s.status == 0 for s in own) else "  (a stage failed)"))
+    return lines
+
+
+def run_one_process(data: Path, date: str, common: list[str], env: dict[str, str]) -> Stage:
+    """The same night as one `recjobs run` in a fresh home (the data file copied in)."""
+    import shutil
+
+    home = Path(tempfile.mkdtemp(prefix="recjobs-e2e-one-"))
+    try:
+        (home / "inbox").mkdir(parents=True)
+        shutil.copy(data, home / "inbox" / data.name)
+        one = {**env, "RECJOBS_HOME": str(home)}
+        one.pop("RECJOBS_DATABASE_URL", None)  # its own SQLite: the staged run keeps the database
+        return run_stage("recjobs run", ["run", "--date", date, *common], one)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="1 = ML-20M shape, 10 = ten times it")
@@ -194,6 +228,12 @@ def main() -> int:
     parser.add_argument("--scoring-only", action="store_true",
                         help="with --home of an earlier run: only the scoring (and load) comparisons")
     parser.add_argument("--no-scoring", action="store_true", help="with --scoring-only: the load comparison only")
+    parser.add_argument("--champion", metavar="F[,F...]|all",
+                        help="after the candidates, force each named family (or every one) to be the champion in "
+                             "turn and time its final training and publish: the night's worst case")
+    parser.add_argument("--one-process", action="store_true",
+                        help="also time the same night as one `recjobs run` (stages in child processes) in a fresh "
+                             "home on the same data, with its peak RSS")
     args = parser.parse_args()
 
     tmp = None if args.home else tempfile.TemporaryDirectory(prefix="recjobs-e2e-")
@@ -232,6 +272,8 @@ def main() -> int:
     stages.append(run_stage("train final", ["train", "--date", date, "--final", *common], env))
     stages.append(run_stage("publish", ["publish", "--date", date, *common], env))
     total = sum(s.seconds for s in stages)
+    forced = forced_champions(args.champion, families, date, common, env, stages) if args.champion else []
+    one_process = run_one_process(data, date, common, env) if args.one_process else None
     print(f"\nrecjobs end to end: {spec.n_ratings:,} ratings, {spec.n_users:,} users, {spec.n_items:,} items, "
           f"{os.cpu_count()} cores, database {args.database_url and 'given' or 'SQLite'}")
     print(f"{'stage':<22}{'wall s':>9}{'peak RSS MiB':>14}{'exit':>6}")
@@ -242,6 +284,11 @@ def main() -> int:
         print("\n".join(scoring_ratio(settings, spec.end)))
     if stages[-1].status == 0 and args.database_url and make_url(args.database_url).get_backend_name() == "postgresql":
         print(load_ratio(settings, spec.end, args.database_url))
+    if forced:
+        print("\n".join(forced))
+    if one_process is not None:
+        print(f"one process: `recjobs run` (each stage in a child process) {one_process.seconds:.1f}s, peak RSS "
+              f"{one_process.peak_rss_mib:,.0f} MiB (any process of its tree), exit {one_process.status}")
     if tmp is not None:
         tmp.cleanup()
     return 0 if all(s.status == 0 for s in stages) else 1

@@ -8,12 +8,10 @@ from dataclasses import dataclass
 
 from recjobs.db.schema import engine_for
 from recjobs.evaluation.metrics import Metrics
-from recjobs.ingest import ingest_inbox
-from recjobs.pipeline.candidates import evaluate_candidate, record_failure, train_candidate
-from recjobs.pipeline.final import train_final
-from recjobs.pipeline.gate import GateDecision, promote, record_no_candidates
-from recjobs.pipeline.publish import publish
-from recjobs.pipeline.split import prepare, run_day
+from recjobs.pipeline.candidates import record_failure
+from recjobs.pipeline.gate import GateDecision, record_no_candidates
+from recjobs.pipeline.isolate import stage_runner
+from recjobs.pipeline.split import run_day
 from recjobs.publish.versions import PublishResult
 from recjobs.settings import Settings
 
@@ -29,15 +27,21 @@ class RunReport:
     published: list[PublishResult]
 
 
-def run_pipeline(settings: Settings, run_date: str | dt.date, ingest: bool = True) -> RunReport:
-    """Everything the nightly DAG does for ``run_date``, in one process."""
+def run_pipeline(settings: Settings, run_date: str | dt.date, ingest: bool = True,
+                 isolate: bool = False) -> RunReport:
+    """Everything the nightly DAG does for ``run_date``, from one process.
+
+    ``isolate``: each stage runs in a child process (:mod:`recjobs.pipeline.isolate`), as
+    each Airflow task does, so this process's peak memory is the largest stage's.
+    """
     day = run_day(settings, run_date)
     engine = engine_for(settings)
+    stage = stage_runner(settings, isolate)
     try:
         if ingest:
-            for report in ingest_inbox(settings, engine):
+            for report in stage("ingest"):
                 log.info(report.summary())
-        prepare(settings, day)
+        stage("split", day)
     except Exception as exc:
         # As in the DAG: the night ends with a 'no_candidates' gate row saying why, so the
         # gate history shows it and later gates skip it; the error still propagates.
@@ -47,15 +51,15 @@ def run_pipeline(settings: Settings, run_date: str | dt.date, ingest: bool = Tru
     failures: dict[str, str] = {}
     for family in settings.families:
         try:
-            train_candidate(settings, engine, day, family)
-            metrics[family] = evaluate_candidate(settings, engine, day, family)
+            stage("train", day, family)
+            metrics[family] = stage("evaluate", day, family)
         except Exception as exc:  # one family failing must not stop the others
             log.exception("family %s failed on %s", family, day)
             record_failure(engine, day, family, exc)
             failures[family] = f"{type(exc).__name__}: {exc}"
-    decision = promote(settings, engine, day)
-    train_final(settings, engine, day)
-    published = publish(settings, engine, day)
+    decision = stage("promote", day)
+    stage("final", day)
+    published = stage("publish", day)
     return RunReport(day.isoformat(), metrics, failures, decision, published)
 
 

@@ -244,6 +244,9 @@ class RunsSettings(Strict):
     # (2062 for 2026) would go live and make every real date look old to retention.
     # None turns the guard off (e.g. for generated data dated in the future).
     max_future_days: int | None = Field(1, ge=0)
+    # `recjobs run` and `recjobs demo`: each stage in a child process (as each Airflow task
+    # is its own process), so the command's peak memory is its largest stage's, not their sum.
+    isolate_stages: bool = True
 
 
 class AirflowSettings(Strict):
