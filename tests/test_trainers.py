@@ -151,6 +151,25 @@ def test_tfrs_epochs_can_be_samples_of_the_training_pairs(data):
     assert full.info["examples_per_epoch"] > 700
 
 
+def test_lightfm_epochs_can_be_fresh_samples_of_the_training_pairs(data, caplog):
+    # At 10x ML-20M a full LightFM pass takes ~11 minutes, so the budget could stop nothing:
+    # an epoch is then a fresh seeded sample, and the run stays reproducible.
+    inter, feats = data
+    n = inter.nnz // 4
+    with caplog.at_level(logging.INFO, logger="recjobs.models.lightfm"):
+        a = make("lightfm", num_threads=1, max_seconds=None, epochs=3, examples_per_epoch=n).fit(inter, feats)
+    assert a.info["examples_per_epoch"] == n and a.info["epochs_run"] == 3
+    assert any(f"{n:,} of {inter.nnz:,} training pairs per epoch" in r.getMessage() for r in caplog.records)
+    b = make("lightfm", num_threads=1, max_seconds=None, epochs=3, examples_per_epoch=n).fit(inter, feats)
+    np.testing.assert_array_equal(a.vectors.item_vectors, b.vectors.item_vectors)
+    full = make("lightfm", num_threads=1, max_seconds=None, epochs=3, examples_per_epoch=None).fit(inter, feats)
+    assert full.info["examples_per_epoch"] == inter.nnz
+    assert not np.array_equal(full.vectors.item_vectors, a.vectors.item_vectors)
+    # Small data use every pair: the default leaves them as they were.
+    default = make("lightfm", num_threads=1, max_seconds=None, epochs=3).fit(inter, feats)
+    np.testing.assert_array_equal(default.vectors.item_vectors, full.vectors.item_vectors)
+
+
 def test_budget_settings_validate():
     s = Settings.model_validate({"models": {"lightfm": {"max_seconds": None}, "tfrs": {"max_seconds": 30}}})
     assert s.models.lightfm.max_seconds is None and s.models.tfrs.max_seconds == 30

@@ -32,6 +32,14 @@ def _with_identity(features: sp.csr_matrix | None, n: int, use: bool) -> sp.csr_
     return sp.diags(1.0 / np.maximum(sums, 1e-12)).dot(stacked).tocsr().astype(np.float32)
 
 
+def _sample_pairs(pairs: sp.coo_matrix, n: int, rng: np.random.Generator) -> sp.coo_matrix:
+    """``n`` of the matrix's pairs drawn without replacement (seeded), in their original order; all if ``n`` covers them."""
+    if n >= pairs.nnz:
+        return pairs
+    keep = np.sort(rng.choice(pairs.nnz, n, replace=False))
+    return sp.coo_matrix((pairs.data[keep], (pairs.row[keep], pairs.col[keep])), shape=pairs.shape)
+
+
 class LightFMModel(VectorRecommender):
     family = "lightfm"
     params_type = LightFMParams
@@ -72,11 +80,16 @@ class LightFMModel(VectorRecommender):
         )
         # Converted once here so that each fit_partial call's own conversions are no-ops.
         interactions = data.binary().tocoo()
-        with EpochProgress(log, "lightfm", p.epochs, interactions.nnz, p.max_seconds) as progress:
+        per_epoch = interactions.nnz if p.examples_per_epoch is None else min(p.examples_per_epoch, interactions.nnz)
+        rng = np.random.default_rng(self.seed)
+        if per_epoch < interactions.nnz:
+            log.info("lightfm: %s of %s training pairs per epoch, a fresh sample each (models.lightfm."
+                     "examples_per_epoch)", f"{per_epoch:,}", f"{interactions.nnz:,}")
+        with EpochProgress(log, "lightfm", p.epochs, per_epoch, p.max_seconds) as progress:
             for epoch in range(1, p.epochs + 1):
                 progress.start_epoch(epoch)
                 model.fit_partial(
-                    interactions,
+                    _sample_pairs(interactions, per_epoch, rng),
                     user_features=user_features,
                     item_features=item_features,
                     epochs=1,
@@ -84,7 +97,7 @@ class LightFMModel(VectorRecommender):
                 )
                 if progress.end_epoch():
                     break
-        self.info.update(progress.info(), num_threads=p.num_threads)
+        self.info.update(progress.info(), num_threads=p.num_threads, examples_per_epoch=per_epoch)
         user_bias, user_emb = model.get_user_representations(user_features)
         item_bias, item_emb = model.get_item_representations(item_features)
         self.info["hybrid"] = {"items": item_features is not None, "users": user_features is not None}
