@@ -423,3 +423,71 @@ def test_long_steps_log_progress_with_rate_and_eta(settings, engine, tmp_path, c
     assert len(validating) >= 5 and len(merging) >= 5
     assert all("rows/s" in m and "ETA" in m for m in validating + merging)
     assert "rows validated" in validating[-1] and "partitions merged" in merging[-1]
+
+
+# -- issue 16: trust, round two --------------------------------------------------------
+
+
+def _numbered_rows(n: int, special: dict[int, str] | None = None) -> list[str]:
+    """``n`` data rows ``u<k>,i<k>,3,<ts>``; ``special`` replaces the item of row k (1-based)."""
+    special = special or {}
+    return [f"u{k},{special.get(k, f'i{k}')},3,{881250949 + k}" for k in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("batch_rows", [1_000_000, 16])
+def test_a_quote_inside_an_unquoted_field_is_text_and_swallows_nothing(settings, engine, tmp_path, batch_rows):
+    # Issue 16 #1: row 900's `LP 12" vinyl` used to open a quoted field that swallowed
+    # the next 99 lines; stray quotes on rows 100 and 900 lost 800 rows.
+    settings.ingest.batch_rows = batch_rows
+    one = write(tmp_path / "one.csv", HEADER_LINE + "\n".join(_numbered_rows(1000, {900: 'LP 12" vinyl'})) + "\n")
+    report = ingest_file(one, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (1000, 1000, 0)
+    two = write(tmp_path / "two.csv", HEADER_LINE + "\n".join(
+        _numbered_rows(1000, {100: 'say "hi', 900: '12" x 8"'})).replace("u", "w") + "\n")
+    report = ingest_file(two, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (1000, 1000, 0)
+    rows = lake_rows(settings)
+    assert len(rows) == 2000
+    items = set(rows[C.ITEM])
+    assert {'LP 12" vinyl', 'say "hi', '12" x 8"'} <= items
+
+
+def test_a_quote_that_opens_a_field_and_never_closes_counts_every_line_it_took(settings, engine, tmp_path):
+    # A quote that does open a field runs on, as in Python's csv module; if it never
+    # closes, every line it took is quarantined, so the invalid share sees them all.
+    lines = _numbered_rows(1000)
+    lines[899] = 'u900,"LP 12 vinyl,3,881250949'
+    path = write(tmp_path / "open.csv", HEADER_LINE + "\n".join(lines) + "\n")
+    settings.ingest.max_invalid_share = 0.5
+    report = ingest_file(path, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (1000, 899, 101)
+    bad = pd.read_parquet(report.quarantine_path)
+    assert bad[C.SOURCE_ROW].tolist() == list(range(901, 1002))
+    assert set(bad[C.REASON]) == {"unterminated quote"}
+
+
+def test_a_quoted_field_may_span_lines_and_keeps_crlf_inside_it(settings, engine, tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_bytes(HEADER_LINE.encode() + b'"a\r\nb","x "" y",4,881250949\r\n'
+                     b'"c\n\nd",z,4,881250950\r\nplain,q,4,881250951\r\n')
+    report = ingest_file(path, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (3, 3, 0)
+    rows = lake_rows(settings)
+    assert set(zip(rows[C.USER], rows[C.ITEM], strict=True)) == {
+        ("a\r\nb", 'x " y'), ("c\n\nd", "z"), ("plain", "q")}
+
+
+def test_a_quote_left_open_for_a_megabyte_is_cut_off_and_reading_starts_afresh(settings, engine, tmp_path):
+    from recjobs.ingest._text import MAX_QUOTED_CHARS
+
+    line = "u{0},i{0},3,881250949"
+    n = MAX_QUOTED_CHARS // len(line.format(500_000)) + 50_000
+    path = write(tmp_path / "stray.csv", HEADER_LINE + 'u0,"open,3,881250949\n'
+                 + "\n".join(line.format(k) for k in range(1, n)) + "\n")
+    settings.ingest.max_invalid_share = 1.0
+    report = ingest_file(path, settings, engine)
+    assert report.rows_read == n  # every line is accounted for
+    bad = pd.read_parquet(report.quarantine_path, columns=[C.SOURCE_ROW, C.REASON])
+    cut = int(bad[C.SOURCE_ROW].max())
+    assert bad[C.SOURCE_ROW].tolist() == list(range(2, cut + 1)) and set(bad[C.REASON]) == {"unterminated quote"}
+    assert report.rows_valid == n + 1 - cut > 40_000  # the lines after the cut are read as records
