@@ -104,14 +104,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from recjobs.ingest import (
-        import_movielens,
-        ingest_file,
-        ingest_inbox,
-        ingest_side_file,
-        parse_columns_option,
-        sniff_kind,
-    )
+    from recjobs.ingest import import_movielens, ingest_inbox, ingest_path, parse_columns_option
     from recjobs.pipeline import engine_for
 
     if args.columns:  # same path as --set, so a bad mapping is reported like any setting
@@ -123,10 +116,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.movielens:
         reports += import_movielens(args.movielens, settings, engine)
     for path in args.paths:
-        p = Path(path)
-        kind = sniff_kind(p) if p.is_file() and p.stat().st_size else "ratings"
-        reports.append(ingest_file(p, settings, engine, force=args.force) if kind == "ratings"
-                       else ingest_side_file(p, settings, engine, kind))
+        reports.append(ingest_path(Path(path), settings, engine, force=args.force))
     if not args.paths and not args.movielens:
         reports = ingest_inbox(settings, engine)
         if not reports:

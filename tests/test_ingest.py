@@ -491,3 +491,85 @@ def test_a_quote_left_open_for_a_megabyte_is_cut_off_and_reading_starts_afresh(s
     cut = int(bad[C.SOURCE_ROW].max())
     assert bad[C.SOURCE_ROW].tolist() == list(range(2, cut + 1)) and set(bad[C.REASON]) == {"unterminated quote"}
     assert report.rows_valid == n + 1 - cut > 40_000  # the lines after the cut are read as records
+
+
+def test_a_tsv_whose_header_names_no_known_column_is_refused_not_read_as_u_data(settings, engine, tmp_path):
+    # Issue 16 #7: it was read as headerless u.data (users and items swapped, the header
+    # quarantined). A file without a header must look like u.data: numbers for rating and time.
+    path = write(tmp_path / "swapped.tsv", "item\tuser\tscore\twhen\n10\t1\t4\t881250949\n")
+    with pytest.raises(IngestError, match=r"swapped.tsv: missing required columns") as err:
+        ingest_file(path, settings, engine)
+    assert "u.data" in str(err.value)
+    assert lake_rows(settings).empty
+    dat = write(tmp_path / "named.dat", "movie::person::stars::when\n10::1::4::881250949\n")
+    with pytest.raises(IngestError, match=r"named.dat: missing required columns"):
+        ingest_file(dat, settings, engine)
+    # Headerless MovieLens files still read, ISO times included; a mapped header is a header.
+    assert ingest_file(write(tmp_path / "u.data", "1\t10\t4\t881250949\n2\t10\t3.5\t2024-03-01T10:00:00Z\n"),
+                       settings, engine).rows_valid == 2
+    settings.ingest.columns = {C.USER: "user", C.ITEM: "item", C.RATING: "score", C.TIMESTAMP: "when"}
+    assert ingest_file(path, settings, engine, force=True).rows_valid == 1
+    rows = lake_rows(settings)
+    assert ("1", "10") in set(zip(rows[C.USER], rows[C.ITEM], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("header", "columns"),
+    [("user_id,item_id,rating,timestamp,feature", {}),
+     ("user_id,item_id,stars,timestamp,title", {C.RATING: "stars"}),
+     ("userId,movieId,rating,timestamp,title", {})],
+)
+def test_a_ratings_file_with_an_extra_side_column_is_a_ratings_file(settings, engine, tmp_path, header, columns):
+    # Issue 16 #2: one extra column named like a side file's made it a side file: no
+    # ratings landed, the side table was overwritten and the hash recorded.
+    from recjobs.ingest import sniff_kind
+
+    settings.ingest.columns = columns
+    settings.inbox.mkdir(parents=True)
+    path = write(settings.inbox / "ratings.csv", header + "\n1,10,4,881250949,x\n2,11,5,881250950,y\n")
+    reports = ingest_inbox(settings, engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT kind FROM ingest_log").scalars().all() == ["ratings"]
+    assert [r.rows_valid for r in reports] == [2]
+    assert sorted(lake_rows(settings)[C.USER]) == ["1", "2"]
+    assert not list(Lake.of(settings).features.glob("*.parquet"))
+    assert sniff_kind(path, settings) == "ratings"
+
+
+def test_side_files_are_still_told_apart_by_their_columns(tmp_path):
+    from recjobs.ingest import sniff_kind
+
+    cases = {"item_id,feature\n": "item_features", "user_id,feature,weight\n": "user_features",
+             "item_id,title\n": "items", "user_id,item_id,rating,timestamp\n": "ratings",
+             "1\t10\t4\t881250949\n": "ratings"}
+    for n, (text, kind) in enumerate(cases.items()):
+        assert sniff_kind(write(tmp_path / f"f{n}.csv", text)) == kind, text
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_duplicate_column_name_is_refused_by_name_and_the_inbox_goes_on(settings, engine, fmt):
+    # Issue 16 #12: a Parquet file with a duplicate column crashed with KeyError, aborted
+    # the inbox (later files not ingested) and was not recorded, so it failed every night.
+    inbox = settings.inbox
+    inbox.mkdir(parents=True)
+    names = [C.USER, C.ITEM, C.RATING, C.TIMESTAMP, C.USER]
+    if fmt == "parquet":
+        table = pa.Table.from_arrays([pa.array(["1"]), pa.array(["2"]), pa.array([4.0]),
+                                      pa.array([881250949]), pa.array(["9"])], names=names)
+        pq.write_table(table, inbox / "a_dup.parquet")
+    else:
+        write(inbox / "a_dup.csv", ",".join(names) + "\n1,2,4,881250949,9\n")
+    write(inbox / "b_good.csv", HEADER_LINE + "3,4,4,881250949\n")
+    with pytest.raises(IngestError) as err:
+        ingest_inbox(settings, engine)
+    assert f"a_dup.{fmt}: column 'user_id' appears 2 times" in str(err.value)
+    assert "b_good" not in str(err.value)
+    assert lake_rows(settings)[C.USER].tolist() == ["3"]
+    with engine.connect() as conn:
+        status = dict(conn.exec_driver_sql("SELECT source_path, status FROM ingest_log").all())
+    assert status == {str(inbox / f"a_dup.{fmt}"): "rejected", str(inbox / "b_good.csv"): "ingested"}
+    # A duplicate the ingest does not read is no obstacle.
+    table = pa.Table.from_arrays([pa.array(["5"]), pa.array(["6"]), pa.array([4.0]), pa.array([881250949]),
+                                  pa.array([1]), pa.array([2])], names=[*names[:4], "x", "x"])
+    pq.write_table(table, inbox / "c_extra.parquet")
+    assert ingest_file(inbox / "c_extra.parquet", settings, engine).rows_valid == 1

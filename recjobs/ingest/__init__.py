@@ -45,7 +45,13 @@ rating file), ``_side`` (feature and title files), ``_movielens``, ``_inbox``, a
 
 
 from recjobs.errors import IngestError
-from recjobs.ingest._inbox import INBOX_PATTERNS, inbox_files, ingest_inbox, pending_inbox_files
+from recjobs.ingest._inbox import (
+    INBOX_PATTERNS,
+    inbox_files,
+    ingest_inbox,
+    ingest_path,
+    pending_inbox_files,
+)
 from recjobs.ingest._layout import REQUIRED, parse_columns_option, sniff_kind
 from recjobs.ingest._movielens import import_movielens, movielens_side_frames
 from recjobs.ingest._ratings import ingest_file
@@ -64,7 +70,7 @@ from recjobs.ingest.ledger import (
 __all__ = [
     "INBOX_PATTERNS", "REQUIRED", "STATUS_INGESTED", "STATUS_REJECTED", "IngestError", "IngestReport",
     "file_sha256", "import_movielens", "inbox_files", "ingest_file", "ingest_inbox", "ingest_side_file",
-    "ingest_side_frame", "known_hash", "movielens_side_frames", "parse_columns_option", "parse_timestamps",
+    "ingest_path", "ingest_side_frame", "known_hash", "movielens_side_frames", "parse_columns_option", "parse_timestamps",
     "pending_inbox_files", "read_header", "record_ingest", "record_rejection", "rejection_reason", "seen_before",
     "sniff_kind", "split_record", "sync_titles", "validate",
 ]

@@ -44,6 +44,15 @@ def inbox_files(settings: Settings) -> list[Path]:
     return sorted(found)
 
 
+def ingest_path(path: Path, settings: Settings, engine: Engine, *, force: bool = False) -> IngestReport:
+    """Ingest one delivered file as what its columns say it is (:func:`sniff_kind`): ratings or a side file."""
+    path = Path(path)
+    kind = sniff_kind(path, settings) if path.is_file() and path.stat().st_size else "ratings"
+    if kind == "ratings":
+        return ingest_file(path, settings, engine, force=force)
+    return ingest_side_file(path, settings, engine, kind)
+
+
 def ingest_inbox(settings: Settings, engine: Engine) -> list[IngestReport]:
     """Ingest every new file in the inbox; files seen before (by content) are skipped.
 
@@ -56,11 +65,7 @@ def ingest_inbox(settings: Settings, engine: Engine) -> list[IngestReport]:
     errors: list[str] = []
     for path in inbox_files(settings):
         try:
-            kind = sniff_kind(path) if path.stat().st_size else "ratings"
-            if kind == "ratings":
-                reports.append(ingest_file(path, settings, engine))
-            else:
-                reports.append(ingest_side_file(path, settings, engine, kind))
+            reports.append(ingest_path(path, settings, engine))
         except IngestError as exc:
             log.error("%s", exc)
             errors.append(str(exc))

@@ -102,7 +102,7 @@ def ingest_side_file(path: Path | str, settings: Settings, engine: Engine, kind:
     report = IngestReport(source_path=str(path), content_hash=digest)
     if seen_before(engine, report):
         return report
-    kind = kind or sniff_kind(path)
+    kind = kind or sniff_kind(path, settings)
     try:
         frame = _read_any(path)
         if frame.empty:
