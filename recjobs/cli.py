@@ -283,7 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", parents=[common], help="ingest rating/feature files (default: the inbox)")
     p.add_argument("paths", nargs="*")
     p.add_argument("--movielens", metavar="DIR", help="a MovieLens 100k folder (u.data, u.item, u.user)")
-    p.add_argument("--force", action="store_true", help="ingest even if this content was ingested before")
+    p.add_argument("--force", action="store_true",
+                   help="read and validate again content ingested or rejected before (rejected content is "
+                        "rejected again unless the settings that rejected it changed)")
     p.add_argument("--columns", metavar="CANONICAL=NAME,...",
                    help="rating files' column names, e.g. user_id=customer,item_id=sku "
                         "(setting ingest.columns)")

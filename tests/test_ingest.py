@@ -100,13 +100,16 @@ def test_too_many_invalid_rows_fails_naming_file_and_counts_and_ingests_nothing(
     message = str(err.value)
     assert str(path) in message and "2 of 4 rows invalid" in message and "max_invalid_share" in message
     assert lake_rows(settings).empty
-    # Recorded as rejected: a retry of the same content is skipped with the earlier reason
-    # (so the inbox does not fail on it every night) until forced.
-    settings.ingest.max_invalid_share = 0.6
+    # Recorded as rejected: a retry of the same content under the same settings is skipped
+    # with the earlier reason (so the inbox does not fail on it every night); forced, it is
+    # validated again (and rejected again); under other settings it is judged afresh.
     again = ingest_file(path, settings, engine)
     assert again.skipped and again.status == "rejected" and "2 of 4 rows invalid" in again.reason
     assert lake_rows(settings).empty
-    assert ingest_file(path, settings, engine, force=True).rows_valid == 2
+    with pytest.raises(IngestError, match="2 of 4 rows invalid"):
+        ingest_file(path, settings, engine, force=True)
+    settings.ingest.max_invalid_share = 0.6
+    assert ingest_file(path, settings, engine).rows_valid == 2
 
 
 def test_duplicate_rows_are_dropped_once(settings, engine, tmp_path):
@@ -573,3 +576,51 @@ def test_a_duplicate_column_name_is_refused_by_name_and_the_inbox_goes_on(settin
                                   pa.array([1]), pa.array([2])], names=[*names[:4], "x", "x"])
     pq.write_table(table, inbox / "c_extra.parquet")
     assert ingest_file(inbox / "c_extra.parquet", settings, engine).rows_valid == 1
+
+
+def test_force_reads_a_side_file_again_and_its_hint_says_what_it_does(settings, tmp_path, monkeypatch, capsys):
+    # Issue 16 #15: --force was ignored for side files, and the hint for a rejected file
+    # said "ingest it anyway" (it is validated, and rejected, again).
+    from recjobs.cli import main
+
+    monkeypatch.setenv("RECJOBS_HOME", str(settings.home))
+    old = write(tmp_path / "old_titles.csv", "item_id,title\n1,Old\n2,Two\n")
+    new = write(tmp_path / "new_titles.csv", "item_id,title\n1,New\n")
+    assert main(["ingest", str(old)]) == 0 and main(["ingest", str(new)]) == 0
+    assert main(["ingest", str(old)]) == 0
+    assert "already ingested" in capsys.readouterr().out
+    assert main(["ingest", "--force", str(old)]) == 0
+    assert "already ingested" not in capsys.readouterr().out
+    titles = Lake.of(settings).read_side("items").set_index(C.ITEM)[C.TITLE].to_dict()
+    assert titles == {"1": "Old", "2": "Two"}
+    bad = write(tmp_path / "bad.csv", HEADER_LINE + "1,1,4,881250949\n1,2,99,881250949\n")
+    assert main(["ingest", str(bad)]) == 1
+    capsys.readouterr()
+    assert main(["ingest", str(bad)]) == 0
+    out = capsys.readouterr()
+    hint = out.out + out.err
+    assert "rejected on an earlier run" in hint and "anyway" not in hint
+    assert f"`recjobs ingest --force {bad}` validates this content again" in hint
+    assert main(["ingest", "--force", str(bad)]) == 1  # validated again: rejected again
+    assert "1 of 2 rows invalid" in capsys.readouterr().err
+
+
+def test_a_rejection_caused_by_settings_is_retried_once_the_settings_change(settings, engine):
+    # Issue 16 #23: a file rejected under a wrong setting (every rating above a mistyped
+    # rating_max) stayed rejected after the setting was fixed.
+    from recjobs.ingest import pending_inbox_files
+
+    settings.inbox.mkdir(parents=True)
+    path = write(settings.inbox / "r.csv", HEADER_LINE + "1,1,4,881250949\n1,2,5,881250949\n")
+    settings.ingest.rating_max = 1.0
+    with pytest.raises(IngestError, match="2 of 2 rows invalid"):
+        ingest_inbox(settings, engine)
+    assert pending_inbox_files(settings, engine, settle_seconds=0) == []
+    assert all(r.skipped for r in ingest_inbox(settings, engine))  # same settings: still skipped
+    settings.ingest.rating_max = 5.0
+    assert pending_inbox_files(settings, engine, settle_seconds=0) == [path]
+    reports = ingest_inbox(settings, engine)
+    assert [(r.skipped, r.rows_valid) for r in reports] == [(False, 2)]
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT status FROM ingest_log").scalars().all() == ["ingested"]
+    assert len(lake_rows(settings)) == 2

@@ -173,8 +173,11 @@ def ingest_file(
     """Validate ``path`` and merge its valid rows into the lake; see the module docstring.
 
     Content seen before is skipped: ingested content silently, rejected content with a
-    warning that repeats the earlier reason; ``force`` ingests it anyway. A file that
-    is refused is recorded as rejected and the :class:`IngestError` is raised.
+    warning that repeats the earlier reason, unless it was rejected under other ingest
+    settings than ``settings`` (it is then validated again). ``force`` reads and
+    validates the content again whatever the ledger says (rejected content is rejected
+    again unless the settings changed). A file that is refused is recorded as rejected,
+    with the settings it was judged under, and the :class:`IngestError` is raised.
     Validation runs unlocked, streaming valid rows to a spill folder in ``<lake>/.spill``
     (memory holds a batch, not the file); the merge and the ``ingest_log`` row are
     written under the lake's lock, so concurrent ingests (the DAG beside a manual run)
@@ -188,7 +191,7 @@ def ingest_file(
         raise IngestError(f"{path}: not a regular file")
     try:
         report = IngestReport(source_path=str(path), content_hash=file_sha256(path))
-        if not force and seen_before(engine, report):
+        if not force and seen_before(engine, report, settings):
             return report
         lake = Lake.of(settings)
         with lake.spill_folder() as folder:
@@ -197,12 +200,12 @@ def ingest_file(
             try:
                 read_and_validate(path, settings, report, spill)
             except IngestError as exc:
-                record_rejection(engine, report, "ratings", str(exc))
+                record_rejection(engine, report, "ratings", str(exc), settings)
                 raise
             validated = time.monotonic()
             with lake.writer() as writer:
                 # Another process may have ingested the same content while this one validated.
-                if not force and seen_before(engine, report):
+                if not force and seen_before(engine, report, settings):
                     return report
                 merging = time.monotonic()
                 _merge_spill(writer, spill, settings, report, path.name)

@@ -93,14 +93,19 @@ def ingest_side_frame(
     return int(good.sum()), int((~good).sum()), bad
 
 
-def ingest_side_file(path: Path | str, settings: Settings, engine: Engine, kind: str | None = None) -> IngestReport:
-    """Ingest a features or titles file (see the module docstring); skipped if seen before."""
+def ingest_side_file(path: Path | str, settings: Settings, engine: Engine, kind: str | None = None, *,
+                     force: bool = False) -> IngestReport:
+    """Ingest a features or titles file (see the module docstring).
+
+    Skipped if its content was seen before, as a ratings file is (:func:`recjobs.ingest.ingest_file`);
+    ``force`` reads and validates it again whatever the ledger says.
+    """
     path = Path(path)
     if not path.is_file():
         raise IngestError(f"{path}: no such file")
     digest = file_sha256(path)
     report = IngestReport(source_path=str(path), content_hash=digest)
-    if seen_before(engine, report):
+    if not force and seen_before(engine, report, settings):
         return report
     kind = kind or sniff_kind(path, settings)
     try:
@@ -119,7 +124,7 @@ def ingest_side_file(path: Path | str, settings: Settings, engine: Engine, kind:
     except LakeLockTimeout as exc:
         raise IngestError(f"{path}: {exc}") from None
     except IngestError as exc:
-        record_rejection(engine, report, kind, str(exc))
+        record_rejection(engine, report, kind, str(exc), settings)
         raise
     return report
 

@@ -1,12 +1,16 @@
 """The ``ingest_log`` ledger: every row of it is written here.
 
 One row per delivered content (by SHA-256): ``ingested`` with its counts, or
-``rejected`` with the reason, so the inbox skips content it has seen.
+``rejected`` with the reason, so the inbox skips content it has seen. A rejection's
+reason ends with the ingest settings it was judged under (:func:`judged_under`): once
+those settings change, the content is no longer skipped but validated again, so a
+rejection caused by a wrong setting does not outlive the setting.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from dataclasses import asdict
 
@@ -15,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from recjobs.db.schema import ingest_log
 from recjobs.ingest._report import STATUS_INGESTED, STATUS_REJECTED, IngestReport
+from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +47,40 @@ def rejection_reason(engine: Engine, digest: str) -> str | None:
     return row.reason or "no reason recorded"
 
 
-def seen_before(engine: Engine, report: IngestReport) -> bool:
-    """Mark ``report`` skipped if its content was ingested or rejected before; log why."""
+_JUDGED = " [judged under ingest settings "
+
+
+def judged_under(settings: Settings) -> str:
+    """The settings that decide whether a file is accepted, as the tail of a rejection's reason."""
+    ingest = settings.ingest
+    values = {"columns": ingest.columns, "default_rating": ingest.default_rating,
+              "max_invalid_share": ingest.max_invalid_share, "rating_max": ingest.rating_max,
+              "rating_min": ingest.rating_min}
+    return f"{_JUDGED}{json.dumps(values, sort_keys=True)}]"
+
+
+def judged_under_other_settings(reason: str | None, settings: Settings | None) -> bool:
+    """Whether a rejection's ``reason`` was judged under ingest settings other than ``settings``.
+
+    False when it cannot tell (no settings given, or a reason recorded without them).
+    """
+    if settings is None or not reason or _JUDGED not in reason:
+        return False
+    return reason[reason.rindex(_JUDGED):] != judged_under(settings)
+
+
+def seen_before(engine: Engine, report: IngestReport, settings: Settings | None = None) -> bool:
+    """Mark ``report`` skipped if its content was ingested or rejected before; log why.
+
+    A rejection judged under other ingest settings than ``settings`` does not count: the
+    content is validated again under the current ones.
+    """
     row = _log_row(engine, report.content_hash)
     if row is None:
+        return False
+    if row.status == STATUS_REJECTED and judged_under_other_settings(row.reason, settings):
+        log.info("%s: rejected on an earlier run under other ingest settings; validating it again under "
+                 "the current ones", report.source_path)
         return False
     report.skipped = True
     if row.status == STATUS_REJECTED:
@@ -69,14 +104,15 @@ def record_ingest(engine: Engine, report: IngestReport, kind: str) -> None:
         conn.execute(ingest_log.insert().values(**row))
 
 
-def record_rejection(engine: Engine, report: IngestReport, kind: str, reason: str) -> None:
-    """Remember that this content was refused, so the inbox does not retry it every night."""
+def record_rejection(engine: Engine, report: IngestReport, kind: str, reason: str,
+                     settings: Settings | None = None) -> None:
+    """Remember that this content was refused, so the inbox does not retry it every night.
+
+    With ``settings``, the reason records the ingest settings it was judged under, so the
+    content is retried once they change (:func:`seen_before`).
+    """
+    if settings is not None:
+        reason += judged_under(settings)
     report.status, report.reason = STATUS_REJECTED, reason
     report.rows_valid, report.duplicates_dropped, report.partitions = 0, 0, []
     record_ingest(engine, report, kind=kind)
-
-
-# Values the vectorised validation accepts without pandas: plain decimals, whole Unix
-# seconds. Anything else (ISO dates, fractions, signs, exponents, bad values) goes through
-# :func:`validate`, so the rules stay exactly those of one implementation; on these shapes
-# both give the same number (digit strings this short parse exactly / correctly rounded).
