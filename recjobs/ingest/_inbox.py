@@ -27,7 +27,7 @@ from recjobs.errors import IngestError
 from recjobs.files import write_text
 from recjobs.ingest._layout import sniff_kind
 from recjobs.ingest._ratings import ingest_file
-from recjobs.ingest._report import STATUS_REJECTED, IngestReport, file_sha256
+from recjobs.ingest._report import STATUS_MERGING, STATUS_REJECTED, IngestReport, file_sha256
 from recjobs.ingest._side import ingest_side_file
 from recjobs.ingest.ledger import judged_under_other_settings
 from recjobs.settings import Settings
@@ -131,10 +131,12 @@ def pending_inbox_files(settings: Settings, engine: Engine, *, settle_seconds: f
             chunk = digests[start:start + 500]
             rows = conn.execute(sa.select(ingest_log.c.content_hash, ingest_log.c.status, ingest_log.c.reason)
                                 .where(ingest_log.c.content_hash.in_(chunk)))
-            # A rejection judged under other ingest settings is retried under the current ones.
+            # A rejection judged under other ingest settings is retried under the current ones;
+            # a reserved row is an ingest that stopped before it finished.
             known.update(row.content_hash for row in rows
-                         if not (row.status == STATUS_REJECTED
-                                 and judged_under_other_settings(row.reason, settings)))
+                         if row.status != STATUS_MERGING
+                         and not (row.status == STATUS_REJECTED
+                                  and judged_under_other_settings(row.reason, settings)))
     pending = [p for p, d in hashes.items() if d not in known]
     if unsettled:
         log.info("%d inbox file(s) modified in the last %.0fs: left until they stop changing",

@@ -15,7 +15,7 @@ from recjobs.errors import IngestError
 from recjobs.ingest._ratings import ingest_file
 from recjobs.ingest._report import IngestReport, file_sha256
 from recjobs.ingest._side import ingest_side_frame, sync_titles
-from recjobs.ingest.ledger import known_hash, record_ingest
+from recjobs.ingest.ledger import known_hash, record_ingest, reserve
 from recjobs.settings import Settings
 
 ML_GENRES = [
@@ -63,6 +63,7 @@ def import_movielens(directory: Path | str, settings: Settings, engine: Engine) 
         raise IngestError(f"{directory}: no u.data (expected a MovieLens 100k folder)")
     reports = [ingest_file(directory / "u.data", settings, engine)]
     lake = Lake.of(settings)
+    wait = settings.ingest.lock_timeout_seconds
     for kind, frame in movielens_side_frames(directory).items():
         source = directory / ("u.item" if kind != "user_features" else "u.user")
         digest = hashlib.sha256(f"{file_sha256(source)}:{kind}".encode()).hexdigest()
@@ -71,10 +72,11 @@ def import_movielens(directory: Path | str, settings: Settings, engine: Engine) 
         with lake.writer() as writer:
             if not known_hash(engine, digest):
                 report.rows_read = len(frame)
+                reserve(engine, report, kind, wait_seconds=wait)
                 report.rows_valid, report.rows_quarantined, _ = ingest_side_frame(writer, frame, kind, str(source))
-                record_ingest(engine, report, kind=kind)
+                record_ingest(engine, report, kind=kind, wait_seconds=wait)
             else:
                 report.skipped = True
         reports.append(report)
-    sync_titles(lake, engine)
+    sync_titles(lake, engine, wait_seconds=wait)
     return reports

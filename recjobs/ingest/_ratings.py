@@ -24,7 +24,7 @@ from recjobs.ingest._report import IngestReport, file_sha256
 from recjobs.ingest._spill import Quarantine, Spill
 from recjobs.ingest._text import text_batches
 from recjobs.ingest._validate import valid_to_arrow, validate, validate_plain
-from recjobs.ingest.ledger import record_ingest, record_rejection, seen_before
+from recjobs.ingest.ledger import record_ingest, record_rejection, reserve, seen_before
 from recjobs.progress import RateProgress
 from recjobs.settings import Settings
 
@@ -181,8 +181,10 @@ def ingest_file(
     Validation runs unlocked, streaming valid rows to a spill folder in ``<lake>/.spill``
     (memory holds a batch, not the file); the merge and the ``ingest_log`` row are
     written under the lake's lock, so concurrent ingests (the DAG beside a manual run)
-    lose nothing. Killed anywhere, a rerun ingests every valid row exactly once: the
-    log row comes last, and merging rows again changes nothing.
+    lose nothing. The log row is reserved before the merge and completed after it, each
+    write waiting for a busy database up to ``ingest.lock_timeout_seconds``. Killed
+    anywhere, a rerun ingests every valid row exactly once: a reserved row counts as not
+    seen, and merging rows again changes nothing.
     """
     path = Path(path)
     if not path.exists():
@@ -207,10 +209,13 @@ def ingest_file(
                 # Another process may have ingested the same content while this one validated.
                 if not force and seen_before(engine, report, settings):
                     return report
+                # The row first: a database that stays locked fails the ingest before any merge.
+                wait = settings.ingest.lock_timeout_seconds
+                reserve(engine, report, "ratings", wait_seconds=wait)
                 merging = time.monotonic()
                 _merge_spill(writer, spill, settings, report, path.name)
                 fault_point("ingest.before_log")
-                record_ingest(engine, report, kind="ratings")
+                record_ingest(engine, report, kind="ratings", wait_seconds=wait)
             log.info("%s: validated %d rows in %.1fs (%.0f rows/s), merged %d partitions in %.1fs",
                      path.name, report.rows_read, validated - started,
                      report.rows_read / max(validated - started, 1e-9), len(report.partitions),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 STATUS_INGESTED = "ingested"
 STATUS_REJECTED = "rejected"
+# Reserved before a merge, replaced by the outcome (see :mod:`recjobs.ingest.ledger`).
+STATUS_MERGING = "merging"
 
 
 @dataclass
@@ -55,4 +57,4 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["STATUS_INGESTED", "STATUS_REJECTED", "IngestReport", "file_sha256"]
+__all__ = ["STATUS_INGESTED", "STATUS_MERGING", "STATUS_REJECTED", "IngestReport", "file_sha256"]

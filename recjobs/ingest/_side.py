@@ -31,7 +31,14 @@ from recjobs.files import write_parquet
 from recjobs.ingest._layout import sniff_kind
 from recjobs.ingest._report import IngestReport, file_sha256
 from recjobs.ingest._text import first_line
-from recjobs.ingest.ledger import record_ingest, record_rejection, seen_before
+from recjobs.ingest.ledger import (
+    DEFAULT_WAIT_SECONDS,
+    record_ingest,
+    record_rejection,
+    reserve,
+    seen_before,
+    write_transaction,
+)
 from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,13 +121,15 @@ def ingest_side_file(path: Path | str, settings: Settings, engine: Engine, kind:
             raise IngestError(f"{path}: no data rows")
         report.rows_read = len(frame)
         # The side file's merge is a read-modify-write of the lake, like a ratings merge.
+        wait = settings.ingest.lock_timeout_seconds
         with Lake.of(settings).writer() as writer:
+            reserve(engine, report, kind, wait_seconds=wait)
             report.rows_valid, report.rows_quarantined, bad = ingest_side_frame(
                 writer, frame, kind, str(path), check=lambda n_bad, bad: _check_share(
                     report, settings, bad, kind, n_bad))
             if kind == "items":
-                sync_titles(writer.lake, engine)
-            record_ingest(engine, report, kind=kind)
+                sync_titles(writer.lake, engine, wait_seconds=wait)
+            record_ingest(engine, report, kind=kind, wait_seconds=wait)
     except LakeLockTimeout as exc:
         raise IngestError(f"{path}: {exc}") from None
     except IngestError as exc:
@@ -143,11 +152,14 @@ def _check_share(
                           f"invalid ({share:.2%}); bad rows: {report.quarantine_path}")
 
 
-def sync_titles(lake: Lake, engine: Engine) -> None:
-    """Copy item titles from the lake into the ``items`` table, for apps and the dashboard."""
+def sync_titles(lake: Lake, engine: Engine, *, wait_seconds: float = DEFAULT_WAIT_SECONDS) -> None:
+    """Copy item titles from the lake into the ``items`` table, for apps and the dashboard.
+
+    Waits up to ``wait_seconds`` for a busy database (see :func:`~recjobs.ingest.ledger.write_transaction`).
+    """
     titles = lake.read_side("items")
     if titles is None:
         return
-    with engine.begin() as conn:
+    with write_transaction(engine, wait_seconds, "items table") as conn:
         conn.execute(items_table.delete())
         conn.execute(items_table.insert(), titles[[C.ITEM, C.TITLE]].to_dict("records"))
