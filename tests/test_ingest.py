@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -624,3 +625,57 @@ def test_a_rejection_caused_by_settings_is_retried_once_the_settings_change(sett
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT status FROM ingest_log").scalars().all() == ["ingested"]
     assert len(lake_rows(settings)) == 2
+
+
+def test_side_files_read_ids_by_the_ingest_rule(settings, engine, tmp_path):
+    # Issue 16 #6 and #19: float ids from Parquet were stored as "239.0" (matching no
+    # item), and CSV ids lost the spaces a quoted field keeps.
+    from recjobs.ingest import ingest_side_file
+
+    pq.write_table(pa.table({C.ITEM: pa.array([239.0, 7.5, 12.0]), C.FEATURE: ["genre=A", "genre=B", "genre=C"],
+                             C.WEIGHT: [1.0, 2.0, 3.0]}), tmp_path / "item_features.parquet")
+    ingest_side_file(tmp_path / "item_features.parquet", settings, engine)
+    features = Lake.of(settings).read_side("item_features")
+    assert sorted(features[C.ITEM]) == ["12", "239", "7.5"]
+    titles = write(tmp_path / "titles.csv", 'item_id,title\n" pad item ",Padded\n 7 , Seven \n'
+                   '"a,b","Quoted, ""with"" commas"\n"two\nlines",Multi\n')
+    report = ingest_side_file(titles, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (4, 4, 0)
+    stored = Lake.of(settings).read_side("items").set_index(C.ITEM)[C.TITLE].to_dict()
+    assert stored == {" pad item ": "Padded", "7": "Seven", "a,b": 'Quoted, "with" commas', "two\nlines": "Multi"}
+    with engine.connect() as conn:
+        assert dict(conn.exec_driver_sql("SELECT item_id, title FROM items").all()) == stored
+    pq.write_table(pa.table({C.ITEM: pa.array([3, None], pa.int64()), C.TITLE: ["Three", "No id"]}),
+                   tmp_path / "titles.parquet")
+    settings.ingest.max_invalid_share = 0.5
+    report = ingest_side_file(tmp_path / "titles.parquet", settings, engine)
+    assert (report.rows_valid, report.rows_quarantined) == (1, 1)
+    assert Lake.of(settings).read_side("items").set_index(C.ITEM)[C.TITLE]["3"] == "Three"
+
+
+def test_a_side_file_with_malformed_lines_quarantines_them_by_line(settings, engine, tmp_path):
+    from recjobs.ingest import ingest_side_file
+
+    lines = [f"i{k},genre=G{k % 3}" for k in range(200)]
+    lines[50] = "i50,genre=x,1,extra"
+    path = write(tmp_path / "item_features.csv", "item_id,feature\n" + "\n".join(lines) + "\n")
+    report = ingest_side_file(path, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (200, 199, 1)
+    bad = pd.read_parquet(report.quarantine_path)
+    assert bad[C.SOURCE_ROW].tolist() == [52] and bad[C.REASON].tolist() == ["expected 2 fields, found 4"]
+
+
+def test_a_weight_beyond_float32_is_quarantined_not_stored_as_inf(settings, engine, tmp_path):
+    # Issue 16 #21: 1e39 is finite in float64 and inf in the float32 the side table holds.
+    from recjobs.ingest import ingest_side_file
+
+    lines = [f"i{k},genre=G,1.5" for k in range(200)] + ["i200,genre=G,1e39", "i201,genre=G,-3.5e38"]
+    path = write(tmp_path / "item_features.csv", "item_id,feature,weight\n" + "\n".join(lines) + "\n")
+    settings.ingest.max_invalid_share = 0.05
+    report = ingest_side_file(path, settings, engine)
+    assert (report.rows_valid, report.rows_quarantined) == (200, 2)
+    bad = pd.read_parquet(report.quarantine_path)
+    assert bad[C.SOURCE_ROW].tolist() == [202, 203]
+    assert set(bad[C.REASON]) == {"weight is beyond float32's range"}
+    stored = Lake.of(settings).read_side("item_features")
+    assert np.isfinite(stored[C.WEIGHT].to_numpy()).all() and len(stored) == 200

@@ -25,6 +25,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recjobs.errors import IngestError
+
 BOM = b"\xef\xbb\xbf"
 
 
@@ -330,3 +332,35 @@ def split_plain(
         index=pd.Index(numbers[wrong], dtype="int64"), dtype="string",
     )
     return pa.table(columns), malformed
+
+
+def read_delimited(path: Path, batch_rows: int = 1_000_000) -> tuple[pd.DataFrame, pd.Series]:
+    """A whole delimited file with a header, every column as text by the quoting rule above.
+
+    The reader of side files and rules sources, so an id means there what it means in a
+    ratings file. Returns (rows indexed by 1-based line number, a reason for each
+    malformed line by line number). Raises :class:`IngestError` naming the file for an
+    empty file or a header that is malformed or names a column twice.
+    """
+    first = first_line(path)
+    if not first.strip():
+        raise IngestError(f"{path}: file is empty (or its first line is blank)")
+    delimiter = delimiter_of(first)
+    names = split_record(first, delimiter)
+    if names is None:
+        raise IngestError(f"{path}: malformed quoting in the header line")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise IngestError(f"{path}: column(s) {twice} appear more than once in the header")
+    wanted = {name: i for i, name in enumerate(names)}
+    frames: list[pd.DataFrame] = []
+    malformed: list[pd.Series] = []
+    for rows, bad, _ in text_batches(path, delimiter, len(names), wanted, True, batch_rows):
+        if isinstance(rows, pa.Table):
+            index = pd.Index(rows.column(LINE).to_numpy(), dtype="int64")
+            rows = pd.DataFrame({n: pd.Series(rows.column(n).to_numpy(zero_copy_only=False), index=index,
+                                              dtype="string") for n in names}, index=index)
+        frames.append(rows)
+        malformed.append(bad)
+    frame = pd.concat(frames) if frames else pd.DataFrame({n: pd.Series(dtype="string") for n in names})
+    return frame, pd.concat(malformed) if malformed else pd.Series(dtype="string")
