@@ -57,7 +57,7 @@ from recjobs.ingest._movielens import import_movielens, movielens_side_frames
 from recjobs.ingest._ratings import ingest_file
 from recjobs.ingest._report import STATUS_INGESTED, STATUS_REJECTED, IngestReport, file_sha256
 from recjobs.ingest._side import ingest_side_file, ingest_side_frame, sync_titles
-from recjobs.ingest._text import read_header, split_record
+from recjobs.ingest._text import read_delimited, read_header, split_record
 from recjobs.ingest._validate import parse_timestamps, validate
 from recjobs.ingest.ledger import (
     known_hash,
@@ -71,6 +71,6 @@ __all__ = [
     "INBOX_PATTERNS", "REQUIRED", "STATUS_INGESTED", "STATUS_REJECTED", "IngestError", "IngestReport",
     "file_sha256", "import_movielens", "inbox_files", "ingest_file", "ingest_inbox", "ingest_side_file",
     "ingest_path", "ingest_side_frame", "known_hash", "movielens_side_frames", "parse_columns_option", "parse_timestamps",
-    "pending_inbox_files", "read_header", "record_ingest", "record_rejection", "rejection_reason", "seen_before",
+    "pending_inbox_files", "read_delimited", "read_header", "record_ingest", "record_rejection", "rejection_reason", "seen_before",
     "sniff_kind", "split_record", "sync_titles", "validate",
 ]
