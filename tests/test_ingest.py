@@ -679,3 +679,60 @@ def test_a_weight_beyond_float32_is_quarantined_not_stored_as_inf(settings, engi
     assert set(bad[C.REASON]) == {"weight is beyond float32's range"}
     stored = Lake.of(settings).read_side("item_features")
     assert np.isfinite(stored[C.WEIGHT].to_numpy()).all() and len(stored) == 200
+
+
+def test_an_id_of_20000_characters_is_text_everywhere_without_fixed_width_arrays(settings, engine, tmp_path):
+    # Issue 16 #13 (ingest's part): ids have no length limit; a fixed-width "<U20000"
+    # array would cost 80 kB for every element of an id array.
+    from recjobs.data import Interactions
+    from recjobs.data.ids import load_ids, save_ids
+
+    long_plain = "L" * 20_000
+    long_quoted = "Q, \"" + "q" * 19_990 + "\"\n "
+    csv = write(tmp_path / "long.csv", HEADER_LINE + f"{long_plain},i1,4,881250949\n"
+                + '"' + long_quoted.replace('"', '""') + '",i2,4,881250950\nshort,i1,3,881250951\n')
+    assert ingest_file(csv, settings, engine).rows_valid == 3
+    pq.write_table(pa.table({C.USER: ["P" * 20_000], C.ITEM: ["i3"], C.RATING: [5.0], C.TIMESTAMP: [881250952]}),
+                   tmp_path / "long.parquet")
+    assert ingest_file(tmp_path / "long.parquet", settings, engine).rows_valid == 1
+    assert set(lake_rows(settings)[C.USER]) == {long_plain, long_quoted, "short", "P" * 20_000}
+    events = Lake.of(settings).read_events(FAR)
+    assert events.user_ids.dtype == object and set(events.user_ids) >= {long_plain, long_quoted}
+    data = Interactions.from_frame(lake_rows(settings))
+    assert data.user_ids.dtype == object and long_quoted in set(data.user_ids)
+    save_ids(tmp_path, "users", data.user_ids)
+    assert load_ids(tmp_path, "users").tolist() == data.user_ids.tolist()
+    assert (tmp_path / "users.data.npy").stat().st_size < 100_000  # the text once, not 4 x 20,000 x n
+
+
+def test_import_movielens_writes_side_tables_only_under_the_lake_lock(settings, engine, tmp_path):
+    # Issue 16 #11: the side files were rewritten without the lake's lock.
+    import subprocess
+    import sys
+
+    from recjobs.ingest import import_movielens
+
+    ml = tmp_path / "ml"
+    ml.mkdir()
+    write(ml / "u.data", "1\t10\t4\t881250949\n2\t11\t3\t881250950\n")
+    genres = "|".join(["0"] * 19)
+    (ml / "u.item").write_bytes(f"10|Film A (1995)|01-Jan-1995||http://x|{genres}\n"
+                                f"11|Caf\xe9 (1996)|01-Jan-1996||http://y|{genres[:-1]}1\n".encode("latin-1"))
+    write(ml / "u.user", "1|24|M|technician|85711\n2|53|F|other|94043\n")
+    ingest_file(ml / "u.data", settings, engine)  # the ratings are in: only the side tables remain
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import filelock, sys; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+         "print('held', flush=True); sys.stdin.read()", str(settings.lake / ".lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        settings.ingest.lock_timeout_seconds = 0.5
+        with pytest.raises(IngestError, match=r"ml: .*another writer held the lake's lock"):
+            import_movielens(ml, settings, engine)
+        assert not list(Lake.of(settings).features.glob("*.parquet"))
+    finally:
+        holder.communicate("")
+    reports = import_movielens(ml, settings, engine)
+    assert [r.skipped for r in reports] == [True, False, False, False]
+    titles = Lake.of(settings).read_side("items").set_index(C.ITEM)[C.TITLE].to_dict()
+    assert titles == {"10": "Film A (1995)", "11": "Caf\xe9 (1996)"}
