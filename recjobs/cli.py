@@ -105,14 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from recjobs.ingest import (
-        import_movielens,
-        ingest_file,
-        ingest_inbox,
-        ingest_side_file,
-        parse_columns_option,
-        sniff_kind,
-    )
+    from recjobs.ingest import import_movielens, ingest_inbox, ingest_path, parse_columns_option
     from recjobs.pipeline import engine_for
 
     if args.columns:  # same path as --set, so a bad mapping is reported like any setting
@@ -124,10 +117,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.movielens:
         reports += import_movielens(args.movielens, settings, engine)
     for path in args.paths:
-        p = Path(path)
-        kind = sniff_kind(p) if p.is_file() and p.stat().st_size else "ratings"
-        reports.append(ingest_file(p, settings, engine, force=args.force) if kind == "ratings"
-                       else ingest_side_file(p, settings, engine, kind))
+        reports.append(ingest_path(Path(path), settings, engine, force=args.force))
     if not args.paths and not args.movielens:
         reports = ingest_inbox(settings, engine)
         if not reports:
@@ -294,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", parents=[common], help="ingest rating/feature files (default: the inbox)")
     p.add_argument("paths", nargs="*")
     p.add_argument("--movielens", metavar="DIR", help="a MovieLens 100k folder (u.data, u.item, u.user)")
-    p.add_argument("--force", action="store_true", help="ingest even if this content was ingested before")
+    p.add_argument("--force", action="store_true",
+                   help="read and validate again content ingested or rejected before (rejected content is "
+                        "rejected again unless the settings that rejected it changed)")
     p.add_argument("--columns", metavar="CANONICAL=NAME,...",
                    help="rating files' column names, e.g. user_id=customer,item_id=sku "
                         "(setting ingest.columns)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -100,13 +101,16 @@ def test_too_many_invalid_rows_fails_naming_file_and_counts_and_ingests_nothing(
     message = str(err.value)
     assert str(path) in message and "2 of 4 rows invalid" in message and "max_invalid_share" in message
     assert lake_rows(settings).empty
-    # Recorded as rejected: a retry of the same content is skipped with the earlier reason
-    # (so the inbox does not fail on it every night) until forced.
-    settings.ingest.max_invalid_share = 0.6
+    # Recorded as rejected: a retry of the same content under the same settings is skipped
+    # with the earlier reason (so the inbox does not fail on it every night); forced, it is
+    # validated again (and rejected again); under other settings it is judged afresh.
     again = ingest_file(path, settings, engine)
     assert again.skipped and again.status == "rejected" and "2 of 4 rows invalid" in again.reason
     assert lake_rows(settings).empty
-    assert ingest_file(path, settings, engine, force=True).rows_valid == 2
+    with pytest.raises(IngestError, match="2 of 4 rows invalid"):
+        ingest_file(path, settings, engine, force=True)
+    settings.ingest.max_invalid_share = 0.6
+    assert ingest_file(path, settings, engine).rows_valid == 2
 
 
 def test_duplicate_rows_are_dropped_once(settings, engine, tmp_path):
@@ -423,3 +427,312 @@ def test_long_steps_log_progress_with_rate_and_eta(settings, engine, tmp_path, c
     assert len(validating) >= 5 and len(merging) >= 5
     assert all("rows/s" in m and "ETA" in m for m in validating + merging)
     assert "rows validated" in validating[-1] and "partitions merged" in merging[-1]
+
+
+# -- issue 16: trust, round two --------------------------------------------------------
+
+
+def _numbered_rows(n: int, special: dict[int, str] | None = None) -> list[str]:
+    """``n`` data rows ``u<k>,i<k>,3,<ts>``; ``special`` replaces the item of row k (1-based)."""
+    special = special or {}
+    return [f"u{k},{special.get(k, f'i{k}')},3,{881250949 + k}" for k in range(1, n + 1)]
+
+
+@pytest.mark.parametrize("batch_rows", [1_000_000, 16])
+def test_a_quote_inside_an_unquoted_field_is_text_and_swallows_nothing(settings, engine, tmp_path, batch_rows):
+    # Issue 16 #1: row 900's `LP 12" vinyl` used to open a quoted field that swallowed
+    # the next 99 lines; stray quotes on rows 100 and 900 lost 800 rows.
+    settings.ingest.batch_rows = batch_rows
+    one = write(tmp_path / "one.csv", HEADER_LINE + "\n".join(_numbered_rows(1000, {900: 'LP 12" vinyl'})) + "\n")
+    report = ingest_file(one, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (1000, 1000, 0)
+    two = write(tmp_path / "two.csv", HEADER_LINE + "\n".join(
+        _numbered_rows(1000, {100: 'say "hi', 900: '12" x 8"'})).replace("u", "w") + "\n")
+    report = ingest_file(two, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (1000, 1000, 0)
+    rows = lake_rows(settings)
+    assert len(rows) == 2000
+    items = set(rows[C.ITEM])
+    assert {'LP 12" vinyl', 'say "hi', '12" x 8"'} <= items
+
+
+def test_a_quote_that_opens_a_field_and_never_closes_counts_every_line_it_took(settings, engine, tmp_path):
+    # A quote that does open a field runs on, as in Python's csv module; if it never
+    # closes, every line it took is quarantined, so the invalid share sees them all.
+    lines = _numbered_rows(1000)
+    lines[899] = 'u900,"LP 12 vinyl,3,881250949'
+    path = write(tmp_path / "open.csv", HEADER_LINE + "\n".join(lines) + "\n")
+    settings.ingest.max_invalid_share = 0.5
+    report = ingest_file(path, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (1000, 899, 101)
+    bad = pd.read_parquet(report.quarantine_path)
+    assert bad[C.SOURCE_ROW].tolist() == list(range(901, 1002))
+    assert set(bad[C.REASON]) == {"unterminated quote"}
+
+
+def test_a_quoted_field_may_span_lines_and_keeps_crlf_inside_it(settings, engine, tmp_path):
+    path = tmp_path / "multi.csv"
+    path.write_bytes(HEADER_LINE.encode() + b'"a\r\nb","x "" y",4,881250949\r\n'
+                     b'"c\n\nd",z,4,881250950\r\nplain,q,4,881250951\r\n')
+    report = ingest_file(path, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (3, 3, 0)
+    rows = lake_rows(settings)
+    assert set(zip(rows[C.USER], rows[C.ITEM], strict=True)) == {
+        ("a\r\nb", 'x " y'), ("c\n\nd", "z"), ("plain", "q")}
+
+
+def test_a_quote_left_open_for_a_megabyte_is_cut_off_and_reading_starts_afresh(settings, engine, tmp_path):
+    from recjobs.ingest._text import MAX_QUOTED_CHARS
+
+    line = "u{0},i{0},3,881250949"
+    n = MAX_QUOTED_CHARS // len(line.format(500_000)) + 50_000
+    path = write(tmp_path / "stray.csv", HEADER_LINE + 'u0,"open,3,881250949\n'
+                 + "\n".join(line.format(k) for k in range(1, n)) + "\n")
+    settings.ingest.max_invalid_share = 1.0
+    report = ingest_file(path, settings, engine)
+    assert report.rows_read == n  # every line is accounted for
+    bad = pd.read_parquet(report.quarantine_path, columns=[C.SOURCE_ROW, C.REASON])
+    cut = int(bad[C.SOURCE_ROW].max())
+    assert bad[C.SOURCE_ROW].tolist() == list(range(2, cut + 1)) and set(bad[C.REASON]) == {"unterminated quote"}
+    assert report.rows_valid == n + 1 - cut > 40_000  # the lines after the cut are read as records
+
+
+def test_a_tsv_whose_header_names_no_known_column_is_refused_not_read_as_u_data(settings, engine, tmp_path):
+    # Issue 16 #7: it was read as headerless u.data (users and items swapped, the header
+    # quarantined). A file without a header must look like u.data: numbers for rating and time.
+    path = write(tmp_path / "swapped.tsv", "item\tuser\tscore\twhen\n10\t1\t4\t881250949\n")
+    with pytest.raises(IngestError, match=r"swapped.tsv: missing required columns") as err:
+        ingest_file(path, settings, engine)
+    assert "u.data" in str(err.value)
+    assert lake_rows(settings).empty
+    dat = write(tmp_path / "named.dat", "movie::person::stars::when\n10::1::4::881250949\n")
+    with pytest.raises(IngestError, match=r"named.dat: missing required columns"):
+        ingest_file(dat, settings, engine)
+    # Headerless MovieLens files still read, ISO times included; a mapped header is a header.
+    assert ingest_file(write(tmp_path / "u.data", "1\t10\t4\t881250949\n2\t10\t3.5\t2024-03-01T10:00:00Z\n"),
+                       settings, engine).rows_valid == 2
+    settings.ingest.columns = {C.USER: "user", C.ITEM: "item", C.RATING: "score", C.TIMESTAMP: "when"}
+    assert ingest_file(path, settings, engine, force=True).rows_valid == 1
+    rows = lake_rows(settings)
+    assert ("1", "10") in set(zip(rows[C.USER], rows[C.ITEM], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("header", "columns"),
+    [("user_id,item_id,rating,timestamp,feature", {}),
+     ("user_id,item_id,stars,timestamp,title", {C.RATING: "stars"}),
+     ("userId,movieId,rating,timestamp,title", {})],
+)
+def test_a_ratings_file_with_an_extra_side_column_is_a_ratings_file(settings, engine, tmp_path, header, columns):
+    # Issue 16 #2: one extra column named like a side file's made it a side file: no
+    # ratings landed, the side table was overwritten and the hash recorded.
+    from recjobs.ingest import sniff_kind
+
+    settings.ingest.columns = columns
+    settings.inbox.mkdir(parents=True)
+    path = write(settings.inbox / "ratings.csv", header + "\n1,10,4,881250949,x\n2,11,5,881250950,y\n")
+    reports = ingest_inbox(settings, engine)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT kind FROM ingest_log").scalars().all() == ["ratings"]
+    assert [r.rows_valid for r in reports] == [2]
+    assert sorted(lake_rows(settings)[C.USER]) == ["1", "2"]
+    assert not list(Lake.of(settings).features.glob("*.parquet"))
+    assert sniff_kind(path, settings) == "ratings"
+
+
+def test_side_files_are_still_told_apart_by_their_columns(tmp_path):
+    from recjobs.ingest import sniff_kind
+
+    cases = {"item_id,feature\n": "item_features", "user_id,feature,weight\n": "user_features",
+             "item_id,title\n": "items", "user_id,item_id,rating,timestamp\n": "ratings",
+             "1\t10\t4\t881250949\n": "ratings"}
+    for n, (text, kind) in enumerate(cases.items()):
+        assert sniff_kind(write(tmp_path / f"f{n}.csv", text)) == kind, text
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_a_duplicate_column_name_is_refused_by_name_and_the_inbox_goes_on(settings, engine, fmt):
+    # Issue 16 #12: a Parquet file with a duplicate column crashed with KeyError, aborted
+    # the inbox (later files not ingested) and was not recorded, so it failed every night.
+    inbox = settings.inbox
+    inbox.mkdir(parents=True)
+    names = [C.USER, C.ITEM, C.RATING, C.TIMESTAMP, C.USER]
+    if fmt == "parquet":
+        table = pa.Table.from_arrays([pa.array(["1"]), pa.array(["2"]), pa.array([4.0]),
+                                      pa.array([881250949]), pa.array(["9"])], names=names)
+        pq.write_table(table, inbox / "a_dup.parquet")
+    else:
+        write(inbox / "a_dup.csv", ",".join(names) + "\n1,2,4,881250949,9\n")
+    write(inbox / "b_good.csv", HEADER_LINE + "3,4,4,881250949\n")
+    with pytest.raises(IngestError) as err:
+        ingest_inbox(settings, engine)
+    assert f"a_dup.{fmt}: column 'user_id' appears 2 times" in str(err.value)
+    assert "b_good" not in str(err.value)
+    assert lake_rows(settings)[C.USER].tolist() == ["3"]
+    with engine.connect() as conn:
+        status = dict(conn.exec_driver_sql("SELECT source_path, status FROM ingest_log").all())
+    assert status == {str(inbox / f"a_dup.{fmt}"): "rejected", str(inbox / "b_good.csv"): "ingested"}
+    # A duplicate the ingest does not read is no obstacle.
+    table = pa.Table.from_arrays([pa.array(["5"]), pa.array(["6"]), pa.array([4.0]), pa.array([881250949]),
+                                  pa.array([1]), pa.array([2])], names=[*names[:4], "x", "x"])
+    pq.write_table(table, inbox / "c_extra.parquet")
+    assert ingest_file(inbox / "c_extra.parquet", settings, engine).rows_valid == 1
+
+
+def test_force_reads_a_side_file_again_and_its_hint_says_what_it_does(settings, tmp_path, monkeypatch, capsys):
+    # Issue 16 #15: --force was ignored for side files, and the hint for a rejected file
+    # said "ingest it anyway" (it is validated, and rejected, again).
+    from recjobs.cli import main
+
+    monkeypatch.setenv("RECJOBS_HOME", str(settings.home))
+    old = write(tmp_path / "old_titles.csv", "item_id,title\n1,Old\n2,Two\n")
+    new = write(tmp_path / "new_titles.csv", "item_id,title\n1,New\n")
+    assert main(["ingest", str(old)]) == 0 and main(["ingest", str(new)]) == 0
+    assert main(["ingest", str(old)]) == 0
+    assert "already ingested" in capsys.readouterr().out
+    assert main(["ingest", "--force", str(old)]) == 0
+    assert "already ingested" not in capsys.readouterr().out
+    titles = Lake.of(settings).read_side("items").set_index(C.ITEM)[C.TITLE].to_dict()
+    assert titles == {"1": "Old", "2": "Two"}
+    bad = write(tmp_path / "bad.csv", HEADER_LINE + "1,1,4,881250949\n1,2,99,881250949\n")
+    assert main(["ingest", str(bad)]) == 1
+    capsys.readouterr()
+    assert main(["ingest", str(bad)]) == 0
+    out = capsys.readouterr()
+    hint = out.out + out.err
+    assert "rejected on an earlier run" in hint and "anyway" not in hint
+    assert f"`recjobs ingest --force {bad}` validates this content again" in hint
+    assert main(["ingest", "--force", str(bad)]) == 1  # validated again: rejected again
+    assert "1 of 2 rows invalid" in capsys.readouterr().err
+
+
+def test_a_rejection_caused_by_settings_is_retried_once_the_settings_change(settings, engine):
+    # Issue 16 #23: a file rejected under a wrong setting (every rating above a mistyped
+    # rating_max) stayed rejected after the setting was fixed.
+    from recjobs.ingest import pending_inbox_files
+
+    settings.inbox.mkdir(parents=True)
+    path = write(settings.inbox / "r.csv", HEADER_LINE + "1,1,4,881250949\n1,2,5,881250949\n")
+    settings.ingest.rating_max = 1.0
+    with pytest.raises(IngestError, match="2 of 2 rows invalid"):
+        ingest_inbox(settings, engine)
+    assert pending_inbox_files(settings, engine, settle_seconds=0) == []
+    assert all(r.skipped for r in ingest_inbox(settings, engine))  # same settings: still skipped
+    settings.ingest.rating_max = 5.0
+    assert pending_inbox_files(settings, engine, settle_seconds=0) == [path]
+    reports = ingest_inbox(settings, engine)
+    assert [(r.skipped, r.rows_valid) for r in reports] == [(False, 2)]
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT status FROM ingest_log").scalars().all() == ["ingested"]
+    assert len(lake_rows(settings)) == 2
+
+
+def test_side_files_read_ids_by_the_ingest_rule(settings, engine, tmp_path):
+    # Issue 16 #6 and #19: float ids from Parquet were stored as "239.0" (matching no
+    # item), and CSV ids lost the spaces a quoted field keeps.
+    from recjobs.ingest import ingest_side_file
+
+    pq.write_table(pa.table({C.ITEM: pa.array([239.0, 7.5, 12.0]), C.FEATURE: ["genre=A", "genre=B", "genre=C"],
+                             C.WEIGHT: [1.0, 2.0, 3.0]}), tmp_path / "item_features.parquet")
+    ingest_side_file(tmp_path / "item_features.parquet", settings, engine)
+    features = Lake.of(settings).read_side("item_features")
+    assert sorted(features[C.ITEM]) == ["12", "239", "7.5"]
+    titles = write(tmp_path / "titles.csv", 'item_id,title\n" pad item ",Padded\n 7 , Seven \n'
+                   '"a,b","Quoted, ""with"" commas"\n"two\nlines",Multi\n')
+    report = ingest_side_file(titles, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (4, 4, 0)
+    stored = Lake.of(settings).read_side("items").set_index(C.ITEM)[C.TITLE].to_dict()
+    assert stored == {" pad item ": "Padded", "7": "Seven", "a,b": 'Quoted, "with" commas', "two\nlines": "Multi"}
+    with engine.connect() as conn:
+        assert dict(conn.exec_driver_sql("SELECT item_id, title FROM items").all()) == stored
+    pq.write_table(pa.table({C.ITEM: pa.array([3, None], pa.int64()), C.TITLE: ["Three", "No id"]}),
+                   tmp_path / "titles.parquet")
+    settings.ingest.max_invalid_share = 0.5
+    report = ingest_side_file(tmp_path / "titles.parquet", settings, engine)
+    assert (report.rows_valid, report.rows_quarantined) == (1, 1)
+    assert Lake.of(settings).read_side("items").set_index(C.ITEM)[C.TITLE]["3"] == "Three"
+
+
+def test_a_side_file_with_malformed_lines_quarantines_them_by_line(settings, engine, tmp_path):
+    from recjobs.ingest import ingest_side_file
+
+    lines = [f"i{k},genre=G{k % 3}" for k in range(200)]
+    lines[50] = "i50,genre=x,1,extra"
+    path = write(tmp_path / "item_features.csv", "item_id,feature\n" + "\n".join(lines) + "\n")
+    report = ingest_side_file(path, settings, engine)
+    assert (report.rows_read, report.rows_valid, report.rows_quarantined) == (200, 199, 1)
+    bad = pd.read_parquet(report.quarantine_path)
+    assert bad[C.SOURCE_ROW].tolist() == [52] and bad[C.REASON].tolist() == ["expected 2 fields, found 4"]
+
+
+def test_a_weight_beyond_float32_is_quarantined_not_stored_as_inf(settings, engine, tmp_path):
+    # Issue 16 #21: 1e39 is finite in float64 and inf in the float32 the side table holds.
+    from recjobs.ingest import ingest_side_file
+
+    lines = [f"i{k},genre=G,1.5" for k in range(200)] + ["i200,genre=G,1e39", "i201,genre=G,-3.5e38"]
+    path = write(tmp_path / "item_features.csv", "item_id,feature,weight\n" + "\n".join(lines) + "\n")
+    settings.ingest.max_invalid_share = 0.05
+    report = ingest_side_file(path, settings, engine)
+    assert (report.rows_valid, report.rows_quarantined) == (200, 2)
+    bad = pd.read_parquet(report.quarantine_path)
+    assert bad[C.SOURCE_ROW].tolist() == [202, 203]
+    assert set(bad[C.REASON]) == {"weight is beyond float32's range"}
+    stored = Lake.of(settings).read_side("item_features")
+    assert np.isfinite(stored[C.WEIGHT].to_numpy()).all() and len(stored) == 200
+
+
+def test_an_id_of_20000_characters_is_text_everywhere_without_fixed_width_arrays(settings, engine, tmp_path):
+    # Issue 16 #13 (ingest's part): ids have no length limit; a fixed-width "<U20000"
+    # array would cost 80 kB for every element of an id array.
+    from recjobs.data import Interactions
+    from recjobs.data.ids import load_ids, save_ids
+
+    long_plain = "L" * 20_000
+    long_quoted = "Q, \"" + "q" * 19_990 + "\"\n "
+    csv = write(tmp_path / "long.csv", HEADER_LINE + f"{long_plain},i1,4,881250949\n"
+                + '"' + long_quoted.replace('"', '""') + '",i2,4,881250950\nshort,i1,3,881250951\n')
+    assert ingest_file(csv, settings, engine).rows_valid == 3
+    pq.write_table(pa.table({C.USER: ["P" * 20_000], C.ITEM: ["i3"], C.RATING: [5.0], C.TIMESTAMP: [881250952]}),
+                   tmp_path / "long.parquet")
+    assert ingest_file(tmp_path / "long.parquet", settings, engine).rows_valid == 1
+    assert set(lake_rows(settings)[C.USER]) == {long_plain, long_quoted, "short", "P" * 20_000}
+    events = Lake.of(settings).read_events(FAR)
+    assert events.user_ids.dtype == object and set(events.user_ids) >= {long_plain, long_quoted}
+    data = Interactions.from_frame(lake_rows(settings))
+    assert data.user_ids.dtype == object and long_quoted in set(data.user_ids)
+    save_ids(tmp_path, "users", data.user_ids)
+    assert load_ids(tmp_path, "users").tolist() == data.user_ids.tolist()
+    assert (tmp_path / "users.data.npy").stat().st_size < 100_000  # the text once, not 4 x 20,000 x n
+
+
+def test_import_movielens_writes_side_tables_only_under_the_lake_lock(settings, engine, tmp_path):
+    # Issue 16 #11: the side files were rewritten without the lake's lock.
+    import subprocess
+    import sys
+
+    from recjobs.ingest import import_movielens
+
+    ml = tmp_path / "ml"
+    ml.mkdir()
+    write(ml / "u.data", "1\t10\t4\t881250949\n2\t11\t3\t881250950\n")
+    genres = "|".join(["0"] * 19)
+    (ml / "u.item").write_bytes(f"10|Film A (1995)|01-Jan-1995||http://x|{genres}\n"
+                                f"11|Caf\xe9 (1996)|01-Jan-1996||http://y|{genres[:-1]}1\n".encode("latin-1"))
+    write(ml / "u.user", "1|24|M|technician|85711\n2|53|F|other|94043\n")
+    ingest_file(ml / "u.data", settings, engine)  # the ratings are in: only the side tables remain
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import filelock, sys; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); "
+         "print('held', flush=True); sys.stdin.read()", str(settings.lake / ".lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        settings.ingest.lock_timeout_seconds = 0.5
+        with pytest.raises(IngestError, match=r"ml: .*another writer held the lake's lock"):
+            import_movielens(ml, settings, engine)
+        assert not list(Lake.of(settings).features.glob("*.parquet"))
+    finally:
+        holder.communicate("")
+    reports = import_movielens(ml, settings, engine)
+    assert [r.skipped for r in reports] == [True, False, False, False]
+    titles = Lake.of(settings).read_side("items").set_index(C.ITEM)[C.TITLE].to_dict()
+    assert titles == {"10": "Film A (1995)", "11": "Caf\xe9 (1996)"}

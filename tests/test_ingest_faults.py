@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,9 @@ import pytest
 
 from recjobs import columns as C
 from recjobs.data import Lake
+from recjobs.pipeline import engine_for
 from recjobs.runs import cutoff_of
+from recjobs.settings import load_settings
 from tests.conftest import AIRFLOW
 
 RECJOBS = Path(sys.executable).with_name("recjobs")
@@ -63,6 +66,44 @@ def test_concurrent_ingests_into_the_same_days_keep_every_row(tmp_path):
     rows = lake(home)
     assert len(rows) == 2 * 10 * 3 * 5
     assert rows[C.USER].str[0].value_counts().to_dict() == {"a": 150, "b": 150}
+
+
+def test_ingest_waits_for_a_locked_database_and_never_merges_without_its_log_row(tmp_path):
+    # Issue 16 #5: beside a publish holding SQLite's write lock longer than the engine's
+    # 60 s busy timeout, an ingest merged its rows, then died with "database is locked"
+    # before writing ingest_log. It waits as for the lake's lock, and reserves its row first.
+    home = tmp_path / "home"
+    engine_for(load_settings({"home": str(home)}, environ={})).dispose()  # the schema, as initdb makes it
+    path = ratings_file(tmp_path / "r.csv", ["a", "b"], days=2)
+    partitions = home / "lake" / "ratings"
+    holder = sqlite3.connect(home / "recjobs.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # what a publish holds while it loads and swaps
+    try:
+        # Locked past the ingest's wait: one line, and nothing merged.
+        out = recjobs(home, "ingest", "--set", "ingest.lock_timeout_seconds=1", str(path))
+        assert out.returncode == 1, out.stderr
+        assert "stayed locked by another writer" in out.stderr and "ingest.lock_timeout_seconds" in out.stderr
+        assert "Traceback" not in out.stderr
+        assert not list(partitions.rglob("*.parquet"))
+        # Locked for a while: it waits, still with nothing merged, until the lock goes.
+        proc = subprocess.Popen([str(RECJOBS), "ingest", str(path)], env=_env(home), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:  # ends when the process does (the old code: after 60 s)
+            seen.append(line)
+            if "waiting for it" in line:
+                break
+        assert "waiting for it" in "".join(seen), "".join(seen)
+        assert not list(partitions.rglob("*.parquet"))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert len(lake(home)) == 2 * 2 * 5
+    with sqlite3.connect(home / "recjobs.db") as conn:
+        assert conn.execute("SELECT status, rows_valid FROM ingest_log").fetchall() == [("ingested", 20)]
 
 
 POINTS = ["ingest.mid_validation", "lake.merge.before_write", "ingest.mid_merge", "ingest.before_log"]

@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
@@ -174,7 +176,7 @@ def test_rules_errors_name_the_setting_and_source(tmp_path, settings):
     # u1/i2 expired the day before; u9 is unknown.
     assert rules.blocked is None and rules.user_excluded.toarray().tolist() == [[1, 0, 0], [0, 0, 1]]
     path.write_text("user_id,item_id,until\nu1,i1,soon\n")
-    with pytest.raises(RulesError, match=r"until is not a date in row\(s\) 2"):
+    with pytest.raises(RulesError, match=r"until is not an ISO 8601 date in line\(s\) 2"):
         load_rules(ok, day, users, items)
     bad_table = settings.model_copy(update={"rules": settings.rules.model_copy(update={"allow_items": "no_such"})})
     with pytest.raises(RulesError, match="rules.allow_items = 'no_such': cannot read table no_such"):
@@ -190,3 +192,91 @@ def test_rerank_settings_are_checked(tmp_path):
         load_settings({"home": str(tmp_path), "rules": {"exclude_items": " "}}, environ={})
     env = load_settings({"home": str(tmp_path)}, environ={"RECJOBS_RULES__EXCLUDE_ITEMS": "withdrawn_items"})
     assert env.rules.exclude_items == "withdrawn_items" and not env.rerank.active
+
+
+# -- issue 16: rules sources read ids as ingest does, and fail in one line ----------------
+
+USERS = np.array(["u1", " pad user ", "239"], object)
+ITEMS = np.array(["i1", " pad item ", "pad item", "239", "7.5"], object)
+
+
+def _with_rules(settings, **rules):  # noqa: ANN001, ANN003, ANN202
+    return settings.model_copy(update={"rules": settings.rules.model_copy(update=rules)})
+
+
+def _blocked(settings, **rules) -> list[str]:  # noqa: ANN001, ANN003
+    blocked = load_rules(_with_rules(settings, **rules), dt.date(2026, 1, 31), USERS, ITEMS).blocked
+    return sorted(ITEMS[blocked]) if blocked is not None else []
+
+
+def test_rules_sources_read_ids_by_the_ingest_rule(tmp_path, settings):
+    # Issue 16 #6: float ids from Parquet ("239.0") matched nothing; #19: ids lost the
+    # spaces a quoted CSV field (or a table's text) keeps.
+    pd.DataFrame({"item_id": [239.0, 7.5]}).to_parquet(tmp_path / "withdrawn.parquet")
+    assert _blocked(settings, exclude_items=str(tmp_path / "withdrawn.parquet")) == ["239", "7.5"]
+    (tmp_path / "withdrawn.csv").write_text('item_id\n" pad item "\n i1 \n')
+    assert _blocked(settings, exclude_items=str(tmp_path / "withdrawn.csv")) == [" pad item ", "i1"]
+    (tmp_path / "allowed.tsv").write_text('item_id\tnote\n"pad item"\tx\n')
+    assert _blocked(settings, allow_items=str(tmp_path / "allowed.tsv")) == [" pad item ", "239", "7.5", "i1"]
+    engine = engine_for(settings)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE withdrawn_real (item_id REAL)")  # read back as floats
+        conn.exec_driver_sql("INSERT INTO withdrawn_real VALUES (239.0)")
+        conn.exec_driver_sql("CREATE TABLE withdrawn_text (item_id TEXT)")
+        conn.exec_driver_sql("INSERT INTO withdrawn_text VALUES (' pad item ')")
+        conn.exec_driver_sql("CREATE TABLE user_pairs (user_id TEXT, item_id INTEGER, until TEXT)")
+        conn.exec_driver_sql("INSERT INTO user_pairs VALUES (' pad user ', 239, NULL), ('u1', 239, '2026-01-30')")
+    engine.dispose()
+    assert _blocked(settings, exclude_items="withdrawn_real") == ["239"]
+    assert _blocked(settings, exclude_items="withdrawn_text") == [" pad item "]
+    rules = load_rules(_with_rules(settings, user_exclusions="user_pairs"), dt.date(2026, 1, 31), USERS, ITEMS)
+    assert rules.user_excluded.toarray()[:, 3].tolist() == [0, 1, 0]  # u1's pair expired
+
+
+@pytest.mark.parametrize(
+    ("setting", "content", "expected"),
+    [
+        ("exclude_items", "item\ni1\n", r"missing column\(s\) \['item_id'\]"),
+        ("exclude_items", "", "file is empty"),
+        ("exclude_items", b"item_id\n\xff\n", r"malformed line\(s\) 2 \(line is not valid UTF-8\)"),
+        ("exclude_items", 'item_id\n"i1\n', r"malformed line\(s\) 2 \(unterminated quote\)"),
+        ("exclude_items", "item_id,x\ni1,1,2\n", r"malformed line\(s\) 2 \(expected 2 fields, found 3\)"),
+        ("exclude_items", "item_id\n\"\"\n", r"empty item_id in line\(s\) 2"),
+        ("user_exclusions", "user_id,item_id,until\nu1,i1,2026-02-01\nu1,i1,1/2/2026\n",
+         r"until is not an ISO 8601 date in line\(s\) 3"),
+        ("user_exclusions", "user_id,item_id,until\nu1,i1,1767225600\n", r"until is not an ISO 8601 date"),
+        ("user_exclusions", "user_id,item_id,until\nu1,i1,99999-01-01\n", r"until is not an ISO 8601 date"),
+    ],
+)
+def test_a_malformed_rules_file_fails_in_one_line_naming_the_setting(tmp_path, settings, setting, content,
+                                                                      expected):
+    path = tmp_path / "rules.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(RulesError, match=rf"rules.{setting} = '{path}': .*{expected}"):
+        load_rules(_with_rules(settings, **{setting: str(path)}), dt.date(2026, 1, 31), USERS, ITEMS)
+
+
+def test_malformed_parquet_rules_and_a_missing_table_name_the_setting(tmp_path, settings):
+    # Issue 16 #17: a table missing from an existing database escaped as pandas'
+    # DatabaseError, never naming rules.allow_items.
+    engine_for(settings).dispose()  # the database exists
+    cases = {
+        "allow_items": ("no_such_table", r"cannot read table no_such_table in sqlite"),
+        "exclude_items": (str(tmp_path / "lists.parquet"), "cannot be an id"),
+        "user_exclusions": (str(tmp_path / "numbers.parquet"), "until is not a date: it is a column of numbers"),
+    }
+    pq.write_table(pa.table({"item_id": pa.array([[1, 2]])}), tmp_path / "lists.parquet")
+    pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["i1"], "until": [2.5]}), tmp_path / "numbers.parquet")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    cases["exclude_items "] = (str(tmp_path / "broken.parquet"), "not a readable Parquet file")
+    for setting, (source, expected) in cases.items():
+        name = setting.strip()
+        with pytest.raises(RulesError, match=rf"^rules.{name} = '{source}': .*{expected}"):
+            load_rules(_with_rules(settings, **{name: source}), dt.date(2026, 1, 31), USERS, ITEMS)
+    # Dates and timestamps from Parquet are dates.
+    pq.write_table(pa.table({"user_id": ["u1", "u1"], "item_id": ["i1", "239"],
+                             "until": pa.array([dt.date(2026, 2, 1), dt.date(2026, 1, 30)])}),
+                   tmp_path / "dated.parquet")
+    rules = load_rules(_with_rules(settings, user_exclusions=str(tmp_path / "dated.parquet")),
+                       dt.date(2026, 1, 31), USERS, ITEMS)
+    assert rules.user_excluded.toarray()[0].tolist() == [1, 0, 0, 0, 0]

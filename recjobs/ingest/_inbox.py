@@ -2,9 +2,10 @@
 
 Files stay in the inbox after they are ingested (ingest remembers content by hash), so
 "a file is there" is not "there is work". A file is pending when its content hash is in
-neither state of ``ingest_log`` (ingested, or rejected on an earlier run) and it has not
-been modified for ``settle_seconds`` (a delivery still being copied in is left alone
-until it stops changing): what the inbox-watching Airflow DAG waits for.
+neither state of ``ingest_log`` (ingested, or rejected on an earlier run under the same
+ingest settings) and it has not been modified for ``settle_seconds`` (a delivery still
+being copied in is left alone until it stops changing): what the inbox-watching Airflow
+DAG waits for.
 
 Hashes are cached in the lake (``Lake.inbox_cache``) by (path, size, mtime), so a check
 every minute hashes only new or changed files, not every file delivered so far.
@@ -26,8 +27,9 @@ from recjobs.errors import IngestError
 from recjobs.files import write_text
 from recjobs.ingest._layout import sniff_kind
 from recjobs.ingest._ratings import ingest_file
-from recjobs.ingest._report import IngestReport, file_sha256
+from recjobs.ingest._report import STATUS_MERGING, STATUS_REJECTED, IngestReport, file_sha256
 from recjobs.ingest._side import ingest_side_file
+from recjobs.ingest.ledger import judged_under_other_settings
 from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,15 @@ def inbox_files(settings: Settings) -> list[Path]:
     return sorted(found)
 
 
+def ingest_path(path: Path, settings: Settings, engine: Engine, *, force: bool = False) -> IngestReport:
+    """Ingest one delivered file as what its columns say it is (:func:`sniff_kind`): ratings or a side file."""
+    path = Path(path)
+    kind = sniff_kind(path, settings) if path.is_file() and path.stat().st_size else "ratings"
+    if kind == "ratings":
+        return ingest_file(path, settings, engine, force=force)
+    return ingest_side_file(path, settings, engine, kind, force=force)
+
+
 def ingest_inbox(settings: Settings, engine: Engine) -> list[IngestReport]:
     """Ingest every new file in the inbox; files seen before (by content) are skipped.
 
@@ -56,11 +67,7 @@ def ingest_inbox(settings: Settings, engine: Engine) -> list[IngestReport]:
     errors: list[str] = []
     for path in inbox_files(settings):
         try:
-            kind = sniff_kind(path) if path.stat().st_size else "ratings"
-            if kind == "ratings":
-                reports.append(ingest_file(path, settings, engine))
-            else:
-                reports.append(ingest_side_file(path, settings, engine, kind))
+            reports.append(ingest_path(path, settings, engine))
         except IngestError as exc:
             log.error("%s", exc)
             errors.append(str(exc))
@@ -122,8 +129,14 @@ def pending_inbox_files(settings: Settings, engine: Engine, *, settle_seconds: f
     with engine.connect() as conn:
         for start in range(0, len(digests), 500):  # stay under SQLite's bound-parameter limit
             chunk = digests[start:start + 500]
-            known.update(conn.execute(sa.select(ingest_log.c.content_hash)
-                                      .where(ingest_log.c.content_hash.in_(chunk))).scalars())
+            rows = conn.execute(sa.select(ingest_log.c.content_hash, ingest_log.c.status, ingest_log.c.reason)
+                                .where(ingest_log.c.content_hash.in_(chunk)))
+            # A rejection judged under other ingest settings is retried under the current ones;
+            # a reserved row is an ingest that stopped before it finished.
+            known.update(row.content_hash for row in rows
+                         if row.status != STATUS_MERGING
+                         and not (row.status == STATUS_REJECTED
+                                  and judged_under_other_settings(row.reason, settings)))
     pending = [p for p, d in hashes.items() if d not in known]
     if unsettled:
         log.info("%d inbox file(s) modified in the last %.0fs: left until they stop changing",

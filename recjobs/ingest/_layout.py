@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,34 +51,80 @@ class Layout:
         return {c: self.names.index(s) for c, s in self.source.items() if s is not None}
 
 
-def resolve_columns(path: Path, names: list[str], settings: Settings) -> dict[str, str | None]:
-    mapping = settings.ingest.columns
+def _sources(names: list[str], settings: Settings | None) -> tuple[dict[str, str | None], list[str]]:
+    """Canonical column -> the file's column (None: the default rating), and the missing ones."""
+    mapping = settings.ingest.columns if settings is not None else {}
+    default_rating = settings.ingest.default_rating if settings is not None else None
     source: dict[str, str | None] = {}
     missing = []
     for col in REQUIRED:
         if col in mapping:
-            if mapping[col] not in names:
-                raise IngestError(
-                    f"{path}: column {mapping[col]!r}, mapped to {col} by ingest.columns "
-                    f"(--columns), is not in the file; its columns are {names}"
-                )
-            source[col] = mapping[col]
+            if mapping[col] in names:
+                source[col] = mapping[col]
+            else:
+                missing.append(col)
         elif col in names:
             source[col] = col
         elif any(a in names for a in ALIASES.get(col, ())):
             source[col] = next(a for a in ALIASES[col] if a in names)
-        elif col == C.RATING and settings.ingest.default_rating is not None:
+        elif col == C.RATING and default_rating is not None:
             source[col] = None
         else:
             missing.append(col)
+    return source, missing
+
+
+def resolve_columns(path: Path, names: list[str], settings: Settings, *, headerless_hint: bool = False
+                    ) -> dict[str, str | None]:
+    """Where each canonical column comes from in a file with these column ``names``.
+
+    Raises :class:`IngestError` naming the file for a missing column, a mapped column
+    the file lacks, or a column it reads that appears more than once (which would be
+    ambiguous).
+    """
+    mapping = settings.ingest.columns
+    for col, name in mapping.items():
+        if name not in names:
+            raise IngestError(
+                f"{path}: column {name!r}, mapped to {col} by ingest.columns "
+                f"(--columns), is not in the file; its columns are {names}"
+            )
+    source, missing = _sources(names, settings)
     if missing:
+        hint = (" (a file without a header must be MovieLens u.data or ratings.dat: user, item, a "
+                "numeric rating and a time, in that order)") if headerless_hint else ""
         raise IngestError(
             f"{path}: missing required columns {missing} (header has {names}); expected a "
             f"header naming {list(REQUIRED)} (or MovieLens's userId,movieId), a mapping in "
             "ingest.columns / `recjobs ingest --columns`, or ingest.default_rating for files "
-            "without ratings"
+            f"without ratings{hint}"
         )
+    for name in source.values():
+        if name is not None and names.count(name) > 1:
+            raise IngestError(f"{path}: column {name!r} appears {names.count(name)} times; "
+                              "which one holds the data is ambiguous")
     return source
+
+
+def _looks_like_data(fields: list[str]) -> bool:
+    """Whether a first line is a MovieLens record (user, item, numeric rating, time), not a header."""
+    if len(fields) != len(REQUIRED):
+        return False
+    try:
+        float(fields[2])
+    except ValueError:
+        return False
+    when = fields[3]
+    try:
+        float(when)
+        return True
+    except ValueError:
+        pass
+    try:
+        dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
 
 
 def layout_of(path: Path, settings: Settings) -> Layout:
@@ -95,14 +142,21 @@ def layout_of(path: Path, settings: Settings) -> Layout:
     names = split_record(first, delimiter) or [first]
     known = set(REQUIRED) | set(settings.ingest.columns.values())
     known |= {a for aliases in ALIASES.values() for a in aliases}
-    if delimiter != "," and not known & set(names):
+    headerless = delimiter != ","
+    if headerless and not known & set(names) and _looks_like_data(names):
         # MovieLens u.data / ratings.dat: no header, the four columns in order.
         return Layout("text", list(REQUIRED), {c: c for c in REQUIRED}, delimiter, False)
-    return Layout("text", names, resolve_columns(path, names, settings), delimiter, True)
+    return Layout("text", names, resolve_columns(path, names, settings, headerless_hint=headerless),
+                  delimiter, True)
 
 
-def sniff_kind(path: Path) -> str:
-    """Which kind of file ``path`` is, from its columns: ratings or one of :data:`KINDS`."""
+def sniff_kind(path: Path, settings: Settings | None = None) -> str:
+    """Which kind of file ``path`` is, from its columns: ratings or a side table (:data:`~recjobs.data.lake.SIDE_KINDS`).
+
+    A file with every ratings column (after ``ingest.columns`` and the MovieLens names;
+    ``settings`` None: canonical names only) is a ratings file, whatever else it has:
+    extra columns are ignored. Otherwise ``feature`` or ``title`` columns make a side file.
+    """
     if path.suffix.lower() == ".parquet":
         try:
             names = pq.ParquetFile(path).schema_arrow.names
@@ -110,8 +164,10 @@ def sniff_kind(path: Path) -> str:
             return "ratings"  # the ratings path reports (and records) the unreadable file
     else:
         names = read_header(path)
+    if not _sources(names, settings)[1]:
+        return "ratings"
     if C.FEATURE in names:
         return "user_features" if C.USER in names else "item_features"
-    if C.TITLE in names and C.RATING not in names:
+    if C.TITLE in names:
         return "items"
     return "ratings"

@@ -11,11 +11,11 @@ from sqlalchemy.engine import Engine
 
 from recjobs import columns as C
 from recjobs.data.lake import Lake
-from recjobs.errors import IngestError
+from recjobs.errors import IngestError, LakeLockTimeout
 from recjobs.ingest._ratings import ingest_file
 from recjobs.ingest._report import IngestReport, file_sha256
 from recjobs.ingest._side import ingest_side_frame, sync_titles
-from recjobs.ingest.ledger import known_hash, record_ingest
+from recjobs.ingest.ledger import known_hash, record_ingest, reserve
 from recjobs.settings import Settings
 
 ML_GENRES = [
@@ -63,18 +63,24 @@ def import_movielens(directory: Path | str, settings: Settings, engine: Engine) 
         raise IngestError(f"{directory}: no u.data (expected a MovieLens 100k folder)")
     reports = [ingest_file(directory / "u.data", settings, engine)]
     lake = Lake.of(settings)
-    for kind, frame in movielens_side_frames(directory).items():
-        source = directory / ("u.item" if kind != "user_features" else "u.user")
-        digest = hashlib.sha256(f"{file_sha256(source)}:{kind}".encode()).hexdigest()
-        report = IngestReport(source_path=str(source), content_hash=digest)
-        # Side tables are read-modify-written: under the lake's lock, like every lake write.
-        with lake.writer() as writer:
-            if not known_hash(engine, digest):
-                report.rows_read = len(frame)
-                report.rows_valid, report.rows_quarantined, _ = ingest_side_frame(writer, frame, kind, str(source))
-                record_ingest(engine, report, kind=kind)
-            else:
-                report.skipped = True
-        reports.append(report)
-    sync_titles(lake, engine)
+    wait = settings.ingest.lock_timeout_seconds
+    try:
+        for kind, frame in movielens_side_frames(directory).items():
+            source = directory / ("u.item" if kind != "user_features" else "u.user")
+            digest = hashlib.sha256(f"{file_sha256(source)}:{kind}".encode()).hexdigest()
+            report = IngestReport(source_path=str(source), content_hash=digest)
+            # Side tables are read-modify-written: under the lake's lock, like every lake write.
+            with lake.writer() as writer:
+                if not known_hash(engine, digest):
+                    report.rows_read = len(frame)
+                    reserve(engine, report, kind, wait_seconds=wait)
+                    report.rows_valid, report.rows_quarantined, _ = ingest_side_frame(
+                        writer, frame.set_axis(pd.RangeIndex(1, len(frame) + 1)), kind, str(source))
+                    record_ingest(engine, report, kind=kind, wait_seconds=wait)
+                else:
+                    report.skipped = True
+            reports.append(report)
+    except LakeLockTimeout as exc:
+        raise IngestError(f"{directory}: {exc}") from None
+    sync_titles(lake, engine, wait_seconds=wait)
     return reports

@@ -24,7 +24,7 @@ from recjobs.ingest._report import IngestReport, file_sha256
 from recjobs.ingest._spill import Quarantine, Spill
 from recjobs.ingest._text import text_batches
 from recjobs.ingest._validate import valid_to_arrow, validate, validate_plain
-from recjobs.ingest.ledger import record_ingest, record_rejection, seen_before
+from recjobs.ingest.ledger import record_ingest, record_rejection, reserve, seen_before
 from recjobs.progress import RateProgress
 from recjobs.settings import Settings
 
@@ -173,13 +173,18 @@ def ingest_file(
     """Validate ``path`` and merge its valid rows into the lake; see the module docstring.
 
     Content seen before is skipped: ingested content silently, rejected content with a
-    warning that repeats the earlier reason; ``force`` ingests it anyway. A file that
-    is refused is recorded as rejected and the :class:`IngestError` is raised.
+    warning that repeats the earlier reason, unless it was rejected under other ingest
+    settings than ``settings`` (it is then validated again). ``force`` reads and
+    validates the content again whatever the ledger says (rejected content is rejected
+    again unless the settings changed). A file that is refused is recorded as rejected,
+    with the settings it was judged under, and the :class:`IngestError` is raised.
     Validation runs unlocked, streaming valid rows to a spill folder in ``<lake>/.spill``
     (memory holds a batch, not the file); the merge and the ``ingest_log`` row are
     written under the lake's lock, so concurrent ingests (the DAG beside a manual run)
-    lose nothing. Killed anywhere, a rerun ingests every valid row exactly once: the
-    log row comes last, and merging rows again changes nothing.
+    lose nothing. The log row is reserved before the merge and completed after it, each
+    write waiting for a busy database up to ``ingest.lock_timeout_seconds``. Killed
+    anywhere, a rerun ingests every valid row exactly once: a reserved row counts as not
+    seen, and merging rows again changes nothing.
     """
     path = Path(path)
     if not path.exists():
@@ -188,7 +193,7 @@ def ingest_file(
         raise IngestError(f"{path}: not a regular file")
     try:
         report = IngestReport(source_path=str(path), content_hash=file_sha256(path))
-        if not force and seen_before(engine, report):
+        if not force and seen_before(engine, report, settings):
             return report
         lake = Lake.of(settings)
         with lake.spill_folder() as folder:
@@ -197,17 +202,20 @@ def ingest_file(
             try:
                 read_and_validate(path, settings, report, spill)
             except IngestError as exc:
-                record_rejection(engine, report, "ratings", str(exc))
+                record_rejection(engine, report, "ratings", str(exc), settings)
                 raise
             validated = time.monotonic()
             with lake.writer() as writer:
                 # Another process may have ingested the same content while this one validated.
-                if not force and seen_before(engine, report):
+                if not force and seen_before(engine, report, settings):
                     return report
+                # The row first: a database that stays locked fails the ingest before any merge.
+                wait = settings.ingest.lock_timeout_seconds
+                reserve(engine, report, "ratings", wait_seconds=wait)
                 merging = time.monotonic()
                 _merge_spill(writer, spill, settings, report, path.name)
                 fault_point("ingest.before_log")
-                record_ingest(engine, report, kind="ratings")
+                record_ingest(engine, report, kind="ratings", wait_seconds=wait)
             log.info("%s: validated %d rows in %.1fs (%.0f rows/s), merged %d partitions in %.1fs",
                      path.name, report.rows_read, validated - started,
                      report.rows_read / max(validated - started, 1e-9), len(report.partitions),

@@ -8,6 +8,8 @@ from pathlib import Path
 
 STATUS_INGESTED = "ingested"
 STATUS_REJECTED = "rejected"
+# Reserved before a merge, replaced by the outcome (see :mod:`recjobs.ingest.ledger`).
+STATUS_MERGING = "merging"
 
 
 @dataclass
@@ -32,8 +34,10 @@ class IngestReport:
         if self.skipped and self.status == STATUS_REJECTED:
             return (
                 f"{self.source_path}: rejected on an earlier run (sha256 {self.content_hash[:12]}), "
-                f"skipped. Earlier reason: {self.reason} -- deliver a corrected file, or run "
-                f"`recjobs ingest --force {self.source_path}` to ingest it anyway"
+                f"skipped. Earlier reason: {self.reason} -- deliver a corrected file (new content is "
+                f"ingested as new), or change the ingest settings that rejected it (it is then validated "
+                f"again on the next run); `recjobs ingest --force {self.source_path}` validates this "
+                f"content again now, under the same settings"
             )
         if self.skipped:
             return f"{self.source_path}: already ingested (sha256 {self.content_hash[:12]}), skipped"
@@ -53,4 +57,4 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["STATUS_INGESTED", "STATUS_REJECTED", "IngestReport", "file_sha256"]
+__all__ = ["STATUS_INGESTED", "STATUS_MERGING", "STATUS_REJECTED", "IngestReport", "file_sha256"]

@@ -7,9 +7,13 @@ Formats (CSV with a header, or Parquet with the same columns):
 * user features: ``user_id,feature[,weight]``, e.g. ``196,occupation=writer``;
 * item titles: ``item_id,title``.
 
-A new file replaces the features of the ids it names and keeps the others, so
-files can be delivered whole or as updates. Rows are validated like ratings: empty
-ids or features and non-numeric weights are quarantined with a reason.
+Text files are read by the ratings' text reader (:mod:`recjobs.ingest._text`: the same
+quoting rule, so an id is the same text in every file; malformed lines are quarantined
+by line number), Parquet ids by the one id rule (:func:`recjobs.data.ids.id_text`:
+``239.0`` is item ``239``). A new file replaces the features of the ids it names and
+keeps the others, so files can be delivered whole or as updates. Rows are validated
+like ratings: empty ids or features, and weights that are not a number or do not fit
+the table's float32, are quarantined with a reason.
 """
 
 from __future__ import annotations
@@ -21,40 +25,68 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 
 from recjobs import columns as C
+from recjobs.data.ids import id_text
 from recjobs.data.lake import SIDE_KINDS, Lake, LakeWriter
 from recjobs.db.schema import items as items_table
 from recjobs.errors import IngestError, LakeLockTimeout
 from recjobs.files import write_parquet
 from recjobs.ingest._layout import sniff_kind
 from recjobs.ingest._report import IngestReport, file_sha256
-from recjobs.ingest._text import first_line
-from recjobs.ingest.ledger import record_ingest, record_rejection, seen_before
+from recjobs.ingest._text import read_delimited
+from recjobs.ingest.ledger import (
+    DEFAULT_WAIT_SECONDS,
+    record_ingest,
+    record_rejection,
+    reserve,
+    seen_before,
+    write_transaction,
+)
 from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def _read_any(path: Path) -> pd.DataFrame:
-    if path.suffix.lower() == ".parquet":
-        return pd.read_parquet(path).astype(object).astype("string")
-    # utf-8-sig: a byte-order mark (Excel) must not become part of the first column's name.
+def _read_any(path: Path, settings: Settings) -> tuple[pd.DataFrame, pd.Series]:
+    """A side file's rows (ids and values as text by the ingest rules, indexed by line or
+    row number) and its malformed lines' reasons."""
+    if path.suffix.lower() != ".parquet":
+        return read_delimited(path, settings.ingest.batch_rows)
     try:
-        return pd.read_csv(path, dtype="string", keep_default_na=False, na_values=[],
-                           encoding="utf-8-sig", sep="\t" if "\t" in first_line(path) else ",")
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise IngestError(f"{path}: cannot parse as CSV: {exc}") from None
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise IngestError(f"{path}: not a readable Parquet file ({exc})") from None
+    names = table.column_names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise IngestError(f"{path}: column(s) {twice} appear more than once")
+    index = pd.RangeIndex(1, table.num_rows + 1)  # 1-based row numbers, as for rating files
+    columns: dict[str, pd.Series] = {}
+    for name in names:
+        column = table.column(name)
+        if name == C.WEIGHT and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            columns[name] = pd.Series(column.cast(pa.float64()).to_numpy(), index=index)
+            continue
+        try:  # ids, features and titles: text by the one id rule (239.0 is "239")
+            columns[name] = pd.Series(id_text(column), index=index, dtype=object)
+        except TypeError:
+            raise IngestError(f"{path}: column {name!r} has type {column.type}, which cannot be text") from None
+    return pd.DataFrame(columns, index=index), pd.Series(dtype="string")
 
 
 def ingest_side_frame(
     writer: LakeWriter, frame: pd.DataFrame, kind: str, source: str,
-    check: Callable[[int, pd.DataFrame], None] | None = None,
+    check: Callable[[int, pd.DataFrame], None] | None = None, malformed: pd.Series | None = None,
 ) -> tuple[int, int, pd.DataFrame]:
     """Validate and merge a side frame; returns (rows valid, rows quarantined, quarantined rows).
 
-    ``writer`` holds the lake's lock (the merge is a read-modify-write of the side table).
+    ``frame``'s ids and values are text as the reader gave them (kept exactly: the
+    reader applied the quoting rule); its index numbers the rows in quarantine.
+    ``malformed`` holds reasons for lines that are no row, by line number. ``writer``
+    holds the lake's lock (the merge is a read-modify-write of the side table).
     ``check(n_bad, bad_rows)`` runs before anything is written and may raise to refuse
     the whole frame.
     """
@@ -63,26 +95,34 @@ def ingest_side_frame(
     missing = [c for c in (key, value_col) if c not in frame.columns]
     if missing:
         raise IngestError(f"{source}: missing required columns {missing} for {kind}")
-    frame = frame.copy()
-    ids = frame[key].astype("string").str.strip()
-    values = frame[value_col].astype("string").str.strip()
+    ids = pd.Series(id_text(frame[key]), index=frame.index, dtype=object)
+    values = pd.Series(id_text(frame[value_col]), index=frame.index, dtype=object)
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
     reason[ids.isna() | (ids == "")] = f"empty {key}"
     if kind != "items":
         reason[reason.isna() & (values.isna() | (values == ""))] = "empty feature"
         weights = (
-            pd.to_numeric(frame[C.WEIGHT], errors="coerce")
+            pd.to_numeric(frame[C.WEIGHT], errors="coerce").astype("float64")
             if C.WEIGHT in frame.columns
             else pd.Series(1.0, index=frame.index)
         )
-        reason[reason.isna() & ~np.isfinite(weights.astype("float64").fillna(np.nan))] = "weight is not a number"
+        with np.errstate(over="ignore"):
+            weights32 = weights.to_numpy(dtype=np.float64, na_value=np.nan).astype(np.float32)
+        finite = np.isfinite(weights.to_numpy(dtype=np.float64, na_value=np.nan))
+        reason[reason.isna() & ~finite] = "weight is not a number"
+        # The side table holds float32: check after the cast (1e39 is finite only in float64).
+        reason[reason.isna() & ~np.isfinite(weights32)] = "weight is beyond float32's range"
     good = reason.isna()
-    bad = frame[~good].assign(**{C.REASON: reason[~good], C.SOURCE_ROW: frame.index[~good] + 2})
-    clean = pd.DataFrame({key: ids[good].astype(object), value_col: values[good].astype(object)})
+    bad = frame[~good].assign(**{C.REASON: reason[~good], C.SOURCE_ROW: frame.index[~good]})
+    if malformed is not None and len(malformed):
+        lines = pd.DataFrame({c: pd.Series(pd.NA, index=malformed.index, dtype="string") for c in frame.columns})
+        bad = pd.concat([bad, lines.assign(**{C.REASON: malformed, C.SOURCE_ROW: malformed.index})])
+        bad = bad.sort_values(C.SOURCE_ROW, kind="stable")
+    clean = pd.DataFrame({key: ids[good], value_col: values[good]})
     if kind != "items":
-        clean[C.WEIGHT] = weights[good].astype("float32").to_numpy()
+        clean[C.WEIGHT] = weights32[good.to_numpy()]
     if check is not None:
-        check(int((~good).sum()), bad)
+        check(len(bad), bad)
     old = writer.lake.read_side(kind)
     if old is not None:
         old = old[~old[key].isin(set(clean[key]))]
@@ -90,36 +130,43 @@ def ingest_side_frame(
     subset = [key] if kind == "items" else [key, C.FEATURE]
     clean = clean.drop_duplicates(subset, keep="last").sort_values(subset, kind="stable")
     writer.write_side(kind, pa.Table.from_pandas(clean.reset_index(drop=True), preserve_index=False))
-    return int(good.sum()), int((~good).sum()), bad
+    return int(good.sum()), len(bad), bad
 
 
-def ingest_side_file(path: Path | str, settings: Settings, engine: Engine, kind: str | None = None) -> IngestReport:
-    """Ingest a features or titles file (see the module docstring); skipped if seen before."""
+def ingest_side_file(path: Path | str, settings: Settings, engine: Engine, kind: str | None = None, *,
+                     force: bool = False) -> IngestReport:
+    """Ingest a features or titles file (see the module docstring).
+
+    Skipped if its content was seen before, as a ratings file is (:func:`recjobs.ingest.ingest_file`);
+    ``force`` reads and validates it again whatever the ledger says.
+    """
     path = Path(path)
     if not path.is_file():
         raise IngestError(f"{path}: no such file")
     digest = file_sha256(path)
     report = IngestReport(source_path=str(path), content_hash=digest)
-    if seen_before(engine, report):
+    if not force and seen_before(engine, report, settings):
         return report
-    kind = kind or sniff_kind(path)
+    kind = kind or sniff_kind(path, settings)
     try:
-        frame = _read_any(path)
-        if frame.empty:
+        frame, malformed = _read_any(path, settings)
+        if frame.empty and not len(malformed):
             raise IngestError(f"{path}: no data rows")
-        report.rows_read = len(frame)
+        report.rows_read = len(frame) + len(malformed)
         # The side file's merge is a read-modify-write of the lake, like a ratings merge.
+        wait = settings.ingest.lock_timeout_seconds
         with Lake.of(settings).writer() as writer:
+            reserve(engine, report, kind, wait_seconds=wait)
             report.rows_valid, report.rows_quarantined, bad = ingest_side_frame(
                 writer, frame, kind, str(path), check=lambda n_bad, bad: _check_share(
-                    report, settings, bad, kind, n_bad))
+                    report, settings, bad, kind, n_bad), malformed=malformed)
             if kind == "items":
-                sync_titles(writer.lake, engine)
-            record_ingest(engine, report, kind=kind)
+                sync_titles(writer.lake, engine, wait_seconds=wait)
+            record_ingest(engine, report, kind=kind, wait_seconds=wait)
     except LakeLockTimeout as exc:
         raise IngestError(f"{path}: {exc}") from None
     except IngestError as exc:
-        record_rejection(engine, report, kind, str(exc))
+        record_rejection(engine, report, kind, str(exc), settings)
         raise
     return report
 
@@ -130,7 +177,9 @@ def _check_share(
     report.rows_quarantined = n_bad
     if report.rows_quarantined:
         qpath = Lake.of(settings).quarantine_path(report.content_hash)
-        write_parquet(pa.Table.from_pandas(bad.astype("string").reset_index(drop=True), preserve_index=False), qpath)
+        rows = bad.astype({c: "string" for c in bad.columns if c != C.SOURCE_ROW}).astype({C.SOURCE_ROW: "int64"})
+        rows.insert(0, C.SOURCE_FILE, report.source_path)
+        write_parquet(pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False), qpath)
         report.quarantine_path = str(qpath)
     share = report.rows_quarantined / max(report.rows_read, 1)
     if share > settings.ingest.max_invalid_share:
@@ -138,11 +187,14 @@ def _check_share(
                           f"invalid ({share:.2%}); bad rows: {report.quarantine_path}")
 
 
-def sync_titles(lake: Lake, engine: Engine) -> None:
-    """Copy item titles from the lake into the ``items`` table, for apps and the dashboard."""
+def sync_titles(lake: Lake, engine: Engine, *, wait_seconds: float = DEFAULT_WAIT_SECONDS) -> None:
+    """Copy item titles from the lake into the ``items`` table, for apps and the dashboard.
+
+    Waits up to ``wait_seconds`` for a busy database (see :func:`~recjobs.ingest.ledger.write_transaction`).
+    """
     titles = lake.read_side("items")
     if titles is None:
         return
-    with engine.begin() as conn:
+    with write_transaction(engine, wait_seconds, "items table") as conn:
         conn.execute(items_table.delete())
         conn.execute(items_table.insert(), titles[[C.ITEM, C.TITLE]].to_dict("records"))

@@ -21,13 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 import sqlalchemy as sa
 
 from recjobs import columns as C
-from recjobs.data.ids import Vocabulary
+from recjobs.data.ids import Vocabulary, id_text
 from recjobs.db.engine import make_engine
-from recjobs.errors import RulesError
+from recjobs.errors import IngestError, RulesError
+from recjobs.ingest import read_delimited
 from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,58 +50,141 @@ def _is_file(source: str) -> bool:
     return source.lower().endswith(_FILE_SUFFIXES) or "/" in source or "\\" in source
 
 
-def read_source(settings: Settings, setting: str, source: str, required: tuple[str, ...]) -> pd.DataFrame:
-    """The rows of a rules source as strings (ids) with at least the ``required`` columns.
+def read_source(settings: Settings, setting: str, source: str, required: tuple[str, ...],
+                dates: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The rows of a rules source, ids as text by the ingest rule, with at least the ``required`` columns.
 
     ``source`` is a file path (relative paths are under ``settings.home``) or a table name
-    in the recommendations database.
+    in the recommendations database. Read as ratings are: a CSV/TSV file by the ratings'
+    text reader (a quoted id kept exactly, an unquoted one without surrounding blanks),
+    every id through :func:`recjobs.data.ids.id_text` (Parquet or table floats: ``239.0``
+    is ``239``). Columns named in ``dates`` that the source has are parsed as dates (see
+    :func:`_dates`). The index numbers the rows as messages name them: file lines for text,
+    1-based rows otherwise. Any problem is a :class:`RulesError` naming the setting.
     """
     where = f"rules.{setting} = {source!r}"
+    unit = "row"
     if _is_file(source):
         path = Path(source).expanduser()
         path = path if path.is_absolute() else settings.home / path
         if not path.is_file():
             raise RulesError(f"{where}: no such file {path}")
-        try:
-            if path.suffix.lower() == ".parquet":
-                frame = pd.read_parquet(path)
-            else:
-                with open(path, encoding="utf-8-sig") as fh:
-                    sep = "\t" if "\t" in fh.readline() else ","
-                frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], sep=sep,
-                                    encoding="utf-8-sig")
-        except Exception as exc:  # any reader error: say which file, never publish unfiltered
-            raise RulesError(f"{where}: cannot read {path}: {exc}") from None
+        if path.suffix.lower() == ".parquet":
+            frame = _read_parquet(path, where, required)
+        else:
+            frame, unit = _read_text(path, where), "line"
     else:
         if not _TABLE_NAME.match(source):
             raise RulesError(f"{where}: neither a .csv/.parquet path nor a table name")
-        engine = make_engine(settings.db_url)
-        try:
-            with engine.connect() as conn:
-                frame = pd.read_sql(sa.text(f"SELECT * FROM {source}"), conn)
-        except sa.exc.SQLAlchemyError as exc:
-            raise RulesError(f"{where}: cannot read table {source} in {settings.db_url_masked}: "
-                             f"{str(exc).splitlines()[0]}") from None
-        finally:
-            engine.dispose()
+        frame = _read_table(settings, source, where)
     missing = [c for c in required if c not in frame.columns]
     if missing:
         raise RulesError(f"{where}: missing column(s) {missing}; it has {list(frame.columns)}")
-    ids = [c for c in (C.USER, C.ITEM) if c in required]
-    for col in ids:
-        empty = frame[col].isna()
+    for col in (c for c in (C.USER, C.ITEM) if c in required):
+        try:
+            text = pd.Series(id_text(frame[col]), index=frame.index, dtype=object)
+        except TypeError:
+            raise RulesError(f"{where}: column {col} has type {frame[col].dtype}, which cannot be an id") from None
+        empty = text.isna() | (text == "")
         if empty.any():
-            raise RulesError(f"{where}: empty {col} in row(s) {_rows(empty)}")
-        # Ids are strings everywhere (an integer column of a Parquet file or table included).
-        frame[col] = frame[col].astype(str).str.strip()
+            raise RulesError(f"{where}: empty {col} in {unit}(s) {_rows(empty)}")
+        frame[col] = text
+    for col in (c for c in dates if c in frame.columns):
+        frame[col] = _dates(frame[col], f"{where}: {col}", unit)
     return frame
 
 
+def _read_text(path: Path, where: str) -> pd.DataFrame:
+    try:
+        frame, malformed = read_delimited(path)
+    except (IngestError, OSError) as exc:
+        raise RulesError(f"{where}: cannot read {path}: {exc}") from None
+    if len(malformed):
+        shown = ", ".join(f"{line} ({why})" for line, why in malformed.sort_index().head(5).items())
+        more = " ..." if len(malformed) > 5 else ""
+        raise RulesError(f"{where}: malformed line(s) {shown}{more}")
+    return frame
+
+
+def _read_parquet(path: Path, where: str, ids: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise RulesError(f"{where}: not a readable Parquet file {path} ({exc})") from None
+    names = table.column_names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise RulesError(f"{where}: column(s) {twice} appear more than once")
+    index = pd.RangeIndex(1, table.num_rows + 1)
+    columns = {}
+    for name in names:
+        column = table.column(name)
+        if name in ids:  # by the id rule on the Arrow column: dictionaries and decimals included
+            try:
+                columns[name] = pd.Series(id_text(column), index=index, dtype=object)
+            except TypeError:
+                raise RulesError(f"{where}: column {name} has type {column.type}, which cannot be an id") from None
+        else:
+            columns[name] = column.to_pandas().set_axis(index)
+    return pd.DataFrame(columns, index=index)
+
+
+def _read_table(settings: Settings, source: str, where: str) -> pd.DataFrame:
+    try:
+        engine = make_engine(settings.db_url)
+    except sa.exc.SQLAlchemyError as exc:
+        raise RulesError(f"{where}: cannot open {settings.db_url_masked}: {_first_line(exc)}") from None
+    try:
+        with engine.connect() as conn:
+            frame = pd.read_sql(sa.text(f"SELECT * FROM {source}"), conn)
+    # pandas wraps a failed query in its own DatabaseError (a missing table in an existing database).
+    except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:
+        raise RulesError(f"{where}: cannot read table {source} in {settings.db_url_masked}: "
+                         f"{_first_line(exc)}") from None
+    finally:
+        engine.dispose()
+    return frame.set_axis(pd.RangeIndex(1, len(frame) + 1))
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = exc.__cause__ if isinstance(exc, pd.errors.DatabaseError) and exc.__cause__ else exc
+    text = str(getattr(cause, "orig", None) or cause).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _dates(values: pd.Series, what: str, unit: str) -> pd.Series:
+    """A column of dates (UTC timestamps; NaT where empty): date/timestamp values, or ISO 8601 text.
+
+    Numbers are refused (seconds? days? nanoseconds?), as is any text that is not an
+    ISO 8601 date or time (``2026-02-01``, ``2026-02-01T10:00+01:00``).
+    """
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert("UTC")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return values.dt.tz_localize("UTC")
+    if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
+        raise RulesError(f"{what} is not a date: it is a column of numbers ({values.dtype}); "
+                         "write dates (2026-02-01)")
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us, UTC]")
+    text = values.map(lambda v: v.strip() if isinstance(v, str) else v)
+    given = text.notna() & (text != "")
+    is_text = given & text.map(lambda v: isinstance(v, str))
+    is_date = given & text.map(lambda v: isinstance(v, dt.date | pd.Timestamp))
+    if is_text.any():
+        out[is_text] = pd.to_datetime(text[is_text], format="ISO8601", utc=True, errors="coerce")
+    if is_date.any():
+        out[is_date] = pd.to_datetime(text[is_date], utc=True, errors="coerce")
+    bad = given & out.isna()
+    if bad.any():
+        raise RulesError(f"{what} is not an ISO 8601 date in {unit}(s) {_rows(bad)}")
+    return out
+
+
 def _rows(mask: pd.Series) -> str:
-    # Data rows as a person counts them in a file with a header: the first is row 2.
-    positions = np.flatnonzero(mask.to_numpy())[:5] + 2
+    # The index numbers rows as a person counts them: file lines, or 1-based rows.
+    numbers = mask.index[mask.to_numpy()][:5].tolist()
     more = " ..." if int(mask.sum()) > 5 else ""
-    return ", ".join(map(str, positions)) + more
+    return ", ".join(map(str, numbers)) + more
 
 
 @dataclass(frozen=True)
@@ -157,14 +243,10 @@ def load_rules(settings: Settings, day: dt.date, user_ids: np.ndarray, item_ids:
     blocked = blocked_items(settings, item_ids)
     user_excluded = None
     if r.user_exclusions is not None:
-        frame = read_source(settings, "user_exclusions", r.user_exclusions, (C.USER, C.ITEM))
+        frame = read_source(settings, "user_exclusions", r.user_exclusions, (C.USER, C.ITEM), dates=(UNTIL,))
         keep = np.ones(len(frame), bool)
         if UNTIL in frame.columns:
-            until = pd.to_datetime(frame[UNTIL], errors="coerce", utc=True)
-            bad = until.isna() & frame[UNTIL].notna() & (frame[UNTIL].astype(str).str.strip() != "")
-            if bad.any():
-                raise RulesError(f"rules.user_exclusions = {r.user_exclusions!r}: {UNTIL} is not a date in "
-                                 f"row(s) {_rows(bad)}")
+            until = frame[UNTIL]
             # A pair applies through its `until` day; no `until`: for good.
             keep = (until.isna() | (until.dt.date >= day)).to_numpy()
         rows = Vocabulary(user_ids).positions(frame[C.USER])
