@@ -96,3 +96,38 @@ def test_cli_never_prints_the_database_password(postgres_url, tmp_path):
         assert masked in out.stdout, (command, out.stdout[-2000:])
     assert json.loads(subprocess.run([recjobs, "settings"], env=env, capture_output=True, text=True,
                                      timeout=120).stdout)["database_url"] == masked
+
+
+# -- the RECJOBS_ namespace: what is a setting and what is not (issue 16, defect 16) ---------------
+@pytest.mark.parametrize("name", ["RECJOBS_TEST_POSTGRES_URL", "RECJOBS_TEST_ANYTHING_ELSE", "RECJOBS_ML100K",
+                                  "RECJOBS_PG_BIN", "RECJOBS_FAULT_AT", "RECJOBS_CONFIG"])
+def test_test_and_tool_variables_are_not_settings(name, tmp_path):
+    env = {"RECJOBS_HOME": str(tmp_path), name: "postgresql://u:p@h/db" if "URL" in name else ""}
+    if name == "RECJOBS_CONFIG":
+        (tmp_path / "c.json").write_text("{}")
+        env[name] = str(tmp_path / "c.json")
+    assert load_settings(environ=env).home == tmp_path
+
+
+def test_a_misspelt_setting_near_the_test_namespace_is_still_an_error(tmp_path):
+    with pytest.raises(SettingsError, match="RECJOBS_TESTS"):
+        load_settings(environ={"RECJOBS_HOME": str(tmp_path), "RECJOBS_TESTS__X": "1"})
+
+
+def _cli(env: dict[str, str], *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """The real console script with exactly ``env``'s RECJOBS_* variables."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RECJOBS_")}
+    recjobs = str(Path(sys.executable).parent / "recjobs")
+    return subprocess.run([recjobs, *args], env={**base, **env}, capture_output=True, text=True, timeout=timeout)
+
+
+def test_every_command_works_with_the_test_suites_own_variables_exported(tmp_path):
+    # The README tells developers to export RECJOBS_TEST_POSTGRES_URL; that must not break the CLI.
+    env = {"RECJOBS_HOME": str(tmp_path / "home"), "RECJOBS_TEST_POSTGRES_URL": "postgresql://postgres@h:1/x",
+           "RECJOBS_ML100K": str(tmp_path)}
+    out = _cli(env, "settings")
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert "test_postgres_url" not in shown and "ml100k" not in shown
+    out = _cli(env, "initdb")
+    assert out.returncode == 0 and (tmp_path / "home" / "recjobs.db").exists(), out.stderr
