@@ -131,3 +131,41 @@ def test_every_command_works_with_the_test_suites_own_variables_exported(tmp_pat
     assert "test_postgres_url" not in shown and "ml100k" not in shown
     out = _cli(env, "initdb")
     assert out.returncode == 0 and (tmp_path / "home" / "recjobs.db").exists(), out.stderr
+
+
+# -- NaN and infinities, from every source (defect 23, the settings part) ----------------------------
+NON_FINITE = ["NaN", "nan", "Infinity", "-Infinity", "inf", "1e999"]
+
+
+@pytest.mark.parametrize("raw", NON_FINITE)
+@pytest.mark.parametrize("key", ["ingest.rating_max", "gate.margin", "models.als.max_seconds"])
+def test_nan_and_infinities_are_refused_from_the_environment(key, raw, tmp_path):
+    env_name = "RECJOBS_" + key.upper().replace(".", "__")
+    with pytest.raises(SettingsError) as err:
+        load_settings(environ={"RECJOBS_HOME": str(tmp_path), env_name: raw})
+    assert key in str(err.value) and env_name in str(err.value) and "finite" in str(err.value)
+
+
+@pytest.mark.parametrize("raw", NON_FINITE)
+def test_nan_and_infinities_are_refused_from_set(raw, tmp_path, capsys):
+    from recjobs.cli import main
+
+    assert main(["settings", "--set", f"home={tmp_path}", "--set", f"ingest.rating_max={raw}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ingest.rating_max" in err and "finite" in err
+
+
+@pytest.mark.parametrize("text", ['{"ingest": {"rating_max": NaN}}', '{"ingest": {"rating_min": -Infinity}}',
+                                  '{"gate": {"margin": 1e999}}', '{"ingest": {"rating_max": "nan"}}'])
+def test_nan_and_infinities_are_refused_from_the_config_file(text, tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(text)
+    with pytest.raises(SettingsError) as err:
+        load_settings(environ={"RECJOBS_HOME": str(tmp_path), "RECJOBS_CONFIG": str(cfg)})
+    assert str(cfg) in str(err.value) and "finite" in str(err.value)
+
+
+def test_nan_from_the_environment_is_one_line_from_the_command(tmp_path):
+    out = _cli({"RECJOBS_HOME": str(tmp_path), "RECJOBS_INGEST__RATING_MAX": "NaN"}, "ingest")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "RECJOBS_INGEST__RATING_MAX" in out.stderr, out.stderr
