@@ -169,3 +169,49 @@ def test_nan_from_the_environment_is_one_line_from_the_command(tmp_path):
     out = _cli({"RECJOBS_HOME": str(tmp_path), "RECJOBS_INGEST__RATING_MAX": "NaN"}, "ingest")
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.count("\n") == 1 and "RECJOBS_INGEST__RATING_MAX" in out.stderr, out.stderr
+
+
+# -- sizes: a list length or chunk far beyond any catalogue is refused (defect 24) -------------------
+BOUNDED = {  # setting: (largest accepted, the value or another absurd one)
+    "publish.top_n": (10_000, 1e9), "publish.similar_n": (10_000, 1e9), "publish.popular_n": (10_000, 1e9),
+    "evaluate.k": (10_000, 1e9), "publish.chunk_users": (65_536, 1e9), "evaluate.chunk_users": (65_536, 1e9),
+    "ingest.batch_rows": (100_000_000, 1e12), "ingest.merge_rows": (1_000_000_000, 1e15),
+    "gate.bootstrap_samples": (1_000_000, 1e12), "models.als.factors": (4096, 1e9),
+    "models.lightfm.no_components": (4096, 1e9), "models.tfrs.embedding_dim": (4096, 1e9),
+    "models.sequence.embedding_dim": (4096, 1e9), "seed": (2**32 - 1, 2**32),
+}
+
+
+def _nested(key: str, value: object) -> dict:
+    out: dict = {}
+    node = out
+    *parents, last = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return out
+
+
+@pytest.mark.parametrize("key", sorted(BOUNDED))
+def test_sizes_are_bounded(key, tmp_path):
+    largest, absurd = BOUNDED[key]
+    s = load_settings({"home": str(tmp_path), **_nested(key, largest)}, environ={})
+    section, _, name = key.rpartition(".")
+    node = s
+    for part in filter(None, section.split(".")):
+        node = getattr(node, part)
+    assert getattr(node, name) == largest
+    with pytest.raises(SettingsError) as err:
+        load_settings({"home": str(tmp_path), **_nested(key, absurd)}, environ={})
+    assert key in str(err.value) and f"{largest}" in str(err.value)
+
+
+def test_a_negative_seed_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="seed"):
+        load_settings({"home": str(tmp_path), "seed": -1}, environ={})
+
+
+def test_a_huge_top_n_is_one_line_naming_it(tmp_path):
+    out = _cli({"RECJOBS_HOME": str(tmp_path)}, "publish", "--date", "2026-01-31", "--set", "publish.top_n=1e9")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "publish.top_n" in out.stderr and "10000" in out.stderr and "Traceback" not in out.stderr

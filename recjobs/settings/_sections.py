@@ -14,6 +14,13 @@ from recjobs.settings._params import ModelsSettings
 from recjobs.settings._strict import Strict
 
 
+# The longest list (top_n, similar_n, popular_n, evaluate.k) and the largest chunk of users
+# scored at once: chunk x list x 12 bytes of ranks and scores (10k x 64k: 7.9 GB) and
+# chunk x catalogue x 4 bytes of scores stay within one machine.
+MAX_LIST = 10_000
+MAX_CHUNK_USERS = 65_536
+
+
 def known_families(value: list[str]) -> list[str]:
     """``value`` if every name in it is a registered family; else a ValueError naming the others."""
     unknown = sorted(set(value) - set(FAMILIES))
@@ -26,7 +33,9 @@ class IngestSettings(Strict):
     rating_min: float = 0.5
     rating_max: float = 5.0
     max_invalid_share: float = Field(0.01, ge=0.0, le=1.0)
-    batch_rows: int = Field(1_000_000, gt=0)
+    # Upper bounds on sizes here and below: a value far beyond any real use (1e9) would only
+    # surface as a multi-terabyte allocation deep in a stage; refused here in one line.
+    batch_rows: int = Field(1_000_000, gt=0, le=100_000_000)
     # Canonical column -> the file's column name, e.g. {"user_id": "customer", "item_id": "sku"}.
     columns: dict[str, str] = {}
     # Weight given to every row of a file without a rating column (event data); None: such
@@ -37,7 +46,7 @@ class IngestSettings(Strict):
     # Validated rows are spilled to disk (<lake>/.spill) and merged a few days at a time:
     # consecutive days are merged together up to this many new rows, which bounds the
     # merge's memory (a single larger day is merged alone).
-    merge_rows: int = Field(2_000_000, gt=0)
+    merge_rows: int = Field(2_000_000, gt=0, le=1_000_000_000)
     # Long files log progress (rows, rows/s, partitions, ETA) at most this often.
     progress_seconds: float = Field(10.0, gt=0.0)
     # Threads for the I/O- and Arrow-bound parts (spill writes, partition merges); Arrow
@@ -85,8 +94,8 @@ class SplitSettings(Strict):
 
 
 class EvaluateSettings(Strict):
-    k: int = Field(10, gt=0)
-    chunk_users: int = Field(2048, gt=0)
+    k: int = Field(10, gt=0, le=MAX_LIST)
+    chunk_users: int = Field(2048, gt=0, le=MAX_CHUNK_USERS)
 
 
 class GateSettings(Strict):
@@ -98,7 +107,7 @@ class GateSettings(Strict):
     # users `bootstrap_samples` times with the run's seed, so reruns decide the same.
     test: Literal["bootstrap", "ttest", "none"] = "bootstrap"
     significance: float = Field(0.05, gt=0.0, lt=1.0)
-    bootstrap_samples: int = Field(1000, ge=100)
+    bootstrap_samples: int = Field(1000, ge=100, le=1_000_000)
     # A gate compares with the champion of the latest earlier gate, so when several dates
     # run at once (a backfill) it waits for earlier dates of the last `wait_window_days`
     # that have candidates but no gate yet, at most `wait_timeout_minutes`, polling every
@@ -109,11 +118,13 @@ class GateSettings(Strict):
 
 
 class PublishSettings(Strict):
-    top_n: int = Field(50, gt=0)
-    similar_n: int = Field(20, gt=0)
-    popular_n: int = Field(100, gt=0)
+    # List lengths: each chunk of users holds chunk_users x top_n ranks and scores, and a
+    # list longer than the catalogue only pads, so they are bounded (see MAX_LIST).
+    top_n: int = Field(50, gt=0, le=MAX_LIST)
+    similar_n: int = Field(20, gt=0, le=MAX_LIST)
+    popular_n: int = Field(100, gt=0, le=MAX_LIST)
     keep_versions: int = Field(3, ge=1)
-    chunk_users: int = Field(2048, gt=0)
+    chunk_users: int = Field(2048, gt=0, le=MAX_CHUNK_USERS)
     # Days of recommendations_history kept behind the newest run date; None keeps all.
     history_days: int | None = Field(90, gt=0)
     # PostgreSQL: how long one attempt to repoint a view may wait for its lock. While it
@@ -260,7 +271,8 @@ class Settings(Strict):
     home: Path = Path("~/.recjobs")
     database_url: str | None = None
     inbox_dir: Path | None = None
-    seed: int = 42
+    # Libraries take seeds as unsigned 32-bit integers.
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     families: list[str] = list(FAMILIES)
     # Train only on the last N days before the logical date; None means all history.
     train_window_days: int | None = Field(None, gt=0)
