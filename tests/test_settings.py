@@ -215,3 +215,32 @@ def test_a_huge_top_n_is_one_line_naming_it(tmp_path):
     out = _cli({"RECJOBS_HOME": str(tmp_path)}, "publish", "--date", "2026-01-31", "--set", "publish.top_n=1e9")
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "publish.top_n" in out.stderr and "10000" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- the SQLite address built from RECJOBS_HOME (defect 25) -------------------------------------------
+@pytest.mark.parametrize("name", ["a?b=c", "x%41y", "h#frag", "at@sign:colon", "sp ace", "ü-ñ", "semi;colon"])
+def test_the_sqlite_database_lies_in_home_whatever_its_name(name, tmp_path):
+    home = tmp_path / name / "home"
+    s = load_settings(environ={"RECJOBS_HOME": str(home)})
+    assert make_url(s.db_url).database == str(home / "recjobs.db")
+    out = _cli({"RECJOBS_HOME": str(home)}, "initdb")
+    assert out.returncode == 0, out.stderr
+    assert (home / "recjobs.db").is_file()
+    # Nothing was created beside the home: the database went where the settings say.
+    assert sorted(p.name for p in tmp_path.rglob("*") if "recjobs.db" in p.name) == ["recjobs.db"]
+
+
+@pytest.mark.parametrize("key", ["home", "inbox_dir", "database_url"])
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_location_is_refused_not_taken_for_the_current_directory(key, value, tmp_path):
+    env_name = f"RECJOBS_{key.upper()}"
+    with pytest.raises(SettingsError) as err:
+        load_settings(environ={"RECJOBS_HOME": str(tmp_path), env_name: value})
+    assert env_name in str(err.value) and "empty" in str(err.value)
+    with pytest.raises(SettingsError, match=key):
+        load_settings({"home": str(tmp_path), key: value}, environ={})
+
+
+def test_an_empty_home_is_one_line_from_the_command(tmp_path):
+    out = _cli({"RECJOBS_HOME": ""}, "initdb")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "RECJOBS_HOME" in out.stderr, out.stderr

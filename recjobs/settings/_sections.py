@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from recjobs.columns import INTERACTION_COLUMNS
 from recjobs.models.registry import FAMILIES
@@ -288,6 +288,17 @@ class Settings(Strict):
     rules: RulesSettings = RulesSettings()
     rerank: RerankSettings = RerankSettings()
 
+    @field_validator("home", "inbox_dir", "database_url", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object, info: ValidationInfo) -> object:
+        # An empty path is the current directory, and an empty URL the default SQLite
+        # file: either would put data somewhere nobody asked for.
+        if isinstance(value, str | os.PathLike) and not str(value).strip():
+            default = {"home": "~/.recjobs", "inbox_dir": "<home>/inbox",
+                       "database_url": "SQLite under home"}[info.field_name]
+            raise ValueError(f"empty {info.field_name}; unset it for the default ({default})")
+        return value
+
     @field_validator("home", "inbox_dir")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
@@ -305,7 +316,12 @@ class Settings(Strict):
     # Derived locations: everything on disk hangs off ``home``.
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'recjobs.db'}"
+        if self.database_url:
+            return self.database_url
+        from sqlalchemy.engine import URL
+
+        # Built, not formatted: a "?", "#" or "%" in home is part of the file's path.
+        return URL.create("sqlite", database=str(self.home / "recjobs.db")).render_as_string(hide_password=False)
 
     @property
     def db_url_masked(self) -> str:
