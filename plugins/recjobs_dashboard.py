@@ -107,6 +107,7 @@ class DashboardDatabase:
 
         from recjobs.dashboard import sqlite_file_missing
         from recjobs.db import make_engine
+        from recjobs.errors import RecjobsError
 
         if self._engine is None:
             self._url, self._source = database_url()
@@ -114,7 +115,7 @@ class DashboardDatabase:
                 if sqlite_file_missing(self._url):
                     return None  # connecting would create it: that is `recjobs initdb`'s job
                 self._engine = make_engine(self._url)
-            except (SQLAlchemyError, ValueError) as exc:
+            except (SQLAlchemyError, ValueError, RecjobsError) as exc:  # a malformed URL: DatabaseError
                 raise self._error(exc) from None
         return self._engine
 

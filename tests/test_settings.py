@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -244,3 +245,57 @@ def test_an_empty_location_is_refused_not_taken_for_the_current_directory(key, v
 def test_an_empty_home_is_one_line_from_the_command(tmp_path):
     out = _cli({"RECJOBS_HOME": ""}, "initdb")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "RECJOBS_HOME" in out.stderr, out.stderr
+
+
+# -- database URLs: masked wholly, refused in one line when malformed (defects 16, 26) ---------------
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql://bob:p@ss0rd@host/db", "ss0rd"),
+        ("postgresql://bob:p@ss@w@rd@host:5432/db?sslmode=require", "w@rd"),
+        ("postgresql://bob:pw@host/db?password=x1&password=y2", "y2"),
+        ("postgresql://bob:pw@host/db?sslpassword=k3y", "k3y"),
+        ("postgresql://bob:pw@host:abc/db", "pw"),
+        ("postgresql://bob:pa/ss@host/db", "pa/ss"),
+        ("postgresql://bob:s3cr#t@host/db", "s3cr"),
+    ],
+)
+def test_mask_url_never_shows_any_part_of_a_password(url, secret):
+    masked = mask_url(url)
+    assert secret not in masked and "bob" in masked or masked == "<unparseable database URL>", masked
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("notaurl", "not a database URL"),
+        ("foo://x/y", "unknown database dialect"),
+        ("postgresql+nosuchdriver://u:pw@h/db", "unknown database dialect"),
+        ("postgresql://bob:pw@host:abc/db", "not a database URL"),
+        ("postgresql://bob:pw@host:99999/db", "port"),
+        ("postgresql://bob:p@ss0rd@host/db", "%40"),
+    ],
+)
+def test_a_malformed_database_url_is_a_settings_error_naming_it_masked(url, needle, tmp_path):
+    with pytest.raises(SettingsError) as err:
+        load_settings(environ={"RECJOBS_HOME": str(tmp_path), "RECJOBS_DATABASE_URL": url})
+    text = str(err.value)
+    assert "RECJOBS_DATABASE_URL" in text and needle in text, text
+    assert "pw" not in text and "ss0rd" not in text, text
+    out = _cli({"RECJOBS_HOME": str(tmp_path), "RECJOBS_DATABASE_URL": url}, "settings")
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
+    assert "Traceback" not in out.stderr and "pw" not in out.stderr and "ss0rd" not in out.stderr
+
+
+def test_an_engine_for_a_url_from_elsewhere_fails_in_one_named_error():
+    # URLs that do not come through the settings (an Airflow connection) still fail as DatabaseError.
+    from recjobs.db import make_engine
+    from recjobs.errors import DatabaseError
+
+    urls = ["notaurl", "foo://x/y", "postgresql://bob:pw@host:abc/db"]
+    if importlib.util.find_spec("pg8000") is None:
+        urls.append("postgresql+pg8000://u:pw@h/db")  # a dialect whose driver is not installed
+    for url in urls:
+        with pytest.raises(DatabaseError) as err:
+            make_engine(url).connect()
+        assert "pw" not in str(err.value), str(err.value)

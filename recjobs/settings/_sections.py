@@ -13,7 +13,6 @@ from recjobs.models.registry import FAMILIES
 from recjobs.settings._params import ModelsSettings
 from recjobs.settings._strict import Strict
 
-
 # The longest list (top_n, similar_n, popular_n, evaluate.k) and the largest chunk of users
 # scored at once: chunk x list x 12 bytes of ranks and scores (10k x 64k: 7.9 GB) and
 # chunk x catalogue x 4 bytes of scores stay within one machine.
@@ -304,6 +303,14 @@ class Settings(Strict):
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else Path(os.path.expanduser(str(value))).absolute()
 
+    @field_validator("database_url")
+    @classmethod
+    def _parseable_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else database_url_problem(value)
+        if problem:
+            raise ValueError(f"{mask_url(value)} {problem}")  # type: ignore[arg-type]
+        return value
+
     @field_validator("families")
     @classmethod
     def _known_families(cls, value: list[str]) -> list[str]:
@@ -345,16 +352,53 @@ class Settings(Strict):
 
 
 def mask_url(url: str) -> str:
-    """A database URL with its password (in the userinfo or a ``password`` query key) as ``***``."""
+    """A database URL with its password (in the userinfo or any ``*password`` query key) as ``***``.
+
+    Never shows any part of a password, even of a malformed URL: one SQLAlchemy cannot
+    parse is shown as ``<unparseable database URL>``.
+    """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        # Not a URL SQLAlchemy understands: still never echo what may be a secret.
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparseable database URL>"
-    if "password" in parsed.query:
-        parsed = parsed.update_query_dict({"password": "***"})
+    if parsed.host and "@" in parsed.host:
+        # An unencoded "@" in the password: SQLAlchemy ends the password at the first "@", and
+        # the rest of it would be shown as the host. Everything before the last "@" is userinfo.
+        parsed = parsed.set(password="***", host=parsed.host.rpartition("@")[2])
+    secrets = {key: "***" for key in parsed.query if "password" in key.lower()}
+    if secrets:
+        parsed = parsed.update_query_dict(secrets)
     return parsed.render_as_string(hide_password=True)
 
+
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with a database URL, in words that never show its password; None if nothing.
+
+    Checks what can be checked without connecting: that SQLAlchemy parses it, that no
+    unencoded ``@`` splits the password, the port's range, and that the dialect and
+    driver name one SQLAlchemy knows (whether the driver is installed is checked when an
+    engine is made).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return ("is not a database URL SQLAlchemy can parse: expected dialect[+driver]://user:password@host:port/"
+                "database, with special characters in the password percent-encoded (@ as %40)")
+    if parsed.host and "@" in parsed.host:
+        return "has an unencoded '@' in its user name or password: write it as %40"
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        return f"has port {parsed.port}, not in 1..65535"
+    # "postgres" is an alias make_engine accepts (recjobs.db.engine.normalize_url).
+    probe = parsed.set(drivername="postgresql") if parsed.drivername == "postgres" else parsed
+    try:
+        probe.get_dialect()
+    except NoSuchModuleError:
+        return (f"names an unknown database dialect or driver {parsed.drivername!r} "
+                "(e.g. postgresql+psycopg, sqlite)")
+    return None
