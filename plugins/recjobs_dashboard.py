@@ -29,6 +29,8 @@ NAV_ROUTE = "recs"
 DB_CONN_ID = "recjobs_db"
 # The custom view name the auth manager is asked about (FAB/Keycloak: grant it per role).
 RESOURCE_NAME = "recjobs dashboard"
+# Longest id the lookup takes (ids have no length limit; a URL has, about 8 KB in most servers).
+MAX_LOOKUP = 4096
 
 
 class DashboardDatabaseError(RuntimeError):
@@ -191,8 +193,8 @@ def create_app() -> FastAPI:
         return PlainTextResponse(str(exc), status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
     @app.get("/", response_class=HTMLResponse)
-    def page(user: str | None = Query(default=None, max_length=200)) -> str:
-        return database.page(user or None)
+    def page(user: str | None = Query(default=None, max_length=MAX_LOOKUP)) -> str:
+        return database.page(user or None)  # exactly as typed: spaces are part of an id
 
     @app.get("/api/champion", response_model=None)
     def champion() -> dict | JSONResponse:
