@@ -131,10 +131,13 @@ def test_two_users_differing_by_a_trailing_nul_get_their_own_lists(night):
             lists[user] = [r[0] for r in conn.execute(sa.text(
                 "SELECT item_id FROM recommendations WHERE user_id = :u ORDER BY rank"), {"u": user})]
     assert len(lists["zz"]) == len(lists["zz\x00"]) == 10 and lists["zz"] != lists["zz\x00"]
-    for user in NUL_USERS:  # the dashboard tells them apart too
+    histories = {}
+    for user in NUL_USERS:  # the dashboard tells them apart too: each has their own list and history
         found = lookup_user(engine, user, settings)
         assert found.known and found.source == "personal" and list(found.recommendations[C.ITEM]) == lists[user]
         assert found.history_total == 12
+        histories[user] = set(found.history[C.ITEM])
+    assert len(histories["zz"]) == len(histories["zz\x00"]) == 12 and not histories["zz"] & histories["zz\x00"]
 
 
 class _Page(HTMLParser):
