@@ -29,6 +29,8 @@ NAV_ROUTE = "recs"
 DB_CONN_ID = "recjobs_db"
 # The custom view name the auth manager is asked about (FAB/Keycloak: grant it per role).
 RESOURCE_NAME = "recjobs dashboard"
+# Longest id the lookup takes (ids have no length limit; a URL has, about 8 KB in most servers).
+MAX_LOOKUP = 4096
 
 
 class DashboardDatabaseError(RuntimeError):
@@ -107,6 +109,7 @@ class DashboardDatabase:
 
         from recjobs.dashboard import sqlite_file_missing
         from recjobs.db import make_engine
+        from recjobs.errors import RecjobsError
 
         if self._engine is None:
             self._url, self._source = database_url()
@@ -114,7 +117,7 @@ class DashboardDatabase:
                 if sqlite_file_missing(self._url):
                     return None  # connecting would create it: that is `recjobs initdb`'s job
                 self._engine = make_engine(self._url)
-            except (SQLAlchemyError, ValueError) as exc:
+            except (SQLAlchemyError, ValueError, RecjobsError) as exc:  # a malformed URL: DatabaseError
                 raise self._error(exc) from None
         return self._engine
 
@@ -190,8 +193,8 @@ def create_app() -> FastAPI:
         return PlainTextResponse(str(exc), status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
     @app.get("/", response_class=HTMLResponse)
-    def page(user: str | None = Query(default=None, max_length=200)) -> str:
-        return database.page(user or None)
+    def page(user: str | None = Query(default=None, max_length=MAX_LOOKUP)) -> str:
+        return database.page(user or None)  # exactly as typed: spaces are part of an id
 
     @app.get("/api/champion", response_model=None)
     def champion() -> dict | JSONResponse:

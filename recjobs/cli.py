@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from recjobs.errors import RecjobsError, SettingsError, UsageError
+from recjobs.models.registry import FAMILIES
 from recjobs.settings import Settings, load_settings
 
 log = logging.getLogger("recjobs")
@@ -49,7 +52,9 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides = parse_set(args.set or [])
     if getattr(args, "families", None):
         overrides["families"] = [f.strip() for f in args.families.split(",") if f.strip()]
-    return load_settings(overrides)
+    settings = load_settings(overrides)
+    args.loaded_settings = settings  # the error boundary names this database in a database error
+    return settings
 
 
 def _print_sample(settings: Settings, engine, limit: int = 5) -> None:  # noqa: ANN001
@@ -73,13 +78,15 @@ def _print_sample(settings: Settings, engine, limit: int = 5) -> None:  # noqa: 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from recjobs.data.synthetic import SyntheticSpec, write_inbox
-    from recjobs.pipeline import engine_for, run_pipeline
+    from recjobs.pipeline import engine_for, run_day, run_pipeline
 
     settings = _settings(args)
     spec = SyntheticSpec()
+    # A bad date (an empty one too) fails before anything is written.
+    day = run_day(settings, spec.end if args.date is None else args.date)
     paths = write_inbox(settings.inbox, spec)
     print(f"generated sample data: {', '.join(str(p) for p in paths)}")
-    report = run_pipeline(settings, args.date or spec.end, isolate=settings.runs.isolate_stages)
+    report = run_pipeline(settings, day, isolate=settings.runs.isolate_stages)
     _print_run(report)
     _print_sample(settings, engine_for(settings))
     return 3 if report.failures else 0
@@ -144,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(train_final(settings, engine_for(settings), args.date))
         return 0
     if not args.family:
-        raise SettingsError("train needs --family NAME or --final")
+        raise UsageError("train needs --family NAME or --final")
     print(train_candidate(settings, engine_for(settings), args.date, args.family))
     return 0
 
@@ -170,6 +177,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from recjobs.pipeline import engine_for, load_published, publish, rank_shard
 
     settings = _settings(args)
+    if args.shard is not None and args.shard >= settings.publish.shards:
+        raise UsageError(f"--shard {args.shard} is not in 0..{settings.publish.shards - 1} "
+                         f"(publish.shards = {settings.publish.shards})")
     if args.shard is not None:  # one shard's ranking, as one mapped Airflow task does
         for path in rank_shard(settings, args.date, args.shard):
             print(path)
@@ -215,11 +225,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from recjobs.data.split import split_events
-    from recjobs.models.registry import get_family
     from recjobs.pipeline import load_events, run_day, tune
 
     settings = _settings(args)
-    get_family(args.family)
     grid = _grid(args.grid, settings, args.family) if args.grid else None
     day = run_day(settings, args.date)
     train, _ = split_events(load_events(settings, day), settings.split)  # the holdout is never looked at
@@ -240,10 +248,19 @@ def _grid(text: str, settings: Settings, family: str) -> dict[str, list[Any]]:
     if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
         raise UsageError(f"--grid must be a JSON object of non-empty lists, e.g. '{{\"factors\": [32, 64]}}'; "
                          f"got {text[:200]!r}")
-    known = set(type(settings.model_params(family)).model_fields)
+    params = settings.model_params(family)
+    known = set(type(params).model_fields)
     unknown = sorted(set(grid) - known)
     if unknown:
         raise UsageError(f"--grid: {family} has no parameter(s) {unknown}; it has {sorted(known)}")
+    # Each value as the family's settings would take it, so a bad one fails before any data is read.
+    for name, values in grid.items():
+        for value in values:
+            try:
+                type(params).model_validate({**params.model_dump(), name: value})
+            except ValidationError as exc:
+                reason = exc.errors()[0]["msg"]
+                raise UsageError(f"--grid: {family}.{name} = {json.dumps(value)[:200]}: {reason}") from None
     return grid
 
 
@@ -254,6 +271,24 @@ def cmd_settings(args: argparse.Namespace) -> int:
         shown["database_url"] = settings.db_url_masked  # printed output lands in logs
     print(json.dumps(shown, indent=2))
     return 0
+
+
+def _family(value: str) -> str:
+    """``--family``: a registered model family (argparse turns the error into a usage line)."""
+    if value not in FAMILIES:
+        raise argparse.ArgumentTypeError(f"unknown model family {value!r}; known: {', '.join(FAMILIES)}")
+    return value
+
+
+def _shard(value: str) -> int:
+    """``--shard``: a shard number, 0 or more (its upper bound is publish.shards, checked with the settings)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a shard number: {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"shard numbers start at 0, got {value!r}")
+    return number
 
 
 class _Parser(argparse.ArgumentParser):
@@ -294,17 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", parents=[common, dated], help="write the temporal holdout split")
     p.set_defaults(func=cmd_split)
     p = sub.add_parser("train", parents=[common, dated], help="train a candidate, or the champion with --final")
-    p.add_argument("--family")
-    p.add_argument("--final", action="store_true")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--family", type=_family)
+    what.add_argument("--final", action="store_true")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", parents=[common, dated], help="evaluate a candidate on the holdout")
-    p.add_argument("--family", required=True)
+    p.add_argument("--family", required=True, type=_family)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("promote", parents=[common, dated], help="gate: choose the champion")
     p.set_defaults(func=cmd_promote)
     p = sub.add_parser("publish", parents=[common, dated], help="score all users and publish to SQL")
     step = p.add_mutually_exclusive_group()
-    step.add_argument("--shard", type=int, metavar="N",
+    step.add_argument("--shard", type=_shard, metavar="N",
                       help="only rank shard N of publish.shards to its staging file (no database)")
     step.add_argument("--load", action="store_true", help="only load the ranked shards and swap them live")
     p.set_defaults(func=cmd_publish)
@@ -316,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dialect", choices=["sqlite", "postgresql"], default="sqlite")
     p.set_defaults(func=cmd_schema)
     p = sub.add_parser("tune", parents=[common, dated], help="grid search on the training part only")
-    p.add_argument("--family", required=True)
+    p.add_argument("--family", required=True, type=_family)
     p.add_argument("--grid", help='JSON grid, e.g. \'{"factors": [32, 64]}\' (default: the documented grid)')
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("settings", parents=[common], help="print the effective settings")
@@ -333,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     command = "recjobs"
+    args = None
     try:
         args = parser.parse_args(argv)
         command = f"recjobs {args.command}"
@@ -351,9 +388,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the boundary: a bug is reported in one line, not hidden
         if logging.getLogger().isEnabledFor(logging.DEBUG):
             log.exception("%s failed", command)
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):  # the database went away, or refused a statement, mid-command
+            print(f"{command}: {_database_error(exc, getattr(args, 'loaded_settings', None))}", file=sys.stderr)
+            return 1
         print(f"{command}: unexpected {type(exc).__name__}: {_one_line(exc)} (run with -v for the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _database_error(exc: BaseException, settings: Settings | None) -> str:
+    """A database error in one line: the database (masked), the driver's error class and first line.
+
+    Never the statement and its parameters (SQLAlchemy appends both), nor the password.
+    """
+    from sqlalchemy.engine import make_url
+
+    cause = getattr(exc, "orig", None) or exc
+    lines = [line for line in str(cause).splitlines() if line.strip()]
+    text = f"{type(cause).__name__}: {lines[0].strip() if lines else ''}"
+    if settings is None:
+        return f"recommendations database: {text}"
+    password = make_url(settings.db_url).password if settings.database_url else None
+    if password:
+        from urllib.parse import quote
+
+        for form in {str(password), quote(str(password), safe="")}:
+            text = text.replace(form, "***")
+    return f"recommendations database {settings.db_url_masked}: {text}"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -91,8 +91,8 @@ def test_an_unknown_user_is_named_with_close_ids_and_the_fallback_list_is_labell
     settings, engine = published
     page = render(engine, user_id="u7x", base="/recjobs/", settings=settings)
     assert "Unknown user &#x27;u7x&#x27;" in page
-    suggestions = page[page.index('id="user-suggestions"'):].split("</span>")[0]
-    assert '<a href="/recjobs/?user=u7">u7</a>' in suggestions
+    suggestions = page[page.index('id="user-suggestions"'):].split("</span>?")[0]
+    assert '<a href="/recjobs/?user=u7"><span class="id">u7</span></a>' in suggestions
     recs = page[page.index('<table id="user-recs"'):].split("</thead>")[0]
     assert "<th>users who interacted</th>" in recs and "model score" not in recs
     assert "Popular items (fallback list)" in page
@@ -117,6 +117,26 @@ def test_close_ids_prefer_numeric_neighbours_then_spelling():
     assert close_ids("950", ids)[:2] == ["943", "942"]
     assert close_ids("alice", ["alicia", "bob", "alice2"])[:2] == ["alice2", "alicia"]
     assert close_ids("zzzz", ["a", "b"]) == []
+
+
+@pytest.mark.parametrize("query", ["--5", "²", "12345678901234567890123", "-", "-0", "٣", "1" * 400, "+5", "5 "])
+def test_close_ids_take_any_text_and_compare_numbers_exactly(query):
+    # Defect 14: these raised (a 500 from the dashboard) when the known ids are numeric.
+    ids = [str(i) for i in range(1, 944)] + ["007", "u1"]
+    out = close_ids(query, ids)
+    assert set(out) <= set(ids) and len(out) <= 5
+
+
+def test_close_ids_rank_huge_numbers_without_overflow_or_rounding():
+    ids = ["12345678901234567890120", "12345678901234567890125", "99999999999999999999999", "5"]
+    assert close_ids("12345678901234567890123", ids)[:2] == ["12345678901234567890125", "12345678901234567890120"]
+    assert close_ids("-3", ["-5", "5", "-2", "x"])[:2] == ["-2", "-5"]
+
+
+def test_close_ids_keep_spaces_as_part_of_an_id():
+    # Defect 19: the query is not trimmed; a spaced id is its own id and can be suggested.
+    assert close_ids("pad", [" pad ", "other"])[0] == " pad "
+    assert close_ids(" 7 ", ["7", "8"])[0] == "7"
 
 
 def test_embedding_map_has_a_point_per_item_of_the_live_champion(published):

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import difflib
+import heapq
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
 from recjobs import columns as C
 from recjobs.dashboard.embedding_map import EmbeddingMap, load_map
+from recjobs.data.ids import positions
 from recjobs.data.interactions import Interactions
 from recjobs.data.lake import Lake
 from recjobs.db.ledger import CHAMPION_STATUSES
@@ -105,7 +109,7 @@ def gate_decisions(engine: Engine, limit: int = 30) -> pd.DataFrame:
 def item_titles(engine: Engine) -> dict[str, str]:
     """Item id -> title from the ``items`` table (empty when no titles were ingested)."""
     frame = _frame(engine, "SELECT item_id, title FROM items")
-    return {} if frame.empty else dict(zip(frame[C.ITEM].astype(str), frame[C.TITLE].fillna(""), strict=True))
+    return {} if frame.empty else dict(zip(map(str, frame[C.ITEM]), frame[C.TITLE].fillna(""), strict=True))
 
 
 _matrix_cache: dict[tuple[str, float], Interactions] = {}
@@ -132,15 +136,21 @@ def full_matrix(settings: Settings, run_date: str) -> Interactions | None:
     return hit
 
 
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: "²" or "٣" are digits to str.isdigit, not to int
+
+
 def close_ids(query: str, known: list[str], n: int = 5) -> list[str]:
-    """Up to ``n`` known ids near ``query``: numerically nearest for a number, then by spelling."""
-    query = query.strip()
+    """Up to ``n`` known ids near ``query``: numerically nearest for an integer, then by spelling.
+
+    ``query`` is taken exactly as typed (spaces are part of an id). Numbers are compared as
+    Python integers, so a 23-digit id neither overflows nor rounds.
+    """
     out: list[str] = []
-    if query.lstrip("-").isdigit():
-        numeric = pd.to_numeric(pd.Series(known, dtype=object), errors="coerce").dropna()
-        if not numeric.empty:
-            order = (numeric - int(query)).abs().sort_values(kind="stable")
-            out.extend(str(known[i]) for i in order.index[:n])
+    if _INTEGER.fullmatch(query) and len(query) <= 1000:
+        target = int(query)
+        numeric = ((abs(int(k) - target), i) for i, k in enumerate(known)
+                   if len(k) <= 1000 and _INTEGER.fullmatch(k))
+        out.extend(known[i] for _, i in heapq.nsmallest(n, numeric))
     for match in difflib.get_close_matches(query, known, n=n, cutoff=0.5):
         if match not in out:
             out.append(match)
@@ -163,7 +173,7 @@ class UserLookup:
 
 def _history(data: Interactions, row: int, titles: dict[str, str], n: int) -> tuple[pd.DataFrame, int]:
     start, end = data.matrix.indptr[row], data.matrix.indptr[row + 1]
-    items = data.item_ids[data.matrix.indices[start:end]].astype(str)
+    items = np.asarray(data.item_ids, dtype=object)[data.matrix.indices[start:end]]
     frame = pd.DataFrame({C.ITEM: items, C.TITLE: [titles.get(i, "") for i in items],
                           C.RATING: [f"{v:g}" for v in data.matrix.data[start:end]]})
     if data.pair_seconds is not None:
@@ -177,16 +187,19 @@ def _history(data: Interactions, row: int, titles: dict[str, str], n: int) -> tu
 
 def lookup_user(engine: Engine, user_id: str, settings: Settings | None = None, n: int = 20,
                 history_n: int = 30) -> UserLookup:
-    """One user's live list beside their history; for an unknown id, close known ids and the fallback list."""
-    user_id = user_id.strip()
+    """One user's live list beside their history; for an unknown id, close known ids and the fallback list.
+
+    ``user_id`` is looked up exactly as given: spaces around it, or a trailing NUL, make
+    another id (as they do at ingest).
+    """
     titles = item_titles(engine)
     champ = champion(engine)
     data = full_matrix(settings, champ.run_date) if settings is not None and champ is not None else None
     history, total = pd.DataFrame(), 0
     row = None
     if data is not None:
-        hits = (data.user_ids.astype(str) == user_id).nonzero()[0]
-        row = int(hits[0]) if len(hits) else None
+        found = int(positions(data.user_ids, np.array([user_id], dtype=object))[0])
+        row = found if found >= 0 else None
         if row is not None:
             history, total = _history(data, row, titles, history_n)
     personal = _frame(engine, "SELECT r.rank, r.item_id, i.title, r.score FROM recommendations r "
@@ -205,8 +218,8 @@ def lookup_user(engine: Engine, user_id: str, settings: Settings | None = None, 
         return UserLookup(user_id, True, recs, "popular", history, total, message=(
             f"User {user_id!r} is known to the model but has no personal list "
             "(every item already seen?): apps serve the popular items below."))
-    known = (data.user_ids.astype(str).tolist() if data is not None else
-             _frame(engine, "SELECT DISTINCT user_id FROM recommendations")[C.USER].astype(str).tolist()
+    known = ([str(u) for u in data.user_ids] if data is not None else
+             [str(u) for u in _frame(engine, "SELECT DISTINCT user_id FROM recommendations")[C.USER]]
              if champ is not None else [])
     suggestions = close_ids(user_id, known)
     return UserLookup(user_id, False, recs, "popular", suggestions=suggestions, message=(

@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 from sqlalchemy.engine import Engine
@@ -84,6 +85,27 @@ def _gate_table(frame: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def _visible(text: str) -> str:
+    """``text`` with each character that is not printable (a control such as NUL or tab, a
+    zero-width or direction mark) written as its escape (``\\x00``, ``\\u202e``): plain text,
+    for attribute values."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _show(text: str) -> str:
+    """``text`` as HTML: escaped, its characters that are not printable shown visibly, marked up.
+
+    Ids are shown so that two that differ only by such a character (``zz`` and ``zz`` + NUL)
+    look different, and a direction mark in one cannot reorder the page around it.
+    """
+    if text.isprintable():
+        return html.escape(text)
+    return "".join(html.escape(c) if c.isprintable() else
+                   f'<span class="esc" title="U+{ord(c):04X}">{html.escape(repr(c)[1:-1])}</span>' for c in text)
+
+
 def _cell(value: Any) -> str:  # noqa: ANN401
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return DASH
@@ -96,7 +118,7 @@ def _table(frame: pd.DataFrame, css_id: str, empty: str = "nothing yet") -> str:
     if frame.empty:
         return f'<p id="{css_id}" class="empty">{html.escape(empty)}</p>'
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{_show(_cell(v))}</td>" for v in row) + "</tr>"
                    for row in frame.itertuples(index=False))
     return f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
@@ -112,6 +134,7 @@ form{margin:.5rem 0} input{padding:4px}
 .side{display:flex;flex-wrap:wrap;gap:2rem;align-items:flex-start}
 .notice{background:#fff4e5;border:1px solid #f0c36d;border-radius:6px;padding:.5rem .8rem;margin:.5rem 0}
 .muted{color:#666;font-size:13px} #lookup-result{border-left:4px solid #1f77b4;padding-left:.8rem}
+.id,td{white-space:pre-wrap} .esc{font-family:monospace;color:#a00;background:#fdecea}
 """
 
 # Draws every chart whose spec the page carries; a chart that fails says so in its place.
@@ -135,9 +158,11 @@ def _lookup_html(found: UserLookup, base: str) -> str:
     e = html.escape
     out = ['<section id="lookup-result">']
     if found.message:
-        out.append(f'<div class="notice" id="user-notice">{e(found.message)}')
+        out.append(f'<div class="notice" id="user-notice">{_show(found.message)}')
         if found.suggestions:
-            links = ", ".join(f'<a href="{e(base)}?user={e(s)}">{e(s)}</a>' for s in found.suggestions)
+            # Percent-encoded: "a&b=c", "#x" or "1+1" open exactly that id.
+            links = ", ".join(f'<a href="{e(base)}?user={e(quote(s, safe=""))}"><span class="id">{_show(s)}</span></a>'
+                              for s in found.suggestions)
             out.append(f'<br>Did you mean: <span id="user-suggestions">{links}</span>?')
         elif not found.known:
             out.append("<br>No similar user ids found.")
@@ -146,10 +171,10 @@ def _lookup_html(found: UserLookup, base: str) -> str:
     if found.known:
         shown = f" (latest {len(found.history)} of {found.history_total})" if found.history_total > len(
             found.history) else ""
-        out.append(f"<div><h3>History of {e(found.user_id)}{e(shown)}</h3>"
+        out.append(f'<div><h3>History of <span class="id">{_show(found.user_id)}</span>{e(shown)}</h3>'
                    + _table(found.history, "user-history", "no history available for this run") + "</div>")
     if found.source == "personal":
-        title = f"Recommendations for {e(found.user_id)}"
+        title = f'Recommendations for <span class="id">{_show(found.user_id)}</span>'
         note = "model score: the champion's score, higher is better (comparable within one list only)"
     else:
         title = "Popular items (fallback list)"
@@ -183,7 +208,7 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
                    f"live data date {e(champ.run_date)} · published {e(champ.published_at)} UTC</div>")
     # The lookup and its result come first, so the answer is on screen right after submitting.
     out.append(f"<h2 id='lookup'>Look up a user</h2><form method='get' action='{e(base)}'>"
-               f"<input name='user' placeholder='user_id' value='{e(user_id or '')}'> "
+               f"<input name='user' placeholder='user_id' value='{e(_visible(user_id or ''))}'> "
                "<button type='submit'>Show history and top-N</button></form>")
     if user_id:
         out.append(_lookup_html(lookup_user(engine, user_id, settings), base))

@@ -73,6 +73,8 @@ def id_text(values: pa.Array | pa.ChunkedArray | np.ndarray | pd.Series | Sequen
             return np.asarray(values.astype(object).where(values.notna(), None), dtype=object)
         values = values.to_numpy(dtype=object) if values.dtype == object else values.to_numpy()
     array = np.asarray(values) if not isinstance(values, np.ndarray) else values
+    if array.dtype.kind in "US" and not isinstance(values, np.ndarray):
+        array = np.asarray(values, dtype=object)  # a fixed-width copy would drop trailing NULs
     if array.dtype.kind in "iu":
         return array.astype(str).astype(object)
     if array.dtype.kind == "f":

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from recjobs.data.interactions import Events, ordered_by_user_time_item
+from recjobs.errors import SettingsError
 from recjobs.settings import SplitSettings
 
 MILLIS_PER_DAY = 86_400_000
@@ -70,9 +71,9 @@ def plan_split(events: Events, settings: SplitSettings, end_millis: int | None =
         seen[users[before]] = True
         held = ~before & seen[users]
         if not before.any():
-            raise ValueError(f"global_time split: no interaction before the cutoff "
-                             f"{pd.Timestamp(cutoff, unit='ms', tz='UTC')} (split.holdout_days / "
-                             f"split.holdout_fraction leave nothing to train on)")
+            raise SettingsError(f"global_time split: no interaction before the cutoff "
+                                f"{pd.Timestamp(cutoff, unit='ms', tz='UTC')} (split.holdout_days / "
+                                f"split.holdout_fraction leave nothing to train on)")
         return SplitPlan(order, before, held, cutoff)
     sizes = np.bincount(users, minlength=len(events.user_ids))
     # Position of each row from the end of its user's history: 0 is the most recent.

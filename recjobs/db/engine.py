@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-if TYPE_CHECKING:
-    pass
+from recjobs.errors import DatabaseError
+from recjobs.settings import database_url_problem, mask_url
+
 
 def normalize_url(url: str) -> str:
     """Prefer psycopg 3 for PostgreSQL URLs that name no driver (it has COPY support)."""
@@ -32,13 +31,26 @@ def libpq_uri(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL, a busy timeout and real transactions."""
+    """Create an engine; SQLite gets WAL, a busy timeout and real transactions.
+
+    A URL that is malformed, names an unknown dialect or a driver that is not installed
+    raises :class:`~recjobs.errors.DatabaseError` naming it with its password masked
+    (URLs from the settings were checked when loaded; this covers an Airflow connection's).
+    """
+    problem = database_url_problem(url)
+    if problem:
+        raise DatabaseError(f"database URL {mask_url(url)} {problem}")
     url = normalize_url(url)
-    if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
-        _configure_sqlite(engine)
-        return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, connect_args={"timeout": 60})
+            _configure_sqlite(engine)
+            return engine
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (ImportError, sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+        # `from None`: the cause's message may quote the URL, password included.
+        raise DatabaseError(f"database URL {mask_url(url)}: cannot load its driver: "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
 def _configure_sqlite(engine: Engine) -> None:

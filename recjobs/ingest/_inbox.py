@@ -49,7 +49,10 @@ def inbox_files(settings: Settings) -> list[Path]:
 def ingest_path(path: Path, settings: Settings, engine: Engine, *, force: bool = False) -> IngestReport:
     """Ingest one delivered file as what its columns say it is (:func:`sniff_kind`): ratings or a side file."""
     path = Path(path)
-    kind = sniff_kind(path, settings) if path.is_file() and path.stat().st_size else "ratings"
+    try:
+        kind = sniff_kind(path, settings) if path.is_file() and path.stat().st_size else "ratings"
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise IngestError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if kind == "ratings":
         return ingest_file(path, settings, engine, force=force)
     return ingest_side_file(path, settings, engine, kind, force=force)

@@ -9,7 +9,7 @@ flags): see :func:`load_settings`. Every level rejects unknown keys, NaN and
 infinities, so a typo fails loudly instead of being ignored.
 
 Light enough to import when Airflow parses a DAG: pydantic only (SQLAlchemy is
-imported when a URL is masked).
+imported when a database URL is checked, built or masked).
 """
 
 from recjobs.errors import SettingsError
@@ -37,6 +37,7 @@ from recjobs.settings._sections import (
     RunsSettings,
     Settings,
     SplitSettings,
+    database_url_problem,
     mask_url,
 )
 
@@ -44,5 +45,5 @@ __all__ = [
     "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "ColdStartSettings", "EASEParams",
     "EvaluateSettings", "GateSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
     "PopularityParams", "PublishSettings", "RerankSettings", "RulesSettings", "RunsSettings", "SequenceParams", "Settings",
-    "SettingsError", "SplitSettings", "TFRSParams", "load_settings", "mask_url",
+    "SettingsError", "SplitSettings", "TFRSParams", "database_url_problem", "load_settings", "mask_url",
 ]

@@ -14,6 +14,14 @@ from recjobs.errors import SettingsError
 from recjobs.settings._sections import Settings
 
 ENV_PREFIX = "RECJOBS_"
+# RECJOBS_* variables that are not settings: the settings file's name, the fault-injection
+# testing aid (recjobs/faults.py), and what the test suite and scripts read (the MovieLens
+# folder, PostgreSQL's binaries). Every RECJOBS_TEST_* variable is the test suite's too, so a
+# developer's exported RECJOBS_TEST_POSTGRES_URL never breaks a command. Any other name is
+# a setting, and a misspelt one an error.
+NOT_SETTINGS = frozenset({"CONFIG", "FAULT_AT", "ML100K", "PG_BIN"})
+TEST_PREFIX = ENV_PREFIX + "TEST_"
+
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
@@ -37,8 +45,8 @@ def _parse_env_value(raw: str) -> Any:
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, raw in sorted(environ.items()):
-        # RECJOBS_FAULT_AT is the fault-injection testing aid (recjobs/faults.py), not a setting.
-        if not name.startswith(ENV_PREFIX) or name in (ENV_PREFIX + "CONFIG", ENV_PREFIX + "FAULT_AT"):
+        if (not name.startswith(ENV_PREFIX) or name.startswith(TEST_PREFIX)
+                or name[len(ENV_PREFIX):] in NOT_SETTINGS):
             continue
         path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
         node = out

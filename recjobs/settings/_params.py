@@ -8,6 +8,10 @@ from pydantic import Field
 
 from recjobs.settings._strict import Strict
 
+# Vector sizes: users and items x dimensions of float32 are allocated at once, so a dimension
+# far beyond any real use (1e9) is refused here instead of as a multi-terabyte allocation.
+MAX_DIM = 4096
+
 
 class PopularityParams(Strict):
     # Half-life in days for recency-weighted counts; None counts all interactions equally.
@@ -17,7 +21,7 @@ class PopularityParams(Strict):
 # Defaults below are the values `recjobs tune` chose on MovieLens 100k's training part
 # (grids in recjobs/tune.py); re-tune on your own data.
 class ALSParams(Strict):
-    factors: int = Field(32, gt=0)
+    factors: int = Field(32, gt=0, le=MAX_DIM)
     regularization: float = Field(2.0, ge=0.0)
     alpha: float = Field(1.0, gt=0.0)
     iterations: int = Field(15, gt=0)
@@ -34,7 +38,7 @@ class ALSParams(Strict):
 
 class LightFMParams(Strict):
     loss: Literal["warp", "bpr", "logistic", "warp-kos"] = "warp"
-    no_components: int = Field(64, gt=0)
+    no_components: int = Field(64, gt=0, le=MAX_DIM)
     learning_rate: float = Field(0.05, gt=0.0)
     item_alpha: float = Field(1e-6, ge=0.0)
     user_alpha: float = Field(1e-6, ge=0.0)
@@ -57,7 +61,7 @@ class LightFMParams(Strict):
 
 
 class TFRSParams(Strict):
-    embedding_dim: int = Field(64, gt=0)
+    embedding_dim: int = Field(64, gt=0, le=MAX_DIM)
     use_features: bool = True
     batch_size: int = Field(1024, gt=0)
     learning_rate: float = Field(0.1, gt=0.0)
@@ -118,7 +122,7 @@ class SequenceParams(Strict):
     # Measured on MovieLens 100k (README 'Quality'): pool is as good as gru and 5-10x faster.
     encoder: Literal["gru", "attention", "pool"] = "pool"
     max_length: int = Field(20, gt=0)
-    embedding_dim: int = Field(64, gt=0)
+    embedding_dim: int = Field(64, gt=0, le=MAX_DIM)
     batch_size: int = Field(1024, gt=1)
     learning_rate: float = Field(0.005, gt=0.0)
     optimizer: Literal["adagrad", "adam"] = "adam"

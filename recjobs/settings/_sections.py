@@ -6,12 +6,18 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from recjobs.columns import INTERACTION_COLUMNS
 from recjobs.models.registry import FAMILIES
 from recjobs.settings._params import ModelsSettings
 from recjobs.settings._strict import Strict
+
+# The longest list (top_n, similar_n, popular_n, evaluate.k) and the largest chunk of users
+# scored at once: chunk x list x 12 bytes of ranks and scores (10k x 64k: 7.9 GB) and
+# chunk x catalogue x 4 bytes of scores stay within one machine.
+MAX_LIST = 10_000
+MAX_CHUNK_USERS = 65_536
 
 
 def known_families(value: list[str]) -> list[str]:
@@ -26,7 +32,9 @@ class IngestSettings(Strict):
     rating_min: float = 0.5
     rating_max: float = 5.0
     max_invalid_share: float = Field(0.01, ge=0.0, le=1.0)
-    batch_rows: int = Field(1_000_000, gt=0)
+    # Upper bounds on sizes here and below: a value far beyond any real use (1e9) would only
+    # surface as a multi-terabyte allocation deep in a stage; refused here in one line.
+    batch_rows: int = Field(1_000_000, gt=0, le=100_000_000)
     # Canonical column -> the file's column name, e.g. {"user_id": "customer", "item_id": "sku"}.
     columns: dict[str, str] = {}
     # Weight given to every row of a file without a rating column (event data); None: such
@@ -37,7 +45,7 @@ class IngestSettings(Strict):
     # Validated rows are spilled to disk (<lake>/.spill) and merged a few days at a time:
     # consecutive days are merged together up to this many new rows, which bounds the
     # merge's memory (a single larger day is merged alone).
-    merge_rows: int = Field(2_000_000, gt=0)
+    merge_rows: int = Field(2_000_000, gt=0, le=1_000_000_000)
     # Long files log progress (rows, rows/s, partitions, ETA) at most this often.
     progress_seconds: float = Field(10.0, gt=0.0)
     # Threads for the I/O- and Arrow-bound parts (spill writes, partition merges); Arrow
@@ -85,8 +93,8 @@ class SplitSettings(Strict):
 
 
 class EvaluateSettings(Strict):
-    k: int = Field(10, gt=0)
-    chunk_users: int = Field(2048, gt=0)
+    k: int = Field(10, gt=0, le=MAX_LIST)
+    chunk_users: int = Field(2048, gt=0, le=MAX_CHUNK_USERS)
 
 
 class GateSettings(Strict):
@@ -98,7 +106,7 @@ class GateSettings(Strict):
     # users `bootstrap_samples` times with the run's seed, so reruns decide the same.
     test: Literal["bootstrap", "ttest", "none"] = "bootstrap"
     significance: float = Field(0.05, gt=0.0, lt=1.0)
-    bootstrap_samples: int = Field(1000, ge=100)
+    bootstrap_samples: int = Field(1000, ge=100, le=1_000_000)
     # A gate compares with the champion of the latest earlier gate, so when several dates
     # run at once (a backfill) it waits for earlier dates of the last `wait_window_days`
     # that have candidates but no gate yet, at most `wait_timeout_minutes`, polling every
@@ -109,11 +117,13 @@ class GateSettings(Strict):
 
 
 class PublishSettings(Strict):
-    top_n: int = Field(50, gt=0)
-    similar_n: int = Field(20, gt=0)
-    popular_n: int = Field(100, gt=0)
+    # List lengths: each chunk of users holds chunk_users x top_n ranks and scores, and a
+    # list longer than the catalogue only pads, so they are bounded (see MAX_LIST).
+    top_n: int = Field(50, gt=0, le=MAX_LIST)
+    similar_n: int = Field(20, gt=0, le=MAX_LIST)
+    popular_n: int = Field(100, gt=0, le=MAX_LIST)
     keep_versions: int = Field(3, ge=1)
-    chunk_users: int = Field(2048, gt=0)
+    chunk_users: int = Field(2048, gt=0, le=MAX_CHUNK_USERS)
     # Days of recommendations_history kept behind the newest run date; None keeps all.
     history_days: int | None = Field(90, gt=0)
     # PostgreSQL: how long one attempt to repoint a view may wait for its lock. While it
@@ -263,7 +273,8 @@ class Settings(Strict):
     home: Path = Path("~/.recjobs")
     database_url: str | None = None
     inbox_dir: Path | None = None
-    seed: int = 42
+    # Libraries take seeds as unsigned 32-bit integers.
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     families: list[str] = list(FAMILIES)
     # Train only on the last N days before the logical date; None means all history.
     train_window_days: int | None = Field(None, gt=0)
@@ -279,10 +290,29 @@ class Settings(Strict):
     rules: RulesSettings = RulesSettings()
     rerank: RerankSettings = RerankSettings()
 
+    @field_validator("home", "inbox_dir", "database_url", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object, info: ValidationInfo) -> object:
+        # An empty path is the current directory, and an empty URL the default SQLite
+        # file: either would put data somewhere nobody asked for.
+        if isinstance(value, str | os.PathLike) and not str(value).strip():
+            default = {"home": "~/.recjobs", "inbox_dir": "<home>/inbox",
+                       "database_url": "SQLite under home"}[info.field_name]
+            raise ValueError(f"empty {info.field_name}; unset it for the default ({default})")
+        return value
+
     @field_validator("home", "inbox_dir")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
         return None if value is None else Path(os.path.expanduser(str(value))).absolute()
+
+    @field_validator("database_url")
+    @classmethod
+    def _parseable_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else database_url_problem(value)
+        if problem:
+            raise ValueError(f"{mask_url(value)} {problem}")  # type: ignore[arg-type]
+        return value
 
     @field_validator("families")
     @classmethod
@@ -296,7 +326,12 @@ class Settings(Strict):
     # Derived locations: everything on disk hangs off ``home``.
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'recjobs.db'}"
+        if self.database_url:
+            return self.database_url
+        from sqlalchemy.engine import URL
+
+        # Built, not formatted: a "?", "#" or "%" in home is part of the file's path.
+        return URL.create("sqlite", database=str(self.home / "recjobs.db")).render_as_string(hide_password=False)
 
     @property
     def db_url_masked(self) -> str:
@@ -320,16 +355,53 @@ class Settings(Strict):
 
 
 def mask_url(url: str) -> str:
-    """A database URL with its password (in the userinfo or a ``password`` query key) as ``***``."""
+    """A database URL with its password (in the userinfo or any ``*password`` query key) as ``***``.
+
+    Never shows any part of a password, even of a malformed URL: one SQLAlchemy cannot
+    parse is shown as ``<unparseable database URL>``.
+    """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        # Not a URL SQLAlchemy understands: still never echo what may be a secret.
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         return "<unparseable database URL>"
-    if "password" in parsed.query:
-        parsed = parsed.update_query_dict({"password": "***"})
+    if parsed.host and "@" in parsed.host:
+        # An unencoded "@" in the password: SQLAlchemy ends the password at the first "@", and
+        # the rest of it would be shown as the host. Everything before the last "@" is userinfo.
+        parsed = parsed.set(password="***", host=parsed.host.rpartition("@")[2])
+    secrets = {key: "***" for key in parsed.query if "password" in key.lower()}
+    if secrets:
+        parsed = parsed.update_query_dict(secrets)
     return parsed.render_as_string(hide_password=True)
 
+
+def database_url_problem(url: str) -> str | None:
+    """What is wrong with a database URL, in words that never show its password; None if nothing.
+
+    Checks what can be checked without connecting: that SQLAlchemy parses it, that no
+    unencoded ``@`` splits the password, the port's range, and that the dialect and
+    driver name one SQLAlchemy knows (whether the driver is installed is checked when an
+    engine is made).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return ("is not a database URL SQLAlchemy can parse: expected dialect[+driver]://user:password@host:port/"
+                "database, with special characters in the password percent-encoded (@ as %40)")
+    if parsed.host and "@" in parsed.host:
+        return "has an unencoded '@' in its user name or password: write it as %40"
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        return f"has port {parsed.port}, not in 1..65535"
+    # "postgres" is an alias make_engine accepts (recjobs.db.engine.normalize_url).
+    probe = parsed.set(drivername="postgresql") if parsed.drivername == "postgres" else parsed
+    try:
+        probe.get_dialect()
+    except NoSuchModuleError:
+        return (f"names an unknown database dialect or driver {parsed.drivername!r} "
+                "(e.g. postgresql+psycopg, sqlite)")
+    return None
