@@ -75,6 +75,9 @@ BAD_ROWS = {
     "wrong type": ("1,5,four,881250949", "rating is not a number"),
     "out of range": ("1,5,9,881250949", "rating outside [0.5, 5]"),
     "bad timestamp": ("1,5,4,yesterday", "timestamp is not Unix seconds or ISO 8601"),
+    # PostgreSQL's text cannot hold U+0000: refused at ingest on every database.
+    "NUL in a user id": ("zz\x00,5,4,881250949", "user_id contains a NUL character (U+0000)"),
+    "NUL in a quoted item id": ('1,"i\x00",4,881250949', "item_id contains a NUL character (U+0000)"),
 }
 
 

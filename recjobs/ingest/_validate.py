@@ -16,6 +16,8 @@ from recjobs.data.lake import SEQ, to_ratings_table
 from recjobs.ingest._text import LINE
 from recjobs.settings import Settings
 
+NUL = "\x00"
+
 # -- validation -----------------------------------------------------------------
 
 # Unix seconds that datetime64[ms] and Parquet can hold (years 1..9999).
@@ -86,6 +88,9 @@ def validate(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.
     item = frame[C.ITEM].astype("string")
     flag(user.isna() | (user == ""), "empty user_id")
     flag(item.isna() | (item == ""), "empty item_id")
+    # PostgreSQL's text cannot hold U+0000: one rule for both databases, at the door.
+    flag(user.str.contains(NUL, regex=False), "user_id contains a NUL character (U+0000)")
+    flag(item.str.contains(NUL, regex=False), "item_id contains a NUL character (U+0000)")
     raw_rating = frame[C.RATING]
     if pd.api.types.is_numeric_dtype(raw_rating.dtype):
         rating = raw_rating.astype("float64")
@@ -124,6 +129,8 @@ def validate_plain(
     item = table.column(C.ITEM).combine_chunks()
     ok = np.asarray(pc.greater(pc.utf8_length(user), 0), dtype=bool)
     ok &= np.asarray(pc.greater(pc.utf8_length(item), 0), dtype=bool)
+    # A NUL goes to validate(), which names it (see there).
+    ok &= ~np.asarray(pc.match_substring(user, NUL), dtype=bool) & ~np.asarray(pc.match_substring(item, NUL), dtype=bool)
     if C.RATING in table.column_names:
         raw = table.column(C.RATING).combine_chunks()
         plain = pc.match_substring_regex(raw, _PLAIN_RATING)
