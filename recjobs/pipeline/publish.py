@@ -34,7 +34,7 @@ from recjobs.ranking.coldstart import (
 )
 from recjobs.ranking.lists import item_frames, user_frames
 from recjobs.ranking.rerank import build_postprocess
-from recjobs.runs import RunFolder, shard_span
+from recjobs.runs import RunFolder, future_horizon, shard_span
 from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) 
     p = settings.publish
     results = [load_staging(engine, kind, paths, day.isoformat(), meta["model_version"], p.keep_versions,
                             history=kind == "recommendations", history_days=p.history_days,
-                            swap=SwapPolicy.of(p))
+                            swap=SwapPolicy.of(p), horizon=future_horizon(settings.runs.max_future_days))
                for kind, paths in parts.items()]
     _publish_fallback(settings, engine, day, load_matrix(settings, day, "full"), results[0].live)
     ledger.record_publish(engine, day, meta["family"], meta["model_version"], results[0].live,

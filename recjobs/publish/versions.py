@@ -54,6 +54,7 @@ from recjobs.publish.locks import (
 )
 from recjobs.publish.retention import prune, prune_history
 from recjobs.publish.staging import read_staging
+from recjobs.runs import future_horizon
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def load_staging(
     history: bool = True,
     history_days: int | None = None,
     swap: SwapPolicy | None = None,
+    horizon: dt.date | None = None,
 ) -> PublishResult:
     """Publish the list staged at ``path`` (or its shards, in order) by :func:`rank_to_staging`.
 
@@ -85,7 +87,7 @@ def load_staging(
     """
     frames = read_staging(path)  # opened now, so a missing file fails before any transaction
     return publish_list(engine, kind, run_date, model_version, frames, keep_versions, history,
-                        history_days=history_days, swap=swap)
+                        history_days=history_days, swap=swap, horizon=horizon)
 
 
 # -- publish -------------------------------------------------------------------------
@@ -99,6 +101,7 @@ def publish_list(
     history: bool = True,
     history_days: int | None = None,
     swap: SwapPolicy | None = None,
+    horizon: dt.date | None = None,
 ) -> PublishResult:
     """Load ``frames`` as a new version of list ``kind`` and make it live if it is not older.
 
@@ -106,10 +109,13 @@ def publish_list(
     are consumed inside the load transaction, so they should be cheap to produce (read
     from a staging file, see :func:`load_staging`), not scored on the fly.
     ``history_days`` prunes ``recommendations_history`` to that many days behind its
-    newest date (None keeps all). Raises :class:`SwapTimeoutError` if the view's lock
+    newest real date (None keeps all). Run dates after ``horizon`` (default tomorrow, UTC;
+    :func:`recjobs.runs.future_horizon`) are outliers: a live outlier never keeps a real
+    date from going live, and never anchors retention. Raises :class:`SwapTimeoutError` if the view's lock
     is never granted; the loaded version then stays, not live, until pruned.
     """
     policy = swap or SwapPolicy()
+    horizon = horizon or future_horizon(None)
     start = dt.datetime.now(dt.UTC)
     generated_at = start.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
     columns = [c.name for c in LIST_COLUMNS[kind]]
@@ -163,7 +169,9 @@ def publish_list(
             raise PublishError(f"{table.name} was pruned by a concurrent publish before its swap; rerun")
         number_legacy_versions(conn, kind, exclude_id=pub_id)
         live = live_row(conn, kind)
-        if live is not None and live.run_date > run_date:
+        # A backfill (an older date than the live one) is kept as history only, unless the
+        # live date is an outlier: one mistyped year must not hold every later night back.
+        if live is not None and live.run_date > run_date and live.run_date <= horizon.isoformat():
             conn.execute(publications.update().where(publications.c.id == pub_id).values(history_only=True))
             return live
         for stmt in view_sql(conn, kind, table.name):
@@ -177,7 +185,7 @@ def publish_list(
     if newer is not None:
         log.info("%s for %s kept as history only: live set is from %s", kind, run_date, newer.run_date)
     if history and kind == "recommendations" and history_days is not None:
-        prune_history(engine, history_days)
+        prune_history(engine, history_days, keep_versions, horizon)
     prune(engine, kind, keep_versions, policy)
     seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()
     return PublishResult(kind, pub_id, table.name, n_rows, newer is None, seconds)
