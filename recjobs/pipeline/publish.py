@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import Engine
+import pandas as pd
+from sqlalchemy.engine import Connection, Engine
 
 from recjobs.data.interactions import Interactions
 from recjobs.db import ledger
@@ -21,9 +22,9 @@ from recjobs.errors import PipelineError
 from recjobs.models.base import Recommender
 from recjobs.pipeline.split import load_matrix, run_day
 from recjobs.publish.locks import SwapPolicy
-from recjobs.publish.staging import rank_to_staging
+from recjobs.publish.staging import rank_to_staging, read_staging
 from recjobs.publish.tables import replace_fallback_lists
-from recjobs.publish.versions import PublishResult, load_staging
+from recjobs.publish.versions import PublishResult, publish_lists
 from recjobs.ranking.ann import for_publish
 from recjobs.ranking.coldstart import (
     align_seen,
@@ -111,13 +112,21 @@ def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) 
                             f"(no {folder.staging}/<list>/part-N-of-{shards:04d}.parquet); run "
                             f"`recjobs publish --date {day} --shard N` for each, or rerun those mapped tasks")
     p = settings.publish
-    results = [load_staging(engine, kind, paths, day.isoformat(), meta["model_version"], p.keep_versions,
-                            history=kind == "recommendations", history_days=p.history_days,
-                            swap=SwapPolicy.of(p), horizon=future_horizon(settings.runs.max_future_days))
-               for kind, paths in parts.items()]
-    _publish_fallback(settings, engine, day, load_matrix(settings, day, "full"), results[0].live)
-    ledger.record_publish(engine, day, meta["family"], meta["model_version"], results[0].live,
-                          f"{results[0].rows} rows in {results[0].table_name}")
+    version = meta["model_version"]
+    fallback = _fallback_lists(settings, day, load_matrix(settings, day, "full"))
+
+    def in_swap(conn: Connection, results: list[PublishResult]) -> None:
+        # In the swap's transaction, under its lock: the fallback lists change with the live
+        # recommendations, never beside another date's, and the ledger row with both.
+        recs = results[0]
+        if recs.live:
+            replace_fallback_lists(conn, *fallback)
+        ledger.record_publish(conn, day, meta["family"], version, recs.live,
+                              f"{recs.rows} rows in {recs.table_name}")
+
+    results = publish_lists(engine, day.isoformat(), version, {kind: read_staging(paths) for kind, paths in parts.items()},
+                            p.keep_versions, history=True, history_days=p.history_days, swap=SwapPolicy.of(p),
+                            horizon=future_horizon(settings.runs.max_future_days), in_swap=in_swap)
     for r in results:
         log.info("published %s: %d rows to %s in %.1fs (%s)", r.kind, r.rows, r.table_name, r.seconds,
                  "live" if r.live else "history only: a newer date is live")
@@ -135,16 +144,13 @@ def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list
     return load_published(settings, engine, run_date)
 
 
-def _publish_fallback(settings: Settings, engine: Engine, day: dt.date, seen: Interactions, live: bool) -> None:
-    """The fallback lists of a publish that went live: popular items (global and per segment)."""
-    if not live:
-        return
+def _fallback_lists(settings: Settings, day: dt.date, seen: Interactions
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], pd.DataFrame | None]:
+    """The date's fallback lists: popular items (global and per segment) and each user's segment."""
     popular = popular_rows(settings, seen, day.isoformat())
     segments = user_segment_frame(settings)
     segment_rows = [] if segments is None else segment_popular_rows(settings, seen, segments, day.isoformat())
-    # Small tables: replacing their rows in one transaction is atomic for readers.
-    with engine.begin() as conn:
-        replace_fallback_lists(conn, popular, segment_rows, segments)
+    return popular, segment_rows, segments
 
 
 __all__ = ["final_model", "load_published", "publish", "rank_shard"]

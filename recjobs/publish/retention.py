@@ -16,16 +16,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from recjobs.db.engine import write_tx
-from recjobs.db.ledger import as_utc
 from recjobs.db.schema import publications, recommendations_history
 from recjobs.errors import SwapTimeoutError
 from recjobs.publish.locks import SwapPolicy, lock_swaps, locked_tx
 from recjobs.runs import future_horizon
 
 log = logging.getLogger(__name__)
-# A version loaded but not yet through its swap is protected from pruning this long; a
-# swap gives up long before (swap_deadline_s), so an older one was abandoned.
-PENDING_GRACE = dt.timedelta(days=1)
 
 
 def prune_history(engine: Engine, history_days: int, keep_dates: int = 1, horizon: dt.date | None = None) -> int:
@@ -70,8 +66,9 @@ def _doomed(rows: list[sa.Row], keep_versions: int) -> list[sa.Row]:
     """The versions to drop: all but the first ``keep_versions`` in order of worth.
 
     Worth: the live version, then the versions rollback would return to (latest live
-    first), then the rest (history-only backfills), newest first. A version still
-    waiting for its swap is never dropped (unless abandoned).
+    first), then the rest (history-only backfills, and versions an older release left
+    loaded but never swapped), newest first. A version is only ever seen here once its
+    publish has committed, live or history only (see :mod:`recjobs.publish.versions`).
     """
     active = [r for r in rows if not r.dropped]
     live = [r for r in active if r.is_live]
@@ -80,12 +77,9 @@ def _doomed(rows: list[sa.Row], keep_versions: int) -> list[sa.Row]:
         (r for r in active if not r.is_live and r.live_seq is not None and (live_seq is None or r.live_seq < live_seq)),
         key=lambda r: r.live_seq, reverse=True,
     )
-    fresh = dt.datetime.now(dt.UTC) - PENDING_GRACE
-    pending = [r for r in active if not r.is_live and r.live_seq is None and not r.history_only
-               and as_utc(r.published_at) > fresh]
-    ranked = {r.id for r in [*live, *chain, *pending]}
+    ranked = {r.id for r in [*live, *chain]}
     rest = sorted((r for r in active if r.id not in ranked), key=lambda r: r.id, reverse=True)
-    keep = {r.id for r in [*live, *chain, *rest][:keep_versions]} | {r.id for r in [*live, *pending]}
+    keep = {r.id for r in [*live, *chain, *rest][:keep_versions]} | {r.id for r in live}
     return [r for r in active if r.id not in keep]
 
 
@@ -131,4 +125,4 @@ def _drop_version(engine: Engine, kind: str, pub_id: int, table_name: str, polic
         return False
 
 
-__all__ = ["PENDING_GRACE", "prune", "prune_history"]
+__all__ = ["prune", "prune_history"]
