@@ -8,6 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from recjobs.ingest import ingest_inbox
 from recjobs.pipeline import (
@@ -108,3 +109,25 @@ def test_a_shard_killed_mid_way_and_retried_leaves_no_duplicate_or_missing_rows(
     got = _live(engine)
     assert not got.duplicated(["user_id", "rank"]).any()
     pd.testing.assert_frame_equal(got, expected)
+
+
+def test_load_refuses_shards_ranked_with_another_model_than_the_final_one(tmp_path, settings, small_inbox):
+    old, engine = _trained(settings.home, family="als")
+    rank_shard(old, DAY, 0)
+    # A new promote and `train --final` after the ranking: another champion for the date.
+    new, _ = _trained(settings.home, family="popularity")
+    final = engine.connect().execute(sa.text("SELECT model_version FROM model_runs WHERE stage = 'final'")).scalar_one()
+    assert final.startswith("popularity-")
+    env = {**os.environ, "RECJOBS_HOME": str(new.home), "RECJOBS_FAMILIES": '["popularity"]',
+           "RECJOBS_PUBLISH__TOP_N": "10"}
+    out = subprocess.run([sys.executable, "-m", "recjobs.cli", "publish", "--date", DAY, "--load"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and out.stderr.count("\n") == 1, out.stderr[-3000:]
+    assert "als-20260131-full-" in out.stderr and final in out.stderr
+    assert f"recjobs publish --date {DAY}" in out.stderr
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM publications")).scalar_one() == 0
+    # Ranked again with the final model, the shards load.
+    rank_shard(new, DAY, 0)
+    assert load_published(new, engine, DAY)[0].live
+    assert set(_live(engine)["model_version"]) == {final}

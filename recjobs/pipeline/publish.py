@@ -22,7 +22,7 @@ from recjobs.errors import PipelineError
 from recjobs.models.base import Recommender
 from recjobs.pipeline.split import load_matrix, run_day
 from recjobs.publish.locks import SwapPolicy
-from recjobs.publish.staging import rank_to_staging, read_staging
+from recjobs.publish.staging import rank_to_staging, read_staging, staged_version
 from recjobs.publish.tables import replace_fallback_lists
 from recjobs.publish.versions import PublishResult, publish_lists
 from recjobs.ranking.ann import for_publish
@@ -90,7 +90,7 @@ def rank_shard(settings: Settings, run_date: str | dt.date, shard: int = 0) -> l
         else:
             frames = item_frames(model, p.similar_n, p.chunk_users, shard_span(len(model.item_ids), shard, shards),
                                   post)
-        written.append(rank_to_staging(frames, kind, folder.shard(kind, shard, shards)))
+        written.append(rank_to_staging(frames, kind, folder.shard(kind, shard, shards), model.info["model_version"]))
     log.info("ranked shard %d of %d for %s: %s", shard + 1, shards, day, ", ".join(p.name for p in written))
     return written
 
@@ -106,13 +106,16 @@ def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) 
     model, meta = final_model(settings, day)
     kinds = _published_kinds(model)
     parts = {kind: [folder.shard(kind, s, shards) for s in range(shards)] for kind in kinds}
+    # Staged files of another model first: ranking again is then the fix for every shard.
+    version = meta["model_version"]
+    _check_staged_versions(folder, {k: [p for p in paths if p.exists()] for k, paths in parts.items()}, version,
+                           shards)
     missing = sorted({s for paths in parts.values() for s, path in enumerate(paths) if not path.exists()})
     if missing:
         raise PipelineError(f"shard(s) {', '.join(map(str, missing))} of {shards} not ranked for {day} "
                             f"(no {folder.staging}/<list>/part-N-of-{shards:04d}.parquet); run "
                             f"`recjobs publish --date {day} --shard N` for each, or rerun those mapped tasks")
     p = settings.publish
-    version = meta["model_version"]
     fallback = _fallback_lists(settings, day, load_matrix(settings, day, "full"))
 
     def in_swap(conn: Connection, results: list[PublishResult]) -> None:
@@ -131,6 +134,23 @@ def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) 
         log.info("published %s: %d rows to %s in %.1fs (%s)", r.kind, r.rows, r.table_name, r.seconds,
                  "live" if r.live else "history only: a newer date is live")
     return results
+
+
+def _check_staged_versions(folder: RunFolder, parts: dict[str, list[Path]], version: str, shards: int) -> None:
+    """:class:`PipelineError` unless every staged file was ranked with the final model ``version``.
+
+    A promote and ``train --final`` after the ranking leave shards of the previous model:
+    loading them would publish one model under the other's name.
+    """
+    stale = [(path, staged) for paths in parts.values() for path in paths
+             if (staged := staged_version(path)) not in (version, None)]
+    if not stale:
+        return
+    path, staged = stale[0]
+    how = f"`recjobs publish --date {folder.day}`" + (
+        f" (or `--shard N` for each of the {shards} shards, then `--load`)" if shards > 1 else "")
+    raise PipelineError(f"{len(stale)} staged file(s) for {folder.day}, e.g. {path.relative_to(folder.root)}, were "
+                        f"ranked with model {staged}, but the final model is {version}: rank them again with {how}")
 
 
 def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list[PublishResult]:

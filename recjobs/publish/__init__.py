@@ -21,7 +21,7 @@ from recjobs.publish.copy import binary_copy_rows, bulk_load
 from recjobs.publish.locks import SwapPolicy, live_version
 from recjobs.publish.retention import prune, prune_history
 from recjobs.publish.rollback import rollback, rollback_lists
-from recjobs.publish.staging import rank_to_staging, read_staging
+from recjobs.publish.staging import rank_to_staging, read_staging, staged_version
 from recjobs.publish.tables import replace_fallback_lists
 from recjobs.publish.versions import (
     PublishResult,
@@ -34,5 +34,5 @@ from recjobs.publish.versions import (
 __all__ = [
     "PublishError", "PublishResult", "SwapHook", "SwapPolicy", "SwapTimeoutError", "binary_copy_rows", "bulk_load",
     "live_version", "load_staging", "prune", "prune_history", "publish_list", "publish_lists", "rank_to_staging",
-    "read_staging", "replace_fallback_lists", "rollback", "rollback_lists",
+    "read_staging", "replace_fallback_lists", "rollback", "rollback_lists", "staged_version",
 ]
