@@ -131,3 +131,24 @@ def test_load_refuses_shards_ranked_with_another_model_than_the_final_one(tmp_pa
     rank_shard(new, DAY, 0)
     assert load_published(new, engine, DAY)[0].live
     assert set(_live(engine)["model_version"]) == {final}
+
+
+def test_an_allow_list_that_allows_nothing_is_refused_before_anything_goes_live(tmp_path, settings, small_inbox):
+    whole, engine = _trained(settings.home, family="als")
+    publish(whole, engine, DAY)
+    before = {k: _live(engine, k) for k in ("recommendations", "similar_items")}
+    with engine.connect() as conn:
+        popular = conn.execute(sa.text("SELECT * FROM popular_items ORDER BY rank")).all()
+        publications = conn.execute(sa.text("SELECT * FROM publications ORDER BY id")).all()
+    assert len(popular) > 0
+    (whole.home / "allow.csv").write_text("item_id\nnot-in-the-catalogue\n")
+    rules = whole.rules.model_copy(update={"allow_items": "allow.csv"})
+    allowing_nothing = whole.model_copy(update={"rules": rules})
+    with pytest.raises(PipelineError, match="rules.allow_items") as refused:
+        publish(allowing_nothing, engine, DAY)
+    assert "\n" not in str(refused.value) and "0 rows" in str(refused.value)
+    for kind, rows in before.items():
+        pd.testing.assert_frame_equal(_live(engine, kind), rows)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT * FROM popular_items ORDER BY rank")).all() == popular
+        assert conn.execute(sa.text("SELECT * FROM publications ORDER BY id")).all() == publications

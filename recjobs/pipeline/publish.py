@@ -22,7 +22,7 @@ from recjobs.errors import PipelineError
 from recjobs.models.base import Recommender
 from recjobs.pipeline.split import load_matrix, run_day
 from recjobs.publish.locks import SwapPolicy
-from recjobs.publish.staging import rank_to_staging, read_staging, staged_version
+from recjobs.publish.staging import rank_to_staging, read_staging, staged_rows, staged_version
 from recjobs.publish.tables import replace_fallback_lists
 from recjobs.publish.versions import PublishResult, publish_lists
 from recjobs.ranking.ann import for_publish
@@ -115,6 +115,7 @@ def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) 
         raise PipelineError(f"shard(s) {', '.join(map(str, missing))} of {shards} not ranked for {day} "
                             f"(no {folder.staging}/<list>/part-N-of-{shards:04d}.parquet); run "
                             f"`recjobs publish --date {day} --shard N` for each, or rerun those mapped tasks")
+    _check_not_empty(settings, day, parts["recommendations"], len(model.user_ids))
     p = settings.publish
     fallback = _fallback_lists(settings, day, load_matrix(settings, day, "full"))
 
@@ -151,6 +152,22 @@ def _check_staged_versions(folder: RunFolder, parts: dict[str, list[Path]], vers
         f" (or `--shard N` for each of the {shards} shards, then `--load`)" if shards > 1 else "")
     raise PipelineError(f"{len(stale)} staged file(s) for {folder.day}, e.g. {path.relative_to(folder.root)}, were "
                         f"ranked with model {staged}, but the final model is {version}: rank them again with {how}")
+
+
+def _check_not_empty(settings: Settings, day: dt.date, paths: list[Path], users: int) -> None:
+    """:class:`PipelineError` if the staged recommendations have no row: nothing goes live then.
+
+    Only the item rules can empty every list (an allow list that allows nothing, an
+    exclusion of everything). Publishing that would make every list and the popular
+    items empty at once; refusing keeps the live lists whole until the rules are fixed.
+    """
+    if users == 0 or staged_rows(paths) > 0:
+        return
+    r = settings.rules
+    raise PipelineError(
+        f"nothing to publish for {day}: the recommendations of its {users} users have 0 rows, so the item rules "
+        f"leave no item to recommend (rules.allow_items = {r.allow_items!r}, rules.exclude_items = "
+        f"{r.exclude_items!r}); the live lists are unchanged. Fix the rules, then rerun `recjobs publish --date {day}`")
 
 
 def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list[PublishResult]:

@@ -51,6 +51,17 @@ def rank_to_staging(frames: Iterable[pd.DataFrame], kind: str, path: Path, model
     return path
 
 
+def staged_rows(paths: Sequence[Path]) -> int:
+    """How many rows the staged files ``paths`` hold, from their footers (no row is read)."""
+    total = 0
+    for path in paths:
+        try:
+            total += pq.ParquetFile(path).metadata.num_rows
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise FileNotFoundError(f"cannot read staged list {path}: {exc}") from exc
+    return total
+
+
 def staged_version(path: Path) -> str | None:
     """The model version the staged file ``path`` was ranked with; None for an empty file without one.
 
@@ -84,4 +95,4 @@ def read_staging(paths: Path | Sequence[Path], batch_rows: int = 200_000) -> Ite
     return (batch.to_pandas() for source in files for batch in source.iter_batches(batch_size=batch_rows))
 
 
-__all__ = ["VERSION_KEY", "rank_to_staging", "read_staging", "staged_version"]
+__all__ = ["VERSION_KEY", "rank_to_staging", "read_staging", "staged_rows", "staged_version"]
