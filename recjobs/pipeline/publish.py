@@ -128,8 +128,9 @@ def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) 
         ledger.record_publish(conn, day, meta["family"], version, recs.live,
                               f"{recs.rows} rows in {recs.table_name}")
 
-    results = publish_lists(engine, day.isoformat(), version, {kind: read_staging(paths) for kind, paths in parts.items()},
-                            p.keep_versions, history=True, history_days=p.history_days, swap=SwapPolicy.of(p),
+    lists = {kind: read_staging(paths, arrow=True) for kind, paths in parts.items()}
+    results = publish_lists(engine, day.isoformat(), version, lists, p.keep_versions, history=True,
+                            history_days=p.history_days, swap=SwapPolicy.of(p),
                             horizon=future_horizon(settings.runs.max_future_days), in_swap=in_swap)
     for r in results:
         log.info("published %s: %d rows to %s in %.1fs (%s)", r.kind, r.rows, r.table_name, r.seconds,

@@ -80,11 +80,13 @@ def staged_version(path: Path) -> str | None:
     return ", ".join(versions) or None
 
 
-def read_staging(paths: Path | Sequence[Path], batch_rows: int = 200_000) -> Iterator[pd.DataFrame]:
+def read_staging(paths: Path | Sequence[Path], batch_rows: int = 200_000,
+                 arrow: bool = False) -> Iterator[pd.DataFrame] | Iterator[pa.Table]:
     """The staged list at ``paths`` (one file, or a list's shards in order) in frames of ``batch_rows`` rows.
 
-    Every file is opened before the first frame is produced, so a missing or unreadable
-    shard fails before any transaction starts.
+    Frames are pandas, or Arrow tables with ``arrow`` (what the bulk load sends without
+    converting). Every file is opened before the first frame is produced, so a missing or
+    unreadable shard fails before any transaction starts.
     """
     files = []
     for path in [paths] if isinstance(paths, Path) else list(paths):
@@ -92,7 +94,10 @@ def read_staging(paths: Path | Sequence[Path], batch_rows: int = 200_000) -> Ite
             files.append(pq.ParquetFile(path))
         except (OSError, pa.ArrowInvalid) as exc:
             raise FileNotFoundError(f"cannot read staged list {path}: {exc}") from exc
-    return (batch.to_pandas() for source in files for batch in source.iter_batches(batch_size=batch_rows))
+    batches = (batch for source in files for batch in source.iter_batches(batch_size=batch_rows))
+    if arrow:
+        return (pa.Table.from_batches([batch]) for batch in batches)
+    return (batch.to_pandas() for batch in batches)
 
 
 __all__ = ["VERSION_KEY", "rank_to_staging", "read_staging", "staged_rows", "staged_version"]

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -40,7 +41,8 @@ from recjobs import columns as C
 from recjobs.db.engine import write_tx
 from recjobs.db.schema import (
     LIST_COLUMNS,
-    list_index,
+    LIST_KEY,
+    list_indexes,
     list_table,
     publications,
     recommendations_history,
@@ -103,7 +105,7 @@ def load_staging(
 
     See :func:`publish_lists`.
     """
-    frames = read_staging(path)  # opened now, so a missing file fails before any transaction
+    frames = read_staging(path, arrow=True)  # opened now, so a missing file fails before any transaction
     return publish_list(engine, kind, run_date, model_version, frames, keep_versions, history,
                         history_days=history_days, swap=swap, horizon=horizon)
 
@@ -120,7 +122,7 @@ def publish_list(
     swap: SwapPolicy | None = None,
     horizon: dt.date | None = None,
 ) -> PublishResult:
-    """Load ``frames`` as a new version of list ``kind`` and make it live if it is not older; see :func:`publish_lists`."""
+    """Load ``frames`` as a new version of list ``kind``, live unless it is older; see :func:`publish_lists`."""
     return publish_lists(engine, run_date, model_version, {kind: frames}, keep_versions, history,
                          history_days=history_days, swap=swap, horizon=horizon)[0]
 
@@ -193,6 +195,16 @@ def _stamped(frames: Iterable[Frame], generated_at: str) -> Iterator[Frame]:
             yield frame.assign(**{C.GENERATED_AT: generated_at})
 
 
+def _key_bytes(frames: Iterable[Frame], key: str, longest: list[int]) -> Iterator[Frame]:
+    """``frames`` unchanged; ``longest[0]`` ends as the longest ``key`` value in UTF-8 bytes (Arrow computes it)."""
+    for frame in frames:
+        column = frame[key] if isinstance(frame, pa.Table) else pa.array(frame[key], pa.string())
+        if len(column):
+            size = pc.max(pc.binary_length(column.cast(pa.string()))).as_py()
+            longest[0] = max(longest[0], size or 0)
+        yield frame
+
+
 def _load(conn: Connection, kind: str, run_date: str, model_version: str, frames: Iterable[Frame],
           generated_at: str, start: dt.datetime) -> _Loaded:
     """A new version table of ``kind`` holding ``frames``, indexed, with its (not yet live) publications row."""
@@ -207,12 +219,14 @@ def _load(conn: Connection, kind: str, run_date: str, model_version: str, frames
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table.name}")  # a table an older release left behind
     table.create(conn)
     columns = [c.name for c in LIST_COLUMNS[kind]]
-    n_rows = bulk_load(conn, table.name, columns, _stamped(frames, generated_at))
+    longest = [0]  # the index depends on the longest key (see list_indexes)
+    n_rows = bulk_load(conn, table.name, columns, _key_bytes(_stamped(frames, generated_at), LIST_KEY[kind], longest))
     # Single statements that take minutes at 69M rows: name them while they run.
     with Heartbeat(log, f"publish {table.name}") as beat:
         # The index after the load: building it once is cheaper than maintaining it per row.
         beat.phase(f"indexing {n_rows:,} rows")
-        list_index(kind, table).create(conn)
+        for index in list_indexes(kind, table, conn, longest[0]):
+            index.create(conn)
         beat.phase("analyzing")
         conn.exec_driver_sql(f"ANALYZE {table.name}")
     conn.execute(publications.update().where(publications.c.id == pub_id).values(row_count=n_rows))
