@@ -45,6 +45,16 @@ def parse_date(value: str | dt.date) -> dt.date:
         raise RunDateError(f"bad date {value!r}: expected YYYY-MM-DD") from None
 
 
+def future_horizon(max_future_days: int | None, today: dt.date | None = None) -> dt.date:
+    """The latest run date that counts as real: today (UTC) plus ``max_future_days`` (1 when None).
+
+    Later dates are outliers (a mistyped year, or one forced with the guard off): they
+    are kept, but never keep a real date from going live and never anchor retention.
+    """
+    today = today or dt.datetime.now(dt.UTC).date()
+    return today + dt.timedelta(days=1 if max_future_days is None else max_future_days)
+
+
 def check_run_date(day: dt.date, max_future_days: int | None, today: dt.date | None = None) -> dt.date:
     """``day`` if it is not later than ``max_future_days`` after today (UTC); else :class:`RunDateError`.
 
@@ -54,7 +64,7 @@ def check_run_date(day: dt.date, max_future_days: int | None, today: dt.date | N
     if max_future_days is None:
         return day
     today = today or dt.datetime.now(dt.UTC).date()
-    latest = today + dt.timedelta(days=max_future_days)
+    latest = future_horizon(max_future_days, today)
     if day > latest:
         raise RunDateError(
             f"run date {day} is later than {latest} (today {today} UTC + runs.max_future_days="
@@ -146,6 +156,6 @@ def family_of(version: str) -> str:
 
 
 __all__ = [
-    "PER_USER_FILE", "RunFolder", "check_run_date", "cutoff_of", "family_of", "model_version", "parse_date",
-    "shard_span", "window",
+    "PER_USER_FILE", "RunFolder", "check_run_date", "cutoff_of", "family_of", "future_horizon", "model_version",
+    "parse_date", "shard_span", "window",
 ]

@@ -19,10 +19,13 @@ CREATE TABLE ingest_log (
 );
 
 CREATE TABLE items (
-	item_id VARCHAR(128) NOT NULL, 
-	title TEXT, 
-	PRIMARY KEY (item_id)
+	item_id TEXT NOT NULL, 
+	title TEXT
 );
+
+CREATE INDEX ix_items_item_id ON items USING hash (item_id);
+
+CREATE UNIQUE INDEX ux_items_item_id ON items (decode(md5(item_id), 'hex'));
 
 CREATE TABLE model_runs (
 	id SERIAL NOT NULL, 
@@ -59,7 +62,7 @@ CREATE INDEX ix_model_runs_date_stage ON model_runs (run_date, stage);
 
 CREATE TABLE popular_items (
 	rank SERIAL NOT NULL, 
-	item_id VARCHAR(128) NOT NULL, 
+	item_id TEXT NOT NULL, 
 	score FLOAT NOT NULL, 
 	run_date VARCHAR(10) NOT NULL, 
 	PRIMARY KEY (rank)
@@ -84,34 +87,43 @@ CREATE TABLE publications (
 
 CREATE TABLE recommendations_history (
 	run_date VARCHAR(10) NOT NULL, 
-	user_id VARCHAR(128) NOT NULL, 
-	item_id VARCHAR(128) NOT NULL, 
+	user_id TEXT NOT NULL, 
+	item_id TEXT NOT NULL, 
 	rank INTEGER NOT NULL, 
 	score FLOAT NOT NULL, 
-	model_version VARCHAR(128) NOT NULL, 
-	PRIMARY KEY (run_date, user_id, rank)
+	model_version VARCHAR(128) NOT NULL
 );
+
+CREATE INDEX ix_recommendations_history_run_date ON recommendations_history (run_date);
+
+CREATE INDEX ix_recommendations_history_user_id ON recommendations_history USING hash (user_id);
 
 CREATE TABLE segment_popular_items (
-	segment VARCHAR(256) NOT NULL, 
+	segment TEXT NOT NULL, 
 	rank INTEGER NOT NULL, 
-	item_id VARCHAR(128) NOT NULL, 
+	item_id TEXT NOT NULL, 
 	score FLOAT NOT NULL, 
-	run_date VARCHAR(10) NOT NULL, 
-	PRIMARY KEY (segment, rank)
+	run_date VARCHAR(10) NOT NULL
 );
 
+CREATE INDEX ix_segment_popular_items_segment ON segment_popular_items USING hash (segment);
+
+CREATE UNIQUE INDEX ux_segment_popular_items_segment ON segment_popular_items (decode(md5(segment), 'hex'), rank);
+
 CREATE TABLE user_segments (
-	user_id VARCHAR(128) NOT NULL, 
-	segment VARCHAR(256) NOT NULL, 
-	PRIMARY KEY (user_id)
+	user_id TEXT NOT NULL, 
+	segment TEXT NOT NULL
 );
+
+CREATE INDEX ix_user_segments_user_id ON user_segments USING hash (user_id);
+
+CREATE UNIQUE INDEX ux_user_segments_user_id ON user_segments (decode(md5(user_id), 'hex'));
 
 -- recommendations: versioned tables recommendations_v<N>; apps read the view `recommendations`.
 
 CREATE TABLE recommendations_v0 (
-	user_id VARCHAR(128) NOT NULL, 
-	item_id VARCHAR(128) NOT NULL, 
+	user_id TEXT NOT NULL, 
+	item_id TEXT NOT NULL, 
 	rank INTEGER NOT NULL, 
 	score FLOAT NOT NULL, 
 	model_version VARCHAR(128) NOT NULL, 
@@ -125,8 +137,8 @@ CREATE VIEW recommendations AS SELECT user_id, item_id, rank, score, model_versi
 -- similar_items: versioned tables similar_items_v<N>; apps read the view `similar_items`.
 
 CREATE TABLE similar_items_v0 (
-	item_id VARCHAR(128) NOT NULL, 
-	similar_item_id VARCHAR(128) NOT NULL, 
+	item_id TEXT NOT NULL, 
+	similar_item_id TEXT NOT NULL, 
 	rank INTEGER NOT NULL, 
 	score FLOAT NOT NULL, 
 	model_version VARCHAR(128) NOT NULL, 

@@ -19,7 +19,7 @@ CREATE TABLE ingest_log (
 );
 
 CREATE TABLE items (
-	item_id VARCHAR(128) NOT NULL, 
+	item_id TEXT NOT NULL, 
 	title TEXT, 
 	PRIMARY KEY (item_id)
 );
@@ -59,7 +59,7 @@ CREATE INDEX ix_model_runs_date_stage ON model_runs (run_date, stage);
 
 CREATE TABLE popular_items (
 	rank INTEGER NOT NULL, 
-	item_id VARCHAR(128) NOT NULL, 
+	item_id TEXT NOT NULL, 
 	score FLOAT NOT NULL, 
 	run_date VARCHAR(10) NOT NULL, 
 	PRIMARY KEY (rank)
@@ -84,8 +84,8 @@ CREATE TABLE publications (
 
 CREATE TABLE recommendations_history (
 	run_date VARCHAR(10) NOT NULL, 
-	user_id VARCHAR(128) NOT NULL, 
-	item_id VARCHAR(128) NOT NULL, 
+	user_id TEXT NOT NULL, 
+	item_id TEXT NOT NULL, 
 	rank INTEGER NOT NULL, 
 	score FLOAT NOT NULL, 
 	model_version VARCHAR(128) NOT NULL, 
@@ -93,25 +93,25 @@ CREATE TABLE recommendations_history (
 );
 
 CREATE TABLE segment_popular_items (
-	segment VARCHAR(256) NOT NULL, 
+	segment TEXT NOT NULL, 
 	rank INTEGER NOT NULL, 
-	item_id VARCHAR(128) NOT NULL, 
+	item_id TEXT NOT NULL, 
 	score FLOAT NOT NULL, 
 	run_date VARCHAR(10) NOT NULL, 
 	PRIMARY KEY (segment, rank)
 );
 
 CREATE TABLE user_segments (
-	user_id VARCHAR(128) NOT NULL, 
-	segment VARCHAR(256) NOT NULL, 
+	user_id TEXT NOT NULL, 
+	segment TEXT NOT NULL, 
 	PRIMARY KEY (user_id)
 );
 
 -- recommendations: versioned tables recommendations_v<N>; apps read the view `recommendations`.
 
 CREATE TABLE recommendations_v0 (
-	user_id VARCHAR(128) NOT NULL, 
-	item_id VARCHAR(128) NOT NULL, 
+	user_id TEXT NOT NULL, 
+	item_id TEXT NOT NULL, 
 	rank INTEGER NOT NULL, 
 	score FLOAT NOT NULL, 
 	model_version VARCHAR(128) NOT NULL, 
@@ -125,8 +125,8 @@ CREATE VIEW recommendations AS SELECT user_id, item_id, rank, score, model_versi
 -- similar_items: versioned tables similar_items_v<N>; apps read the view `similar_items`.
 
 CREATE TABLE similar_items_v0 (
-	item_id VARCHAR(128) NOT NULL, 
-	similar_item_id VARCHAR(128) NOT NULL, 
+	item_id TEXT NOT NULL, 
+	similar_item_id TEXT NOT NULL, 
 	rank INTEGER NOT NULL, 
 	score FLOAT NOT NULL, 
 	model_version VARCHAR(128) NOT NULL, 

@@ -137,3 +137,32 @@ def test_paired_test_on_known_inputs(tmp_path):
     saved = PerUser(np.arange(3), {"ndcg": np.array([0.1, 0.2, 0.3])}).save(tmp_path / "p.npz", fingerprint="f1")
     loaded, meta = PerUser.load(saved)
     assert meta == {"fingerprint": "f1"} and list(loaded.values["ndcg"]) == [0.1, 0.2, 0.3]
+
+
+def test_a_failed_rerun_records_its_failure_and_keeps_the_dates_decision(tmp_path, small_inbox):
+    from recjobs.db import ledger
+    from recjobs.errors import IngestError
+    from recjobs.pipeline import record_no_candidates, run_pipeline
+
+    settings = load_settings({"home": str(tmp_path / "home"), "families": ["popularity"],
+                              "publish": {"top_n": 5}}, environ={})
+    first = run_pipeline(settings, DAY)
+    engine = engine_for(settings)
+    decided = rows(engine, "gate")
+    assert decided["status"].tolist() == ["promoted"]
+    # The rerun meets a bad file in the inbox and ends without candidates.
+    (settings.inbox / "zz_corrupt.parquet").write_bytes(b"PAR1 not really parquet PAR1")
+    with pytest.raises(IngestError, match="zz_corrupt.parquet"):
+        run_pipeline(settings, DAY)
+    record_no_candidates(engine, DAY, "no candidates for 2026-01-31: zz_corrupt.parquet, again")
+    gate = rows(engine, "gate")  # one failure row (the latest), not one per attempt
+    assert sorted(gate["status"]) == ["no_candidates", "promoted"]
+    assert gate.loc[first.decision.family, "reason"] == decided.loc[first.decision.family, "reason"]
+    failure = gate[gate["status"] == "no_candidates"].iloc[0]
+    assert "zz_corrupt.parquet" in failure["reason"] and "stands" in failure["reason"]
+    # The decision stands: the date's final stage and the next night's gate both see it.
+    assert ledger.gate_row(engine, DAY).status == "promoted"
+    assert ledger.champion_before(engine, pd.Timestamp(DAY).date() + pd.Timedelta(days=1)).run_date == DAY
+    # A rerun that succeeds (the inbox now skips the rejected file) decides afresh.
+    run_pipeline(settings, DAY)
+    assert rows(engine, "gate")["status"].tolist() == ["promoted"]

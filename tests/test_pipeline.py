@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -101,6 +102,20 @@ def test_cli_reports_missing_data_and_bad_settings_clearly(tmp_path):
     out = subprocess.run([sys.executable, "-m", "recjobs.cli", "settings"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "RECJOBS_MODELS__ALS__FACTOR" in out.stderr
+
+
+def test_cli_run_refuses_a_far_future_date_in_one_line_and_writes_nothing(tmp_path, small_inbox):
+    home = tmp_path / "home"
+    before = sorted(p.relative_to(home) for p in home.rglob("*"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECJOBS_")}
+    typo = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=36 * 365)).isoformat()
+    out = subprocess.run([sys.executable, "-m", "recjobs.cli", "run", "--date", typo], cwd=ROOT,
+                         env={**env, "RECJOBS_HOME": str(home)}, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert out.stderr.count("\n") == 1 and "runs.max_future_days" in out.stderr and typo in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    # Nothing ingested, split or published: not even the database file.
+    assert sorted(p.relative_to(home) for p in home.rglob("*")) == before
 
 
 def test_schema_files_match_the_code():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections import Counter
 
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 
 from recjobs import columns as C
 from recjobs.db import ensure_schema, make_engine, popular_items
-from recjobs.publish import live_version, publish_list, rollback
+from recjobs.publish import live_version, prune_history, publish_list, rollback
 from tests.conftest import ROOT, wait_for
 
 USERS = 400
@@ -295,7 +296,7 @@ def test_cli_rollback_moves_similar_items_only_if_the_last_publish_did(db, tmp_p
 
 def test_history_is_pruned_to_history_days_behind_the_newest_date(db):
     for day in ("2026-01-01", "2026-01-02", "2026-01-03", "2026-01-05"):
-        publish_list(db, "recommendations", day, "v", frames("v"), history_days=2)
+        publish_list(db, "recommendations", day, "v", frames("v"), keep_versions=1, history_days=2)
     with db.connect() as conn:
         dates = conn.execute(sa.text("SELECT DISTINCT run_date FROM recommendations_history ORDER BY run_date")).scalars().all()
     assert dates == ["2026-01-03", "2026-01-05"]
@@ -310,3 +311,37 @@ def test_history_insert_binds_the_run_date(db):
     with db.connect() as conn:
         assert conn.execute(sa.text("SELECT DISTINCT run_date FROM recommendations_history")).scalars().all() == [
             "2026'01-01"]
+
+
+def _days_from_today(n: int) -> str:
+    return (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=n)).isoformat()
+
+
+def _history_dates(engine) -> list[str]:  # noqa: ANN001
+    with engine.connect() as conn:
+        return conn.execute(sa.text(
+            "SELECT DISTINCT run_date FROM recommendations_history ORDER BY run_date")).scalars().all()
+
+
+def test_a_forced_future_date_neither_erases_real_history_nor_blocks_later_nights(db):
+    # A mistyped year published with the guard off (runs.max_future_days=null): retention
+    # measures history_days from the newest real date, and later real nights still go live.
+    real = [_days_from_today(-3), _days_from_today(-2)]
+    for day in real:
+        publish_list(db, "recommendations", day, f"v{day}", frames("v"), history_days=30)
+    typo = _days_from_today(36 * 365)
+    assert publish_list(db, "recommendations", typo, "typo", frames("typo", 1), history_days=30).live
+    assert _history_dates(db) == [*real, typo]
+    tonight = _days_from_today(0)
+    result = publish_list(db, "recommendations", tonight, "tonight", frames("tonight", 2), history_days=30)
+    assert result.live and snapshot(db)[1] == {"tonight"}
+    assert _history_dates(db) == [*real, tonight, typo]
+
+
+def test_history_of_the_newest_dates_is_kept_even_when_every_date_looks_future(db):
+    # A clock set in the past makes every date look future: the newest keep_versions dates
+    # still keep their history, so one outlier date can never empty it.
+    for day in ("2026-01-01", "2026-01-02", "2026-01-03", "2062-01-31"):
+        publish_list(db, "recommendations", day, "v", frames("v"))
+    assert prune_history(db, history_days=2, keep_dates=3, horizon=dt.date(2000, 1, 1)) == USERS * TOP
+    assert _history_dates(db) == ["2026-01-02", "2026-01-03", "2062-01-31"]

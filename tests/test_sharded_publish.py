@@ -8,6 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 
 from recjobs.ingest import ingest_inbox
 from recjobs.pipeline import (
@@ -108,3 +109,46 @@ def test_a_shard_killed_mid_way_and_retried_leaves_no_duplicate_or_missing_rows(
     got = _live(engine)
     assert not got.duplicated(["user_id", "rank"]).any()
     pd.testing.assert_frame_equal(got, expected)
+
+
+def test_load_refuses_shards_ranked_with_another_model_than_the_final_one(tmp_path, settings, small_inbox):
+    old, engine = _trained(settings.home, family="als")
+    rank_shard(old, DAY, 0)
+    # A new promote and `train --final` after the ranking: another champion for the date.
+    new, _ = _trained(settings.home, family="popularity")
+    final = engine.connect().execute(sa.text("SELECT model_version FROM model_runs WHERE stage = 'final'")).scalar_one()
+    assert final.startswith("popularity-")
+    env = {**os.environ, "RECJOBS_HOME": str(new.home), "RECJOBS_FAMILIES": '["popularity"]',
+           "RECJOBS_PUBLISH__TOP_N": "10"}
+    out = subprocess.run([sys.executable, "-m", "recjobs.cli", "publish", "--date", DAY, "--load"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and out.stderr.count("\n") == 1, out.stderr[-3000:]
+    assert "als-20260131-full-" in out.stderr and final in out.stderr
+    assert f"recjobs publish --date {DAY}" in out.stderr
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM publications")).scalar_one() == 0
+    # Ranked again with the final model, the shards load.
+    rank_shard(new, DAY, 0)
+    assert load_published(new, engine, DAY)[0].live
+    assert set(_live(engine)["model_version"]) == {final}
+
+
+def test_an_allow_list_that_allows_nothing_is_refused_before_anything_goes_live(tmp_path, settings, small_inbox):
+    whole, engine = _trained(settings.home, family="als")
+    publish(whole, engine, DAY)
+    before = {k: _live(engine, k) for k in ("recommendations", "similar_items")}
+    with engine.connect() as conn:
+        popular = conn.execute(sa.text("SELECT * FROM popular_items ORDER BY rank")).all()
+        publications = conn.execute(sa.text("SELECT * FROM publications ORDER BY id")).all()
+    assert len(popular) > 0
+    (whole.home / "allow.csv").write_text("item_id\nnot-in-the-catalogue\n")
+    rules = whole.rules.model_copy(update={"allow_items": "allow.csv"})
+    allowing_nothing = whole.model_copy(update={"rules": rules})
+    with pytest.raises(PipelineError, match="rules.allow_items") as refused:
+        publish(allowing_nothing, engine, DAY)
+    assert "\n" not in str(refused.value) and "0 rows" in str(refused.value)
+    for kind, rows in before.items():
+        pd.testing.assert_frame_equal(_live(engine, kind), rows)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT * FROM popular_items ORDER BY rank")).all() == popular
+        assert conn.execute(sa.text("SELECT * FROM publications ORDER BY id")).all() == publications

@@ -13,6 +13,7 @@ from recjobs.db.schema import (
     ingest_log,
     items,
     list_index,
+    list_indexes,
     list_table,
     metadata,
     model_runs,
@@ -21,13 +22,14 @@ from recjobs.db.schema import (
     recommendations_history,
     schema_sql,
     segment_popular_items,
+    upgrade_postgresql,
     user_segments,
     view_sql,
 )
 
 __all__ = [
     "LIST_COLUMNS", "LIST_KEY", "add_missing_columns", "engine_for", "ensure_live_views", "ensure_schema",
-    "ingest_log", "is_sqlite", "items", "ledger", "libpq_uri", "list_index", "list_table", "make_engine",
-    "metadata", "model_runs", "normalize_url", "popular_items", "publications", "recommendations_history",
-    "schema_sql", "segment_popular_items", "user_segments", "view_sql", "write_tx",
+    "ingest_log", "is_sqlite", "items", "ledger", "libpq_uri", "list_index", "list_indexes", "list_table",
+    "make_engine", "metadata", "model_runs", "normalize_url", "popular_items", "publications", "recommendations_history",
+    "schema_sql", "segment_popular_items", "upgrade_postgresql", "user_segments", "view_sql", "write_tx",
 ]

@@ -6,7 +6,8 @@ One row per (run date, stage[, family]) records what a night did:
   with its metrics, or ``failed`` with the error; the gate marks each ``promoted``,
   ``champion_kept`` or ``rejected``;
 * the ``gate`` row: the decision (``promoted`` / ``champion_kept``, naming the
-  champion) or ``no_candidates`` for a night with nothing to gate;
+  champion) or ``no_candidates`` for a night with nothing to gate; a failed rerun of a
+  date that has a decision keeps it, with its ``no_candidates`` row beside it;
 * the ``final`` row: the champion retrained on all data;
 * the ``publish`` row: what was loaded, ``live`` or ``history``;
 * ``rollback`` rows: a list moved back to an earlier version, by any caller.
@@ -111,10 +112,11 @@ def candidate_outcomes(engine: Engine, day: dt.date) -> list[sa.Row]:
 
 # -- the gate ---------------------------------------------------------------------------
 def gate_row(engine: Engine, day: dt.date) -> sa.Row | None:
-    """The date's gate row, whatever its status; None if the gate has not run."""
+    """The date's gate row: its decision if it has one, else its failure; None if the gate has not run."""
     with engine.connect() as conn:
         return conn.execute(sa.select(model_runs).where(
-            model_runs.c.run_date == _day(day), model_runs.c.stage == GATE)).first()
+            model_runs.c.run_date == _day(day), model_runs.c.stage == GATE).order_by(
+            sa.case((model_runs.c.status.in_(CHAMPION_STATUSES), 0), else_=1), model_runs.c.id.desc())).first()
 
 
 def champion_before(engine: Engine, day: dt.date) -> sa.Row | None:
@@ -140,10 +142,31 @@ def dates_awaiting_gate(engine: Engine, first: dt.date, before: dt.date, active_
     return sorted(d for d, at in latest if d not in gated and at is not None and as_utc(at) >= active_since)
 
 
-def record_no_candidates(engine: Engine, day: dt.date, reason: str) -> None:
-    """Record that ``day`` had nothing to gate, as its gate row with status 'no_candidates'."""
-    replace_rows(engine, day, GATE, None,
-                 [{"family": "-", "model_version": "-", "status": NO_CANDIDATES, "reason": reason[:_REASON_LIMIT]}])
+def record_no_candidates(engine: Engine, day: dt.date, reason: str) -> bool:
+    """Record that ``day`` had nothing to gate, as a gate row with status 'no_candidates'.
+
+    A decision the date already has (a gate row naming a champion) stands: a failed rerun
+    must not erase it, or the next night would compare with an earlier champion. The
+    failure is then recorded beside it (replacing an earlier failure of the date), and a
+    rerun that gates replaces both. Returns whether an earlier decision stands.
+    """
+    with engine.begin() as conn:
+        decided = conn.execute(sa.select(model_runs.c.family, model_runs.c.created_at).where(
+            model_runs.c.run_date == _day(day), model_runs.c.stage == GATE,
+            model_runs.c.status.in_(CHAMPION_STATUSES))).first()
+        if decided is not None:
+            conn.execute(model_runs.delete().where(
+                model_runs.c.run_date == _day(day), model_runs.c.stage == GATE,
+                model_runs.c.status == NO_CANDIDATES))
+            reason = (f"a rerun found nothing to gate; the decision of {as_utc(decided.created_at):%Y-%m-%d %H:%M} "
+                      f"UTC ({decided.family}) stands: {reason}")
+            conn.execute(model_runs.insert().values(
+                run_date=_day(day), stage=GATE, family="-", model_version="-", status=NO_CANDIDATES,
+                reason=reason[:_REASON_LIMIT], created_at=_now()))
+            return True
+        replace_rows(conn, day, GATE, None, [{"family": "-", "model_version": "-", "status": NO_CANDIDATES,
+                                               "reason": reason[:_REASON_LIMIT]}])
+        return False
 
 
 def record_gate(engine: Engine, day: dt.date, candidate_updates: Mapping[int, Mapping[str, Any]],

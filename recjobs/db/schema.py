@@ -9,6 +9,7 @@ views (and an empty version 0) are schema too, created with the tables.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -22,6 +23,7 @@ from recjobs.errors import DatabaseError
 if TYPE_CHECKING:
     from recjobs.settings import Settings
 
+log = logging.getLogger(__name__)
 metadata = sa.MetaData()
 
 model_runs = sa.Table(
@@ -106,23 +108,41 @@ publications = sa.Table(
     sa.Column("history_only", sa.Boolean),
 )
 
+# Ids are text of any length in both databases (see README "Your own data"). SQLite's
+# indexes take keys of any length; a PostgreSQL B-tree entry must fit in a third of a page
+# (2,704 bytes), which a long id does not. So on PostgreSQL the tables keyed by ids have no
+# B-tree on the id: lookups use a hash index, and uniqueness a B-tree on the id's MD5
+# (``_pg_unique``); SQLite keeps its primary keys.
+def _pg_lookup(table: str, column: str) -> sa.Index:
+    return sa.Index(f"ix_{table}_{column}", column, postgresql_using="hash").ddl_if(dialect="postgresql")
+
+
+def _pg_unique(table: str, key: str, *rest: str) -> sa.Index:
+    expressions = [sa.text(f"decode(md5({key}), 'hex')"), *rest]
+    return sa.Index(f"ux_{table}_{key}", *expressions, unique=True).ddl_if(dialect="postgresql")
+
+
 recommendations_history = sa.Table(
     "recommendations_history",
     metadata,
     sa.Column(C.RUN_DATE, sa.String(10), nullable=False),
-    sa.Column(C.USER, sa.String(128), nullable=False),
-    sa.Column(C.ITEM, sa.String(128), nullable=False),
+    sa.Column(C.USER, sa.Text, nullable=False),
+    sa.Column(C.ITEM, sa.Text, nullable=False),
     sa.Column(C.RANK, sa.Integer, nullable=False),
     sa.Column(C.SCORE, sa.Float, nullable=False),
     sa.Column(C.MODEL_VERSION, sa.String(128), nullable=False),
-    sa.PrimaryKeyConstraint(C.RUN_DATE, C.USER, C.RANK),
+    sa.PrimaryKeyConstraint(C.RUN_DATE, C.USER, C.RANK).ddl_if(dialect="sqlite"),
+    # PostgreSQL: by date for the nightly delete and retention, by user for reads. Its rows
+    # come from a version table whose (user, rank) is unique, after the date's rows are deleted.
+    sa.Index("ix_recommendations_history_run_date", C.RUN_DATE).ddl_if(dialect="postgresql"),
+    _pg_lookup("recommendations_history", C.USER),
 )
 
 popular_items = sa.Table(
     "popular_items",
     metadata,
     sa.Column(C.RANK, sa.Integer, primary_key=True),
-    sa.Column(C.ITEM, sa.String(128), nullable=False),
+    sa.Column(C.ITEM, sa.Text, nullable=False),
     sa.Column(C.SCORE, sa.Float, nullable=False),
     sa.Column(C.RUN_DATE, sa.String(10), nullable=False),
 )
@@ -133,41 +153,50 @@ popular_items = sa.Table(
 segment_popular_items = sa.Table(
     "segment_popular_items",
     metadata,
-    sa.Column(C.SEGMENT, sa.String(256), primary_key=True),
-    sa.Column(C.RANK, sa.Integer, primary_key=True),
-    sa.Column(C.ITEM, sa.String(128), nullable=False),
+    sa.Column(C.SEGMENT, sa.Text, nullable=False),
+    sa.Column(C.RANK, sa.Integer, nullable=False),
+    sa.Column(C.ITEM, sa.Text, nullable=False),
     sa.Column(C.SCORE, sa.Float, nullable=False),
     sa.Column(C.RUN_DATE, sa.String(10), nullable=False),
+    sa.PrimaryKeyConstraint(C.SEGMENT, C.RANK).ddl_if(dialect="sqlite"),
+    _pg_unique("segment_popular_items", C.SEGMENT, C.RANK),
+    _pg_lookup("segment_popular_items", C.SEGMENT),
 )
 
 user_segments = sa.Table(
     "user_segments",
     metadata,
-    sa.Column(C.USER, sa.String(128), primary_key=True),
-    sa.Column(C.SEGMENT, sa.String(256), nullable=False),
+    sa.Column(C.USER, sa.Text, nullable=False),
+    sa.Column(C.SEGMENT, sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint(C.USER).ddl_if(dialect="sqlite"),
+    _pg_unique("user_segments", C.USER),
+    _pg_lookup("user_segments", C.USER),
 )
 
 items = sa.Table(
     "items",
     metadata,
-    sa.Column(C.ITEM, sa.String(128), primary_key=True),
+    sa.Column(C.ITEM, sa.Text, nullable=False),
     sa.Column(C.TITLE, sa.Text),
+    sa.PrimaryKeyConstraint(C.ITEM).ddl_if(dialect="sqlite"),
+    _pg_unique("items", C.ITEM),
+    _pg_lookup("items", C.ITEM),
 )
 
 # Columns of a published list table; the live one is reached through a view of the
 # list's name, repointed in one transaction (see publish.py).
 LIST_COLUMNS = {
     "recommendations": (
-        sa.Column(C.USER, sa.String(128), nullable=False),
-        sa.Column(C.ITEM, sa.String(128), nullable=False),
+        sa.Column(C.USER, sa.Text, nullable=False),
+        sa.Column(C.ITEM, sa.Text, nullable=False),
         sa.Column(C.RANK, sa.Integer, nullable=False),
         sa.Column(C.SCORE, sa.Float, nullable=False),
         sa.Column(C.MODEL_VERSION, sa.String(128), nullable=False),
         sa.Column(C.GENERATED_AT, sa.DateTime(timezone=True), nullable=False),
     ),
     "similar_items": (
-        sa.Column(C.ITEM, sa.String(128), nullable=False),
-        sa.Column(C.SIMILAR_ITEM, sa.String(128), nullable=False),
+        sa.Column(C.ITEM, sa.Text, nullable=False),
+        sa.Column(C.SIMILAR_ITEM, sa.Text, nullable=False),
         sa.Column(C.RANK, sa.Integer, nullable=False),
         sa.Column(C.SCORE, sa.Float, nullable=False),
         sa.Column(C.MODEL_VERSION, sa.String(128), nullable=False),
@@ -175,6 +204,9 @@ LIST_COLUMNS = {
     ),
 }
 LIST_KEY = {"recommendations": C.USER, "similar_items": C.ITEM}
+# The longest key (in UTF-8 bytes) a PostgreSQL B-tree index on (key, rank) surely takes:
+# its limit is 2,704 bytes an entry, after compression.
+PG_BTREE_KEY_BYTES = 2000
 
 
 def list_table(kind: str, name: str) -> sa.Table:
@@ -184,17 +216,50 @@ def list_table(kind: str, name: str) -> sa.Table:
 
 
 def list_index(kind: str, table: sa.Table) -> sa.Index:
-    """The read-path index of a list table: one key's list, in rank order."""
+    """The read-path index of a list table: one key's list, in rank order, unique."""
     return sa.Index(f"ix_{table.name}_key", table.c[LIST_KEY[kind]], table.c[C.RANK], unique=True)
 
 
+def list_indexes(kind: str, table: sa.Table, conn: Connection, longest_key_bytes: int) -> list[sa.Index]:
+    """The indexes of a loaded list table whose longest key has ``longest_key_bytes`` UTF-8 bytes.
+
+    :func:`list_index`, unless the table is on PostgreSQL and a key may be too long for
+    a B-tree entry: then a hash index on the key (the read path) and a unique B-tree on
+    its MD5 and the rank (what keeps each key's ranks unique).
+    """
+    if is_sqlite(conn) or longest_key_bytes <= PG_BTREE_KEY_BYTES:
+        return [list_index(kind, table)]
+    key = LIST_KEY[kind]
+    return [sa.Index(f"ix_{table.name}_key", table.c[key], postgresql_using="hash"),
+            sa.Index(f"ux_{table.name}_key", sa.text(f"decode(md5({key}), 'hex')"), table.c[C.RANK], unique=True)]
+
+
 def view_sql(conn: Connection, kind: str, table_name: str) -> list[str]:
-    """Statements that (re)point the view ``kind`` at ``table_name``, in the caller's transaction."""
+    """Statements that (re)point the view ``kind`` at ``table_name``, in the caller's transaction.
+
+    On PostgreSQL ``CREATE OR REPLACE VIEW`` cannot change a column's type, and tables of
+    older releases have ``varchar`` ids where newer ones have ``text``: when the types
+    differ the view is dropped and created again, in the same transaction (readers see
+    the old view or the new one).
+    """
     cols = ", ".join(c.name for c in LIST_COLUMNS[kind])
     select = f"SELECT {cols} FROM {table_name}"
     if is_sqlite(conn):
         return [f"DROP VIEW IF EXISTS {kind}", f"CREATE VIEW {kind} AS {select}"]
+    view = _pg_column_types(conn, kind)
+    if view and view != _pg_column_types(conn, table_name, list(view)):
+        return [f"DROP VIEW {kind}", f"CREATE VIEW {kind} AS {select}"]
     return [f"CREATE OR REPLACE VIEW {kind} AS {select}"]
+
+
+def _pg_column_types(conn: Connection, relation: str, columns: list[str] | None = None) -> dict[str, str]:
+    """Column -> type (as ``format_type`` writes it) of a PostgreSQL table or view; empty if it does not exist."""
+    rows = conn.execute(sa.text(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+        "WHERE a.attrelid = to_regclass(:r) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"),
+        {"r": relation}).all()
+    types = dict(rows)
+    return types if columns is None else {c: types.get(c, "") for c in columns}
 
 
 def ensure_live_views(engine: Engine) -> None:
@@ -220,6 +285,8 @@ def ensure_schema(engine: Engine) -> None:
     """
     metadata.create_all(engine)
     add_missing_columns(engine)
+    if not is_sqlite(engine):
+        upgrade_postgresql(engine)
     ensure_live_views(engine)
 
 
@@ -245,6 +312,58 @@ def add_missing_columns(engine: Engine) -> list[str]:
     return added
 
 
+def _for_dialect(item: sa.Index | sa.Constraint, dialect_name: str) -> bool:
+    """Whether ``item`` is created on ``dialect_name`` (its ``ddl_if``, if any)."""
+    rule = getattr(item, "_ddl_if", None)
+    return rule is None or rule.dialect is None or rule.dialect == dialect_name
+
+
+def _pg_upgrade_plan(conn: Connection) -> list[str]:
+    """The statements that bring a PostgreSQL database of an older release to :data:`metadata`'s ids.
+
+    Older releases had ``varchar(128)`` ids and B-tree primary keys on them; ids are now
+    ``text`` (a type change PostgreSQL makes without rewriting the table) with the indexes
+    of :func:`_pg_lookup` and :func:`_pg_unique`.
+    """
+    inspector = sa.inspect(conn)
+    plan = []
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"]: c["type"] for c in inspector.get_columns(table.name)}
+        widen = [c.name for c in table.columns if isinstance(c.type, sa.Text) and c.name in present
+                 and not isinstance(present[c.name], sa.Text)]
+        if widen:
+            plan.append(f"ALTER TABLE {table.name} " + ", ".join(f"ALTER COLUMN {c} TYPE text" for c in widen))
+        pk = inspector.get_pk_constraint(table.name)
+        if pk.get("constrained_columns") and not _for_dialect(table.primary_key, "postgresql"):
+            plan.append(f"ALTER TABLE {table.name} DROP CONSTRAINT {pk['name']}")
+        indexes = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            if index.name not in indexes and _for_dialect(index, "postgresql"):
+                plan.append(str(CreateIndex(index).compile(dialect=conn.dialect)))
+    return plan
+
+
+def upgrade_postgresql(engine: Engine) -> list[str]:
+    """Bring a PostgreSQL database made by an older release to the current ids and indexes; returns the statements run.
+
+    Nothing to do (the usual case) costs one catalog read. Otherwise the statements run
+    in one transaction, under an advisory lock so that two stages starting at once do
+    not both run them. The live views follow at the next swap (:func:`view_sql`).
+    """
+    with engine.connect() as conn:
+        if not _pg_upgrade_plan(conn):
+            return []
+    with write_tx(engine) as conn:
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('recjobs:schema'))"))
+        plan = _pg_upgrade_plan(conn)  # again under the lock: another stage may have run it
+        for stmt in plan:
+            log.warning("upgrading the schema (once): %s", stmt)
+            conn.exec_driver_sql(stmt)
+    return plan
+
+
 def schema_sql(dialect_name: str) -> str:
     """The DDL for ``dialect_name`` (sqlite or postgresql), as a SQL script."""
     from sqlalchemy.dialects import postgresql, sqlite
@@ -258,7 +377,8 @@ def schema_sql(dialect_name: str) -> str:
     for table in metadata.sorted_tables:
         parts.append(str(CreateTable(table).compile(dialect=dialect)).strip() + ";")
         for index in sorted(table.indexes, key=lambda i: i.name or ""):
-            parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";")
+            if _for_dialect(index, dialect_name):
+                parts.append(str(CreateIndex(index).compile(dialect=dialect)).strip() + ";")
     for kind in LIST_COLUMNS:
         table = list_table(kind, f"{kind}_v0")
         parts.append(f"-- {kind}: versioned tables {kind}_v<N>; apps read the view `{kind}`.")

@@ -54,10 +54,13 @@ def earlier_dates_in_flight(settings: Settings, engine: Engine, run_date: str | 
 
 
 def record_no_candidates(engine: Engine, run_date: str | dt.date, reason: str) -> None:
-    """Record that ``run_date`` had nothing to gate (its 'no_candidates' gate row)."""
+    """Record that ``run_date`` had nothing to gate (its 'no_candidates' gate row).
+
+    A decision the date already has stands (see :func:`recjobs.db.ledger.record_no_candidates`).
+    """
     day = parse_date(run_date)
-    ledger.record_no_candidates(engine, day, reason)
-    log.warning("gate %s: %s", day, reason)
+    stands = ledger.record_no_candidates(engine, day, reason)
+    log.warning("gate %s: %s%s", day, reason, "; the date's earlier decision stands" if stands else "")
 
 
 def _no_candidates_reason(engine: Engine, day: dt.date) -> str:

@@ -13,7 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import Engine
+import pandas as pd
+from sqlalchemy.engine import Connection, Engine
 
 from recjobs.data.interactions import Interactions
 from recjobs.db import ledger
@@ -21,9 +22,9 @@ from recjobs.errors import PipelineError
 from recjobs.models.base import Recommender
 from recjobs.pipeline.split import load_matrix, run_day
 from recjobs.publish.locks import SwapPolicy
-from recjobs.publish.staging import rank_to_staging
+from recjobs.publish.staging import rank_to_staging, read_staging, staged_rows, staged_version
 from recjobs.publish.tables import replace_fallback_lists
-from recjobs.publish.versions import PublishResult, load_staging
+from recjobs.publish.versions import PublishResult, publish_lists
 from recjobs.ranking.ann import for_publish
 from recjobs.ranking.coldstart import (
     align_seen,
@@ -34,7 +35,7 @@ from recjobs.ranking.coldstart import (
 )
 from recjobs.ranking.lists import item_frames, user_frames
 from recjobs.ranking.rerank import build_postprocess
-from recjobs.runs import RunFolder, shard_span
+from recjobs.runs import RunFolder, future_horizon, shard_span
 from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def rank_shard(settings: Settings, run_date: str | dt.date, shard: int = 0) -> l
         else:
             frames = item_frames(model, p.similar_n, p.chunk_users, shard_span(len(model.item_ids), shard, shards),
                                   post)
-        written.append(rank_to_staging(frames, kind, folder.shard(kind, shard, shards)))
+        written.append(rank_to_staging(frames, kind, folder.shard(kind, shard, shards), model.info["model_version"]))
     log.info("ranked shard %d of %d for %s: %s", shard + 1, shards, day, ", ".join(p.name for p in written))
     return written
 
@@ -105,23 +106,69 @@ def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) 
     model, meta = final_model(settings, day)
     kinds = _published_kinds(model)
     parts = {kind: [folder.shard(kind, s, shards) for s in range(shards)] for kind in kinds}
+    # Staged files of another model first: ranking again is then the fix for every shard.
+    version = meta["model_version"]
+    _check_staged_versions(folder, {k: [p for p in paths if p.exists()] for k, paths in parts.items()}, version,
+                           shards)
     missing = sorted({s for paths in parts.values() for s, path in enumerate(paths) if not path.exists()})
     if missing:
         raise PipelineError(f"shard(s) {', '.join(map(str, missing))} of {shards} not ranked for {day} "
                             f"(no {folder.staging}/<list>/part-N-of-{shards:04d}.parquet); run "
                             f"`recjobs publish --date {day} --shard N` for each, or rerun those mapped tasks")
+    _check_not_empty(settings, day, parts["recommendations"], len(model.user_ids))
     p = settings.publish
-    results = [load_staging(engine, kind, paths, day.isoformat(), meta["model_version"], p.keep_versions,
-                            history=kind == "recommendations", history_days=p.history_days,
-                            swap=SwapPolicy.of(p))
-               for kind, paths in parts.items()]
-    _publish_fallback(settings, engine, day, load_matrix(settings, day, "full"), results[0].live)
-    ledger.record_publish(engine, day, meta["family"], meta["model_version"], results[0].live,
-                          f"{results[0].rows} rows in {results[0].table_name}")
+    fallback = _fallback_lists(settings, day, load_matrix(settings, day, "full"))
+
+    def in_swap(conn: Connection, results: list[PublishResult]) -> None:
+        # In the swap's transaction, under its lock: the fallback lists change with the live
+        # recommendations, never beside another date's, and the ledger row with both.
+        recs = results[0]
+        if recs.live:
+            replace_fallback_lists(conn, *fallback)
+        ledger.record_publish(conn, day, meta["family"], version, recs.live,
+                              f"{recs.rows} rows in {recs.table_name}")
+
+    lists = {kind: read_staging(paths, arrow=True) for kind, paths in parts.items()}
+    results = publish_lists(engine, day.isoformat(), version, lists, p.keep_versions, history=True,
+                            history_days=p.history_days, swap=SwapPolicy.of(p),
+                            horizon=future_horizon(settings.runs.max_future_days), in_swap=in_swap)
     for r in results:
         log.info("published %s: %d rows to %s in %.1fs (%s)", r.kind, r.rows, r.table_name, r.seconds,
                  "live" if r.live else "history only: a newer date is live")
     return results
+
+
+def _check_staged_versions(folder: RunFolder, parts: dict[str, list[Path]], version: str, shards: int) -> None:
+    """:class:`PipelineError` unless every staged file was ranked with the final model ``version``.
+
+    A promote and ``train --final`` after the ranking leave shards of the previous model:
+    loading them would publish one model under the other's name.
+    """
+    stale = [(path, staged) for paths in parts.values() for path in paths
+             if (staged := staged_version(path)) not in (version, None)]
+    if not stale:
+        return
+    path, staged = stale[0]
+    how = f"`recjobs publish --date {folder.day}`" + (
+        f" (or `--shard N` for each of the {shards} shards, then `--load`)" if shards > 1 else "")
+    raise PipelineError(f"{len(stale)} staged file(s) for {folder.day}, e.g. {path.relative_to(folder.root)}, were "
+                        f"ranked with model {staged}, but the final model is {version}: rank them again with {how}")
+
+
+def _check_not_empty(settings: Settings, day: dt.date, paths: list[Path], users: int) -> None:
+    """:class:`PipelineError` if the staged recommendations have no row: nothing goes live then.
+
+    Only the item rules can empty every list (an allow list that allows nothing, an
+    exclusion of everything). Publishing that would make every list and the popular
+    items empty at once; refusing keeps the live lists whole until the rules are fixed.
+    """
+    if users == 0 or staged_rows(paths) > 0:
+        return
+    r = settings.rules
+    raise PipelineError(
+        f"nothing to publish for {day}: the recommendations of its {users} users have 0 rows, so the item rules "
+        f"leave no item to recommend (rules.allow_items = {r.allow_items!r}, rules.exclude_items = "
+        f"{r.exclude_items!r}); the live lists are unchanged. Fix the rules, then rerun `recjobs publish --date {day}`")
 
 
 def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list[PublishResult]:
@@ -135,16 +182,13 @@ def publish(settings: Settings, engine: Engine, run_date: str | dt.date) -> list
     return load_published(settings, engine, run_date)
 
 
-def _publish_fallback(settings: Settings, engine: Engine, day: dt.date, seen: Interactions, live: bool) -> None:
-    """The fallback lists of a publish that went live: popular items (global and per segment)."""
-    if not live:
-        return
+def _fallback_lists(settings: Settings, day: dt.date, seen: Interactions
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], pd.DataFrame | None]:
+    """The date's fallback lists: popular items (global and per segment) and each user's segment."""
     popular = popular_rows(settings, seen, day.isoformat())
     segments = user_segment_frame(settings)
     segment_rows = [] if segments is None else segment_popular_rows(settings, seen, segments, day.isoformat())
-    # Small tables: replacing their rows in one transaction is atomic for readers.
-    with engine.begin() as conn:
-        replace_fallback_lists(conn, popular, segment_rows, segments)
+    return popular, segment_rows, segments
 
 
 __all__ = ["final_model", "load_published", "publish", "rank_shard"]

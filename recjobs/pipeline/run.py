@@ -44,7 +44,8 @@ def run_pipeline(settings: Settings, run_date: str | dt.date, ingest: bool = Tru
         stage("split", day)
     except Exception as exc:
         # As in the DAG: the night ends with a 'no_candidates' gate row saying why, so the
-        # gate history shows it and later gates skip it; the error still propagates.
+        # gate history shows it and later gates skip it (a decision the date already had
+        # stands beside it); the error still propagates.
         record_no_candidates(engine, day, f"no candidates for {day}: {type(exc).__name__}: {exc}")
         raise
     metrics: dict[str, Metrics] = {}

@@ -71,18 +71,52 @@ def locked_tx(engine: Engine, policy: SwapPolicy, what: str, body: Callable[[Con
         except sa.exc.DBAPIError as exc:
             if not _is_lock_timeout(exc):
                 raise
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SwapTimeoutError(
-                    f"{what}: lock not granted within {policy.lock_timeout_ms} ms in {attempt} attempt(s) "
-                    f"over {policy.deadline_s:g}s; open reader transactions (or another publish) kept it "
-                    "busy (settings publish.swap_lock_timeout_ms, publish.swap_deadline_s)"
-                ) from exc
-            wait = min(delay, left)
-            log.warning("%s: lock not granted within %d ms (attempt %d); retrying in %.1fs",
-                        what, policy.lock_timeout_ms, attempt, wait)
-            time.sleep(wait)
-            delay, attempt = min(delay * 2, 5.0), attempt + 1
+            wait = _retry_wait(policy, what, deadline, delay, attempt, exc)
+        time.sleep(wait)
+        delay, attempt = min(delay * 2, 5.0), attempt + 1
+
+
+def swap_attempts(conn: Connection, policy: SwapPolicy, what: str, body: Callable[[Connection], T]) -> T:
+    """Run ``body`` inside the caller's write transaction, its lock waits bounded, retried until the deadline.
+
+    The transaction's earlier work (a load of minutes) is kept across attempts: on
+    PostgreSQL each attempt runs in a savepoint, and a lock wait past
+    ``policy.lock_timeout_ms`` rolls back to it and tries again with backoff. SQLite
+    readers never wait for a writer (WAL), and the write lock is held since BEGIN: one
+    attempt is all it needs.
+    """
+    if is_sqlite(conn):
+        return body(conn)
+    # SET LOCAL: the timeout ends with this transaction, not with the pooled connection.
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(policy.lock_timeout_ms)}")
+    deadline = time.monotonic() + policy.deadline_s
+    delay, attempt = 0.1, 1
+    while True:
+        try:
+            with conn.begin_nested():
+                return body(conn)
+        except sa.exc.DBAPIError as exc:
+            if not _is_lock_timeout(exc):
+                raise
+            wait = _retry_wait(policy, what, deadline, delay, attempt, exc)
+        time.sleep(wait)
+        delay, attempt = min(delay * 2, 5.0), attempt + 1
+
+
+def _retry_wait(policy: SwapPolicy, what: str, deadline: float, delay: float, attempt: int,
+                exc: sa.exc.DBAPIError) -> float:
+    """How long to wait before the next attempt; :class:`SwapTimeoutError` once the deadline has passed."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise SwapTimeoutError(
+            f"{what}: lock not granted within {policy.lock_timeout_ms} ms in {attempt} attempt(s) "
+            f"over {policy.deadline_s:g}s; open reader transactions (or another publish) kept it "
+            "busy (settings publish.swap_lock_timeout_ms, publish.swap_deadline_s)"
+        ) from exc
+    wait = min(delay, left)
+    log.warning("%s: lock not granted within %d ms (attempt %d); retrying in %.1fs",
+                what, policy.lock_timeout_ms, attempt, wait)
+    return wait
 
 
 def lock_swaps(conn: Connection, kind: str) -> None:
@@ -133,4 +167,4 @@ def live_version(engine: Engine, kind: str = "recommendations") -> sa.Row | None
 
 
 __all__ = ["LOCK_NOT_AVAILABLE", "SwapPolicy", "live_row", "live_version", "lock_swaps", "locked_tx",
-           "next_live_seq", "number_legacy_versions"]
+           "next_live_seq", "number_legacy_versions", "swap_attempts"]

@@ -3,7 +3,8 @@
 Versions are ordered by when they went live (``publications.live_seq``), not by id
 or run date: pruning keeps the live version and the ones rollback would return to,
 then the newest others, up to ``publish.keep_versions``. ``recommendations_history``
-keeps ``publish.history_days`` days behind its newest date.
+keeps ``publish.history_days`` days behind its newest real date (an outlier date in the
+future anchors nothing), and always the newest ``keep_versions`` dates.
 """
 
 from __future__ import annotations
@@ -15,39 +16,59 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from recjobs.db.engine import write_tx
-from recjobs.db.ledger import as_utc
 from recjobs.db.schema import publications, recommendations_history
 from recjobs.errors import SwapTimeoutError
 from recjobs.publish.locks import SwapPolicy, lock_swaps, locked_tx
+from recjobs.runs import future_horizon
 
 log = logging.getLogger(__name__)
-# A version loaded but not yet through its swap is protected from pruning this long; a
-# swap gives up long before (swap_deadline_s), so an older one was abandoned.
-PENDING_GRACE = dt.timedelta(days=1)
 
 
-def prune_history(engine: Engine, history_days: int) -> int:
-    """Delete ``recommendations_history`` rows older than the newest run date minus ``history_days``."""
+def prune_history(engine: Engine, history_days: int, keep_dates: int = 1, horizon: dt.date | None = None) -> int:
+    """Delete ``recommendations_history`` rows older than ``history_days`` before its newest real date.
+
+    The newest real date is the newest one not after ``horizon`` (default: tomorrow,
+    UTC; see :func:`recjobs.runs.future_horizon`), so one outlier date (a mistyped year)
+    makes no real date look old. The newest ``keep_dates`` dates are never deleted,
+    whatever the clock says. Returns the number of rows deleted.
+    """
+    horizon = horizon or future_horizon(None)
     with write_tx(engine) as conn:  # SQLite: write lock up front, not a read lock upgraded later
-        newest = conn.execute(sa.select(sa.func.max(recommendations_history.c.run_date))).scalar()
-        if newest is None:
+        dates = conn.execute(sa.select(recommendations_history.c.run_date).distinct()
+                             .order_by(recommendations_history.c.run_date.desc())).scalars().all()
+        real = [d for d in dates if _as_date(d) is not None and _as_date(d) <= horizon]
+        if not real:  # every date is an outlier (or the clock is wrong): measure from the newest
+            real = dates
+        anchor = _as_date(real[0]) if real else None
+        if anchor is None:
             return 0
-        cutoff = (dt.date.fromisoformat(newest) - dt.timedelta(days=history_days)).isoformat()
+        cutoff = (anchor - dt.timedelta(days=history_days)).isoformat()
+        # Never below the newest keep_dates dates: an outlier can displace at most its own count.
+        if keep_dates > 0 and len(dates) >= keep_dates:
+            cutoff = min(cutoff, dates[keep_dates - 1])
         deleted = conn.execute(
             recommendations_history.delete().where(recommendations_history.c.run_date < cutoff)
         ).rowcount
     if deleted:
-        log.info("deleted %d recommendations_history rows before %s (publish.history_days=%d)",
-                 deleted, cutoff, history_days)
+        log.info("deleted %d recommendations_history rows before %s (publish.history_days=%d, measured from %s)",
+                 deleted, cutoff, history_days, anchor)
     return deleted
+
+
+def _as_date(text: str) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:  # a run date is text: one that is not a date anchors nothing
+        return None
 
 
 def _doomed(rows: list[sa.Row], keep_versions: int) -> list[sa.Row]:
     """The versions to drop: all but the first ``keep_versions`` in order of worth.
 
     Worth: the live version, then the versions rollback would return to (latest live
-    first), then the rest (history-only backfills), newest first. A version still
-    waiting for its swap is never dropped (unless abandoned).
+    first), then the rest (history-only backfills, and versions an older release left
+    loaded but never swapped), newest first. A version is only ever seen here once its
+    publish has committed, live or history only (see :mod:`recjobs.publish.versions`).
     """
     active = [r for r in rows if not r.dropped]
     live = [r for r in active if r.is_live]
@@ -56,12 +77,9 @@ def _doomed(rows: list[sa.Row], keep_versions: int) -> list[sa.Row]:
         (r for r in active if not r.is_live and r.live_seq is not None and (live_seq is None or r.live_seq < live_seq)),
         key=lambda r: r.live_seq, reverse=True,
     )
-    fresh = dt.datetime.now(dt.UTC) - PENDING_GRACE
-    pending = [r for r in active if not r.is_live and r.live_seq is None and not r.history_only
-               and as_utc(r.published_at) > fresh]
-    ranked = {r.id for r in [*live, *chain, *pending]}
+    ranked = {r.id for r in [*live, *chain]}
     rest = sorted((r for r in active if r.id not in ranked), key=lambda r: r.id, reverse=True)
-    keep = {r.id for r in [*live, *chain, *rest][:keep_versions]} | {r.id for r in [*live, *pending]}
+    keep = {r.id for r in [*live, *chain, *rest][:keep_versions]} | {r.id for r in live}
     return [r for r in active if r.id not in keep]
 
 
@@ -107,4 +125,4 @@ def _drop_version(engine: Engine, kind: str, pub_id: int, table_name: str, polic
         return False
 
 
-__all__ = ["PENDING_GRACE", "prune", "prune_history"]
+__all__ = ["prune", "prune_history"]

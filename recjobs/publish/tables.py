@@ -30,9 +30,11 @@ def replace_fallback_lists(conn: Connection, popular: Sequence[dict[str, Any]],
     conn.execute(user_segments.delete())
     if segments is None:
         return
+    # Never an insert of no rows: SQLAlchemy would send one row of defaults (NULLs).
     if segment_rows:
         conn.execute(segment_popular_items.insert(), list(segment_rows))
-    conn.execute(user_segments.insert(), segments.to_dict("records"))
+    if len(segments):
+        conn.execute(user_segments.insert(), segments.to_dict("records"))
 
 
 __all__ = ["replace_fallback_lists"]

@@ -1,16 +1,21 @@
-"""Publishing a list: load a new version, then swap it live (no partial reads, no blocked readers).
+"""Publishing lists: load new versions and swap them live in one transaction.
 
-A list is ranked into a staging Parquet file first (:func:`rank_to_staging`), with
-no database transaction open, then loaded (:func:`load_staging`): one transaction
-creates a new versioned table (``recommendations_v<N>``), bulk loads it (COPY on
-PostgreSQL, executemany on SQLite), indexes and analyzes it. A second, short
-transaction repoints the stable view (``recommendations``) at it. Readers therefore
-see the whole previous set or the whole new one.
+A list is ranked into staging Parquet files first (:func:`rank_to_staging`), with no
+database transaction open. Publishing them (:func:`publish_lists`) is then one
+transaction: it creates a new versioned table per list (``recommendations_v<N>``),
+bulk loads it (COPY on PostgreSQL, executemany on SQLite), indexes and analyzes it,
+copies the recommendations into ``recommendations_history``, and finally repoints
+each stable view (``recommendations``) at its new table, writes the ``publications``
+rows and runs the caller's hook (the fallback lists, the ledger row). Readers see the
+whole previous set or the whole new one, of every list together; a publish killed at
+any point before its commit leaves nothing behind (no table, no ``publications`` or
+history row).
 
 On PostgreSQL, repointing a view needs an ACCESS EXCLUSIVE lock, and while a swap
 waits for it every new reader of the view queues behind it. So each swap attempt
-waits at most ``lock_timeout_ms`` and is retried with backoff until a deadline
-(:class:`SwapPolicy`); readers are delayed by one attempt at most.
+waits at most ``lock_timeout_ms`` and is retried from a savepoint with backoff until a
+deadline (:class:`SwapPolicy`); readers are delayed by one attempt at most. The load
+before it holds no lock any reader waits for.
 
 Versions are ordered by when they went live (``publications.live_seq``), not by id
 or run date: rollback returns to the version that was live before, and pruning
@@ -23,11 +28,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -35,27 +41,30 @@ from recjobs import columns as C
 from recjobs.db.engine import write_tx
 from recjobs.db.schema import (
     LIST_COLUMNS,
-    list_index,
+    LIST_KEY,
+    list_indexes,
     list_table,
     publications,
     recommendations_history,
     view_sql,
 )
-from recjobs.errors import PublishError
+from recjobs.faults import fault_point
 from recjobs.progress import Heartbeat
-from recjobs.publish.copy import bulk_load
+from recjobs.publish.copy import Frame, bulk_load
 from recjobs.publish.locks import (
     SwapPolicy,
     live_row,
     lock_swaps,
-    locked_tx,
     next_live_seq,
     number_legacy_versions,
+    swap_attempts,
 )
 from recjobs.publish.retention import prune, prune_history
 from recjobs.publish.staging import read_staging
+from recjobs.runs import future_horizon
 
 log = logging.getLogger(__name__)
+KINDS = tuple(LIST_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,18 @@ class PublishResult:
     seconds: float
 
 
+# Called inside the swap transaction, after every list's swap (or history-only decision).
+SwapHook = Callable[[Connection, list[PublishResult]], None]
+
+
+@dataclass
+class _Loaded:
+    kind: str
+    pub_id: int
+    table: sa.Table
+    rows: int
+
+
 def load_staging(
     engine: Engine,
     kind: str,
@@ -78,109 +99,173 @@ def load_staging(
     history: bool = True,
     history_days: int | None = None,
     swap: SwapPolicy | None = None,
+    horizon: dt.date | None = None,
 ) -> PublishResult:
     """Publish the list staged at ``path`` (or its shards, in order) by :func:`rank_to_staging`.
 
-    See :func:`publish_list`.
+    See :func:`publish_lists`.
     """
-    frames = read_staging(path)  # opened now, so a missing file fails before any transaction
+    frames = read_staging(path, arrow=True)  # opened now, so a missing file fails before any transaction
     return publish_list(engine, kind, run_date, model_version, frames, keep_versions, history,
-                        history_days=history_days, swap=swap)
+                        history_days=history_days, swap=swap, horizon=horizon)
 
 
-# -- publish -------------------------------------------------------------------------
 def publish_list(
     engine: Engine,
     kind: str,
     run_date: str,
     model_version: str,
-    frames: Iterable[pd.DataFrame],
+    frames: Iterable[Frame],
     keep_versions: int = 3,
     history: bool = True,
     history_days: int | None = None,
     swap: SwapPolicy | None = None,
+    horizon: dt.date | None = None,
 ) -> PublishResult:
-    """Load ``frames`` as a new version of list ``kind`` and make it live if it is not older.
+    """Load ``frames`` as a new version of list ``kind``, live unless it is older; see :func:`publish_lists`."""
+    return publish_lists(engine, run_date, model_version, {kind: frames}, keep_versions, history,
+                         history_days=history_days, swap=swap, horizon=horizon)[0]
 
-    ``frames`` yield the list's columns (without ``generated_at``, which is added). They
-    are consumed inside the load transaction, so they should be cheap to produce (read
-    from a staging file, see :func:`load_staging`), not scored on the fly.
-    ``history_days`` prunes ``recommendations_history`` to that many days behind its
-    newest date (None keeps all). Raises :class:`SwapTimeoutError` if the view's lock
-    is never granted; the loaded version then stays, not live, until pruned.
+
+# -- publish -------------------------------------------------------------------------
+def publish_lists(
+    engine: Engine,
+    run_date: str,
+    model_version: str,
+    lists: Mapping[str, Iterable[Frame]],
+    keep_versions: int = 3,
+    history: bool = True,
+    history_days: int | None = None,
+    swap: SwapPolicy | None = None,
+    horizon: dt.date | None = None,
+    in_swap: SwapHook | None = None,
+) -> list[PublishResult]:
+    """Load each of ``lists`` (kind -> frames) as a new version and swap each live unless it is older, at once.
+
+    ``frames`` yield a list's columns (without ``generated_at``, which is added), as
+    pandas or Arrow. They are consumed inside the publish transaction, so they should be
+    cheap to produce (read from staging files, see :func:`load_staging`), not scored on
+    the fly. ``history`` copies the recommendations into ``recommendations_history``;
+    ``history_days`` then prunes it to that many days behind its newest real date (None
+    keeps all). Run dates after ``horizon`` (default tomorrow, UTC;
+    :func:`recjobs.runs.future_horizon`) are outliers: a live outlier never keeps a real
+    date from going live, and never anchors retention. ``in_swap`` runs inside the swap
+    transaction with the results, e.g. to write tables that must change with the live
+    lists. Raises :class:`SwapTimeoutError` if a view's lock is never granted; nothing of
+    this publish then remains.
     """
     policy = swap or SwapPolicy()
+    horizon = horizon or future_horizon(None)
     start = dt.datetime.now(dt.UTC)
     generated_at = start.strftime("%Y-%m-%d %H:%M:%S.%f+00:00")
-    columns = [c.name for c in LIST_COLUMNS[kind]]
+    kinds = [k for k in KINDS if k in lists]  # a fixed order: two publishes cannot deadlock
 
-    def stamped() -> Iterable[pd.DataFrame]:
-        for frame in frames:
-            yield frame.assign(**{C.GENERATED_AT: generated_at})
+    def swap_in(conn: Connection) -> list[PublishResult]:
+        for kind in kinds:
+            lock_swaps(conn, kind)
+        results = [_swap_one(conn, one, run_date, horizon, start) for one in loaded]
+        fault_point("publish.mid_swap")  # tests: killed (or held) with the views repointed, before commit
+        if in_swap is not None:
+            in_swap(conn, results)
+        return results
 
     with write_tx(engine) as conn:
-        pub_id = conn.execute(
-            publications.insert()
-            .values(
-                kind=kind,
-                run_date=run_date,
-                table_name=f"{kind}_pending",
-                model_version=model_version,
-                row_count=0,
-                is_live=False,
-                dropped=False,
-                published_at=start,
-            )
-            .returning(publications.c.id)
-        ).scalar_one()
-        table = list_table(kind, f"{kind}_v{pub_id}")
-        conn.execute(publications.update().where(publications.c.id == pub_id).values(table_name=table.name))
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table.name}")
-        table.create(conn)
-        n_rows = bulk_load(conn, table.name, columns, stamped())
-        # Single statements that take minutes at 69M rows: name them while they run.
-        with Heartbeat(log, f"publish {table.name}") as beat:
-            # The index after the load: building it once is cheaper than maintaining it per row.
-            beat.phase(f"indexing {n_rows:,} rows")
-            list_index(kind, table).create(conn)
-            beat.phase("analyzing")
-            conn.exec_driver_sql(f"ANALYZE {table.name}")
-            conn.execute(publications.update().where(publications.c.id == pub_id).values(row_count=n_rows))
-            if history and kind == "recommendations":
-                beat.phase(f"copying {n_rows:,} rows into recommendations_history")
-                conn.execute(recommendations_history.delete().where(recommendations_history.c.run_date == run_date))
-                cols = ", ".join([C.USER, C.ITEM, C.RANK, C.SCORE, C.MODEL_VERSION])
-                conn.execute(
-                    sa.text(f"INSERT INTO recommendations_history ({C.RUN_DATE}, {cols}) "
-                            f"SELECT CAST(:run_date AS VARCHAR(10)), {cols} FROM {table.name}"),
-                    {"run_date": run_date},
-                )
+        loaded = [_load(conn, kind, run_date, model_version, lists[kind], generated_at, start) for kind in kinds]
+        recs = next((one for one in loaded if one.kind == "recommendations"), None)
+        if history and recs is not None:
+            _copy_history(conn, recs, run_date)
+        fault_point("publish.before_swap")  # tests: every list loaded, nothing swapped
+        results = swap_attempts(conn, policy, "make " + ", ".join(one.table.name for one in loaded) + " live",
+                                swap_in)
+    for r in results:
+        if not r.live:
+            log.info("%s for %s kept as history only: a newer date is live", r.kind, run_date)
+    if history and recs is not None and history_days is not None:
+        prune_history(engine, history_days, keep_versions, horizon)
+    for kind in kinds:
+        prune(engine, kind, keep_versions, policy)
+    return results
+
+
+def _stamped(frames: Iterable[Frame], generated_at: str) -> Iterator[Frame]:
+    for frame in frames:
+        if isinstance(frame, pa.Table):
+            yield frame.append_column(C.GENERATED_AT, pa.array([generated_at] * frame.num_rows, pa.string()))
+        else:
+            yield frame.assign(**{C.GENERATED_AT: generated_at})
+
+
+def _key_bytes(frames: Iterable[Frame], key: str, longest: list[int]) -> Iterator[Frame]:
+    """``frames`` unchanged; ``longest[0]`` ends as the longest ``key`` value in UTF-8 bytes (Arrow computes it)."""
+    for frame in frames:
+        column = frame[key] if isinstance(frame, pa.Table) else pa.array(frame[key], pa.string())
+        if len(column):
+            size = pc.max(pc.binary_length(column.cast(pa.string()))).as_py()
+            longest[0] = max(longest[0], size or 0)
+        yield frame
+
+
+def _load(conn: Connection, kind: str, run_date: str, model_version: str, frames: Iterable[Frame],
+          generated_at: str, start: dt.datetime) -> _Loaded:
+    """A new version table of ``kind`` holding ``frames``, indexed, with its (not yet live) publications row."""
+    pub_id = conn.execute(
+        publications.insert()
+        .values(kind=kind, run_date=run_date, table_name=f"{kind}_pending", model_version=model_version,
+                row_count=0, is_live=False, dropped=False, published_at=start)
+        .returning(publications.c.id)
+    ).scalar_one()
+    table = list_table(kind, f"{kind}_v{pub_id}")
+    conn.execute(publications.update().where(publications.c.id == pub_id).values(table_name=table.name))
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table.name}")  # a table an older release left behind
+    table.create(conn)
+    columns = [c.name for c in LIST_COLUMNS[kind]]
+    longest = [0]  # the index depends on the longest key (see list_indexes)
+    n_rows = bulk_load(conn, table.name, columns, _key_bytes(_stamped(frames, generated_at), LIST_KEY[kind], longest))
+    # Single statements that take minutes at 69M rows: name them while they run.
+    with Heartbeat(log, f"publish {table.name}") as beat:
+        # The index after the load: building it once is cheaper than maintaining it per row.
+        beat.phase(f"indexing {n_rows:,} rows")
+        for index in list_indexes(kind, table, conn, longest[0]):
+            index.create(conn)
+        beat.phase("analyzing")
+        conn.exec_driver_sql(f"ANALYZE {table.name}")
+    conn.execute(publications.update().where(publications.c.id == pub_id).values(row_count=n_rows))
     log.info("loaded %d rows into %s", n_rows, table.name)
+    return _Loaded(kind, pub_id, table, n_rows)
 
-    def swap_in(conn: Connection) -> sa.Row | None:
-        lock_swaps(conn, kind)
-        if conn.execute(sa.select(publications.c.dropped).where(publications.c.id == pub_id)).scalar_one():
-            raise PublishError(f"{table.name} was pruned by a concurrent publish before its swap; rerun")
-        number_legacy_versions(conn, kind, exclude_id=pub_id)
-        live = live_row(conn, kind)
-        if live is not None and live.run_date > run_date:
-            conn.execute(publications.update().where(publications.c.id == pub_id).values(history_only=True))
-            return live
-        for stmt in view_sql(conn, kind, table.name):
+
+def _copy_history(conn: Connection, recs: _Loaded, run_date: str) -> None:
+    """The date's rows of ``recommendations_history`` become the new version's (live or history only)."""
+    with Heartbeat(log, f"history of {run_date}") as beat:
+        beat.phase(f"copying {recs.rows:,} rows into recommendations_history")
+        conn.execute(recommendations_history.delete().where(recommendations_history.c.run_date == run_date))
+        cols = ", ".join([C.USER, C.ITEM, C.RANK, C.SCORE, C.MODEL_VERSION])
+        conn.execute(
+            sa.text(f"INSERT INTO recommendations_history ({C.RUN_DATE}, {cols}) "
+                    f"SELECT CAST(:run_date AS VARCHAR(10)), {cols} FROM {recs.table.name}"),
+            {"run_date": run_date},
+        )
+
+
+def _swap_one(conn: Connection, one: _Loaded, run_date: str, horizon: dt.date, start: dt.datetime) -> PublishResult:
+    """Repoint ``one.kind``'s view at the new table, or mark it history only; under the kind's swap lock."""
+    number_legacy_versions(conn, one.kind, exclude_id=one.pub_id)
+    live = live_row(conn, one.kind)
+    # A backfill (an older date than the live one) is kept as history only, unless the
+    # live date is an outlier: one mistyped year must not hold every later night back.
+    if live is not None and live.run_date > run_date and live.run_date <= horizon.isoformat():
+        conn.execute(publications.update().where(publications.c.id == one.pub_id).values(history_only=True))
+        is_live = False
+    else:
+        for stmt in view_sql(conn, one.kind, one.table.name):
             conn.exec_driver_sql(stmt)
-        conn.execute(publications.update().where(publications.c.kind == kind).values(is_live=False))
-        conn.execute(publications.update().where(publications.c.id == pub_id).values(
-            is_live=True, history_only=False, live_seq=next_live_seq(conn, kind), live_at=dt.datetime.now(dt.UTC)))
-        return None
-
-    newer = locked_tx(engine, policy, f"make {table.name} live as {kind}", swap_in)
-    if newer is not None:
-        log.info("%s for %s kept as history only: live set is from %s", kind, run_date, newer.run_date)
-    if history and kind == "recommendations" and history_days is not None:
-        prune_history(engine, history_days)
-    prune(engine, kind, keep_versions, policy)
+        conn.execute(publications.update().where(publications.c.kind == one.kind).values(is_live=False))
+        conn.execute(publications.update().where(publications.c.id == one.pub_id).values(
+            is_live=True, history_only=False, live_seq=next_live_seq(conn, one.kind),
+            live_at=dt.datetime.now(dt.UTC)))
+        is_live = True
     seconds = (dt.datetime.now(dt.UTC) - start).total_seconds()
-    return PublishResult(kind, pub_id, table.name, n_rows, newer is None, seconds)
+    return PublishResult(one.kind, one.pub_id, one.table.name, one.rows, is_live, seconds)
 
 
-__all__ = ["PublishResult", "load_staging", "publish_list"]
+__all__ = ["PublishResult", "SwapHook", "load_staging", "publish_list", "publish_lists"]
