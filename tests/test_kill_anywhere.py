@@ -223,15 +223,11 @@ def _killed_then_rerun(night: Night, start: Start, home: Path, args: list[str], 
             _admin(night.server, f"DROP DATABASE IF EXISTS {_database(url)} WITH (FORCE)")
 
 
-# Killed after merging, the rerun finds the file's rows in the lake and counts them as
-# duplicates (ingest_log.duplicates_dropped 228 where an uninterrupted ingest says 20): the
-# lake is right, ingest's counts are not yet kill-safe. Strict: the fix makes this fail.
-COUNTS_NOT_KILL_SAFE = pytest.mark.xfail(strict=True, reason="ingest_log counts merged rows again after a kill")
-
-
+# Killed after merging partitions, the rerun takes those partitions' counts from the merge
+# journal (recjobs.data.lake) instead of counting their rows as duplicates: ingest_log says
+# what an uninterrupted ingest says.
 @pytest.mark.slow
-@pytest.mark.parametrize("point", [pytest.param(p, marks=COUNTS_NOT_KILL_SAFE) if p == "ingest.before_log" else p
-                                   for p in INGEST_POINTS])
+@pytest.mark.parametrize("point", INGEST_POINTS)
 def test_an_ingest_killed_at_any_fault_point_then_rerun_equals_an_uninterrupted_one(night, point, tmp_path):
     _killed_then_rerun(night, night.ingest, tmp_path / "home", ["ingest"], point,
                        lambda settings, engine: ingest_inbox(settings, engine))

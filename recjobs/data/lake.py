@@ -22,6 +22,7 @@ every file is replaced atomically (:mod:`recjobs.files`).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -113,6 +114,30 @@ class Lake:
     def quarantine_path(self, content_hash: str) -> Path:
         """Where the bad rows of the content with this hash go."""
         return self.quarantine / f"{content_hash[:16]}.parquet"
+
+    def journal_path(self, content_hash: str) -> Path:
+        """The merge journal of the content with this hash: one line per partition merged."""
+        return self.root / ".journal" / f"{content_hash[:32]}.jsonl"
+
+    def read_journal(self, content_hash: str) -> dict[str, MergeResult]:
+        """Partitions an earlier, interrupted merge of this content completed, with their results.
+
+        A merge killed part-way leaves its journal; the rerun takes these partitions' counts
+        from it (their rows are in the lake already, so merging them again would count them
+        as duplicates) and merges only the rest, so the report equals an uninterrupted run's.
+        """
+        path = self.journal_path(content_hash)
+        done: dict[str, MergeResult] = {}
+        if not path.exists():
+            return done
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+                done[str(entry["day"])] = MergeResult(int(entry["added"]), int(entry["duplicates"]),
+                                                       int(entry["new_unique"]))
+            except (ValueError, KeyError, TypeError):
+                break  # a line cut short by the kill: the partitions after it are merged again
+        return done
 
     # -- writing ---------------------------------------------------------------------
     @contextmanager
@@ -206,6 +231,22 @@ class LakeWriter:
     def write_side(self, kind: str, table: pa.Table) -> Path:
         """Replace the side table of ``kind`` with ``table``, atomically."""
         return write_parquet(table, self.lake.side_path(kind))
+
+    def journal(self, content_hash: str, day: str, result: MergeResult) -> None:
+        """Note in the content's merge journal that partition ``day`` is merged (after its write).
+
+        Appended and flushed, not fsynced: it must survive the process being killed, which
+        the page cache does; after a power loss a partition may be counted again.
+        """
+        path = self.lake.journal_path(content_hash)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"day": day, "added": result.added, "duplicates": result.duplicates,
+                                 "new_unique": result.new_unique}) + "\n")
+
+    def end_journal(self, content_hash: str) -> None:
+        """The content's merge is recorded for good (its ingest_log row written): drop its journal."""
+        self.lake.journal_path(content_hash).unlink(missing_ok=True)
 
 
 SEQ = "_seq"

@@ -15,7 +15,7 @@ import pyarrow as pa
 from sqlalchemy.engine import Engine
 
 from recjobs import columns as C
-from recjobs.data.lake import DAY_MS, Lake, LakeWriter, day_names
+from recjobs.data.lake import DAY_MS, Lake, LakeWriter, MergeResult, day_names
 from recjobs.errors import IngestError, LakeLockTimeout
 from recjobs.faults import fault_point
 from recjobs.ingest._layout import REQUIRED, layout_of
@@ -130,13 +130,19 @@ def _merge_spill(writer: LakeWriter, spill: Spill, settings: Settings, report: I
     counts = np.array([spill.day_rows[d] for d in days.tolist()], dtype=np.int64)
     names = day_names(days)
     progress = RateProgress(log, f"{label}: merging", total=spill.rows, every=settings.ingest.progress_seconds)
+    # Partitions an interrupted merge of this content completed: counted from its journal, not again.
+    done = writer.lake.read_journal(report.content_hash)
+    if done:
+        log.info("%s: %d of %d partitions were merged by an interrupted ingest of this content; merging the rest",
+                 label, len(set(done) & set(names)), len(names))
     with ThreadPoolExecutor(settings.ingest.threads) as pool:
-        _merge_groups(writer, spill, settings, report, days, counts, names, progress, pool)
+        _merge_groups(writer, spill, settings, report, days, counts, names, progress, pool, done)
 
 
 def _merge_groups(
     writer: LakeWriter, spill: Spill, settings: Settings, report: IngestReport, days: np.ndarray,
     counts: np.ndarray, names: list[str], progress: RateProgress, pool: ThreadPoolExecutor,
+    done: dict[str, MergeResult],
 ) -> None:
     done_rows = 0
     start = 0
@@ -152,12 +158,17 @@ def _merge_groups(
         rows, day = rows.take(order), day[order]
         bounds = np.searchsorted(day, np.append(days[start:end], days[end - 1] + 1))
         # Days are independent files: merge them in parallel, account for them in order.
-        merges = [pool.submit(writer.merge_ratings, names[start + j],
+        merges = [None if names[start + j] in done else
+                  pool.submit(writer.merge_ratings, names[start + j],
                               rows.slice(int(bounds[j]), int(bounds[j + 1] - bounds[j])))
                   for j in range(end - start)]
         for j, merge in enumerate(merges):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
-            result = merge.result()
+            if merge is None:
+                result = done[names[start + j]]
+            else:
+                result = merge.result()
+                writer.journal(report.content_hash, names[start + j], result)
             report.rows_valid += result.new_unique
             report.duplicates_dropped += result.duplicates
             report.partitions.append(names[start + j])
@@ -216,6 +227,7 @@ def ingest_file(
                 _merge_spill(writer, spill, settings, report, path.name)
                 fault_point("ingest.before_log")
                 record_ingest(engine, report, kind="ratings", wait_seconds=wait)
+                writer.end_journal(report.content_hash)
             log.info("%s: validated %d rows in %.1fs (%.0f rows/s), merged %d partitions in %.1fs",
                      path.name, report.rows_read, validated - started,
                      report.rows_read / max(validated - started, 1e-9), len(report.partitions),
