@@ -7,8 +7,9 @@ their services' commands. PostgreSQL (the test server) holds Airflow's metadata 
 recommendations; redis-server runs on a free port in a temporary folder. The scheduler,
 dag-processor and API server run beside a training worker (queues training, default) and
 a scoring worker (scoring, default). The scoring worker is SIGKILLed, with every process
-under it, while a shard is half-written; it is restarted, and Airflow's retry (the DAG's
-own retry default) must leave exactly the rows of a single-process `recjobs run`.
+under it, part-way through its shards; it is restarted, and Airflow's retry (the DAG's
+own retry default) must leave the rows of a single-process `recjobs run`: the same ids,
+ranks and versions, scores to float32 rounding.
 """
 
 from __future__ import annotations
@@ -305,10 +306,10 @@ def _lists(url: str) -> dict[str, pd.DataFrame]:
 def test_recs_nightly_on_celery_workers_survives_a_worker_killed_mid_shard(tmp_path, postgres_server, redis_port):
     if not AIRFLOW.exists():
         pytest.skip(f"airflow is not installed next to {sys.executable}")
-    probe = subprocess.run([sys.executable, "-c", "import airflow.providers.celery, celery, redis"],
+    probe = subprocess.run([sys.executable, "-c", "import airflow.providers.celery, celery, redis, asyncpg"],
                            capture_output=True, text=True)
     if probe.returncode != 0:
-        pytest.skip("apache-airflow-providers-celery is not installed (pip install 'recjobs[airflow]')")
+        pytest.skip("apache-airflow-providers-celery or asyncpg is not installed (pip install 'recjobs[airflow]')")
     train_cmd, score_cmd = worker_command(WORKERS["training"]), worker_command(WORKERS["scoring"])
     (train_qs, train_node), (score_qs, score_node) = _listens(train_cmd), _listens(score_cmd)
     train_q, score_q = train_qs[0], score_qs[0]
@@ -378,7 +379,7 @@ def test_recs_nightly_on_celery_workers_survives_a_worker_killed_mid_shard(tmp_p
             cluster.start("apiserver", ["api-server"])
             cluster.start("training", train_cmd)
             # The scoring worker's first start pauses in every shard after each chunk, so that
-            # the test kills it while a shard's file is half-written.
+            # the test kills it part-way through them.
             cluster.start("scoring", score_cmd, RECJOBS_FAULT_AT="publish.mid_shard=pause:600")
             assert wait_for(lambda: _health(api_port) == 200, timeout=300, interval=2), cluster.tails()
             assert wait_for(lambda: _parsed(meta), timeout=300, interval=2), cluster.tails()
@@ -407,6 +408,16 @@ def test_recs_nightly_on_celery_workers_survives_a_worker_killed_mid_shard(tmp_p
             assert _run_state(meta) == "success", (tis.to_string(), cluster.tails())
             assert not [pid for pid in killed if psutil.pid_exists(pid)
                         and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+            # Why the killed tries start over, from their retry callbacks (run by the dag-processor).
+            callbacks = tmp_path / "airflow" / "logs" / "dag_processor"
+            expected = [f"rank_shard[{i}] try 1 ended: it ended without reporting back"
+                        for i in at_kill[(at_kill.task_id == "rank_shard") & (at_kill.state == "running")].map_index]
+
+            def explained() -> bool:
+                text = "".join(p.read_text(errors="replace") for p in callbacks.rglob("recs_nightly.py.log"))
+                return all(line in text for line in expected)
+
+            assert wait_for(explained, timeout=180, interval=3), cluster.tails()
         finally:
             cluster.stop()
             meta.dispose()
