@@ -19,6 +19,7 @@ nothing), an ingest only when a file added rows to the lake.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import re
@@ -102,3 +103,60 @@ def report_ingest(settings: Any, reports: list[Any]) -> dict[str, Any] | None:  
     if not new:
         return None
     return {"files": [os.path.basename(r.source_path) for r in new], "rows": rows, "lake": str(settings.lake)}
+
+
+def _deployment_sets(key: str) -> bool:
+    """Whether this deployment set Airflow's ``[core] key`` (a variable, or airflow.cfg off the default)."""
+    from airflow.sdk import conf
+
+    if f"AIRFLOW__CORE__{key.upper()}" in os.environ:
+        return True
+    # A generated airflow.cfg writes Airflow's defaults out: a value equal to the default says nothing.
+    return conf.get("core", key, fallback=None) != conf.get_default_value("core", key)
+
+
+def task_defaults() -> dict[str, Any]:
+    """``default_args`` for the nightly DAG: retries, their delay, and a log line on each retry.
+
+    Retries follow Airflow's ``[core] default_task_retries`` / ``default_task_retry_delay``
+    where the deployment sets them, else the settings' ``airflow.retries`` /
+    ``airflow.retry_delay_seconds``. Read when the DAG file is parsed.
+    """
+    from airflow.sdk import conf
+
+    from recjobs.settings import load_settings
+
+    own = load_settings().airflow
+    retries = (conf.getint("core", "default_task_retries") if _deployment_sets("default_task_retries")
+               else own.retries)
+    delay = (conf.getfloat("core", "default_task_retry_delay") if _deployment_sets("default_task_retry_delay")
+             else own.retry_delay_seconds)
+    return {"retries": retries, "retry_delay": dt.timedelta(seconds=delay),
+            "on_retry_callback": log_retry, "on_execute_callback": log_start_over}
+
+
+def _name(ti: Any) -> str:  # noqa: ANN401 - a RuntimeTaskInstance
+    index = getattr(ti, "map_index", -1)
+    return ti.task_id if index is None or index < 0 else f"{ti.task_id}[{index}]"
+
+
+def log_retry(context: dict[str, Any]) -> None:
+    """``on_retry_callback``: why this try ended, and that the task will start over."""
+    ti = context["ti"]
+    error = context.get("exception")
+    # No exception: the try ended outside the task's own code, and this callback runs in the
+    # dag-processor. The scheduler's log says which (no heartbeat, or the executor reported a failure).
+    why = (f"{type(error).__name__}: {redact(str(error))}" if error is not None else
+           "it ended without reporting back (its worker was lost or killed, or could not reach "
+           "the API server; the scheduler's log says which)")
+    log.warning("%s try %s ended: %s; it starts over as try %s of %s", _name(ti), ti.try_number, why,
+                ti.try_number + 1, ti.max_tries + 1)
+
+
+def log_start_over(context: dict[str, Any]) -> None:
+    """``on_execute_callback``: on a retry, say that the task starts over and why that is safe."""
+    ti = context["ti"]
+    if ti.try_number > 1:
+        log.warning("%s try %s of %s: starting over, because try %s did not succeed (its log, or the "
+                    "scheduler's, says why); the task rewrites its own outputs whole, so nothing of that "
+                    "try is kept", _name(ti), ti.try_number, ti.max_tries + 1, ti.try_number - 1)

@@ -48,6 +48,7 @@ from recjobs_airflow import (
     RECOMMENDATIONS,
     SIMILAR_ITEMS,
     report_ingest,
+    task_defaults,
     task_settings,
 )
 
@@ -86,8 +87,9 @@ def _run_date(context: dict[str, Any]) -> str:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    # Retries come from Airflow's own [core] default_task_retries / default_task_retry_delay,
-    # so operators tune them per deployment (docker-compose.yaml sets one retry).
+    # Retries: settings' airflow.retries / retry_delay_seconds, unless the deployment sets
+    # Airflow's [core] default_task_retries / default_task_retry_delay; each retry says why.
+    default_args=task_defaults(),
     params={
         # Top-level `examples` make the trigger form a multi-select of these values (with
         # only `items.enum` it is a free-text box); `items.enum` still validates API/CLI input.

@@ -143,6 +143,9 @@ def airflow_process_env(airflow_home: Path, plugins: Path = ROOT / "plugins", **
         # The DAG files do not change while a test runs: parse each once (a new file is still
         # parsed at once) instead of every 30 s, CPU that the scheduler's tasks need on a small machine.
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
+        # A failing task fails at once: these tests are about other things (the DAG's own retry
+        # default, see recjobs_airflow.task_defaults, is exercised by tests/test_celery.py).
+        "AIRFLOW__CORE__DEFAULT_TASK_RETRIES": "0",
         **extra,
     }
 

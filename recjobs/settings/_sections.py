@@ -267,6 +267,11 @@ class AirflowSettings(Strict):
     train_queue: str | None = None
     # Queue for the mapped ranking shards of publish.
     score_queue: str | None = None
+    # Automatic retries of each recs_nightly task, and the wait before each: a lost worker
+    # or a passing error (an API timeout, a database restart) must not lose the night.
+    # Airflow's [core] default_task_retries / default_task_retry_delay win where a deployment sets them.
+    retries: int = Field(2, ge=0, le=20)
+    retry_delay_seconds: float = Field(60, ge=0)
 
 
 class Settings(Strict):
