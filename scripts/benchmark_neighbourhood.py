@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -143,7 +142,9 @@ def fast_alone(folder: Path, family: str, top_n: int, chunk: int) -> str:
         ids, _ = model.recommend(users[lo:lo + chunk], top_n, exclude=seen)
         listed += int((ids >= 0).sum())
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: the latter keeps the parent's peak across fork and exec.
+    status = Path("/proc/self/status").read_text()
+    peak = int(status.split("VmHWM:")[1].split()[0]) / 1024
     return (f"  fast alone (own process): {wall:.1f}s wall {cpu:.1f}s cpu, {len(users) / wall:,.0f} users/s, "
             f"{listed:,} rows, peak RSS {peak:,.0f} MiB")
 

@@ -16,6 +16,7 @@ import scipy.sparse as sp
 
 from recjobs import columns as C
 from recjobs.data import Interactions
+from recjobs.errors import ModelError
 from recjobs.models import Recommender, get_family
 from recjobs.models import neighbourhood as nbmod
 from recjobs.models.ease import EASEModel
@@ -206,3 +207,10 @@ def test_top_k_of_rows_matches_the_rule_on_packed_sparse_rows():
     # Without ties at the last place, it is top_k_of_scores exactly.
     distinct = rng.permutation(200 * 30).reshape(200, 30).astype(np.float32)
     np.testing.assert_array_equal(top_k_of_rows(distinct, 7)[0], top_k_of_scores(distinct, 7)[0])
+
+
+def test_an_exclusion_matrix_wider_than_the_catalogue_is_a_one_line_error(fitted, skewed):
+    data, _ = skewed
+    wide = sp.csr_matrix((data.n_users, data.n_items + 1), dtype=np.float32)
+    with pytest.raises(ModelError, match="exclusion matrix of"):
+        fitted.recommend(np.arange(3), 5, exclude=wide)

@@ -56,6 +56,7 @@ class NeighbourhoodRecommender(Recommender):
         super().__init__(params, seed)
         self.neighbourhood: Neighbourhood | None = None
         self.n_items = 0
+        self._position_cache: tuple[Neighbourhood, np.ndarray] | None = None
 
     @abstractmethod
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Neighbourhood:
@@ -121,14 +122,18 @@ class NeighbourhoodRecommender(Recommender):
         if type(self).score is not NeighbourhoodRecommender.score:
             return super().recommend(user_rows, n, exclude)  # a subclass scores its own way
         user_rows = np.asarray(user_rows, dtype=np.int64)
+        if exclude is not None and exclude.shape[1] > self.n_items:
+            raise ModelError(f"{self.family}: an exclusion matrix of {exclude.shape[1]} items for a model of "
+                             f"{self.n_items}")
         filt = exclude[user_rows].tocsr() if exclude is not None else None
+        positions = self._positions()
         ids = np.full((len(user_rows), n), -1, np.int64)
         scores = np.full((len(user_rows), n), -np.inf, np.float32)
 
         def block(lo: int) -> None:
             hi = min(lo + RANK_BLOCK, len(user_rows))
             part = filt[lo:hi] if filt is not None else None
-            ids[lo:hi], scores[lo:hi] = self._rank_block(user_rows[lo:hi], n, part)
+            ids[lo:hi], scores[lo:hi] = self._rank_block(user_rows[lo:hi], n, part, positions)
 
         starts = range(0, len(user_rows), RANK_BLOCK)
         if len(starts) <= 1 or RANK_THREADS <= 1:
@@ -140,7 +145,7 @@ class NeighbourhoodRecommender(Recommender):
         return ids, scores
 
     def _rank_block(
-        self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None
+        self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None, positions: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """One block of :meth:`recommend`: ``exclude`` is the block's rows, over all items."""
         nb = self._nb()
@@ -148,7 +153,7 @@ class NeighbourhoodRecommender(Recommender):
         if sp.issparse(nb.similarity):
             ids, scores, bad = _rank_sparse(history @ nb.similarity, n, exclude)
         else:
-            ids, scores, bad = _rank_dense(history, nb.similarity, n, exclude, self._positions())
+            ids, scores, bad = _rank_dense(history, nb.similarity, n, exclude, positions)
             if nb.items is not None:
                 ids = np.where(ids >= 0, nb.items[np.maximum(ids, 0)], -1)
         if bad.any():  # NaN or +inf somewhere: exactly as the generic path ranks them
@@ -161,7 +166,7 @@ class NeighbourhoodRecommender(Recommender):
         nb = self._nb()
         if nb.items is None:
             return None
-        cached = getattr(self, "_position_cache", None)
+        cached = self._position_cache
         if cached is None or cached[0] is not nb:
             position = np.full(self.n_items, -1, np.int64)
             position[nb.items] = np.arange(len(nb.items))
