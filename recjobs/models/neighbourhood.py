@@ -59,7 +59,7 @@ class NeighbourhoodRecommender(Recommender):
         super().__init__(params, seed)
         self.neighbourhood: Neighbourhood | None = None
         self.n_items = 0
-        self._position_cache: tuple[Neighbourhood, np.ndarray] | None = None
+        self._prepared: tuple[Neighbourhood, np.ndarray | None, bool] | None = None
 
     @abstractmethod
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Neighbourhood:
@@ -129,14 +129,14 @@ class NeighbourhoodRecommender(Recommender):
             raise ModelError(f"{self.family}: an exclusion matrix of {exclude.shape[1]} items for a model of "
                              f"{self.n_items}")
         filt = exclude[user_rows].tocsr() if exclude is not None else None
-        positions = self._positions()
+        positions, by_item = self._prepare()
         ids = np.full((len(user_rows), n), -1, np.int64)
         scores = np.full((len(user_rows), n), -np.inf, np.float32)
 
         def block(lo: int) -> None:
             hi = min(lo + RANK_BLOCK, len(user_rows))
             part = filt[lo:hi] if filt is not None else None
-            ids[lo:hi], scores[lo:hi] = self._rank_block(user_rows[lo:hi], n, part, positions)
+            ids[lo:hi], scores[lo:hi] = self._rank_block(user_rows[lo:hi], n, part, positions, by_item)
 
         starts = range(0, len(user_rows), RANK_BLOCK)
         if len(starts) <= 1 or RANK_THREADS <= 1:
@@ -148,7 +148,8 @@ class NeighbourhoodRecommender(Recommender):
         return ids, scores
 
     def _rank_block(
-        self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None, positions: np.ndarray | None
+        self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None, positions: np.ndarray | None,
+        by_item: bool,
     ) -> tuple[np.ndarray, np.ndarray]:
         """One block of :meth:`recommend`: ``exclude`` is the block's rows, over all items."""
         nb = self._nb()
@@ -156,7 +157,7 @@ class NeighbourhoodRecommender(Recommender):
         if sp.issparse(nb.similarity):
             ids, scores, bad = _rank_sparse(history @ nb.similarity, n, exclude)
         else:
-            ids, scores, bad = _rank_dense(history, nb.similarity, n, exclude, positions)
+            ids, scores, bad = _rank_dense(history, nb.similarity, n, exclude, positions, by_item)
             if nb.items is not None:
                 ids = np.where(ids >= 0, nb.items[np.maximum(ids, 0)], -1)
         if bad.any():  # NaN or +inf somewhere: exactly as the generic path ranks them
@@ -164,18 +165,17 @@ class NeighbourhoodRecommender(Recommender):
             ids[bad], scores[bad] = top_k_of_scores(self.score(user_rows[bad]), n, part)
         return ids, scores
 
-    def _positions(self) -> np.ndarray | None:
-        """Each training item's column in ``similarity`` (-1: not modelled); None: all are."""
+    def _prepare(self) -> tuple[np.ndarray | None, bool]:
+        """Once per fitted model: each training item's column in ``similarity`` (-1: not
+        modelled; None: all are), and whether every history row is in item order."""
         nb = self._nb()
-        if nb.items is None:
-            return None
-        cached = self._position_cache
-        if cached is None or cached[0] is not nb:
-            position = np.full(self.n_items, -1, np.int64)
-            position[nb.items] = np.arange(len(nb.items))
-            cached = (nb, position)
-            self._position_cache = cached
-        return cached[1]
+        if self._prepared is None or self._prepared[0] is not nb:
+            positions = None
+            if nb.items is not None:
+                positions = np.full(self.n_items, -1, np.int64)
+                positions[nb.items] = np.arange(len(nb.items))
+            self._prepared = (nb, positions, bool(nb.history.has_canonical_format))
+        return self._prepared[1], self._prepared[2]
 
     def similar_items(self, item_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` items by the learned item x item weights (the item's row of ``similarity``)."""
@@ -241,15 +241,21 @@ class NeighbourhoodRecommender(Recommender):
 
 def _rank_dense(
     history: sp.csr_matrix, similarity: np.ndarray, n: int, exclude: sp.csr_matrix | None,
-    positions: np.ndarray | None,
+    positions: np.ndarray | None, by_item: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-``n`` over the modelled items (local indices) of ``history @ similarity``, and the rows to redo.
 
     The items outside ``similarity`` score -inf in :meth:`NeighbourhoodRecommender.score`,
     so they are never listed: ranking the modelled ones alone gives the same lists, and
     local order is item order (``items`` is sorted), so ties break the same way.
+
+    ``by_item``: the rows are in item order, so the product can run item by item (CSC):
+    scipy then adds ``w * similarity[i]`` into each user's row in the same order as row by
+    row, so the same float32 sums, bit for bit, while each row of ``similarity`` is read
+    once per block instead of once per user holding it (measured 1.2-1.5x).
     """
-    block = history @ similarity  # scipy's csr x dense product, as sparse_times computes it
+    # scipy's sparse x dense product, the one sparse_times computes with
+    block = (history.tocsc() if by_item else history) @ similarity
     m = block.shape[1]
     block[np.diff(history.indptr) == 0] = -np.inf  # no modelled item in the history
     bad = ~(block.max(axis=1) < np.inf)  # NaN or +inf
