@@ -214,3 +214,25 @@ def test_an_exclusion_matrix_wider_than_the_catalogue_is_a_one_line_error(fitted
     wide = sp.csr_matrix((data.n_users, data.n_items + 1), dtype=np.float32)
     with pytest.raises(ModelError, match="exclusion matrix of"):
         fitted.recommend(np.arange(3), 5, exclude=wide)
+
+
+@pytest.mark.parametrize("family", ["ease", "itemknn"])
+def test_histories_not_in_item_order_are_summed_in_their_own_order(family):
+    """Float sums depend on their order: a history row in any order gets the generic path's bits."""
+    rng = np.random.default_rng(9)
+    n_users, n_items = 200, 80
+    sim = rng.standard_normal((n_items, n_items)) * (rng.random((n_items, n_items)) < 0.5)
+    dense = (rng.random((n_users, n_items)) < 0.3) * rng.random((n_users, n_items))
+    model = handmade(family, sim, dense)
+    h = model.neighbourhood.history
+    # Each row's entries reversed: the same matrix, stored against item order.
+    flipped = np.concatenate([np.arange(h.indptr[u + 1] - 1, h.indptr[u] - 1, -1) for u in range(n_users)])
+    history = sp.csr_matrix((h.data[flipped], h.indices[flipped], h.indptr), shape=h.shape)
+    assert not history.has_sorted_indices
+    model.neighbourhood = Neighbourhood(model.neighbourhood.similarity, history)
+    rows = np.arange(n_users)
+    ids, scores = model.recommend(rows, 20)
+    want_ids, want_scores = Recommender.recommend(model, rows, 20)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(scores, want_scores)
+    assert not np.array_equal(model.score(rows), handmade(family, sim, dense).score(rows))  # order matters here
