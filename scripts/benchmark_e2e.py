@@ -5,6 +5,8 @@ process and calls the same library functions, so the per-stage peak RSS is what 
 needs. Then the exact scoring path is timed against implicit's own `recommend` for every
 user (BLAS limited to one thread in both, as in publish), with the champion's vectors, and
 so is ranking through the ``clustered`` index (``publish.ann``), with its recall of exact.
+A neighbourhood champion (EASE, item-item) is timed against the plain scipy path its fast
+ranking replaced (the neighbourhood ratio), with its lists compared.
 
     .venv/bin/python scripts/benchmark_e2e.py                 # ML-20M shape: 138k users, 20M ratings
     .venv/bin/python scripts/benchmark_e2e.py --scale 10      # ten times that
@@ -69,7 +71,7 @@ def scoring_ratio(settings: Settings, day: dt.date) -> list[str]:
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    from recjobs.models import Recommender, VectorRecommender
+    from recjobs.models import NeighbourhoodRecommender, Recommender, VectorRecommender
     from recjobs.pipeline import load_matrix
     from recjobs.ranking.ann import with_ann
     from recjobs.runs import RunFolder
@@ -113,6 +115,20 @@ def scoring_ratio(settings: Settings, day: dt.date) -> list[str]:
         lines.append(f"publish.ann=clustered (ann_recall {settings.publish.ann_recall}): {ann:.1f}s with the index "
                      f"build ({built:.1f}s), ratio {theirs / ann:.2f}x implicit.recommend, "
                      f"{ours / ann:.2f}x exact, recall@{top_n} of exact {hits / max((exact >= 0).sum(), 1):.4f}")
+    elif isinstance(model, NeighbourhoodRecommender):
+        # The plain path the fast one replaced (scipy CSR history x S, numpy argpartition), on
+        # every 7th user: rates per user, and the lists compared for those users.
+        sample = users[::7]
+        started = time.perf_counter()
+        differ = 0
+        for lo in range(0, len(sample), chunk):
+            rows = sample[lo:lo + chunk]
+            want = Recommender.recommend(model, rows, top_n, exclude=seen)[0]
+            differ += int((exact[rows] != want).any(axis=1).sum())
+        theirs = (time.perf_counter() - started) * len(users) / len(sample)
+        lines.append(f"scoring {len(users):,} users ({model.family}), top-{top_n}, seen excluded: ours {ours:.1f}s, "
+                     f"plain scipy x S + argpartition ~{theirs:.1f}s ({len(sample):,} users, scaled), neighbourhood "
+                     f"ratio {theirs / ours:.2f}x; lists identical for {len(sample) - differ:,} of {len(sample):,}")
     else:
         lines.append(f"scoring {len(users):,} users ({model.family}, not a vector family: no implicit "
                      f"equivalent), top-{top_n}, seen excluded: {ours:.1f}s")

@@ -1,6 +1,9 @@
 """Neighbourhood families: an item x item matrix ``S``; a user's score is their history times ``S``.
 
-Scoring is sparse (history x S), never a dense users x items x items product.
+Scoring is sparse (history x S), never a dense users x items x items product. Ranking
+(``recommend``) scores blocks of users on two threads by the same product and ranks only
+what can be listed (the modelled items, or the product's stored entries): the same lists
+and scores as ranking :meth:`NeighbourhoodRecommender.score`'s full block, about 3-5x faster.
 """
 
 from __future__ import annotations
@@ -17,7 +20,15 @@ from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.errors import ModelError
 from recjobs.models.base import Recommender
-from recjobs.models.topk import top_k_of_scores
+from recjobs.models.topk import top_k_of_rows, top_k_of_scores
+
+# Users per task of the fast ranking path: a task's score block (users x modelled items,
+# plus argpartition's indices) stays within a few tens of MB, near the caches.
+RANK_BLOCK = 256
+# Threads of the fast ranking path: scipy's products and numpy's partitions release the GIL.
+RANK_THREADS = 2
+# Largest users x items exclusion bitmap a block of sparse scores uses (bytes).
+_MASK_LIMIT = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class NeighbourhoodRecommender(Recommender):
         super().__init__(params, seed)
         self.neighbourhood: Neighbourhood | None = None
         self.n_items = 0
+        self._prepared: tuple[Neighbourhood, np.ndarray | None, bool] | None = None
 
     @abstractmethod
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Neighbourhood:
@@ -97,6 +109,73 @@ class NeighbourhoodRecommender(Recommender):
             block = sparse_times(history, nb.similarity)
             block[np.diff(history.indptr) == 0] = -np.inf  # no modelled item in the history
         return self._widen(block)
+
+    def recommend(
+        self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The lists of :meth:`Recommender.recommend` (``score`` then ``top_k_of_scores``), faster.
+
+        Each block of users is scored by the same scipy product as :meth:`score` (so the
+        same float32 sums, bit for bit), then ranked over what can be listed only: the
+        modelled items of a dense ``similarity``, the stored entries of a sparse one's
+        product, with excluded items set to -inf by index arithmetic. Blocks run on
+        ``RANK_THREADS`` threads. Rows with a NaN or +inf score go the generic way.
+        """
+        self._require_fitted()
+        if type(self).score is not NeighbourhoodRecommender.score:
+            return super().recommend(user_rows, n, exclude)  # a subclass scores its own way
+        user_rows = np.asarray(user_rows, dtype=np.int64)
+        if exclude is not None and exclude.shape[1] > self.n_items:
+            raise ModelError(f"{self.family}: an exclusion matrix of {exclude.shape[1]} items for a model of "
+                             f"{self.n_items}")
+        filt = exclude[user_rows].tocsr() if exclude is not None else None
+        positions, by_item = self._prepare()
+        ids = np.full((len(user_rows), n), -1, np.int64)
+        scores = np.full((len(user_rows), n), -np.inf, np.float32)
+
+        def block(lo: int) -> None:
+            hi = min(lo + RANK_BLOCK, len(user_rows))
+            part = filt[lo:hi] if filt is not None else None
+            ids[lo:hi], scores[lo:hi] = self._rank_block(user_rows[lo:hi], n, part, positions, by_item)
+
+        starts = range(0, len(user_rows), RANK_BLOCK)
+        if len(starts) <= 1 or RANK_THREADS <= 1:
+            for lo in starts:
+                block(lo)
+        else:
+            with ThreadPoolExecutor(min(RANK_THREADS, len(starts))) as pool:
+                list(pool.map(block, starts))
+        return ids, scores
+
+    def _rank_block(
+        self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None, positions: np.ndarray | None,
+        by_item: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One block of :meth:`recommend`: ``exclude`` is the block's rows, over all items."""
+        nb = self._nb()
+        history = nb.history[user_rows]
+        if sp.issparse(nb.similarity):
+            ids, scores, bad = _rank_sparse(history @ nb.similarity, n, exclude)
+        else:
+            ids, scores, bad = _rank_dense(history, nb.similarity, n, exclude, positions, by_item)
+            if nb.items is not None:
+                ids = np.where(ids >= 0, nb.items[np.maximum(ids, 0)], -1)
+        if bad.any():  # NaN or +inf somewhere: exactly as the generic path ranks them
+            part = exclude[bad] if exclude is not None else None
+            ids[bad], scores[bad] = top_k_of_scores(self.score(user_rows[bad]), n, part)
+        return ids, scores
+
+    def _prepare(self) -> tuple[np.ndarray | None, bool]:
+        """Once per fitted model: each training item's column in ``similarity`` (-1: not
+        modelled; None: all are), and whether every history row is in item order."""
+        nb = self._nb()
+        if self._prepared is None or self._prepared[0] is not nb:
+            positions = None
+            if nb.items is not None:
+                positions = np.full(self.n_items, -1, np.int64)
+                positions[nb.items] = np.arange(len(nb.items))
+            self._prepared = (nb, positions, bool(nb.history.has_canonical_format))
+        return self._prepared[1], self._prepared[2]
 
     def similar_items(self, item_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` items by the learned item x item weights (the item's row of ``similarity``)."""
@@ -158,6 +237,87 @@ class NeighbourhoodRecommender(Recommender):
                                 shape=(shape[1], shape[1]))
         self.neighbourhood = Neighbourhood(sim, history, arrays.get("items"), arrays.get("item_embedding"))
         self.n_items = int(arrays["n_items"][0])
+
+
+def _rank_dense(
+    history: sp.csr_matrix, similarity: np.ndarray, n: int, exclude: sp.csr_matrix | None,
+    positions: np.ndarray | None, by_item: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``n`` over the modelled items (local indices) of ``history @ similarity``, and the rows to redo.
+
+    The items outside ``similarity`` score -inf in :meth:`NeighbourhoodRecommender.score`,
+    so they are never listed: ranking the modelled ones alone gives the same lists, and
+    local order is item order (``items`` is sorted), so ties break the same way.
+
+    ``by_item``: the rows are in item order, so the product can run item by item (CSC):
+    scipy then adds ``w * similarity[i]`` into each user's row in the same order as row by
+    row, so the same float32 sums, bit for bit, while each row of ``similarity`` is read
+    once per block instead of once per user holding it (measured 1.2-1.5x).
+    """
+    # scipy's sparse x dense product, the one sparse_times computes with
+    block = (history.tocsc() if by_item else history) @ similarity
+    m = block.shape[1]
+    block[np.diff(history.indptr) == 0] = -np.inf  # no modelled item in the history
+    bad = ~(block.max(axis=1) < np.inf)  # NaN or +inf
+    if exclude is not None and exclude.nnz:
+        rows = np.repeat(np.arange(exclude.shape[0]), np.diff(exclude.indptr))
+        cols = exclude.indices if positions is None else positions[exclude.indices]
+        keep = cols >= 0
+        np.put(block, rows[keep] * m + cols[keep], -np.inf)
+    if bad.any():
+        block[bad] = -np.inf
+    ids, scores = top_k_of_rows(block, n)
+    return ids, scores, bad
+
+
+def _rank_sparse(
+    product: sp.csr_matrix, n: int, exclude: sp.csr_matrix | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``n`` of a sparse ``history @ similarity`` (absent entries are -inf), and the rows to redo.
+
+    Only the stored entries can be listed, so each row is ranked over its own entries,
+    packed into a users x (longest row) block, users of similar length together so that
+    padding stays small: never a users x all items block.
+    """
+    product = product.tocsr()
+    n_rows, n_items = product.shape
+    lengths = np.diff(product.indptr)
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), lengths)
+    values = product.data.astype(np.float32, copy=True)
+    if exclude is not None and exclude.nnz:
+        keys = rows * n_items + product.indices
+        banned = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(exclude.indptr)) * n_items
+        banned += exclude.indices
+        if n_rows * n_items <= _MASK_LIMIT:  # a block's users x items bitmap: a few MB
+            mask = np.zeros(n_rows * n_items, bool)
+            mask[banned] = True
+            values[mask[keys]] = -np.inf
+        else:  # a huge catalogue: a sorted search instead
+            banned.sort()
+            at = np.minimum(np.searchsorted(banned, keys), len(banned) - 1)
+            values[banned[at] == keys] = -np.inf
+    bad = np.zeros(n_rows, bool)
+    bad[rows[np.isnan(values) | (values == np.inf)]] = True
+    values[bad[rows]] = -np.inf
+    ids = np.full((n_rows, n), -1, np.int64)
+    scores = np.full((n_rows, n), -np.inf, np.float32)
+    by_length = np.argsort(lengths, kind="stable")
+    group = 32
+    for lo in range(0, n_rows, group):
+        members = by_length[lo:lo + group]
+        width = int(lengths[members].max(initial=0))
+        if width == 0:
+            continue
+        packed = np.full((len(members), width), -np.inf, np.float32)
+        items = np.zeros((len(members), width), np.int64)
+        starts = product.indptr[members]
+        slot = np.arange(width)
+        inside = slot[None, :] < lengths[members][:, None]
+        src = (starts[:, None] + slot[None, :])[inside]
+        packed[inside] = values[src]
+        items[inside] = product.indices[src]
+        ids[members], scores[members] = top_k_of_rows(packed, n, items)
+    return ids, scores, bad
 
 
 def recency_history(data: Interactions, half_life: float | None, limit: int | None) -> sp.csr_matrix:

@@ -67,6 +67,50 @@ def top_k_of_scores(
     return pad_empty(ids, top, ~np.isfinite(top), n)
 
 
+def top_k_of_rows(
+    values: np.ndarray, n: int, columns: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-``n`` of a block of finite or -inf scores: the ``n`` best by (score
+    descending, item index ascending), best first, -inf never listed (-1 / -inf padding).
+
+    ``columns`` (same shape, integers) names the item in each slot, for rows packed from
+    sparse scores (padding slots hold -inf); None: slot ``j`` is item ``j``. NaN and +inf
+    are the caller's to keep out. Equals :func:`top_k_of_scores` wherever no item outside a
+    list ties with its last item; where one does, argpartition there picks among the tied
+    items arbitrarily, and this takes the lower item index, as both promise.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    n_rows, width = values.shape
+    k = min(n, width)
+    if k == 0 or n_rows == 0:
+        return np.full((n_rows, n), -1, np.int64), np.full((n_rows, n), -np.inf, np.float32)
+    if k < width:
+        # The k largest end up last: no negated copy of the block.
+        part = np.argpartition(values, width - k, axis=1)[:, width - k:]
+        chosen = np.take_along_axis(values, part, axis=1)
+        last = chosen.min(axis=1)
+        # An item outside the k that ties with the k-th: choose again among all the tied.
+        tied = np.flatnonzero(np.isfinite(last) & ((values >= last[:, None]).sum(axis=1) > k))
+        if len(tied):
+            rows, slots = np.nonzero(values[tied] >= last[tied, None])
+            items = slots if columns is None else columns[tied[rows], slots]
+            order = np.lexsort((items, -values[tied[rows], slots], rows))
+            rows, slots = rows[order], slots[order]
+            first = np.searchsorted(rows, np.arange(len(tied)))
+            take = first[:, None] + np.arange(k)  # every tied row has more than k candidates
+            part[tied] = slots[take]
+            chosen[tied] = values[tied[rows[take]], slots[take]]
+    else:
+        part = np.broadcast_to(np.arange(width), (n_rows, width))
+        chosen = values
+    ids = part if columns is None else np.take_along_axis(columns, part, axis=1)
+    # Best first; equal scores by item index (lexsort's last key is the primary one).
+    order = np.lexsort((ids, -chosen), axis=1)
+    ids = np.take_along_axis(ids, order, axis=1).astype(np.int64)
+    top = np.take_along_axis(chosen, order, axis=1)
+    return pad_empty(ids, top, top == -np.inf, n)
+
+
 def cosine_neighbours(vectors: np.ndarray, item_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``n`` neighbours of ``item_rows`` by cosine similarity of ``vectors``, itself excluded."""
     norms = np.linalg.norm(vectors, axis=1)
@@ -77,4 +121,4 @@ def cosine_neighbours(vectors: np.ndarray, item_rows: np.ndarray, n: int) -> tup
     return top_k(unit, unit[item_rows], n, itself)
 
 
-__all__ = ["cosine_neighbours", "pad_empty", "top_k", "top_k_of_scores"]
+__all__ = ["cosine_neighbours", "pad_empty", "top_k", "top_k_of_rows", "top_k_of_scores"]
