@@ -46,25 +46,18 @@ def top_k_of_scores(
     """Row-wise top-``n`` of a dense score block (indices, scores), best first.
 
     For families whose scores are not one matrix product (neighbourhood models).
-    ``exclude`` marks entries never to return; -inf scores and excluded entries come
-    back as index -1 / score -inf. Ties are broken by the lower item index, so the
-    result depends only on the scores.
+    ``exclude`` marks entries never to return; excluded entries and scores that are not
+    finite are never listed (empty slots are index -1 / score -inf). Ties are broken by
+    the lower item index, at the last place of a list too, so the result depends only on
+    the scores (:func:`top_k_of_rows`).
     """
     block = np.array(scores, dtype=np.float32, copy=True)
     if exclude is not None and exclude.nnz:
         ex = exclude.tocoo()
         block[ex.row, ex.col] = -np.inf
-    n_rows, n_items = block.shape
-    k = min(n, n_items)
-    if k == 0:
-        return np.full((n_rows, n), -1, np.int64), np.full((n_rows, n), -np.inf, np.float32)
-    part = np.argpartition(-block, k - 1, axis=1)[:, :k] if k < n_items else np.tile(np.arange(n_items), (n_rows, 1))
-    part_scores = np.take_along_axis(block, part, axis=1)
-    # Best first; equal scores by item index (lexsort's last key is the primary one).
-    order = np.lexsort((part, -part_scores), axis=1)
-    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    top = np.take_along_axis(part_scores, order, axis=1)
-    return pad_empty(ids, top, ~np.isfinite(top), n)
+    # NaN and +inf are no score to rank by: never listed, like -inf.
+    block[~np.isfinite(block)] = -np.inf
+    return top_k_of_rows(block, n)
 
 
 def top_k_of_rows(
