@@ -72,8 +72,12 @@ class IngestSettings(Strict):
 class SplitSettings(Strict):
     # per_user: each user's latest holdout_fraction of interactions is the truth.
     # global_time: one cutoff per run date; train strictly before it, truth at or after it
-    # for users seen before it (leak-free; what the gate uses by default, see README 'Quality').
-    protocol: Literal["per_user", "global_time"] = "global_time"
+    # for users seen before it (leak-free, see README 'Quality').
+    # auto (default): global_time when its holdout evaluates at least min_eval_users users,
+    # else per_user: a gate deciding on a hundred returning users picks by noise (README 'Gate
+    # evidence' has the measurements). The snapshot records the protocol chosen and why.
+    protocol: Literal["auto", "per_user", "global_time"] = "auto"
+    min_eval_users: int = Field(1000, ge=1)
     # per_user: share of each user's history held out. global_time: share of all
     # interactions (the latest by time) after the cutoff, unless holdout_days is set.
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
@@ -99,6 +103,11 @@ class GateSettings(Strict):
     test: Literal["bootstrap", "ttest", "none"] = "bootstrap"
     significance: float = Field(0.05, gt=0.0, lt=1.0)
     bootstrap_samples: int = Field(1000, ge=100)
+    # A first run (no champion) whose best mean is not significantly above the runner-up:
+    # "lower_bound" promotes the candidate with the highest lower confidence bound of its mean
+    # (bootstrap over the users all candidates share, at `significance`), the one whose score
+    # is surest; "best_mean" promotes the highest mean however small its lead.
+    first_run: Literal["lower_bound", "best_mean"] = "lower_bound"
     # A gate compares with the champion of the latest earlier gate, so when several dates
     # run at once (a backfill) it waits for earlier dates of the last `wait_window_days`
     # that have candidates but no gate yet, at most `wait_timeout_minutes`, polling every
