@@ -20,6 +20,7 @@ _REGISTRY: dict[str, str] = {
     "tfrs": "recjobs.models.tfrs:TwoTowerModel",
     "ease": "recjobs.models.ease:EASEModel",
     "itemknn": "recjobs.models.itemknn:ItemKNNModel",
+    "userknn": "recjobs.models.userknn:UserKNNModel",
     "sequence": "recjobs.models.sequence:SequenceModel",
 }
 

@@ -24,6 +24,7 @@ from recjobs.settings._params import (
     PopularityParams,
     SequenceParams,
     TFRSParams,
+    UserKNNParams,
 )
 from recjobs.settings._sections import (
     AirflowSettings,
@@ -44,5 +45,5 @@ __all__ = [
     "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "ColdStartSettings", "EASEParams",
     "EvaluateSettings", "GateSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
     "PopularityParams", "PublishSettings", "RerankSettings", "RulesSettings", "RunsSettings", "SequenceParams", "Settings",
-    "SettingsError", "SplitSettings", "TFRSParams", "load_settings", "mask_url",
+    "SettingsError", "SplitSettings", "TFRSParams", "UserKNNParams", "load_settings", "mask_url",
 ]
