@@ -23,6 +23,8 @@ FAST = {
     "ease": {"l2": 10.0},
     "itemknn": {"neighbours": 20},
     "userknn": {"neighbours": 10},
+    "ranker": {"generators": {"ease": 20, "itemknn": 20, "popularity": 10}, "trees": 40, "min_child_samples": 5,
+               "validation_fraction": 0.0},
     "sequence": {"embedding_dim": 16, "max_epochs": 20, "batch_size": 128, "patience": 5, "validation_users": 20},
 }
 # Families with a recency setting, and the one that switches it on.

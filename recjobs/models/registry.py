@@ -22,6 +22,7 @@ _REGISTRY: dict[str, str] = {
     "itemknn": "recjobs.models.itemknn:ItemKNNModel",
     "userknn": "recjobs.models.userknn:UserKNNModel",
     "sequence": "recjobs.models.sequence:SequenceModel",
+    "ranker": "recjobs.models.ranker:RankerModel",
 }
 
 FAMILIES: tuple[str, ...] = tuple(_REGISTRY)

@@ -22,6 +22,7 @@ from recjobs.settings._params import (
     LightFMParams,
     ModelsSettings,
     PopularityParams,
+    RankerParams,
     SequenceParams,
     TFRSParams,
     UserKNNParams,
@@ -44,6 +45,6 @@ from recjobs.settings._sections import (
 __all__ = [
     "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "ColdStartSettings", "EASEParams",
     "EvaluateSettings", "GateSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
-    "PopularityParams", "PublishSettings", "RerankSettings", "RulesSettings", "RunsSettings", "SequenceParams", "Settings",
+    "PopularityParams", "PublishSettings", "RankerParams", "RerankSettings", "RulesSettings", "RunsSettings", "SequenceParams", "Settings",
     "SettingsError", "SplitSettings", "TFRSParams", "UserKNNParams", "load_settings", "mask_url",
 ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from recjobs.models.registry import FAMILIES
 from recjobs.settings._strict import Strict
 
 
@@ -151,6 +152,52 @@ class SequenceParams(Strict):
     threads: int = Field(2, gt=0)
 
 
+class RankerParams(Strict):
+    """The learned ranker over several families' candidates (README 'Two-stage ranking')."""
+
+    # Generator family -> how many of its top items each user gets as candidates (the union
+    # is ranked). Defaults by measurement on MovieLens 100k (README); any family but ranker.
+    generators: dict[str, int] = {"ease": 100, "userknn": 50, "als": 50, "popularity": 30}
+    # Each generator's parameters: filled from models.<family> when the settings hand the
+    # ranker its parameters (Settings.model_params), so the artifact holds them all.
+    generator_params: dict[str, dict[str, Any]] = {}
+    # Where training labels come from, inside the data the ranker is fitted on: per_user
+    # (each user's latest label_fraction), global_time (one cutoff), or auto (global_time
+    # when at least min_label_users users get labels, else per_user: the split's own rule).
+    label_split: Literal["auto", "per_user", "global_time"] = "auto"
+    label_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    min_label_users: int = Field(1000, ge=1)
+    # LightGBM: lambdarank (listwise NDCG) or binary (pointwise) over the candidates.
+    objective: Literal["lambdarank", "binary"] = "lambdarank"
+    trees: int = Field(300, gt=0)
+    learning_rate: float = Field(0.05, gt=0.0)
+    leaves: int = Field(31, gt=1)
+    min_child_samples: int = Field(50, gt=0)
+    feature_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    # Early stopping on this share of the training users (their candidates' NDCG@10).
+    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    early_stopping: int = Field(30, gt=0)
+    # Users whose labelled candidates train the ranker, a seeded sample above this many.
+    max_train_users: int | None = Field(20_000, gt=0)
+    # Users scored at a time (each generator's dense scores of a block of users are kept).
+    chunk_users: int = Field(1024, gt=0)
+    threads: int = Field(2, gt=0)
+
+    @field_validator("generators")
+    @classmethod
+    def _known_generators(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - (set(FAMILIES) - {"ranker"}))
+        if unknown:
+            raise ValueError(f"unknown generator families {unknown}; known: "
+                             f"{[f for f in FAMILIES if f != 'ranker']}")
+        if not value:
+            raise ValueError("the ranker needs at least one generator")
+        bad = sorted(k for k, v in value.items() if v <= 0)
+        if bad:
+            raise ValueError(f"generators {bad} need a positive number of candidates")
+        return value
+
+
 class ModelsSettings(Strict):
     popularity: PopularityParams = PopularityParams()
     als: ALSParams = ALSParams()
@@ -160,5 +207,6 @@ class ModelsSettings(Strict):
     itemknn: ItemKNNParams = ItemKNNParams()
     userknn: UserKNNParams = UserKNNParams()
     sequence: SequenceParams = SequenceParams()
+    ranker: RankerParams = RankerParams()
 
 

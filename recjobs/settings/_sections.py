@@ -322,7 +322,13 @@ class Settings(Strict):
         return self.home / "runs"
 
     def model_params(self, family: str) -> BaseModel:
-        return getattr(self.models, family)
+        """``models.<family>``; the ranker's with its generators' parameters filled in from theirs."""
+        params = getattr(self.models, family)
+        if family == "ranker":
+            filled = {g: params.generator_params.get(g, getattr(self.models, g).model_dump())
+                      for g in params.generators}
+            params = params.model_copy(update={"generator_params": filled})
+        return params
 
 
 def mask_url(url: str) -> str:
