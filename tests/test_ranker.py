@@ -10,7 +10,13 @@ import scipy.sparse as sp
 from recjobs import columns as C
 from recjobs.data import Interactions, SideFeatures
 from recjobs.models import Recommender, get_family
-from recjobs.models.stacking import FeatureBase, candidate_features, feature_names, generate, label_cutoff
+from recjobs.models.stacking import (
+    FeatureBase,
+    candidate_features,
+    feature_names,
+    generate,
+    label_cutoff,
+)
 from recjobs.settings import Settings
 
 BASE = pd.Timestamp("2025-01-01", tz="UTC")

@@ -34,7 +34,13 @@ from recjobs.data.interactions import Interactions
 from recjobs.errors import ModelError
 from recjobs.models.base import Recommender
 from recjobs.models.registry import FAMILIES, get_family
-from recjobs.models.stacking import FeatureBase, candidate_features, feature_names, generate, label_cutoff
+from recjobs.models.stacking import (
+    FeatureBase,
+    candidate_features,
+    feature_names,
+    generate,
+    label_cutoff,
+)
 from recjobs.progress import Heartbeat
 from recjobs.settings import RankerParams
 
