@@ -33,13 +33,17 @@ from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.errors import ModelError
 from recjobs.models.base import Recommender
+from recjobs.models.ratings import BiasBaseline, explicit
 from recjobs.models.registry import FAMILIES, get_family
 from recjobs.models.stacking import (
+    RATING_EXTRA,
     FeatureBase,
+    LabelSplit,
     candidate_features,
     feature_names,
     generate,
     label_cutoff,
+    rating_features,
 )
 from recjobs.progress import Heartbeat
 from recjobs.settings import RankerParams
@@ -68,6 +72,8 @@ class RankerModel(Recommender):
         self.generators: list[Recommender] = []
         self.base: FeatureBase | None = None
         self.booster: Any = None
+        self.rating_booster: Any = None
+        self.baseline: BiasBaseline | None = None
 
     # -- fitting -------------------------------------------------------------------
     def _generator(self, name: str, data: Interactions, features: SideFeatures | None) -> Recommender:
@@ -157,11 +163,71 @@ class RankerModel(Recommender):
             log.info("ranker: %s labels; candidates hold %.1f%% of them; %d trees; top features %s",
                      split.protocol, 100 * found / max(total, 1), self.info["trees"], ", ".join(
                          self.info["top_features"][:5]))
-            del x, y, inner, base, split
+            del x, y
+            rating_booster = None
+            if p.ratings == "on" or (p.ratings == "auto" and explicit(data.matrix.data)):
+                beat.phase("the rating model (regression on the ratings after the cutoff)")
+                rating_booster = self._learn_ratings(split, inner, base, users, names)
+            del inner, base, split
             beat.phase("generators and feature statistics on all of the data, for serving")
             self.generators = [self._generator(g, data, features) for g in self._names()]
             self.base = FeatureBase(data, features, self.seed)
             self.booster = booster
+            if rating_booster is not None:
+                self.rating_booster, self.baseline = rating_booster, BiasBaseline.fit(data.matrix)
+
+    def _learn_ratings(self, split: LabelSplit, inner: list[Recommender], base: FeatureBase, users: np.ndarray,
+                       names: list[str]) -> Any:  # noqa: ANN401 - a lightgbm Booster
+        """LightGBM regression: each rating after the cutoff from features computed before it."""
+        p: RankerParams = self.params
+        lgb = _lgb()
+        baseline = BiasBaseline.fit(split.inner.matrix)
+        xs, ys = [], []
+        for lo in range(0, len(users), p.chunk_users):
+            rows = users[lo:lo + p.chunk_users]
+            rated = split.ratings[rows].tocoo()
+            if not rated.nnz:
+                continue
+            cands = generate(inner, self._ks(), rows, split.inner.matrix, pairs=(rated.row, rated.col))
+            xs.append(rating_features(base, baseline, cands, rows))
+            ys.append(rated.data)
+        if not xs:
+            return None
+        x, y = np.vstack(xs), np.concatenate(ys)
+        params = {"objective": "regression", "learning_rate": p.rating_learning_rate, "num_leaves": p.leaves,
+                  "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,
+                  "num_threads": p.threads, "seed": self.seed, "deterministic": True, "force_row_wise": True,
+                  "verbosity": -1}
+        booster = lgb.train(params, lgb.Dataset(x, y, feature_name=names + RATING_EXTRA), p.rating_trees)
+        fitted = booster.predict(x, num_threads=p.threads)
+        self.info.update(rating_train_pairs=int(len(y)),
+                         rating_train_rmse=round(float(np.sqrt(np.mean((fitted - y) ** 2))), 4))
+        return booster
+
+    def predicts_ratings(self) -> bool:
+        """Whether :meth:`predict_ratings` has a rating model (explicit ratings were learned)."""
+        return self.rating_booster is not None
+
+    def predict_ratings(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        """Predicted ratings of (user row, item column) pairs, within the training ratings' range."""
+        gens, base, _ = self._parts()
+        if self.rating_booster is None or self.baseline is None:
+            raise ModelError("ranker: no rating model (ratings are not explicit, or models.ranker.ratings=off)")
+        user_rows, item_rows = np.asarray(user_rows, np.int64), np.asarray(item_rows, np.int64)
+        out = np.empty(len(user_rows), np.float32)
+        order = np.argsort(user_rows, kind="stable")
+        users, starts = np.unique(user_rows[order], return_index=True)
+        bounds = np.append(starts, len(order))
+        step = self.params.chunk_users
+        for lo in range(0, len(users), step):
+            rows = users[lo:lo + step]
+            span = order[bounds[lo]:bounds[min(lo + step, len(users))]]
+            position = np.searchsorted(rows, user_rows[span])
+            cands = generate(gens, self._ks(), rows, base.history, pairs=(position, item_rows[span]))
+            pred = self.rating_booster.predict(rating_features(base, self.baseline, cands, rows),
+                                               num_threads=self.params.threads)
+            out[span] = np.clip(pred, self.baseline.low, self.baseline.high)
+        return out
 
     @staticmethod
     def _side_names(features: SideFeatures | None) -> tuple[np.ndarray, np.ndarray]:
@@ -214,6 +280,9 @@ class RankerModel(Recommender):
                                                                   base._span], np.int64)}
         for j, g in enumerate(gens):
             out.update({f"g{j}__{k}": v for k, v in g._state().items()})
+        if self.rating_booster is not None and self.baseline is not None:
+            out["rating_booster"] = np.frombuffer(self.rating_booster.model_to_string().encode(), np.uint8)
+            out.update(self.baseline.state("baseline__"))
         for name in _BASE_ARRAYS:
             out[f"base__{name}"] = getattr(base, name)
         for name in _BASE_SPARSE:
@@ -226,6 +295,9 @@ class RankerModel(Recommender):
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         lgb = _lgb()
         self.booster = lgb.Booster(model_str=arrays["booster"].tobytes().decode())
+        if "rating_booster" in arrays:
+            self.rating_booster = lgb.Booster(model_str=arrays["rating_booster"].tobytes().decode())
+            self.baseline = BiasBaseline.restore(arrays, "baseline__")
         base = FeatureBase.__new__(FeatureBase)
         base.end, base.origin, base.n_items, base._span = (int(v) for v in arrays["base_scalars"])
         for name in _BASE_ARRAYS:

@@ -24,6 +24,7 @@ from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions, ordered_by_user_time_item
 from recjobs.models.base import Recommender
 from recjobs.models.neighbourhood import item_embedding_svd
+from recjobs.models.ratings import BiasBaseline
 from recjobs.models.topk import top_k_of_scores
 
 DAY = 86_400
@@ -48,6 +49,8 @@ class LabelSplit:
     labels: sp.csr_matrix
     cutoff: np.ndarray
     protocol: str
+    # The labels' ratings (same pattern as ``labels``): the rating model's targets.
+    ratings: sp.csr_matrix | None = None
 
 
 def label_cutoff(data: Interactions, protocol: str, fraction: float, min_users: int) -> LabelSplit:
@@ -101,7 +104,9 @@ def label_cutoff(data: Interactions, protocol: str, fraction: float, min_users: 
     inner = Interactions(data.user_ids, data.item_ids, inner_matrix, last_seen, seconds[keep])
     labels = sp.csr_matrix((np.ones(int(is_label.sum()), np.float32), (rows[is_label], m.indices[is_label])),
                            shape=m.shape)
-    return LabelSplit(inner, labels, cutoff, chosen)
+    ratings = sp.csr_matrix((m.data[is_label].astype(np.float32), (rows[is_label], m.indices[is_label])),
+                            shape=m.shape)
+    return LabelSplit(inner, labels, cutoff, chosen, ratings)
 
 
 class FeatureBase:
@@ -199,8 +204,13 @@ class Candidates:
     gaps: np.ndarray
 
 
-def generate(generators: list[Recommender], ks: list[int], rows: np.ndarray, exclude: sp.csr_matrix) -> Candidates:
-    """The union of each generator's top-K for the users at ``rows``, seen items (``exclude``) left out."""
+def generate(generators: list[Recommender], ks: list[int], rows: np.ndarray, exclude: sp.csr_matrix,
+             pairs: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
+    """The union of each generator's top-K for the users at ``rows``, seen items (``exclude``) left out.
+
+    ``pairs`` (positions in ``rows``, items): describe these pairs instead of the union
+    (rating prediction asks about given pairs, e.g. the ones a user rated after a cutoff).
+    """
     n, n_items = len(rows), exclude.shape[1]
     filt = exclude[rows]
     blocks, tops = [], []
@@ -212,7 +222,8 @@ def generate(generators: list[Recommender], ks: list[int], rows: np.ndarray, exc
         member[np.nonzero(valid)[0], top[valid]] = True
         blocks.append(block)
         tops.append(top)
-    user, item = np.nonzero(member)
+    user, item = np.nonzero(member) if pairs is None else (np.asarray(pairs[0], np.int64),
+                                                              np.asarray(pairs[1], np.int64))
     g = len(generators)
     scores = np.empty((len(user), g), np.float32)
     ranks = np.empty((len(user), g), np.float32)
@@ -296,4 +307,15 @@ def candidate_features(base: FeatureBase, cands: Candidates, rows: np.ndarray) -
     return np.column_stack([np.asarray(c, np.float32) for c in cols]) if cols else np.zeros((len(items), 0))
 
 
-__all__ = ["Candidates", "FeatureBase", "LabelSplit", "candidate_features", "feature_names", "generate", "label_cutoff"]
+def rating_features(base: FeatureBase, baseline: BiasBaseline, cands: Candidates, rows: np.ndarray) -> np.ndarray:
+    """:func:`candidate_features` plus the bias baseline's prediction and its two biases."""
+    users = np.asarray(rows, np.int64)[cands.user]
+    items = cands.item.astype(np.int64)
+    extra = np.column_stack([baseline.predict(users, items), baseline.user_bias[users], baseline.item_bias[items]])
+    return np.hstack([candidate_features(base, cands, rows), extra.astype(np.float32)])
+
+
+RATING_EXTRA = ["baseline_rating", "user_bias", "item_bias"]
+
+
+__all__ = ["RATING_EXTRA", "rating_features", "Candidates", "FeatureBase", "LabelSplit", "candidate_features", "feature_names", "generate", "label_cutoff"]

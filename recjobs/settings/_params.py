@@ -179,6 +179,12 @@ class RankerParams(Strict):
     early_stopping: int = Field(30, gt=0)
     # Users whose labelled candidates train the ranker, a seeded sample above this many.
     max_train_users: int | None = Field(20_000, gt=0)
+    # Rating prediction (README 'Ratings'): a second LightGBM, in regression mode, learns the
+    # ratings given after the label cutoff from the same features plus the bias baseline's;
+    # auto: on where ratings look explicit (more than two distinct values, e.g. MovieLens).
+    ratings: Literal["auto", "on", "off"] = "auto"
+    rating_trees: int = Field(300, gt=0)
+    rating_learning_rate: float = Field(0.05, gt=0.0)
     # Users scored at a time (each generator's dense scores of a block of users are kept).
     chunk_users: int = Field(1024, gt=0)
     threads: int = Field(2, gt=0)
