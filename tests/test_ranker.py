@@ -125,3 +125,49 @@ def test_the_ranker_never_reads_the_holdout(tmp_path, small_inbox):
     without = Recommender.load(train_candidate(settings, engine, day, "ranker"))
     rows = np.arange(len(without.user_ids))
     np.testing.assert_array_equal(with_holdout.score(rows), without.score(rows))
+
+
+def test_the_rating_model_beats_the_bias_baseline_where_taste_is_an_interaction():
+    """A rating is 4-4.5 when a user's group matches the item's kind, else 1-1.5: no bias explains that.
+
+    Users of group A love hot items and dislike the others, group B the other way round;
+    both groups rate as many of each, so every user and item bias is about 0 and the
+    baseline predicts the mean (~3), while the ranker's rating model, with the side
+    features, learns the interaction. Measured on later pairs, as the pipeline does.
+    """
+    from recjobs.data.interactions import Holdout
+    from recjobs.evaluation.ratings import rating_errors
+
+    rng = np.random.default_rng(5)
+    rows, later = [], []
+    for u in range(300):
+        group_a = u % 2 == 0
+        items = rng.choice(40, 20, replace=False)
+        for k, i in enumerate(items):
+            rating = (4.5 if (i < 20) == group_a else 1.5) - 0.5 * (k % 2)  # four values: explicit
+            (later if k >= 17 else rows).append((f"u{u:03d}", f"i{i:02d}", rating, BASE + pd.Timedelta(hours=k)))
+    columns = list(C.INTERACTION_COLUMNS)
+    data = Interactions.from_frame(pd.DataFrame(rows, columns=columns))
+    hot = np.asarray([int(i[1:]) < 20 for i in data.item_ids])
+    item = sp.csr_matrix(np.column_stack([hot, ~hot]).astype(np.float32))
+    a = np.asarray([int(u[1:]) % 2 == 0 for u in data.user_ids])
+    user = sp.csr_matrix(np.column_stack([a, ~a]).astype(np.float32))
+    feats = SideFeatures(user, item, np.asarray(["group=a", "group=b"], object), np.asarray(["hot=1", "hot=0"], object))
+    model = ranker(generators={"popularity": 10, "itemknn": 10}, rating_trees=100).fit(data, feats)
+    assert model.predicts_ratings()
+    holdout = Holdout.from_frame(pd.DataFrame(later, columns=columns), data)
+    assert holdout.ratings is not None and len(holdout.ratings) == len(holdout.user_rows) == 900
+    errors = rating_errors(model, data, holdout)
+    assert errors is not None and errors.pairs == 900
+    assert errors.baseline_rmse > 1.2  # the mean is 1.25-1.75 away from every rating
+    assert errors.rmse < 0.75 * errors.baseline_rmse, errors
+    # Saved and loaded, it predicts the same ratings.
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = Recommender.load(model.save(f"{tmp}/artifact"))
+    np.testing.assert_array_equal(loaded.predict_ratings(holdout.user_rows, holdout.item_cols),
+                                  model.predict_ratings(holdout.user_rows, holdout.item_cols))
+    # Implicit data (one rating value) has no rating model and no rating errors.
+    flat = Interactions.from_frame(pd.DataFrame([(u, i, 1.0, t) for u, i, _, t in rows], columns=columns))
+    assert not ranker(generators={"popularity": 10}).fit(flat, feats).predicts_ratings()

@@ -157,7 +157,7 @@ class RankerParams(Strict):
 
     # Generator family -> how many of its top items each user gets as candidates (the union
     # is ranked). Defaults by measurement on MovieLens 100k (README); any family but ranker.
-    generators: dict[str, int] = {"ease": 100, "userknn": 50, "als": 50, "popularity": 30}
+    generators: dict[str, int] = {"popularity": 30, "als": 50, "ease": 100, "itemknn": 50, "userknn": 50}
     # Each generator's parameters: filled from models.<family> when the settings hand the
     # ranker its parameters (Settings.model_params), so the artifact holds them all.
     generator_params: dict[str, dict[str, Any]] = {}
@@ -169,13 +169,16 @@ class RankerParams(Strict):
     min_label_users: int = Field(1000, ge=1)
     # LightGBM: lambdarank (listwise NDCG) or binary (pointwise) over the candidates.
     objective: Literal["lambdarank", "binary"] = "lambdarank"
+    # Measured on MovieLens 100k (README): slow learning and large leaves generalise best
+    # (per_user NDCG@10 0.266 against 0.251 at learning rate 0.05 and 50 samples per leaf).
     trees: int = Field(300, gt=0)
-    learning_rate: float = Field(0.05, gt=0.0)
+    learning_rate: float = Field(0.02, gt=0.0)
     leaves: int = Field(31, gt=1)
-    min_child_samples: int = Field(50, gt=0)
+    min_child_samples: int = Field(200, gt=0)
     feature_fraction: float = Field(0.8, gt=0.0, le=1.0)
-    # Early stopping on this share of the training users (their candidates' NDCG@10).
-    validation_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    # Early stopping on this share of the training users (their candidates' NDCG@10); 0: off,
+    # all `trees` are grown (on MovieLens 100k a tenth of the users was too noisy to stop on).
+    validation_fraction: float = Field(0.0, ge=0.0, lt=0.5)
     early_stopping: int = Field(30, gt=0)
     # Users whose labelled candidates train the ranker, a seeded sample above this many.
     max_train_users: int | None = Field(20_000, gt=0)

@@ -91,6 +91,10 @@ class SplitSettings(Strict):
 class EvaluateSettings(Strict):
     k: int = Field(10, gt=0)
     chunk_users: int = Field(2048, gt=0)
+    # RMSE/MAE on the holdout's ratings (families that predict ratings, and the bias
+    # baseline beside them): auto where ratings look explicit (more than two distinct values,
+    # e.g. MovieLens' 1-5 stars), on, or off (event data: a rating is only a weight).
+    ratings: Literal["auto", "on", "off"] = "auto"
 
 
 class GateSettings(Strict):
