@@ -70,8 +70,14 @@ def run_protocol(args: argparse.Namespace, protocol: str, families: list[str]) -
             cands = pd.read_sql("SELECT * FROM model_runs WHERE stage = 'candidate'", conn)
             gate = pd.read_sql("SELECT * FROM model_runs WHERE stage = 'gate'", conn).iloc[0]
         engine.dispose()
+        # What each candidate's artifact says about itself (the ranker: labels, recall, features).
+        infos = {}
+        for family, path in zip(cands["family"], cands["artifact_path"], strict=True):
+            meta = Path(str(path)) / "meta.json"
+            if path and meta.exists():
+                infos[family] = json.loads(meta.read_text()).get("info", {})
     return {"settings": settings, "day": last_day, "snapshot": snapshot, "report": report, "cands": cands,
-            "gate": gate, "ingest_s": ingest_s, "total_s": total_s}
+            "gate": gate, "ingest_s": ingest_s, "total_s": total_s, "infos": infos}
 
 
 def print_protocol(protocol: str, run: dict[str, Any]) -> dict[str, Any]:
@@ -110,6 +116,25 @@ def print_protocol(protocol: str, run: dict[str, Any]) -> dict[str, Any]:
         }
     for family, err in report.failures.items():
         print(f"{family:<12}FAILED {err}")
+    rated = cands[cands["baseline_rmse"].notna()] if "baseline_rmse" in cands else cands.iloc[:0]
+    if len(rated):
+        base = rated.iloc[0]
+        print(f"ratings (holdout, explicit): bias baseline RMSE {base['baseline_rmse']:.4f} MAE "
+              f"{base['baseline_mae']:.4f}", end="")
+        out["ratings"] = {"baseline_rmse": _num(base["baseline_rmse"]), "baseline_mae": _num(base["baseline_mae"])}
+        for family, row in rated[rated["rmse"].notna()].iterrows():
+            gain = 1.0 - row["rmse"] / row["baseline_rmse"]
+            print(f"; {family} RMSE {row['rmse']:.4f} MAE {row['mae']:.4f} ({gain:+.1%} RMSE vs baseline)", end="")
+            out["ratings"][family] = {"rmse": _num(row["rmse"]), "mae": _num(row["mae"]),
+                                      "rmse_gain": round(float(gain), 4)}
+        print()
+    info = run.get("infos", {}).get("ranker")
+    if info:
+        print(f"ranker: {info.get('label_protocol')} labels, {info.get('train_users')} users / "
+              f"{info.get('train_candidates')} candidates, candidate recall {info.get('candidate_recall')}, "
+              f"{info.get('trees')} trees, fit {info.get('fit_seconds_ranker')}s before serving refit; top features: "
+              f"{', '.join(info.get('top_features', [])[:6])}")
+        out["ranker"] = info
     decision = report.decision
     print(f"promoted: {decision.family} ({settings.gate.metric.upper()}@{k} "
           f"{report.candidates[decision.family].ndcg:.4f}) - {decision.reason}")
