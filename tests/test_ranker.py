@@ -171,3 +171,25 @@ def test_the_rating_model_beats_the_bias_baseline_where_taste_is_an_interaction(
     # Implicit data (one rating value) has no rating model and no rating errors.
     flat = Interactions.from_frame(pd.DataFrame([(u, i, 1.0, t) for u, i, _, t in rows], columns=columns))
     assert not ranker(generators={"popularity": 10}).fit(flat, feats).predicts_ratings()
+
+
+@pytest.mark.parametrize("generators, message", [
+    ({"ranker": 10}, "unknown generator families ['ranker']"),
+    ({"nope'; DROP TABLE model_runs;--": 10}, "unknown generator families"),
+    ({"ease": 0}, "need a positive number of candidates"),
+    ({}, "at least one generator"),
+])
+def test_bad_generators_are_refused_with_one_line(generators, message):
+    from recjobs.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="generator") as info:
+        load_settings({"models": {"ranker": {"generators": generators}}}, environ={})
+    assert message.split("[")[0] in str(info.value)
+
+
+def test_the_rankers_generators_carry_their_own_settings():
+    from recjobs.settings import load_settings
+
+    s = load_settings({"models": {"ease": {"l2": 123.0}, "ranker": {"generators": {"ease": 5}}}}, environ={})
+    params = s.model_params("ranker")
+    assert params.generator_params["ease"]["l2"] == 123.0 and set(params.generator_params) == {"ease"}
