@@ -24,6 +24,7 @@ FAST = {
     "itemknn": {"neighbours": 20},
     "userknn": {"neighbours": 10},
     "ranker": {"generators": {"ease": 20, "itemknn": 20, "popularity": 10}, "trees": 40, "min_child_samples": 5,
+               "learning_rate": 0.1,
                "validation_fraction": 0.0},
     "sequence": {"embedding_dim": 16, "max_epochs": 20, "batch_size": 128, "patience": 5, "validation_users": 20},
 }

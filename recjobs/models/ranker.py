@@ -62,6 +62,19 @@ def _lgb() -> Any:  # noqa: ANN401 - the lightgbm module, imported on first use
     return lightgbm
 
 
+def sample_negatives(y: np.ndarray, sizes: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Mask over consecutive groups of ``sizes`` rows: every positive, at most ``n`` random negatives each."""
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    negative = np.flatnonzero(y == 0)
+    # Negatives in random order within their group; the first n of each group are kept.
+    order = negative[np.lexsort((rng.random(len(negative)), group[negative]))]
+    first = np.searchsorted(group[order], np.arange(len(sizes)))
+    rank = np.arange(len(order)) - first[group[order]]
+    keep = y > 0
+    keep[order[rank < n]] = True
+    return keep
+
+
 class RankerModel(Recommender):
     family = "ranker"
     params_type = RankerParams
@@ -126,6 +139,10 @@ class RankerModel(Recommender):
             keep_group = pos > 0
             keep_rows = np.repeat(keep_group, sizes)
             x, y, sizes = x[keep_rows], y[keep_rows], sizes[keep_group]
+            if p.negatives_per_user is not None:
+                kept = sample_negatives(y, sizes, p.negatives_per_user, rng)
+                x, y = x[kept], y[kept]
+                sizes = np.bincount(np.repeat(np.arange(len(sizes)), sizes)[kept], minlength=len(sizes))
             n_groups = len(sizes)
             if n_groups < 2 or y.sum() == 0:
                 raise ModelError(f"ranker: only {n_groups} users have a label among their candidates; "
@@ -319,4 +336,4 @@ class RankerModel(Recommender):
             self.generators.append(g)
 
 
-__all__ = ["RankerModel"]
+__all__ = ["RankerModel", "sample_negatives"]

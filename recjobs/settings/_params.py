@@ -182,6 +182,10 @@ class RankerParams(Strict):
     early_stopping: int = Field(30, gt=0)
     # Users whose labelled candidates train the ranker, a seeded sample above this many.
     max_train_users: int | None = Field(20_000, gt=0)
+    # Per user, every positive candidate and at most this many seeded negatives train it
+    # (None: all). lambdarank's cost grows with the square of a group's size: 50 trained
+    # 9x faster than all ~130 on MovieLens 100k at the same NDCG@10 (0.266 vs 0.266).
+    negatives_per_user: int | None = Field(50, gt=0)
     # Rating prediction (README 'Ratings'): a second LightGBM, in regression mode, learns the
     # ratings given after the label cutoff from the same features plus the bias baseline's;
     # auto: on where ratings look explicit (more than two distinct values, e.g. MovieLens).
