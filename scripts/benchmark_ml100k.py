@@ -70,8 +70,14 @@ def run_protocol(args: argparse.Namespace, protocol: str, families: list[str]) -
             cands = pd.read_sql("SELECT * FROM model_runs WHERE stage = 'candidate'", conn)
             gate = pd.read_sql("SELECT * FROM model_runs WHERE stage = 'gate'", conn).iloc[0]
         engine.dispose()
+        # What each candidate's artifact says about itself (the ranker: labels, recall, features).
+        infos = {}
+        for family, path in zip(cands["family"], cands["artifact_path"], strict=True):
+            meta = Path(str(path)) / "meta.json"
+            if path and meta.exists():
+                infos[family] = json.loads(meta.read_text()).get("info", {})
     return {"settings": settings, "day": last_day, "snapshot": snapshot, "report": report, "cands": cands,
-            "gate": gate, "ingest_s": ingest_s, "total_s": total_s}
+            "gate": gate, "ingest_s": ingest_s, "total_s": total_s, "infos": infos}
 
 
 def print_protocol(protocol: str, run: dict[str, Any]) -> dict[str, Any]:
@@ -106,9 +112,29 @@ def print_protocol(protocol: str, run: dict[str, Any]) -> dict[str, Any]:
             "novelty": None if _num(m.novelty) is None else round(m.novelty, 3),
             "fit_seconds": _num(row["fit_seconds"]), "users": m.users,
             "gate_diff": _num(row["gate_diff"]), "gate_p_value": _num(row["gate_p_value"]),
+            "gate_ci_low": _num(row["gate_ci_low"]), "gate_ci_high": _num(row["gate_ci_high"]),
         }
     for family, err in report.failures.items():
         print(f"{family:<12}FAILED {err}")
+    rated = cands[cands["baseline_rmse"].notna()] if "baseline_rmse" in cands else cands.iloc[:0]
+    if len(rated):
+        base = rated.iloc[0]
+        print(f"ratings (holdout, explicit): bias baseline RMSE {base['baseline_rmse']:.4f} MAE "
+              f"{base['baseline_mae']:.4f}", end="")
+        out["ratings"] = {"baseline_rmse": _num(base["baseline_rmse"]), "baseline_mae": _num(base["baseline_mae"])}
+        for family, row in rated[rated["rmse"].notna()].iterrows():
+            gain = 1.0 - row["rmse"] / row["baseline_rmse"]
+            print(f"; {family} RMSE {row['rmse']:.4f} MAE {row['mae']:.4f} ({gain:+.1%} RMSE vs baseline)", end="")
+            out["ratings"][family] = {"rmse": _num(row["rmse"]), "mae": _num(row["mae"]),
+                                      "rmse_gain": round(float(gain), 4)}
+        print()
+    info = run.get("infos", {}).get("ranker")
+    if info:
+        print(f"ranker: {info.get('label_protocol')} labels, {info.get('train_users')} users / "
+              f"{info.get('train_candidates')} candidates, candidate recall {info.get('candidate_recall')}, "
+              f"{info.get('trees')} trees, fit {info.get('fit_seconds_ranker')}s before serving refit; top features: "
+              f"{', '.join(info.get('top_features', [])[:6])}")
+        out["ranker"] = info
     decision = report.decision
     print(f"promoted: {decision.family} ({settings.gate.metric.upper()}@{k} "
           f"{report.candidates[decision.family].ndcg:.4f}) - {decision.reason}")
@@ -118,6 +144,43 @@ def print_protocol(protocol: str, run: dict[str, Any]) -> dict[str, Any]:
     out.update(promoted=decision.family, reason=decision.reason, gate_diff=_num(gate["gate_diff"]),
                gate_ci=[_num(gate["gate_ci_low"]), _num(gate["gate_ci_high"])],
                gate_p_value=_num(gate["gate_p_value"]), holdout_cutoff=snap.get("holdout_cutoff"))
+    return out
+
+
+def default_protocol(args: argparse.Namespace) -> str:
+    """The protocol the default settings (``split.protocol=auto``) resolve to on the data."""
+    from recjobs.cli import parse_set
+    from recjobs.data.interactions import Events
+    from recjobs.data.split import plan_split
+    from recjobs.settings import load_settings
+
+    overrides = parse_set(args.set)
+    split = overrides.get("split", {})
+    settings = load_settings({"split": {k: v for k, v in split.items() if k != "protocol"}})
+    ratings = pd.read_csv(args.data / "u.data", sep="\t", header=None, names=["user_id", "item_id", "rating", "t"])
+    ratings["timestamp"] = pd.to_datetime(ratings.pop("t"), unit="s", utc=True)
+    ratings[["user_id", "item_id"]] = ratings[["user_id", "item_id"]].astype(str)
+    plan = plan_split(Events.from_frame(ratings), settings.split)
+    print(f"\ndefault settings: {plan.reason}")
+    return plan.protocol
+
+
+def default_check(summary: dict[str, Any], protocol: str) -> dict[str, Any] | None:
+    """Whether the default run's pick is, on the per-user protocol, within the best family's 95% interval."""
+    if protocol not in summary or "per_user" not in summary:
+        return None
+    pick = summary[protocol]["promoted"]
+    fams = summary["per_user"]["families"]
+    best = max(fams, key=lambda f: fams[f]["ndcg"])
+    row = fams.get(pick, {})
+    # The per-user run's gate columns compare every family with its promoted one; when that
+    # is the best, the pick's interval against it is what the goal asks about.
+    ok = pick == best or (row.get("gate_ci_high") is not None and row["gate_ci_high"] >= 0.0)
+    out = {"protocol": protocol, "promoted": pick, "per_user_best": best,
+           "per_user_ndcg": row.get("ndcg"), "best_ndcg": fams[best]["ndcg"], "within_interval": ok}
+    print(f"default run publishes {pick} (protocol {protocol}); on per_user it scores NDCG@10 "
+          f"{row.get('ndcg')} against the best, {best}, {fams[best]['ndcg']}: "
+          f"{'within' if ok else 'outside'} the best family's 95% interval")
     return out
 
 
@@ -146,7 +209,9 @@ def main() -> int:
     for protocol, run in runs.items():
         summary["date"] = dt.date.isoformat(run["day"])
         summary[protocol] = print_protocol(protocol, run)
-    print(json.dumps(summary, sort_keys=True))
+    if not any(kv.split("=", 1)[0] == "split.protocol" for kv in args.set):
+        summary["default"] = default_check(summary, default_protocol(args))
+    print(json.dumps(summary, sort_keys=True, default=str))
     return 0
 
 

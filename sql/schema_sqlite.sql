@@ -52,6 +52,10 @@ CREATE TABLE model_runs (
 	gate_ci_low FLOAT, 
 	gate_ci_high FLOAT, 
 	gate_p_value FLOAT, 
+	rmse FLOAT, 
+	mae FLOAT, 
+	baseline_rmse FLOAT, 
+	baseline_mae FLOAT, 
 	PRIMARY KEY (id)
 );
 

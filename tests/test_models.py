@@ -22,10 +22,15 @@ FAST = {
     "tfrs": {"embedding_dim": 8, "max_epochs": 8, "batch_size": 128, "patience": 2},
     "ease": {"l2": 10.0},
     "itemknn": {"neighbours": 20},
+    "userknn": {"neighbours": 10},
+    "ranker": {"generators": {"ease": 20, "itemknn": 20, "popularity": 10}, "trees": 40, "min_child_samples": 5,
+               "learning_rate": 0.1,
+               "validation_fraction": 0.0},
     "sequence": {"embedding_dim": 16, "max_epochs": 20, "batch_size": 128, "patience": 5, "validation_users": 20},
 }
 # Families with a recency setting, and the one that switches it on.
-RECENCY = {"ease": "recency_half_life", "itemknn": "recency_half_life", "als": "recency_half_life"}
+RECENCY = {"ease": "recency_half_life", "itemknn": "recency_half_life", "als": "recency_half_life",
+           "userknn": "recency_half_life"}
 
 
 def make(family: str, **extra) -> Recommender:  # noqa: ANN003
@@ -240,3 +245,20 @@ def test_neighbourhood_lists_hold_only_items_the_history_reaches(family):
     listed = set(data.item_ids[top[0][top[0] >= 0]])
     assert listed <= {"r2"}, listed
     assert np.isneginf(scores[0][top[0] < 0]).all()
+
+
+def test_userknn_neighbours_are_users_of_the_same_taste_never_the_user(blocks):
+    """"People like you": users 0-29 and 30-59 are two taste groups; 60-89 share group A's taste."""
+    data, _ = blocks
+    model = make("userknn").fit(data)
+    rows = np.arange(data.n_users)
+    top, scores = model.similar_users(rows, 5)
+    assert top.shape == (data.n_users, 5)
+    for u in rows:
+        valid = top[u][top[u] >= 0]
+        assert u not in valid and len(valid) == 5
+        assert np.all(np.diff(scores[u][top[u] >= 0]) <= 0)
+        group_b = 30 <= u < 60
+        assert all((30 <= v < 60) == group_b for v in valid), (u, valid)
+    # Neighbours' unseen items are what a user is recommended: their own group's.
+    assert group_precision(model, data) > 0.9

@@ -92,9 +92,15 @@ def ingest_by_date(engine: Engine) -> pd.DataFrame:
 
 
 def metrics_by_date(engine: Engine) -> pd.DataFrame:
-    """Every evaluated candidate's metrics by logical date (failed ones included, with their status)."""
+    """Every evaluated candidate's metrics by logical date (failed ones included, with their status).
+
+    Where ratings are explicit, the rating errors too (RMSE and MAE on the holdout's ratings
+    and the bias baseline's RMSE), when the database has those columns (it looks, never alters).
+    """
+    present = {c["name"] for c in sa.inspect(engine).get_columns("model_runs")}
+    ratings = "".join(f", {c}" for c in ("rmse", "mae", "baseline_rmse") if c in present)
     return _frame(engine, "SELECT run_date, family, status, ndcg_at_k, precision_at_k, recall_at_k, map_at_k, "
-                          "coverage, diversity, novelty, fit_seconds FROM model_runs "
+                          f"coverage, diversity, novelty, fit_seconds{ratings} FROM model_runs "
                           "WHERE stage = 'candidate' AND status != 'training' ORDER BY run_date, family")
 
 

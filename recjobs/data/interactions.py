@@ -295,11 +295,13 @@ class Holdout:
     dropped: no model can rank for them). ``item_cols`` index the training items;
     an item never seen in training gets a code ``>= n_items``, one per distinct id,
     so each counts as its own relevant item that no model can recommend.
-    Pairs are distinct.
+    Pairs are distinct. ``ratings`` (aligned with the pairs, each pair's latest rating)
+    are what rating prediction is measured on; None for holdouts saved without them.
     """
 
     user_rows: np.ndarray
     item_cols: np.ndarray
+    ratings: np.ndarray | None = None
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, train: Interactions) -> Holdout:
@@ -318,19 +320,27 @@ class Holdout:
             cols[unseen] = train.n_items + np.searchsorted(distinct, events.items[unseen])
         keep = rows >= 0
         width = int(cols.max()) + 1 if len(cols) else 1
-        pairs = np.unique(rows[keep].astype(np.int64) * width + cols[keep])
-        return cls((pairs // width).astype(np.int32), (pairs % width).astype(np.int32))
+        keys = rows[keep].astype(np.int64) * width + cols[keep]
+        # np.unique keeps each key's first occurrence; reversed, that is the latest row
+        # (the split passes rows in time order), whose rating is the pair's.
+        pairs, last = np.unique(keys[::-1], return_index=True)
+        ratings = events.ratings[keep][::-1][last].astype(np.float32)
+        return cls((pairs // width).astype(np.int32), (pairs % width).astype(np.int32), ratings)
 
     def save(self, path: Path) -> Path:
         """Write to the directory ``path``, atomically."""
-        _save_arrays(path, {"user_rows": self.user_rows, "item_cols": self.item_cols})
+        arrays = {"user_rows": self.user_rows, "item_cols": self.item_cols}
+        if self.ratings is not None:
+            arrays["ratings"] = self.ratings
+        _save_arrays(path, arrays)
         return path
 
     @classmethod
     def load(cls, path: Path) -> Holdout:
         """Read what :meth:`save` wrote."""
         a = _load_arrays(path, ("user_rows", "item_cols"))
-        return cls(a["user_rows"], a["item_cols"])
+        ratings = np.load(path / "ratings.npy") if (path / "ratings.npy").exists() else None
+        return cls(a["user_rows"], a["item_cols"], ratings)
 
 
 def _save_arrays(path: Path, arrays: dict[str, np.ndarray], ids: dict[str, np.ndarray] | None = None) -> None:

@@ -29,12 +29,15 @@ class SplitPlan:
     ``train`` and ``held`` are masks over the ordered rows; a row in neither is dropped
     (``global_time``: an interaction after the cutoff of a user not seen before it).
     ``cutoff_millis`` is the ``global_time`` cutoff (Unix ms), None for ``per_user``.
+    ``protocol`` is the protocol applied (``auto`` resolved) and ``reason`` why, for the record.
     """
 
     order: np.ndarray
     train: np.ndarray
     held: np.ndarray
     cutoff_millis: int | None = None
+    protocol: str = "per_user"
+    reason: str = ""
 
 
 def global_cutoff(millis: np.ndarray, settings: SplitSettings, end_millis: int | None = None) -> int:
@@ -61,27 +64,50 @@ def plan_split(events: Events, settings: SplitSettings, end_millis: int | None =
     the most recent ``holdout_fraction`` of them (at least one) by time. Ties in time
     are broken by item id (codes are in id order), then by input order.
     ``global_time``: see :func:`global_cutoff`; ``end_millis`` is the run's cutoff.
+    ``auto``: ``global_time`` when its holdout has at least ``min_eval_users`` users, else
+    ``per_user`` (every user with enough history is evaluated), so the gate's evidence is
+    never a few returning users.
     """
     order = ordered_by_user_time_item(events.users, events.millis, events.items)
     users = events.users[order]
-    if settings.protocol == "global_time":
+    if settings.protocol in ("global_time", "auto"):
         cutoff = global_cutoff(events.millis, settings, end_millis)
         before = events.millis[order] < cutoff
         seen = np.zeros(len(events.user_ids), dtype=bool)
         seen[users[before]] = True
         held = ~before & seen[users]
-        if not before.any():
+        if not before.any() and settings.protocol == "global_time":
             raise SettingsError(f"global_time split: no interaction before the cutoff "
                                 f"{pd.Timestamp(cutoff, unit='ms', tz='UTC')} (split.holdout_days / "
                                 f"split.holdout_fraction leave nothing to train on)")
-        return SplitPlan(order, before, held, cutoff)
-    sizes = np.bincount(users, minlength=len(events.user_ids))
+        returning = int(np.count_nonzero(np.bincount(users[held], minlength=len(events.user_ids))))
+        when = pd.Timestamp(cutoff, unit="ms", tz="UTC").isoformat()
+        if settings.protocol == "global_time":
+            return SplitPlan(order, before, held, cutoff, "global_time",
+                             f"split.protocol=global_time: cutoff {when}, {returning} users evaluated")
+        if before.any() and returning >= settings.min_eval_users:
+            return SplitPlan(order, before, held, cutoff, "global_time",
+                             f"split.protocol=auto: global_time (cutoff {when}) evaluates {returning} users, "
+                             f"at least split.min_eval_users={settings.min_eval_users}")
+        reason = (f"split.protocol=auto: per_user, because global_time (cutoff {when}) would evaluate only "
+                  f"{returning} users, under split.min_eval_users={settings.min_eval_users}")
+        plan = _per_user_plan(order, users, len(events.user_ids), settings)
+        return SplitPlan(plan.order, plan.train, plan.held, None, "per_user", reason)
+    return _per_user_plan(order, users, len(events.user_ids), settings)
+
+
+def _per_user_plan(order: np.ndarray, users: np.ndarray, n_users: int, settings: SplitSettings) -> SplitPlan:
+    """The ``per_user`` plan of rows already in (user, time, item) order."""
+    sizes = np.bincount(users, minlength=n_users)
     # Position of each row from the end of its user's history: 0 is the most recent.
     from_end = np.cumsum(sizes)[users] - 1 - np.arange(len(users))
     n_hold = np.maximum(1, np.floor(sizes * settings.holdout_fraction)).astype(np.int64)
     n_hold[sizes < settings.min_user_interactions] = 0
     held = from_end < n_hold[users]
-    return SplitPlan(order, ~held, held)
+    evaluated = int(np.count_nonzero(n_hold))
+    return SplitPlan(order, ~held, held, None, "per_user",
+                     f"per_user: latest {settings.holdout_fraction:.0%} of each user's interactions, "
+                     f"{evaluated} users evaluated")
 
 
 def holdout_order(events: Events, settings: SplitSettings) -> tuple[np.ndarray, np.ndarray]:

@@ -66,6 +66,13 @@ model_runs = sa.Table(
     sa.Column("gate_ci_low", sa.Float),
     sa.Column("gate_ci_high", sa.Float),
     sa.Column("gate_p_value", sa.Float),
+    # Rating prediction, where ratings are explicit: the candidate's RMSE and MAE on the
+    # holdout's ratings (NULL for families that predict none) and the bias baseline's
+    # (global mean + user and item biases) on the same pairs, measured in the same run.
+    sa.Column("rmse", sa.Float),
+    sa.Column("mae", sa.Float),
+    sa.Column("baseline_rmse", sa.Float),
+    sa.Column("baseline_mae", sa.Float),
 )
 sa.Index("ix_model_runs_date_stage", model_runs.c.run_date, model_runs.c.stage)
 

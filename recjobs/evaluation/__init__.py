@@ -11,9 +11,9 @@ from recjobs.evaluation.metrics import (
     self_information,
     unit_rows,
 )
-from recjobs.evaluation.significance import PairedTest, paired_test
+from recjobs.evaluation.significance import PairedTest, lower_bound, paired_test
 
 __all__ = [
     "ACCURACY", "GateCandidate", "GateOutcome", "Metrics", "PairedTest", "PerUser", "decide", "evaluate_model",
-    "list_diversity", "paired_test", "ranking_metrics", "self_information", "unit_rows",
+    "list_diversity", "lower_bound", "paired_test", "ranking_metrics", "self_information", "unit_rows",
 ]

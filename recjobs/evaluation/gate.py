@@ -3,7 +3,9 @@
 The best challenger replaces the champion only when its mean gain on the gate metric
 is above ``gate.margin`` and significant by a paired test over the holdout's users
 (``gate.test`` at ``gate.significance``). With no champion to defend, the best
-candidate takes it. Every candidate is compared with the champion's candidate (same
+candidate takes it when its lead over the runner-up is significant; otherwise the
+stated rule ``gate.first_run`` decides: by default the candidate with the highest lower
+confidence bound of its mean (the surest score), not whichever mean is highest on noise. Every candidate is compared with the champion's candidate (same
 holdout users), or, with no champion, with the best candidate; the comparisons are
 returned for the ledger (``recjobs.db.ledger``), which the caller writes.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recjobs.evaluation.significance import PairedTest, paired_test
+from recjobs.evaluation.significance import PairedTest, lower_bound, paired_test
 from recjobs.settings import GateSettings
 
 
@@ -67,6 +69,32 @@ def paired(challenger: GateCandidate, reference: GateCandidate, gate: GateSettin
                        gate.bootstrap_samples, seed)
 
 
+def surest(cands: Sequence[GateCandidate], gate: GateSettings, seed: int) -> tuple[GateCandidate, str] | None:
+    """The candidate with the highest lower confidence bound of its mean, and the bounds as said.
+
+    Bounds are taken over the users every candidate was measured on (same split), so each
+    is the same question; None when some candidate has no per-user metrics to bound.
+    """
+    if any(c.users is None or c.values is None for c in cands):
+        return None
+    keys = ("fingerprint", "protocol")
+    if any(c.split.get(k) != cands[0].split.get(k) for c in cands for k in keys):
+        return None
+    common = cands[0].users
+    for c in cands[1:]:
+        common = np.intersect1d(common, c.users, assume_unique=True)
+    if len(common) == 0:
+        return None
+    bounds = []
+    for c in cands:
+        _, idx, _ = np.intersect1d(c.users, common, assume_unique=True, return_indices=True)
+        bounds.append(lower_bound(c.values[idx], gate.test, gate.significance, gate.bootstrap_samples, seed))
+    best = int(np.argmax(bounds))  # first of equals: cands are in (score, settings) order
+    said = ", ".join(f"{c.family} {b:.4f}" for c, b in sorted(zip(cands, bounds, strict=True),
+                                                                 key=lambda cb: -cb[1])[:4])
+    return cands[best], f"lower {1 - gate.significance:.0%} bounds over {len(common)} users: {said}"
+
+
 def describe(test: PairedTest) -> str:
     """A comparison as the reason and the logs state it."""
     if test.test == "unpaired":
@@ -96,17 +124,33 @@ def decide(candidates: Sequence[GateCandidate], previous: str | None, gate: Gate
     decisive: PairedTest | None = None
     if champ is None:
         winner, promoted = best, True
+        rule = ""
         if len(cands) > 1:
-            # Nothing to defend: the best takes it; its lead over the runner-up is said for the record.
+            # Nothing to defend: the best takes it if its lead over the runner-up is real;
+            # otherwise gate.first_run says who (the lead is said for the record either way).
             decisive = paired(best, cands[1], gate, seed)
             lead = f"; over runner-up {cands[1].family}: {describe(decisive)}"
+            clear = decisive.diff > gate.margin and (decisive.p_value is not None
+                                                    and decisive.p_value < gate.significance)
+            if not clear and gate.first_run == "lower_bound":
+                pick = surest(cands, gate, seed)
+                if pick is not None:
+                    winner = pick[0]
+                    rule = (f"; no significant lead, so by gate.first_run=lower_bound {winner.family} "
+                            f"({name}={winner.score:.4f}) has the highest lower bound ({pick[1]})")
+                else:
+                    rule = "; no significant lead and no per-user metrics to bound: the best mean is kept"
         else:
             lead = ""
         if previous is None:
-            reason = f"first run: best candidate {best.family} by {name}@{best.k} ({best.score:.4f}){lead}"
+            reason = f"first run: best candidate {best.family} by {name}@{best.k} ({best.score:.4f}){lead}{rule}"
         else:
             reason = (f"champion family {previous} has no candidate on {day}; "
-                      f"best candidate {best.family} ({name}={best.score:.4f}) takes over{lead}")
+                      f"best candidate {best.family} ({name}={best.score:.4f}) takes over{lead}{rule}")
+        if winner is not best:
+            reason = reason.replace(f"best candidate {best.family} ({name}={best.score:.4f}) takes over",
+                                    f"best mean {best.family} ({name}={best.score:.4f})")
+            decisive = paired(winner, best, gate, seed)
     else:
         challengers = [c for c in cands if c.family != champ.family]
         if not challengers:
@@ -133,4 +177,4 @@ def decide(candidates: Sequence[GateCandidate], previous: str | None, gate: Gate
     return GateOutcome(winner.family, promoted, reason, reference.family, tests, decisive)
 
 
-__all__ = ["GateCandidate", "GateOutcome", "decide", "describe", "paired"]
+__all__ = ["GateCandidate", "GateOutcome", "decide", "describe", "paired", "surest"]

@@ -93,4 +93,28 @@ def paired_test(
     return PairedTest(mean, float(low), float(high), (1 + extreme) / (samples + 1), n, test)
 
 
-__all__ = ["BOOTSTRAP_UNITS", "PairedTest", "paired_test"]
+def lower_bound(values: np.ndarray, test: str = "bootstrap", level: float = 0.05, samples: int = 1000,
+                seed: int = 0) -> float:
+    """The lower end of the two-sided ``1 - level`` interval of the mean of ``values`` (per-user).
+
+    ``bootstrap``: the ``level / 2`` quantile of ``samples`` seeded resampled means (users
+    in random groups above :data:`BOOTSTRAP_UNITS`, as :func:`paired_test`); ``ttest``: the
+    t interval's; ``none``: the mean itself (no interval).
+    """
+    v = np.asarray(values, np.float64)
+    if len(v) == 0:
+        raise ValueError("lower bound over no users")
+    mean = float(v.mean())
+    if test == "none" or len(v) == 1:
+        return mean
+    if test == "ttest":
+        from scipy import stats
+
+        se = float(v.std(ddof=1)) / math.sqrt(len(v))
+        return mean - float(stats.t.ppf(1.0 - level / 2.0, len(v) - 1)) * se
+    # A paired test against zero resamples exactly the user means we need.
+    test_ = paired_test(v, np.zeros_like(v), "bootstrap", level, samples, seed)
+    return float(test_.ci_low) if test_.ci_low is not None else mean
+
+
+__all__ = ["BOOTSTRAP_UNITS", "PairedTest", "lower_bound", "paired_test"]

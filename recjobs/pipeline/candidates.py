@@ -23,6 +23,7 @@ from recjobs.data.lake import Lake
 from recjobs.db import ledger
 from recjobs.errors import PipelineError
 from recjobs.evaluation.metrics import Metrics, evaluate_model
+from recjobs.evaluation.ratings import rating_errors
 from recjobs.models.base import Recommender
 from recjobs.models.registry import get_family
 from recjobs.pipeline.split import load_matrix, run_day
@@ -96,6 +97,12 @@ def evaluate_candidate(settings: Settings, engine: Engine, run_date: str | dt.da
         raw = None if post is None else evaluate_model(
             model, train, holdout, settings.evaluate.k, settings.evaluate.chunk_users,
             item_features=None if features is None else features.item)
+        beat.phase("rating errors on the holdout's ratings (where explicit)")
+        errors = rating_errors(model, train, holdout, settings.evaluate.ratings)
+    if errors is not None:
+        log.info("%s on %s: rating RMSE %s MAE %s; bias baseline RMSE %.4f MAE %.4f on %d pairs", family, day,
+                 "-" if errors.rmse is None else f"{errors.rmse:.4f}", "-" if errors.mae is None else f"{errors.mae:.4f}",
+                 errors.baseline_rmse, errors.baseline_mae, errors.pairs)
     if raw is not None:
         log.info("%s on %s: ndcg@%d %.4f as ranked, %.4f as published (rules and re-ranking)", family, day,
                  raw.k, raw.ndcg, metrics.ndcg)
@@ -116,6 +123,7 @@ def evaluate_candidate(settings: Settings, engine: Engine, run_date: str | dt.da
         "params": json.dumps(meta["params"], sort_keys=True),
         "data_snapshot": json.dumps(snap, sort_keys=True), "artifact_path": str(path),
         "raw_metrics": None if raw is None else json.dumps(_metric_columns(raw), sort_keys=True),
+        **({} if errors is None else errors.columns()),
     })
     return metrics
 

@@ -77,6 +77,7 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
                    "split")
         plan = plan_split(events, settings.split, int(cutoff_of(day).timestamp() * 1000))
         held, in_train, holdout_cutoff = plan.held, plan.train, plan.cutoff_millis
+        protocol, split_reason = plan.protocol, plan.reason
         # One reordering to (user, time, item): the matrices below then need no time sort.
         events = events.take(plan.order)
         del plan
@@ -108,14 +109,17 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
         "holdout_rows": n_holdout,
         "max_timestamp": dt.datetime.fromtimestamp(int(events.millis.max()) / 1000, dt.UTC).isoformat(),
         "fingerprint": fingerprint,
-        "split_protocol": settings.split.protocol,
+        # The protocol applied (split.protocol=auto resolved) and why: the gate's evidence.
+        "split_protocol": protocol,
+        "split_reason": split_reason,
         "holdout_cutoff": None if holdout_cutoff is None
         else dt.datetime.fromtimestamp(holdout_cutoff / 1000, dt.UTC).isoformat(),
     }
     write_json(folder.snapshot_path, snapshot)
-    log.info("split %s (%s%s): %d train / %d holdout rows, %d users, %d items in %.1fs", day,
-             settings.split.protocol, f", cutoff {snapshot['holdout_cutoff']}" if holdout_cutoff is not None else "",
-             n_train, n_holdout, snapshot["users"], snapshot["items"], time.perf_counter() - started)
+    log.info("split %s (%s%s): %d train / %d holdout rows, %d users, %d items in %.1fs; %s", day,
+             protocol, f", cutoff {snapshot['holdout_cutoff']}" if holdout_cutoff is not None else "",
+             n_train, n_holdout, snapshot["users"], snapshot["items"], time.perf_counter() - started,
+             split_reason)
     return out
 
 

@@ -22,8 +22,10 @@ from recjobs.settings._params import (
     LightFMParams,
     ModelsSettings,
     PopularityParams,
+    RankerParams,
     SequenceParams,
     TFRSParams,
+    UserKNNParams,
 )
 from recjobs.settings._sections import (
     AirflowSettings,
@@ -44,6 +46,7 @@ from recjobs.settings._sections import (
 __all__ = [
     "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "ColdStartSettings", "EASEParams",
     "EvaluateSettings", "GateSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
-    "PopularityParams", "PublishSettings", "RerankSettings", "RulesSettings", "RunsSettings", "SequenceParams", "Settings",
-    "SettingsError", "SplitSettings", "TFRSParams", "database_url_problem", "load_settings", "mask_url",
+    "PopularityParams", "PublishSettings", "RankerParams", "RerankSettings", "RulesSettings", "RunsSettings",
+    "SequenceParams", "Settings", "SettingsError", "SplitSettings", "TFRSParams", "UserKNNParams",
+    "database_url_problem", "load_settings", "mask_url",
 ]

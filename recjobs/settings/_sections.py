@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from recjobs.columns import INTERACTION_COLUMNS
-from recjobs.models.registry import FAMILIES
+from recjobs.models.registry import DEFAULT_FAMILIES, FAMILIES
 from recjobs.settings._params import ModelsSettings
 from recjobs.settings._strict import Strict
 
@@ -80,8 +80,12 @@ class IngestSettings(Strict):
 class SplitSettings(Strict):
     # per_user: each user's latest holdout_fraction of interactions is the truth.
     # global_time: one cutoff per run date; train strictly before it, truth at or after it
-    # for users seen before it (leak-free; what the gate uses by default, see README 'Quality').
-    protocol: Literal["per_user", "global_time"] = "global_time"
+    # for users seen before it (leak-free, see README 'Quality').
+    # auto (default): global_time when its holdout evaluates at least min_eval_users users,
+    # else per_user: a gate deciding on a hundred returning users picks by noise (README 'Gate
+    # evidence' has the measurements). The snapshot records the protocol chosen and why.
+    protocol: Literal["auto", "per_user", "global_time"] = "auto"
+    min_eval_users: int = Field(1000, ge=1)
     # per_user: share of each user's history held out. global_time: share of all
     # interactions (the latest by time) after the cutoff, unless holdout_days is set.
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
@@ -95,6 +99,10 @@ class SplitSettings(Strict):
 class EvaluateSettings(Strict):
     k: int = Field(10, gt=0, le=MAX_LIST)
     chunk_users: int = Field(2048, gt=0, le=MAX_CHUNK_USERS)
+    # RMSE/MAE on the holdout's ratings (families that predict ratings, and the bias
+    # baseline beside them): auto where ratings look explicit (more than two distinct values,
+    # e.g. MovieLens' 1-5 stars), on, or off (event data: a rating is only a weight).
+    ratings: Literal["auto", "on", "off"] = "auto"
 
 
 class GateSettings(Strict):
@@ -107,6 +115,11 @@ class GateSettings(Strict):
     test: Literal["bootstrap", "ttest", "none"] = "bootstrap"
     significance: float = Field(0.05, gt=0.0, lt=1.0)
     bootstrap_samples: int = Field(1000, ge=100, le=1_000_000)
+    # A first run (no champion) whose best mean is not significantly above the runner-up:
+    # "lower_bound" promotes the candidate with the highest lower confidence bound of its mean
+    # (bootstrap over the users all candidates share, at `significance`), the one whose score
+    # is surest; "best_mean" promotes the highest mean however small its lead.
+    first_run: Literal["lower_bound", "best_mean"] = "lower_bound"
     # A gate compares with the champion of the latest earlier gate, so when several dates
     # run at once (a backfill) it waits for earlier dates of the last `wait_window_days`
     # that have candidates but no gate yet, at most `wait_timeout_minutes`, polling every
@@ -280,7 +293,7 @@ class Settings(Strict):
     inbox_dir: Path | None = None
     # Libraries take seeds as unsigned 32-bit integers.
     seed: int = Field(42, ge=0, le=2**32 - 1)
-    families: list[str] = list(FAMILIES)
+    families: list[str] = list(DEFAULT_FAMILIES)
     # Train only on the last N days before the logical date; None means all history.
     train_window_days: int | None = Field(None, gt=0)
     ingest: IngestSettings = IngestSettings()
@@ -356,7 +369,13 @@ class Settings(Strict):
         return self.home / "runs"
 
     def model_params(self, family: str) -> BaseModel:
-        return getattr(self.models, family)
+        """``models.<family>``; the ranker's with its generators' parameters filled in from theirs."""
+        params = getattr(self.models, family)
+        if family == "ranker":
+            filled = {g: params.generator_params.get(g, getattr(self.models, g).model_dump())
+                      for g in params.generators}
+            params = params.model_copy(update={"generator_params": filled})
+        return params
 
 
 def mask_url(url: str) -> str:

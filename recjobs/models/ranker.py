@@ -1,0 +1,339 @@
+"""The learned ranker: LightGBM lambdarank over several families' candidates (two-stage ranking).
+
+Fitting on a training matrix ``data``:
+
+1. a label cutoff inside ``data`` (:func:`recjobs.models.stacking.label_cutoff`): the
+   generators are fitted on the part before it, features are computed from that part
+   only, and a candidate's label is whether the user interacted with it after it;
+2. each labelled user's candidates (the union of every generator's top-K, seen items
+   left out) become one query group; LightGBM's ``lambdarank`` (or ``binary``) learns to
+   order them, with early stopping on a share of the users;
+3. the generators are fitted again on all of ``data``, and the features' statistics
+   recomputed on it, for serving: a user's scores are the booster's over their
+   candidates, -inf elsewhere (non-candidates are never recommended).
+
+It implements the model contract like every family (score/recommend with seen items
+excluded, similar_items and item_embedding from its first generator that has them,
+save/load of the generators' states, the feature statistics and the booster in one
+artifact), so the gate compares it with its own generators and publishing, re-ranking and
+cold start treat it like any other family.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel
+
+from recjobs.data.features import SideFeatures
+from recjobs.data.interactions import Interactions
+from recjobs.errors import ModelError
+from recjobs.models.base import Recommender
+from recjobs.models.ratings import BiasBaseline, explicit
+from recjobs.models.registry import FAMILIES, get_family
+from recjobs.models.stacking import (
+    RATING_EXTRA,
+    FeatureBase,
+    LabelSplit,
+    candidate_features,
+    feature_names,
+    generate,
+    label_cutoff,
+    rating_features,
+)
+from recjobs.progress import Heartbeat
+from recjobs.settings import RankerParams
+
+log = logging.getLogger(__name__)
+
+# FeatureBase attributes saved in the artifact (dense arrays) and its sparse matrices.
+_BASE_ARRAYS = ("item_count", "item_first", "item_last", "user_count", "user_last", "user_first", "item_rating",
+                "user_rating", "_keys", "embedding", "unit")
+_BASE_SPARSE = ("history", "latest", "item_side", "user_side")
+
+
+def _lgb() -> Any:  # noqa: ANN401 - the lightgbm module, imported on first use
+    import lightgbm
+
+    return lightgbm
+
+
+def sample_negatives(y: np.ndarray, sizes: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Mask over consecutive groups of ``sizes`` rows: every positive, at most ``n`` random negatives each."""
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    negative = np.flatnonzero(y == 0)
+    # Negatives in random order within their group; the first n of each group are kept.
+    order = negative[np.lexsort((rng.random(len(negative)), group[negative]))]
+    first = np.searchsorted(group[order], np.arange(len(sizes)))
+    rank = np.arange(len(order)) - first[group[order]]
+    keep = y > 0
+    keep[order[rank < n]] = True
+    return keep
+
+
+class RankerModel(Recommender):
+    family = "ranker"
+    params_type = RankerParams
+    kind = "ranker"
+
+    def __init__(self, params: BaseModel | None = None, seed: int = 42) -> None:
+        super().__init__(params, seed)
+        self.generators: list[Recommender] = []
+        self.base: FeatureBase | None = None
+        self.booster: Any = None
+        self.rating_booster: Any = None
+        self.baseline: BiasBaseline | None = None
+
+    # -- fitting -------------------------------------------------------------------
+    def _generator(self, name: str, data: Interactions, features: SideFeatures | None) -> Recommender:
+        cls = get_family(name)
+        p: RankerParams = self.params
+        params = cls.params_type.model_validate(p.generator_params.get(name, {}))
+        return cls(params, seed=self.seed).fit(data, features)
+
+    def _names(self) -> list[str]:
+        # Registry order, whatever order the settings (or a saved artifact's sorted JSON) list them in.
+        return [f for f in FAMILIES if f in self.params.generators]
+
+    def _ks(self) -> list[int]:
+        return [self.params.generators[g] for g in self._names()]
+
+    def _learn(self, data: Interactions, features: SideFeatures | None) -> None:
+        p: RankerParams = self.params
+        lgb = _lgb()
+        started = time.perf_counter()
+        with Heartbeat(log, "ranker") as beat:
+            split = label_cutoff(data, p.label_split, p.label_fraction, p.min_label_users)
+            beat.phase(f"generators {', '.join(self._names())} on the data before the {split.protocol} label "
+                       f"cutoff ({split.inner.nnz:,} pairs; {split.labels.nnz:,} labels after it)")
+            inner = [self._generator(g, split.inner, features) for g in self._names()]
+            base = FeatureBase(split.inner, features, self.seed)
+            has_label = np.diff(split.labels.indptr) > 0
+            has_history = np.diff(split.inner.matrix.indptr) > 0
+            users = np.flatnonzero(has_label & has_history)
+            rng = np.random.default_rng(self.seed)
+            if p.max_train_users is not None and len(users) > p.max_train_users:
+                users = np.sort(rng.choice(users, p.max_train_users, replace=False))
+            beat.phase(f"candidates and features of {len(users):,} labelled users")
+            xs, ys, groups, found = [], [], [], 0
+            for lo in range(0, len(users), p.chunk_users):
+                rows = users[lo:lo + p.chunk_users]
+                cands = generate(inner, self._ks(), rows, split.inner.matrix)
+                x = candidate_features(base, cands, rows)
+                y = np.asarray(split.labels[rows[cands.user], cands.item]).ravel().astype(np.float32)
+                found += int(y.sum())
+                xs.append(x)
+                ys.append(y)
+                groups.append(np.bincount(cands.user, minlength=len(rows)))
+            x, y, sizes = np.vstack(xs), np.concatenate(ys), np.concatenate(groups)
+            del xs, ys
+            total = int(split.labels[users].sum())
+            # Groups without a positive teach lambdarank nothing (every order has NDCG 0).
+            starts = np.concatenate([[0], np.cumsum(sizes)])
+            pos = np.add.reduceat(y, starts[:-1]) if len(y) else np.zeros(0)
+            pos = np.where(sizes > 0, pos, 0)
+            keep_group = pos > 0
+            keep_rows = np.repeat(keep_group, sizes)
+            x, y, sizes = x[keep_rows], y[keep_rows], sizes[keep_group]
+            if p.negatives_per_user is not None:
+                kept = sample_negatives(y, sizes, p.negatives_per_user, rng)
+                x, y = x[kept], y[kept]
+                sizes = np.bincount(np.repeat(np.arange(len(sizes)), sizes)[kept], minlength=len(sizes))
+            n_groups = len(sizes)
+            if n_groups < 2 or y.sum() == 0:
+                raise ModelError(f"ranker: only {n_groups} users have a label among their candidates; "
+                                 "too little data to learn a ranking (fewer generators' misses: raise their K)")
+            n_valid = int(round(n_groups * p.validation_fraction)) if n_groups >= 20 else 0
+            valid_group = np.zeros(n_groups, bool)
+            if n_valid:
+                valid_group[rng.choice(n_groups, n_valid, replace=False)] = True
+            valid_rows = np.repeat(valid_group, sizes)
+            names = feature_names(self._names(), base, *self._side_names(features))
+            params = {
+                "objective": p.objective, "learning_rate": p.learning_rate, "num_leaves": p.leaves,
+                "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,
+                "num_threads": p.threads, "seed": self.seed, "deterministic": True, "force_row_wise": True,
+                "verbosity": -1, "metric": "ndcg", "eval_at": [10],
+            }
+            beat.phase(f"LightGBM {p.objective} on {len(y):,} candidates of {n_groups:,} users "
+                       f"({int(y.sum()):,} positives, {x.shape[1]} features)")
+            train_set = lgb.Dataset(x[~valid_rows], y[~valid_rows], group=sizes[~valid_group],
+                                    feature_name=names, free_raw_data=True)
+            callbacks, valid_sets = [], []
+            if n_valid:
+                valid_sets = [lgb.Dataset(x[valid_rows], y[valid_rows], group=sizes[valid_group],
+                                          reference=train_set)]
+                callbacks = [lgb.early_stopping(p.early_stopping, verbose=False)]
+            booster = lgb.train(params, train_set, num_boost_round=p.trees, valid_sets=valid_sets,
+                                callbacks=callbacks)
+            fit_s = time.perf_counter() - started
+            gains = booster.feature_importance("gain")
+            top = sorted(zip(names, gains, strict=True), key=lambda ng: -ng[1])[:10]
+            self.info.update(
+                label_protocol=split.protocol, train_users=int(n_groups), train_candidates=int(len(y)),
+                candidate_recall=round(found / max(total, 1), 4), trees=int(booster.best_iteration or p.trees),
+                top_features=[f"{n} {g:.0f}" for n, g in top], fit_seconds_ranker=round(fit_s, 1))
+            log.info("ranker: %s labels; candidates hold %.1f%% of them; %d trees; top features %s",
+                     split.protocol, 100 * found / max(total, 1), self.info["trees"], ", ".join(
+                         self.info["top_features"][:5]))
+            del x, y
+            rating_booster = None
+            if p.ratings == "on" or (p.ratings == "auto" and explicit(data.matrix.data)):
+                beat.phase("the rating model (regression on the ratings after the cutoff)")
+                rating_booster = self._learn_ratings(split, inner, base, users, names)
+            del inner, base, split
+            beat.phase("generators and feature statistics on all of the data, for serving")
+            self.generators = [self._generator(g, data, features) for g in self._names()]
+            self.base = FeatureBase(data, features, self.seed)
+            self.booster = booster
+            if rating_booster is not None:
+                self.rating_booster, self.baseline = rating_booster, BiasBaseline.fit(data.matrix)
+
+    def _learn_ratings(self, split: LabelSplit, inner: list[Recommender], base: FeatureBase, users: np.ndarray,
+                       names: list[str]) -> Any:  # noqa: ANN401 - a lightgbm Booster
+        """LightGBM regression: each rating after the cutoff from features computed before it."""
+        p: RankerParams = self.params
+        lgb = _lgb()
+        baseline = BiasBaseline.fit(split.inner.matrix)
+        xs, ys = [], []
+        for lo in range(0, len(users), p.chunk_users):
+            rows = users[lo:lo + p.chunk_users]
+            rated = split.ratings[rows].tocoo()
+            if not rated.nnz:
+                continue
+            cands = generate(inner, self._ks(), rows, split.inner.matrix, pairs=(rated.row, rated.col))
+            xs.append(rating_features(base, baseline, cands, rows))
+            ys.append(rated.data)
+        if not xs:
+            return None
+        x, y = np.vstack(xs), np.concatenate(ys)
+        params = {"objective": "regression", "learning_rate": p.rating_learning_rate, "num_leaves": p.leaves,
+                  "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,
+                  "num_threads": p.threads, "seed": self.seed, "deterministic": True, "force_row_wise": True,
+                  "verbosity": -1}
+        booster = lgb.train(params, lgb.Dataset(x, y, feature_name=names + RATING_EXTRA), p.rating_trees)
+        fitted = booster.predict(x, num_threads=p.threads)
+        self.info.update(rating_train_pairs=int(len(y)),
+                         rating_train_rmse=round(float(np.sqrt(np.mean((fitted - y) ** 2))), 4))
+        return booster
+
+    def predicts_ratings(self) -> bool:
+        """Whether :meth:`predict_ratings` has a rating model (explicit ratings were learned)."""
+        return self.rating_booster is not None
+
+    def predict_ratings(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        """Predicted ratings of (user row, item column) pairs, within the training ratings' range."""
+        gens, base, _ = self._parts()
+        if self.rating_booster is None or self.baseline is None:
+            raise ModelError("ranker: no rating model (ratings are not explicit, or models.ranker.ratings=off)")
+        user_rows, item_rows = np.asarray(user_rows, np.int64), np.asarray(item_rows, np.int64)
+        out = np.empty(len(user_rows), np.float32)
+        order = np.argsort(user_rows, kind="stable")
+        users, starts = np.unique(user_rows[order], return_index=True)
+        bounds = np.append(starts, len(order))
+        step = self.params.chunk_users
+        for lo in range(0, len(users), step):
+            rows = users[lo:lo + step]
+            span = order[bounds[lo]:bounds[min(lo + step, len(users))]]
+            position = np.searchsorted(rows, user_rows[span])
+            cands = generate(gens, self._ks(), rows, base.history, pairs=(position, item_rows[span]))
+            pred = self.rating_booster.predict(rating_features(base, self.baseline, cands, rows),
+                                               num_threads=self.params.threads)
+            out[span] = np.clip(pred, self.baseline.low, self.baseline.high)
+        return out
+
+    @staticmethod
+    def _side_names(features: SideFeatures | None) -> tuple[np.ndarray, np.ndarray]:
+        empty = np.asarray([], dtype=object)
+        if features is None:
+            return empty, empty
+        return features.item_names, features.user_names
+
+    # -- scoring -------------------------------------------------------------------
+    def _parts(self) -> tuple[list[Recommender], FeatureBase, Any]:
+        if self.base is None or self.booster is None or not self.generators:
+            raise ModelError(f"{self.family}: model is not fitted")
+        return self.generators, self.base, self.booster
+
+    def score(self, user_rows: np.ndarray) -> np.ndarray:
+        """The booster's scores of each user's candidates; -inf for every other item."""
+        gens, base, booster = self._parts()
+        rows = np.asarray(user_rows, np.int64)
+        out = np.full((len(rows), base.n_items), -np.inf, np.float32)
+        for lo in range(0, len(rows), self.params.chunk_users):
+            part = rows[lo:lo + self.params.chunk_users]
+            cands = generate(gens, self._ks(), part, base.history)
+            if not len(cands.item):
+                continue
+            pred = booster.predict(candidate_features(base, cands, part), num_threads=self.params.threads)
+            out[lo + cands.user, cands.item] = pred
+        return out
+
+    def _neighbour_source(self) -> Recommender | None:
+        return next((g for g in self._parts()[0] if g.has_similar_items()), None)
+
+    def similar_items(self, item_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Its first generator's item neighbours (the ranker learns a user-item order, not item-item)."""
+        source = self._neighbour_source()
+        if source is None:
+            return (np.full((len(item_rows), n), -1, np.int64), np.full((len(item_rows), n), -np.inf, np.float32))
+        return source.similar_items(item_rows, n)
+
+    def has_similar_items(self) -> bool:
+        return self._neighbour_source() is not None
+
+    def item_embedding(self) -> np.ndarray | None:
+        return self._parts()[1].embedding
+
+    # -- artifact ------------------------------------------------------------------
+    def _state(self) -> dict[str, np.ndarray]:
+        gens, base, booster = self._parts()
+        out: dict[str, np.ndarray] = {"booster": np.frombuffer(booster.model_to_string().encode(), np.uint8),
+                                      "base_scalars": np.asarray([base.end, base.origin, base.n_items,
+                                                                  base._span], np.int64)}
+        for j, g in enumerate(gens):
+            out.update({f"g{j}__{k}": v for k, v in g._state().items()})
+        if self.rating_booster is not None and self.baseline is not None:
+            out["rating_booster"] = np.frombuffer(self.rating_booster.model_to_string().encode(), np.uint8)
+            out.update(self.baseline.state("baseline__"))
+        for name in _BASE_ARRAYS:
+            out[f"base__{name}"] = getattr(base, name)
+        for name in _BASE_SPARSE:
+            m = getattr(base, name)
+            if m is not None:
+                out.update({f"sp__{name}__data": m.data, f"sp__{name}__indices": m.indices,
+                            f"sp__{name}__indptr": m.indptr, f"sp__{name}__shape": np.asarray(m.shape, np.int64)})
+        return out
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        lgb = _lgb()
+        self.booster = lgb.Booster(model_str=arrays["booster"].tobytes().decode())
+        if "rating_booster" in arrays:
+            self.rating_booster = lgb.Booster(model_str=arrays["rating_booster"].tobytes().decode())
+            self.baseline = BiasBaseline.restore(arrays, "baseline__")
+        base = FeatureBase.__new__(FeatureBase)
+        base.end, base.origin, base.n_items, base._span = (int(v) for v in arrays["base_scalars"])
+        for name in _BASE_ARRAYS:
+            setattr(base, name, arrays[f"base__{name}"])
+        for name in _BASE_SPARSE:
+            if f"sp__{name}__data" in arrays:
+                shape = tuple(int(v) for v in arrays[f"sp__{name}__shape"])
+                setattr(base, name, sp.csr_matrix((arrays[f"sp__{name}__data"], arrays[f"sp__{name}__indices"],
+                                                   arrays[f"sp__{name}__indptr"]), shape=shape))
+            else:
+                setattr(base, name, None)
+        self.base = base
+        self.generators = []
+        for j, name in enumerate(self._names()):
+            cls = get_family(name)
+            g = cls(cls.params_type.model_validate(self.params.generator_params.get(name, {})), seed=self.seed)
+            prefix = f"g{j}__"
+            g._restore({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+            self.generators.append(g)
+
+
+__all__ = ["RankerModel", "sample_negatives"]
