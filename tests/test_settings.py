@@ -21,7 +21,8 @@ def test_defaults_and_derived_paths(tmp_path):
     assert s.db_url == f"sqlite:///{tmp_path / 'recjobs.db'}"
     assert s.inbox == tmp_path / "inbox" and Lake.of(s).ratings == tmp_path / "lake" / "ratings"
     assert s.evaluate.k == 10 and s.publish.top_n == 50 and s.ingest.max_invalid_share == 0.01
-    assert s.families == ["popularity", "als", "lightfm", "tfrs", "ease", "itemknn", "userknn", "sequence", "ranker"]
+    # userknn and ranker are opt-in: the ranker cannot yet fit a 10-minute night at full size.
+    assert s.families == ["popularity", "als", "lightfm", "tfrs", "ease", "itemknn", "sequence"]
 
 
 def test_default_home_is_expanded_under_the_users_home(monkeypatch, tmp_path):
