@@ -58,7 +58,10 @@ SPECIFIC = {  # subcommand: [(arguments after the subcommand, what the message m
     "ingest": [(["/nonexistent/ratings.csv"], "/nonexistent/ratings.csv"), (["x" * 5000], "xxxx"),
                (["--columns", "user_id"], "user_id"), (["--columns", "foo=bar"], "foo"),
                (["--columns", "user_id="], "user_id="), (["--movielens", "/nonexistent"], "/nonexistent")],
-    "split": [(["--date", END, "--set", "split.holdout_days=1000"], "split.holdout_days")],
+    # An explicit global_time protocol with a holdout longer than the data leaves nothing to train on
+    # (split.protocol=auto would fall back to per_user instead, which is not an error).
+    "split": [(["--date", END, "--set", "split.protocol=global_time", "--set", "split.holdout_days=1000"],
+               "split.holdout_days")],
     "train": [(["--date", END, "--family", "bogus"], "bogus"), (["--date", END], "--family"),
               (["--date", END, "--family", ""], "''"), (["--date", END, "--family", "ALS"], "ALS"),
               (["--date", END, "--family", "'; DROP TABLE model_runs;--"], "DROP TABLE"),
@@ -194,7 +197,8 @@ def _error_lines(stderr: str) -> list[str]:
 @pytest.mark.parametrize(("args", "env", "needle"), [
     (["train", "--date", END, "--family", "bogus"], {}, "bogus"),
     (["tune", "--date", END, "--family", "als", "--grid", "{bad"], {}, "{bad"),
-    (["split", "--date", END, "--set", "split.holdout_days=1000"], {}, "split.holdout_days"),
+    (["split", "--date", END, "--set", "split.protocol=global_time", "--set", "split.holdout_days=1000"], {},
+     "split.holdout_days"),
     (["initdb"], {"RECJOBS_DATABASE_URL": "notaurl"}, "RECJOBS_DATABASE_URL"),
     (["initdb"], {"RECJOBS_DATABASE_URL": "nosuchdb+driver://u:Pw1@h/db"}, "RECJOBS_DATABASE_URL"),
     (["settings"], {"RECJOBS_DATABASE_URL": "postgresql://bob:Pw1@h:port/db"}, "RECJOBS_DATABASE_URL"),

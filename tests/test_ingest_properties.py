@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, Phase, event, given
+from hypothesis import HealthCheck, Phase, event, example, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
@@ -141,6 +141,12 @@ def _timestamp_token(k: int, style: int) -> str:
             "not-a-time", ""][style]
 
 
+def _valid_id(text: str | None) -> bool:
+    """The documented id rule, independently: any non-empty text without U+0000 (which
+    PostgreSQL text cannot hold, so both databases refuse it at ingest)."""
+    return bool(text) and "\x00" not in text
+
+
 def _parse_rating(text: str) -> float | None:
     """The documented rule, independently: a decimal number within rating_min..rating_max."""
     text = text.strip()
@@ -234,7 +240,7 @@ def read_with_csv(data: bytes, delimiter: str) -> Outcome:
         out.other_lines += last - first
         user, item = fields[pos[C.USER]], fields[pos[C.ITEM]]
         rating, ms = _parse_rating(fields[pos[C.RATING]]), _parse_time(fields[pos[C.TIMESTAMP]])
-        if user and item and rating is not None and ms is not None:
+        if _valid_id(user) and _valid_id(item) and rating is not None and ms is not None:
             out.lake.pop((user, item, ms), None)
             out.lake[(user, item, ms)] = rating
         else:
@@ -244,6 +250,9 @@ def read_with_csv(data: bytes, delimiter: str) -> Outcome:
 
 @PROFILE
 @given(text_files())
+# An id holding U+0000 is a bad value, not a row (drawn by chance only in some runs' examples).
+@example((b"user_id,item_id,rating,timestamp\nnul\x00id,i1,4,881250949\nu1,i\x00,4,881250949\nu1,i1,4,881250949\n",
+          ".csv", 16))
 def test_text_files_ingest_as_pythons_csv_module_reads_them(home: tuple[Path, sa.Engine],
                                                             case: tuple[bytes, str, int]) -> None:
     data, suffix, batch_rows = case
@@ -351,7 +360,7 @@ def parquet_files(draw: st.DrawFn) -> tuple[pa.Table, Outcome, int, int]:
     table = pa.table({name: columns[name] for name in order})
     expected = Outcome(n, {}, Counter())
     for row, (u, i, r, ms) in enumerate(zip(user_text, item_text, rating_value, time_ms, strict=True), start=1):
-        if u and i and r is not None and ms is not None:
+        if _valid_id(u) and _valid_id(i) and r is not None and ms is not None:
             expected.lake.pop((u, i, ms), None)
             expected.lake[(u, i, ms)] = r
         else:
