@@ -383,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("guard", parents=[common, dated],
                        help="the guards of a date: show their checks, run the input guard, or let the night through")
-    p.add_argument("action", choices=["show", "check", "allow"],
-                   help="show: the recorded checks; check: run the input guard now; allow: let the date through")
+    p.add_argument("action", nargs="?", choices=["show", "check", "allow"], default="show",
+                   help="show (default): the recorded checks; check: run the input guard now; allow: let the date "
+                        "through")
     p.add_argument("--stage", choices=["input", "output", "all"], default="all", help="allow: which guard (default all)")
     p.add_argument("--note", help="allow: why (recorded with the allow)")
     p.set_defaults(func=cmd_guard)
