@@ -68,6 +68,8 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
     families, run_date = got["params"]["families"], got["params"]["run_date"]
     assert families["examples"] == list(FAMILIES) and families["items"] == {"enum": list(FAMILIES)}
     assert run_date["format"] == "date" and "YYYY" not in run_date["help"]
+    # An operator lets a held night through (README 'Guards'); off unless set.
+    assert got["params"]["guard_allow"]["type"] == "boolean" and "guard" in got["params"]["guard_allow"]["help"]
     # Tasks log through `logging`: print() output lands after the task in Airflow's log, some lines twice.
     for source in (ROOT / "dags").glob("*.py"):
         assert "print(" not in source.read_text(), source
