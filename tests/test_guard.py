@@ -51,8 +51,8 @@ def _write_ratings(inbox: Path, last_night_rows: int) -> None:
     pd.concat(frames).to_csv(inbox / "ratings.csv", index=False)
 
 
-def _settings(tmp_path: Path, **guard: object):  # noqa: ANN202
-    return load_settings({"home": str(tmp_path / "home"), "families": ["popularity"],
+def _settings(tmp_path: Path, database_url: str | None = None, **guard: object):  # noqa: ANN202
+    return load_settings({"home": str(tmp_path / "home"), "families": ["popularity"], "database_url": database_url,
                           "publish": {"top_n": 5}, "guard": {**GUARD, **guard}}, environ={})
 
 
@@ -147,7 +147,14 @@ def test_a_collapsed_night_is_held_and_yesterday_stays_live_until_an_operator_le
         assert conn.execute(sa.text("SELECT COUNT(*) FROM publications WHERE run_date = :d"),
                             {"d": tonight}).scalar_one() == 0
 
-    home = ["--set", f"home={settings.home}", "--set", f"guard.min_judged_rows={GUARD['min_judged_rows']}"]
+    home = ["--set", f"home={settings.home}", "--set", f"guard.min_judged_rows={GUARD['min_judged_rows']}",
+            "--set", "publish.top_n=5", "--set", 'families=["popularity"]']
+    # The command line, each stage in its own process as in Airflow: one line, exit 1, nothing published.
+    capsys.readouterr()
+    assert main(["run", "--date", tonight, "--no-ingest", *home]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("recjobs run: input guard held") and f"recjobs guard allow --date {tonight}" in err
+    assert _live(engine) == live
     assert main(["guard", "allow", "--date", tonight, "--note", "a short night, checked", *home]) == 0
     assert main(["guard", "show", "--date", tonight, *home]) == 0
     shown = capsys.readouterr().out
@@ -160,19 +167,24 @@ def test_a_collapsed_night_is_held_and_yesterday_stays_live_until_an_operator_le
     assert ledger.guarded_row(engine, dt.date.fromisoformat(tonight)) is None
 
 
-def test_a_champion_whose_lists_collapse_is_kept_as_history_only(tmp_path):
-    settings = _settings(tmp_path)
+# On PostgreSQL too: the output guard reads the live lists through the view apps read.
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_champion_whose_lists_collapse_is_kept_as_history_only(tmp_path, request, backend):
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    settings = _settings(tmp_path, url)
     _write_ratings(settings.inbox, last_night_rows=ROWS_A_NIGHT)
     engine = engine_for(settings)
     yesterday, tonight = _day(DAYS - 2), _day(DAYS - 1)
     run_pipeline(settings, yesterday)
     live = _live(engine)
     # A catalogue coverage no five-item list of popular items reaches.
-    strict = _settings(tmp_path, min_coverage=0.9)
+    strict = _settings(tmp_path, url, min_coverage=0.9)
     with pytest.raises(GuardedError, match=r"output guard held .*coverage = 0\.\d+ \(threshold >= 0\.9"):
         run_pipeline(strict, tonight, ingest=False)
     assert _live(engine) == live
     assert _failed(engine, tonight, "output") == {"coverage": "held"}
+    overlap = next(r for r in checks_of(engine, dt.date.fromisoformat(tonight)) if r.check_name == "overlap")
+    assert overlap.passed and 0 < overlap.value <= 1  # compared with the live lists of sampled users
     with engine.connect() as conn:
         kept = conn.execute(sa.text("SELECT history_only, is_live FROM publications WHERE run_date = :d "
                                     "AND kind = 'recommendations'"), {"d": tonight}).one()
