@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from recjobs.cli import main
+from recjobs.dashboard.page import render
 from recjobs.db import ledger
 from recjobs.errors import GuardedError
 from recjobs.guard import ListStats, NightStats, checks_of, input_checks, output_checks
@@ -146,6 +147,10 @@ def test_a_collapsed_night_is_held_and_yesterday_stays_live_until_an_operator_le
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM publications WHERE run_date = :d"),
                             {"d": tonight}).scalar_one() == 0
+    # The dashboard's guard panel lists the held checks, with their values and thresholds.
+    page = render(engine, settings=settings)
+    panel = page[page.index('id="guards"'):].split("</table>")[0]
+    assert tonight in panel and "rows_ratio" in panel and "held" in panel and "trailing median" in panel
 
     home = ["--set", f"home={settings.home}", "--set", f"guard.min_judged_rows={GUARD['min_judged_rows']}",
             "--set", "publish.top_n=5", "--set", 'families=["popularity"]']
