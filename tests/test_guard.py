@@ -100,6 +100,9 @@ def test_input_checks_hold_a_collapse_and_a_flood_but_judge_no_first_night():
     assert {c.name for c in input_checks(_night(7, 400), trailing, 0.0, g) if not c.passed} == {
         "rows_ratio", "users_ratio", "items_ratio"}
     assert all(c.passed for c in input_checks(_night(7, 90), trailing, 0.0, g))
+    # A day that is not over (a manual run for today) is short by nature; a flood still fails.
+    assert all(c.passed for c in input_checks(_night(7, 10), trailing, 0.0, g, day_over=False))
+    assert not all(c.passed for c in input_checks(_night(7, 400), trailing, 0.0, g, day_over=False))
     # Two trailing nights are fewer than guard.min_trailing_nights: recorded with a note, passed.
     few = input_checks(_night(2, 1), trailing[:2], None, g)
     assert all(c.passed for c in few)

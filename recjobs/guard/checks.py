@@ -116,21 +116,27 @@ def _few(trailing: int, g: GuardSettings) -> str:
 
 
 def input_checks(night: NightStats, trailing: Sequence[NightStats], quarantine_share: float | None,
-                 g: GuardSettings) -> list[Check]:
-    """The input guard's checks of ``night`` against the ``trailing`` nights (oldest first)."""
+                 g: GuardSettings, day_over: bool = True) -> list[Check]:
+    """The input guard's checks of ``night`` against the ``trailing`` nights (oldest first).
+
+    ``day_over`` False: the night is still running (a manual run for today), so a short
+    volume is expected and only the upper bounds are judged.
+    """
     median_rows = float(np.median([t.rows for t in trailing])) if trailing else 0.0
     enough = len(trailing) >= g.min_trailing_nights and median_rows >= g.min_judged_rows
     few = ("" if enough else _few(len(trailing), g) if len(trailing) < g.min_trailing_nights else
            f"trailing median {median_rows:g} rows a night (guard.min_judged_rows = {g.min_judged_rows}): "
            "recorded, not judged")
-    checks = [Check("min_rows", float(night.rows), f">= {g.min_rows}", not enough or night.rows >= g.min_rows, few)]
-    band = (g.min_volume_ratio, g.max_volume_ratio)
+    running = "" if day_over else "the day is not over: only the upper bound is judged"
+    checks = [Check("min_rows", float(night.rows), f">= {g.min_rows}",
+                    not enough or not day_over or night.rows >= g.min_rows, few or running)]
+    band = (g.min_volume_ratio if day_over else 0.0, g.max_volume_ratio)
     for name in ("rows", "users", "items"):
         median = float(np.median([getattr(t, name) for t in trailing])) if trailing else 0.0
         ratio = getattr(night, name) / median if median > 0 else None
         threshold = f"{band[0]:g}..{band[1]:g} x trailing median {median:g}"
         passed = not enough or (ratio is not None and band[0] <= ratio <= band[1])
-        checks.append(Check(f"{name}_ratio", ratio, threshold, passed, few))
+        checks.append(Check(f"{name}_ratio", ratio, threshold, passed, few or running))
     for name, new, active in (("new_users", "new_users", "users"), ("new_items", "new_items", "items")):
         share = getattr(night, new) / getattr(night, active) if getattr(night, active) else 0.0
         shares = [getattr(t, new) / getattr(t, active) for t in trailing if getattr(t, active)]
