@@ -30,17 +30,17 @@ ROWS_A_NIGHT = 60
 GUARD = {"min_judged_rows": 10, "min_rating_rows": 20}
 
 
-def _day(i: int) -> str:
+def night(i: int) -> str:
     return (FIRST + dt.timedelta(days=i)).isoformat()
 
 
-def _write_ratings(inbox: Path, last_night_rows: int) -> None:
+def write_nights(inbox: Path, last_night_rows: int) -> None:
     """``DAYS`` nights of ``ROWS_A_NIGHT`` ratings by 40 users of 30 items; the last night has ``last_night_rows``."""
     rng = np.random.default_rng(11)
     frames = []
     for i in range(DAYS):
         n = last_night_rows if i == DAYS - 1 else ROWS_A_NIGHT
-        start = pd.Timestamp(_day(i), tz="UTC")
+        start = pd.Timestamp(night(i), tz="UTC")
         frames.append(pd.DataFrame({
             "user_id": [f"u{u}" for u in rng.integers(0, 40, n)],
             "item_id": [f"i{int(x)}" for x in np.minimum(rng.zipf(1.6, n), 30)],
@@ -129,9 +129,9 @@ def test_output_checks_catch_collapsed_lists_and_a_metric_drop():
 # -- the pipeline --------------------------------------------------------------------------
 def test_a_collapsed_night_is_held_and_yesterday_stays_live_until_an_operator_lets_it_through(tmp_path, capsys):
     settings = _settings(tmp_path)
-    _write_ratings(settings.inbox, last_night_rows=4)
+    write_nights(settings.inbox, last_night_rows=4)
     engine = engine_for(settings)
-    yesterday, tonight = _day(DAYS - 2), _day(DAYS - 1)
+    yesterday, tonight = night(DAYS - 2), night(DAYS - 1)
     run_pipeline(settings, yesterday)
     live = _live(engine)
     assert live[0] == yesterday
@@ -180,9 +180,9 @@ def test_a_collapsed_night_is_held_and_yesterday_stays_live_until_an_operator_le
 def test_a_champion_whose_lists_collapse_is_kept_as_history_only(tmp_path, request, backend):
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
     settings = _settings(tmp_path, url)
-    _write_ratings(settings.inbox, last_night_rows=ROWS_A_NIGHT)
+    write_nights(settings.inbox, last_night_rows=ROWS_A_NIGHT)
     engine = engine_for(settings)
-    yesterday, tonight = _day(DAYS - 2), _day(DAYS - 1)
+    yesterday, tonight = night(DAYS - 2), night(DAYS - 1)
     run_pipeline(settings, yesterday)
     live = _live(engine)
     # A catalogue coverage no five-item list of popular items reaches.
