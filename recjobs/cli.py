@@ -269,7 +269,9 @@ def cmd_guard(args: argparse.Namespace) -> int:
     from recjobs.pipeline import engine_for, run_day
 
     settings = _settings(args)
-    day = run_day(settings, args.date)  # a bad date fails before the database is opened
+    day = run_day(settings, args.date)  # a bad date (or note) fails before the database is opened
+    if args.action == "allow" and args.note and ("\x00" in args.note or len(args.note) > 2000):
+        raise UsageError("--note must be text of at most 2,000 characters without NUL")
     engine = engine_for(settings)
     if args.action == "allow":
         stages = STAGES if args.stage == "all" else (args.stage,)

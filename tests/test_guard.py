@@ -212,6 +212,8 @@ def test_a_champion_whose_lists_collapse_is_kept_as_history_only(tmp_path, reque
     (["guard", "allow", "--date", "2026-03-01", "--stage", "both"], "invalid choice: 'both'"),
     (["guard", "wave", "--date", "2026-03-01"], "invalid choice: 'wave'"),
     (["guard", "allow"], "--date"),
+    (["guard", "allow", "--date", "2026-03-01", "--note", "a\x00b"], "--note"),
+    (["guard", "allow", "--date", "2026-03-01", "--note", "x" * 2001], "--note"),
     (["guard", "allow", "--date", "2026-03-01", "--set", "guard.min_volume_ratio=-0.1"], "guard.min_volume_ratio"),
     (["guard", "allow", "--date", "2026-03-01", "--set", "guard.max_rating_distance=NaN"],
      "guard.max_rating_distance"),
