@@ -163,6 +163,9 @@ def test_a_collapsed_night_is_held_and_yesterday_stays_live_until_an_operator_le
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("recjobs run: input guard held") and f"recjobs guard allow --date {tonight}" in err
     assert _live(engine) == live
+    # `guard check` runs the input guard alone: held again, until an operator lets it through.
+    assert main(["guard", "check", "--date", tonight, *home]) == 1
+    assert "input guard held" in capsys.readouterr().err
     assert main(["guard", "allow", "--date", tonight, "--note", "a short night, checked", *home]) == 0
     assert main(["guard", "show", "--date", tonight, *home]) == 0
     shown = capsys.readouterr().out
