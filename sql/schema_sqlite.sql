@@ -2,6 +2,22 @@
 
 -- The project applies it itself (recjobs initdb, and every stage on start).
 
+CREATE TABLE guard_checks (
+	id INTEGER NOT NULL, 
+	run_date VARCHAR(10) NOT NULL, 
+	stage VARCHAR(16) NOT NULL, 
+	check_name VARCHAR(32) NOT NULL, 
+	value FLOAT, 
+	threshold TEXT, 
+	passed BOOLEAN NOT NULL, 
+	decision VARCHAR(16) NOT NULL, 
+	note TEXT, 
+	created_at DATETIME NOT NULL, 
+	PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_guard_checks_date_stage ON guard_checks (run_date, stage);
+
 CREATE TABLE ingest_log (
 	content_hash VARCHAR(64) NOT NULL, 
 	source_path TEXT NOT NULL, 

@@ -95,6 +95,28 @@ ingest_log = sa.Table(
     sa.Column("reason", sa.Text),
 )
 
+# The guards' checks (recjobs.guard): one row per check of a date's input (before the split)
+# or output (the champion's lists, before they go live), with the value, the threshold it was
+# held to, whether it passed and the stage's decision; an operator's allow is a row too
+# (check 'operator_allow'), which later runs of the date honour. A rerun replaces the
+# date's rows of the stage, allows excepted.
+guard_checks = sa.Table(
+    "guard_checks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_date", sa.String(10), nullable=False),
+    sa.Column("stage", sa.String(16), nullable=False),  # input | output
+    sa.Column("check_name", sa.String(32), nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("threshold", sa.Text),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    # passed | held | allowed (the stage's outcome, on each of its rows)
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index("ix_guard_checks_date_stage", guard_checks.c.run_date, guard_checks.c.stage)
+
 publications = sa.Table(
     "publications",
     metadata,

@@ -114,6 +114,17 @@ def rejection_reason(engine: Engine, digest: str) -> str | None:
     return row.reason or "no reason recorded"
 
 
+
+def quarantine_counts(engine: Engine, day: str) -> tuple[int, int]:
+    """(rows read, rows quarantined) of the ingested rating files that delivered rows of ``day``."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(ingest_log.c.rows_read, ingest_log.c.rows_quarantined, ingest_log.c.partitions)
+                            .where(ingest_log.c.kind == "ratings", ingest_log.c.partitions.contains(day),
+                                   sa.or_(ingest_log.c.status.is_(None),
+                                          ingest_log.c.status == STATUS_INGESTED))).all()
+    mine = [r for r in rows if day in (r.partitions or "").split(",")]
+    return sum(r.rows_read for r in mine), sum(r.rows_quarantined for r in mine)
+
 _JUDGED = " [judged under ingest settings "
 
 

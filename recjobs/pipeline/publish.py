@@ -18,7 +18,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from recjobs.data.interactions import Interactions
 from recjobs.db import ledger
-from recjobs.errors import PipelineError
+from recjobs.errors import GuardedError, PipelineError
+from recjobs.guard.stage import check_output
 from recjobs.models.base import Recommender
 from recjobs.pipeline.split import load_matrix, run_day
 from recjobs.publish.locks import SwapPolicy
@@ -99,6 +100,8 @@ def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) 
     """Load every shard's staged lists as new versions and swap them live (see recjobs.publish).
 
     Fails naming the missing shards if any has not been ranked, before touching the database.
+    Lists the output guard holds (recjobs.guard) are loaded as history only, and then
+    :class:`GuardedError` says why; the live lists stay.
     """
     day = run_day(settings, run_date)
     shards = settings.publish.shards
@@ -116,6 +119,8 @@ def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) 
                             f"(no {folder.staging}/<list>/part-N-of-{shards:04d}.parquet); run "
                             f"`recjobs publish --date {day} --shard N` for each, or rerun those mapped tasks")
     _check_not_empty(settings, day, parts["recommendations"], len(model.user_ids))
+    # The output guard (recjobs.guard): lists that collapsed are loaded as history only.
+    guard = check_output(settings, engine, day, parts["recommendations"], len(model.item_ids), len(model.user_ids))
     p = settings.publish
     fallback = _fallback_lists(settings, day, load_matrix(settings, day, "full"))
 
@@ -126,15 +131,19 @@ def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) 
         if recs.live:
             replace_fallback_lists(conn, *fallback)
         ledger.record_publish(conn, day, meta["family"], version, recs.live,
-                              f"{recs.rows} rows in {recs.table_name}")
+                              f"{recs.rows} rows in {recs.table_name}" + (f"; {guard.reason}" if guard.held else ""))
 
     lists = {kind: read_staging(paths, arrow=True) for kind, paths in parts.items()}
     results = publish_lists(engine, day.isoformat(), version, lists, p.keep_versions, history=True,
                             history_days=p.history_days, swap=SwapPolicy.of(p),
-                            horizon=future_horizon(settings.runs.max_future_days), in_swap=in_swap)
+                            horizon=future_horizon(settings.runs.max_future_days), in_swap=in_swap,
+                            history_only=guard.held)
     for r in results:
         log.info("published %s: %d rows to %s in %.1fs (%s)", r.kind, r.rows, r.table_name, r.seconds,
-                 "live" if r.live else "history only: a newer date is live")
+                 "live" if r.live else "history only: " + ("held by the output guard" if guard.held
+                                                           else "a newer date is live"))
+    if guard.held:
+        raise GuardedError(guard.reason)
     return results
 
 

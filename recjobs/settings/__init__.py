@@ -32,6 +32,7 @@ from recjobs.settings._sections import (
     ColdStartSettings,
     EvaluateSettings,
     GateSettings,
+    GuardSettings,
     IngestSettings,
     PublishSettings,
     RerankSettings,
@@ -45,7 +46,7 @@ from recjobs.settings._sections import (
 
 __all__ = [
     "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "ColdStartSettings", "EASEParams",
-    "EvaluateSettings", "GateSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
+    "EvaluateSettings", "GateSettings", "GuardSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
     "PopularityParams", "PublishSettings", "RankerParams", "RerankSettings", "RulesSettings", "RunsSettings",
     "SequenceParams", "Settings", "SettingsError", "SplitSettings", "TFRSParams", "UserKNNParams",
     "database_url_problem", "load_settings", "mask_url",
