@@ -83,7 +83,7 @@ def rank_shard(settings: Settings, run_date: str | dt.date, shard: int = 0) -> l
             # Users with very few interactions may be ranked by item neighbours (coldstart.min_interactions).
             ranker = for_ranking(model, seen, settings.coldstart)
             # publish.ann: rank vector families through an index (recjobs.ranking.ann); built once per shard.
-            ranker = for_publish(ranker, p, seen.matrix)
+            ranker = for_publish(ranker, p, seen.exclusions())
             post = build_postprocess(settings, day, ranker, seen)
             frames = user_frames(ranker, seen, p.top_n, p.chunk_users, shard_span(len(model.user_ids), shard, shards),
                                   post)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recjobs.data.feedback import Pairs, apply_feedback
 from recjobs.data.interactions import Events, Holdout, Interactions
 from recjobs.data.lake import Lake
 from recjobs.data.split import plan_split
@@ -33,8 +34,10 @@ def run_day(settings: Settings, run_date: str | dt.date) -> dt.date:
     return check_run_date(parse_date(run_date), settings.runs.max_future_days)
 
 
-def load_events(settings: Settings, run_date: dt.date) -> Events:
-    """The date's training window from the lake, coded; fails clearly when it is empty."""
+def load_feedback(settings: Settings, run_date: dt.date) -> tuple[Events, Pairs | None]:
+    """The date's training window from the lake, coded and weighted by ``settings.feedback``
+    (:func:`~recjobs.data.feedback.apply_feedback`), with the negative events' pairs; fails
+    clearly when it is empty."""
     cutoff, start = window(settings, run_date)
     lake = Lake.of(settings)
     events = lake.read_events(cutoff, start)
@@ -43,10 +46,19 @@ def load_events(settings: Settings, run_date: dt.date) -> Events:
             f"no interactions before {cutoff.isoformat()} in {lake.ratings}: "
             "ingest some first (recjobs ingest PATH)"
         )
-    return events
+    events, excluded = apply_feedback(events, settings.feedback)
+    if not len(events):
+        raise PipelineError(f"no positive interactions before {cutoff.isoformat()} in {lake.ratings}: every event "
+                            f"is negative (feedback.exclude) or under feedback.min_weight={settings.feedback.min_weight:g}")
+    return events, excluded
 
 
-def _fingerprint(ordered: Events) -> str:
+def load_events(settings: Settings, run_date: dt.date) -> Events:
+    """The date's training window from the lake, coded and weighted (see :func:`load_feedback`)."""
+    return load_feedback(settings, run_date)[0]
+
+
+def _fingerprint(ordered: Events, excluded: Pairs | None = None) -> str:
     # ``ordered`` is in (user, time, item) order, canonical since ingest keeps (user, item,
     # timestamp) unique; ids are hashed by value, so the digest depends on the data only.
     digest = hashlib.sha256()
@@ -54,6 +66,10 @@ def _fingerprint(ordered: Events) -> str:
         digest.update(np.ascontiguousarray(array).tobytes())
     for ids in (ordered.user_ids, ordered.item_ids):
         digest.update("\x1f".join(map(str, ids)).encode())
+    # Typed events: which rows are truth and which pairs are excluded are data too.
+    for extra in (ordered.relevant, *(excluded or ())):
+        if extra is not None:
+            digest.update(np.ascontiguousarray(extra).tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -69,7 +85,7 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
     started = time.perf_counter()
     with Heartbeat(log, f"split {day}") as beat:
         beat.phase("reading the window from the lake")
-        events = load_events(settings, day)
+        events, excluded = load_feedback(settings, day)
         log.info("read %d interactions for %s in %.1fs", len(events), day, time.perf_counter() - started)
         # The split's protocol (split.protocol) decides the masks; its global_time cutoff, if
         # any, is measured back from the run's cutoff.
@@ -84,14 +100,15 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
         folder = RunFolder.of(settings, day)
         out = folder.root
         out.mkdir(parents=True, exist_ok=True)
-        fingerprint = _fingerprint(events)
+        fingerprint = _fingerprint(events, excluded)
         # One matrix at a time, each freed once saved: the stage's peak memory is its task's.
         beat.phase("writing the full matrix (everything before the cutoff)")
-        Interactions.from_events(events, time_ordered=True).save(folder.matrix("full"))
+        Interactions.from_events(events, time_ordered=True, excluded=excluded).save(folder.matrix("full"))
         train = events.take(in_train)
         n_train = len(train)
         beat.phase(f"writing the training matrix ({n_train:,} rows)")
-        train_data = Interactions.from_events(train, time_ordered=True)
+        # Negative pairs are excluded when evaluating too: the gate judges lists as they would be published.
+        train_data = Interactions.from_events(train, time_ordered=True, excluded=excluded)
         del train
         train_data.save(folder.matrix("train"))
         holdout = events.take(held)
@@ -131,4 +148,4 @@ def load_matrix(settings: Settings, day: dt.date, part: str) -> Interactions:
     return Interactions.load(path)
 
 
-__all__ = ["load_events", "load_matrix", "prepare", "run_day"]
+__all__ = ["load_events", "load_feedback", "load_matrix", "prepare", "run_day"]

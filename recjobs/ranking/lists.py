@@ -62,8 +62,10 @@ def ranked_frames(
 def user_frames(model: Recommender, seen: Interactions, n: int, chunk: int,
                  span: range | None = None, post: PostProcess | None = None) -> Iterator[pd.DataFrame]:
     # ``post``: business rules and re-ranking (recjobs.ranking.rerank); None ranks as the model does.
+    # Seen items, and the pairs of negative events (settings.feedback), are never listed.
+    exclude = seen.exclusions() if post is None else None
     rank = ((lambda rows: post.recommend(rows, n)) if post is not None
-            else (lambda rows: model.recommend(rows, n, exclude=seen.matrix)))
+            else (lambda rows: model.recommend(rows, n, exclude=exclude)))
     return ranked_frames(model.user_ids, model.item_ids, rank,
                           (C.USER, C.ITEM), chunk, model.info.get("model_version", ""), span, model.ranking_order)
 

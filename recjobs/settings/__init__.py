@@ -31,6 +31,7 @@ from recjobs.settings._sections import (
     AirflowSettings,
     ColdStartSettings,
     EvaluateSettings,
+    FeedbackSettings,
     GateSettings,
     IngestSettings,
     PublishSettings,
@@ -45,7 +46,7 @@ from recjobs.settings._sections import (
 
 __all__ = [
     "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "ColdStartSettings", "EASEParams",
-    "EvaluateSettings", "GateSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
+    "EvaluateSettings", "FeedbackSettings", "GateSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
     "PopularityParams", "PublishSettings", "RankerParams", "RerankSettings", "RulesSettings", "RunsSettings",
     "SequenceParams", "Settings", "SettingsError", "SplitSettings", "TFRSParams", "UserKNNParams",
     "database_url_problem", "load_settings", "mask_url",
