@@ -22,17 +22,16 @@ from recjobs.data import (
     Holdout,
     Interactions,
     Lake,
+    apply_feedback,
     events_of,
     generate,
     split_events,
     write_inbox,
 )
-from recjobs.data.feedback import apply_feedback
 from recjobs.errors import SettingsError
 from recjobs.ingest import IngestError, ingest_file
 from recjobs.models import get_family
-from recjobs.pipeline import engine_for, run_pipeline
-from recjobs.pipeline.split import load_feedback, load_matrix, prepare
+from recjobs.pipeline import engine_for, load_feedback, load_matrix, prepare, run_pipeline
 from recjobs.runs import cutoff_of
 from recjobs.settings import Settings, load_settings
 from tests.conftest import SMALL
