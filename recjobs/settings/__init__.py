@@ -34,6 +34,7 @@ from recjobs.settings._sections import (
     FeedbackSettings,
     GateSettings,
     IngestSettings,
+    ItemSegmentsSettings,
     PublishSettings,
     RerankSettings,
     RulesSettings,
@@ -46,7 +47,7 @@ from recjobs.settings._sections import (
 
 __all__ = [
     "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "ColdStartSettings", "EASEParams",
-    "EvaluateSettings", "FeedbackSettings", "GateSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
+    "EvaluateSettings", "FeedbackSettings", "GateSettings", "IngestSettings", "ItemSegmentsSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
     "PopularityParams", "PublishSettings", "RankerParams", "RerankSettings", "RulesSettings", "RunsSettings",
     "SequenceParams", "Settings", "SettingsError", "SplitSettings", "TFRSParams", "UserKNNParams",
     "database_url_problem", "load_settings", "mask_url",

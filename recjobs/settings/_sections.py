@@ -143,6 +143,29 @@ class FeedbackSettings(Strict):
         return frozenset(self.weights) | frozenset(self.exclude)
 
 
+class ItemSegmentsSettings(Strict):
+    """``item_segments``: for each item, the users most likely to want it (campaign audiences)."""
+
+    # Users listed per item, by the champion's scores with each user's seen (and excluded)
+    # items left out; 0 (the default) publishes no segments: they cost a scoring pass as
+    # large as the recommendations'.
+    top_users: int = Field(0, ge=0, le=MAX_LIST)
+    # Only these item ids (a campaign's items); None: every item no rule excludes.
+    items: list[str] | None = None
+
+    @field_validator("items")
+    @classmethod
+    def _ids(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("an empty list selects no item; unset it for every item")
+        bad = [v for v in value if not v or "\x00" in v]
+        if bad:
+            raise ValueError(f"item ids must be non-empty text without NUL characters, got {bad[:3]!r}")
+        return value
+
+
 class SplitSettings(Strict):
     # per_user: each user's latest holdout_fraction of interactions is the truth.
     # global_time: one cutoff per run date; train strictly before it, truth at or after it
@@ -374,6 +397,7 @@ class Settings(Strict):
     coldstart: ColdStartSettings = ColdStartSettings()
     rules: RulesSettings = RulesSettings()
     rerank: RerankSettings = RerankSettings()
+    item_segments: ItemSegmentsSettings = ItemSegmentsSettings()
 
     @field_validator("home", "inbox_dir", "database_url", mode="before")
     @classmethod
