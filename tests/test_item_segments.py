@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from recjobs import columns as C
-from recjobs.db.schema import schema_sql
+from recjobs.db import schema_sql
 from recjobs.errors import SettingsError
 from recjobs.pipeline import (
     engine_for,
@@ -104,3 +104,25 @@ def test_item_segments_settings_errors_name_the_setting(tmp_path, override, name
 def test_item_segments_are_in_the_schema_files():
     for dialect in ("sqlite", "postgresql"):
         assert "CREATE VIEW item_segments AS SELECT item_id, user_id, rank, score" in schema_sql(dialect)
+
+
+def test_item_segments_on_postgresql_with_shards_and_a_rollback(small_inbox, postgres_url):
+    from recjobs.publish import rollback_lists
+
+    settings = load_settings({"home": str(small_inbox[0].parents[1]), "database_url": postgres_url,
+                              "families": ["popularity"], "publish": {"top_n": 5, "shards": 2},
+                              "item_segments": {"top_users": M}}, environ={})
+    run_pipeline(settings, DAY)
+    engine = engine_for(settings)
+    first = segments(engine)
+    want = expected_segments(settings).sort_values([C.ITEM, C.RANK])
+    assert list(zip(first[C.ITEM], first[C.USER], strict=True)) == list(zip(want[C.ITEM], want[C.USER], strict=True))
+    # A second publish of the date, then a rollback: the segments move back with the lists.
+    day = pd.Timestamp(DAY).date()
+    for shard in range(2):
+        rank_shard(settings, day, shard)
+    load_published(settings, engine, day)
+    moves = rollback_lists(engine)
+    assert isinstance(moves["item_segments"], tuple)
+    pd.testing.assert_frame_equal(segments(engine), first)
+    engine.dispose()
