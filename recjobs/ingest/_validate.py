@@ -135,7 +135,7 @@ def validate(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.
         rating = rating.astype("float64")
     lo, hi = settings.ingest.rating_min, settings.ingest.rating_max
     if C.EVENT_TYPE in frame.columns and raw_rating.isna().all() and settings.ingest.default_rating is None:
-        flag(~typed, "no event_type and no rating (the file has no rating column; ingest.default_rating is unset)")
+        flag(~typed, "no event_type and no rating (and ingest.default_rating is unset)")
     flag(~typed & rating.isna(), "rating is not a number")
     flag(~typed & ~rating.between(lo, hi), f"rating outside [{lo:g}, {hi:g}]")
     rating = rating.where(rating.between(lo, hi))  # typed rows: a valid rating or none

@@ -68,7 +68,7 @@ def _published_kinds(settings: Settings, model: Recommender) -> list[str]:
     return kinds + ["item_segments"] if settings.item_segments.top_users > 0 else kinds
 
 
-def segment_items(settings: Settings, item_ids: np.ndarray, blocked: np.ndarray | None) -> np.ndarray:
+def _segment_items(settings: Settings, item_ids: np.ndarray, blocked: np.ndarray | None) -> np.ndarray:
     """Indices of the items that get a segment: ``item_segments.items`` (default every item), less blocked ones."""
     wanted = np.ones(len(item_ids), bool)
     chosen = settings.item_segments.items
@@ -92,7 +92,7 @@ def _segment_frames(settings: Settings, day: dt.date, model: Recommender, seen: 
     if rules_active(settings):
         rules = load_rules(settings, day, seen.user_ids, seen.item_ids)
         exclude, blocked = rules.exclude(exclude), rules.blocked
-    items = segment_items(settings, model.item_ids, blocked)
+    items = _segment_items(settings, model.item_ids, blocked)
     span = shard_span(len(model.user_ids), shard, settings.publish.shards)
     return segment_frames(ranker, exclude, items, settings.item_segments.top_users, settings.publish.chunk_users, span)
 
