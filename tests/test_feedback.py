@@ -32,7 +32,7 @@ from recjobs.errors import SettingsError
 from recjobs.ingest import IngestError, ingest_file
 from recjobs.models import get_family
 from recjobs.pipeline import engine_for, load_feedback, load_matrix, prepare, run_pipeline
-from recjobs.runs import cutoff_of
+from recjobs.runs import RunFolder, cutoff_of
 from recjobs.settings import Settings, load_settings
 from tests.conftest import SMALL
 
@@ -294,3 +294,21 @@ def test_split_of_typed_events_writes_weights_and_exclusions(settings, engine, t
     assert full.typed and (full.matrix.data == 2.0).all()
     events, excluded = apply_feedback(Lake.of(settings).read_events(cutoff_of(DAY)), settings.feedback)
     assert excluded is not None and len(excluded[0]) == 1
+
+
+def test_a_negative_after_the_holdout_cutoff_does_not_reach_back_into_training(settings, engine, tmp_path):
+    day = 86_400
+    rows = [("u1", "a", "purchase", 0), ("u1", "b", "click", 1), ("u2", "a", "click", 1), ("u2", "b", "purchase", 2),
+            ("u1", "a", "dislike", 21 * day), ("u2", "c", "purchase", 21 * day + 1)]
+    ingest_file(event_file(tmp_path / "events.csv", rows), settings, engine)
+    split = load_settings({"home": str(settings.home),
+                           "split": {"protocol": "global_time", "holdout_days": 1}}, environ={})
+    prepare(split, DAY)
+    train, full = load_matrix(split, DAY, "train"), load_matrix(split, DAY, "full")
+    dense = pd.DataFrame(train.matrix.toarray(), index=train.user_ids, columns=train.item_ids)
+    assert dense.loc["u1", "a"] == 8.0 and train.excluded.nnz == 0  # what was known at the cutoff
+    # Publishing knows everything before the date's end: the dislike takes the pair out and excludes it.
+    u1, a = int(np.flatnonzero(full.user_ids == "u1")[0]), int(np.flatnonzero(full.item_ids == "a")[0])
+    assert full.matrix[u1, a] == 0 and full.excluded[u1, a] == 1
+    holdout = Holdout.load(RunFolder.of(split, DAY).matrix("holdout"))
+    assert len(holdout.user_rows) == 1 and holdout.ratings is None  # u2's purchase of c; the dislike is no truth

@@ -180,7 +180,7 @@ def evaluate_model(
     i = holdout.item_cols.astype(np.int64)
     # Holdout pairs the user already interacted with in training are repeats, not
     # discoveries; seen items are excluded from rankings, so drop them from the truth too.
-    seen = train.matrix
+    seen = train.exclusions()  # and pairs of negative events (typed feedback), which are never listed
     known = i < train.n_items
     if len(u):
         in_train = np.zeros(len(u), dtype=bool)
@@ -206,13 +206,12 @@ def evaluate_model(
     diversity = np.full(len(users), np.nan)
     novelty = np.full(len(users), np.nan)
     recommended = np.zeros(train.n_items, dtype=bool)
-    exclude = train.exclusions()  # seen items, and negative events' pairs (settings.feedback)
     for lo in range(0, len(users), chunk_users):
         batch = users[lo : lo + chunk_users]
         part = slice(lo, lo + len(batch))
         # ``rank`` (recjobs.ranking.rerank): the lists as published, after business rules and
         # re-ranking, k columns best first; default: the model's own top-k.
-        top, _ = rank(batch) if rank is not None else model.recommend(batch, k, exclude=exclude)
+        top, _ = rank(batch) if rank is not None else model.recommend(batch, k, exclude=seen)
         valid = top >= 0
         recommended[top[valid]] = True
         a, b = np.searchsorted(ku, [batch[0], batch[-1] + 1])
