@@ -18,7 +18,7 @@ lists stay live. After looking, trigger the day again with *Let the guards throu
 
 **Assets**: `ingest` and `split` read `recjobs.ratings_lake`; `ingest` emits an event
 for it when it added rows; `publish` emits `recjobs.recommendations` and
-`recjobs.similar_items` events only for the lists it made live (not for a backfilled
+`recjobs.similar_items` (and `recjobs.item_segments`) events only for the lists it made live (not for a backfilled
 date kept as history only). Schedule downstream DAGs on them (`from recjobs_airflow
 import RECOMMENDATIONS`).
 """
@@ -46,6 +46,7 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.append(str(Path(__file__).parent))
 
 from recjobs_airflow import (
+    ITEM_SEGMENTS,
     LAKE_UPDATES,
     LIVE_PUBLICATIONS,
     PUBLISHED_ASSETS,
@@ -231,7 +232,7 @@ def recs_nightly() -> None:
 
     # Inlets: publish reads the live lists (which version is live, what to prune); declaring the
     # Assets here also registers them, so the events added through the alias find them.
-    @task(inlets=[RECOMMENDATIONS, SIMILAR_ITEMS], outlets=[LIVE_PUBLICATIONS])
+    @task(inlets=[RECOMMENDATIONS, SIMILAR_ITEMS, ITEM_SEGMENTS], outlets=[LIVE_PUBLICATIONS])
     def publish() -> int:
         from recjobs.errors import GuardedError
         from recjobs.pipeline import engine_for, load_published

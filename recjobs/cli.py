@@ -84,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = SyntheticSpec()
     # A bad date (an empty one too) fails before anything is written.
     day = run_day(settings, spec.end if args.date is None else args.date)
-    paths = write_inbox(settings.inbox, spec)
+    paths = write_inbox(settings.inbox, spec, events=args.events)
     print(f"generated sample data: {', '.join(str(p) for p in paths)}")
     report = run_pipeline(settings, day, isolate=settings.runs.isolate_stages)
     _print_run(report)
@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="generate sample data and run the whole pipeline")
     p.add_argument("--date", help="logical date (default: the sample's last day)")
+    p.add_argument("--events", action="store_true",
+                   help="generate an event log (view, click, add_to_cart, purchase, dislike, return) instead of "
+                        "ratings; weighted as the feedback settings say")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("run", parents=[common, dated], help="the whole pipeline for one date, as the DAG runs it")
     p.add_argument("--families", help="comma-separated subset of model families")

@@ -60,7 +60,7 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
     assert got["lineage"] == {
         "ingest": [[lake], ["recjobs.lake_updates"]],
         "split": [[lake], []],
-        "publish": [[recs, similar], ["recjobs.live_publications"]],
+        "publish": [["recjobs.item_segments", recs, similar], ["recjobs.live_publications"]],
     }
     assert got["inbox"] == [["ingest", "wait_for_files"], "ContinuousTimetable", "reschedule"]
     # The trigger form: `examples` make families a multi-select of the known families (the UI

@@ -32,7 +32,7 @@ from recjobs.db.engine import is_sqlite
 from recjobs.db.schema import ingest_log
 from recjobs.errors import IngestError
 from recjobs.ingest._report import STATUS_INGESTED, STATUS_MERGING, STATUS_REJECTED, IngestReport
-from recjobs.settings import Settings
+from recjobs.settings import FeedbackSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,11 @@ def judged_under(settings: Settings) -> str:
     values = {"columns": ingest.columns, "default_rating": ingest.default_rating,
               "max_invalid_share": ingest.max_invalid_share, "rating_max": ingest.rating_max,
               "rating_min": ingest.rating_min}
+    # The event types ingest accepts (feedback.weights / feedback.exclude) decide too; named only when
+    # they differ from the defaults, so rejections recorded before types existed keep their tail.
+    known = sorted(settings.feedback.known_types)
+    if known != sorted(FeedbackSettings().known_types):
+        values["event_types"] = known
     return f"{_JUDGED}{json.dumps(values, sort_keys=True)}]"
 
 
