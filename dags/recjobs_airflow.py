@@ -34,7 +34,8 @@ log = logging.getLogger("recjobs.dags")
 RATINGS_LAKE = Asset(name="recjobs.ratings_lake", uri="recjobs://lake/ratings", group="recjobs")
 RECOMMENDATIONS = Asset(name="recjobs.recommendations", uri="recjobs://database/recommendations", group="recjobs")
 SIMILAR_ITEMS = Asset(name="recjobs.similar_items", uri="recjobs://database/similar_items", group="recjobs")
-PUBLISHED_ASSETS = {"recommendations": RECOMMENDATIONS, "similar_items": SIMILAR_ITEMS}
+ITEM_SEGMENTS = Asset(name="recjobs.item_segments", uri="recjobs://database/item_segments", group="recjobs")
+PUBLISHED_ASSETS = {"recommendations": RECOMMENDATIONS, "similar_items": SIMILAR_ITEMS, "item_segments": ITEM_SEGMENTS}
 # A task names the alias as its outlet and adds an event for a real Asset only when it changed it.
 LAKE_UPDATES = AssetAlias(name="recjobs.lake_updates", group="recjobs")
 LIVE_PUBLICATIONS = AssetAlias(name="recjobs.live_publications", group="recjobs")

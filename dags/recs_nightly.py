@@ -11,9 +11,14 @@ trigger's logical date is when it was triggered (the form's *Logical date*, defa
 now), so it computes today with the data up to now; tonight's run recomputes today with
 the whole day and replaces it.
 
+**Guards**: `split` first runs the input guard, `publish` the output guard (README
+'Guards'); a held night fails that task with the checks that failed, and yesterday's
+lists stay live. After looking, trigger the day again with *Let the guards through*
+(`guard_allow`), or run `recjobs guard allow --date D` and clear the run's tasks.
+
 **Assets**: `ingest` and `split` read `recjobs.ratings_lake`; `ingest` emits an event
 for it when it added rows; `publish` emits `recjobs.recommendations` and
-`recjobs.similar_items` events only for the lists it made live (not for a backfilled
+`recjobs.similar_items` (and `recjobs.item_segments`) events only for the lists it made live (not for a backfilled
 date kept as history only). Schedule downstream DAGs on them (`from recjobs_airflow
 import RECOMMENDATIONS`).
 """
@@ -41,6 +46,7 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.append(str(Path(__file__).parent))
 
 from recjobs_airflow import (
+    ITEM_SEGMENTS,
     LAKE_UPDATES,
     LIVE_PUBLICATIONS,
     PUBLISHED_ASSETS,
@@ -104,6 +110,10 @@ def _run_date(context: dict[str, Any]) -> str:
                                       "for a manual run the data up to now."),
         "train_window_days": Param(None, type=["null", "integer"], minimum=1, title="Training window (days)",
                                    description="Train on the last N days only. Empty: all history."),
+        "guard_allow": Param(False, type="boolean", title="Let the guards through",
+                             description="Publish this run's day even if the input or output guard would hold it "
+                                         "(recorded in guard_checks, as `recjobs guard allow --date D`). Use it "
+                                         "after looking at why the night was held."),
     },
     tags=["recjobs"],
     doc_md=__doc__,
@@ -124,10 +134,20 @@ def recs_nightly() -> None:
 
     @task(inlets=[RATINGS_LAKE])
     def split() -> str:
-        from recjobs.pipeline import prepare
+        from recjobs.errors import GuardedError
+        from recjobs.guard import check_input
+        from recjobs.pipeline import engine_for, prepare
 
         context = get_current_context()
-        return str(prepare(task_settings(context["params"]), _run_date(context)))
+        settings = task_settings(context["params"])
+        day = _run_date(context)
+        try:
+            # The input guard first (README 'Guards'); guard_allow lets the date through.
+            check_input(settings, engine_for(settings), day, allow_night=bool(context["params"].get("guard_allow")))
+        except GuardedError as exc:
+            # Recorded (guard_checks, a 'guarded' gate row); a retry would hold it again.
+            raise AirflowFailException(str(exc)) from None
+        return str(prepare(settings, day))
 
     def train_and_evaluate(family: str):  # noqa: ANN202 - returns the two task objects
         @task(task_id=f"train_{family}", **TRAIN_QUEUE)
@@ -160,6 +180,7 @@ def recs_nightly() -> None:
     # detection does not see it). Gate order comes from model_runs instead: see below.
     @task(trigger_rule="all_done")
     def promote() -> str:
+        from recjobs.errors import GuardedError
         from recjobs.pipeline import NoCandidatesError, earlier_dates_in_flight, engine_for
         from recjobs.pipeline import promote as gate
 
@@ -183,7 +204,7 @@ def recs_nightly() -> None:
             note = f"stopped waiting for earlier date(s) {dates} after {waited} (gate.wait_timeout_minutes)"
         try:
             decision = gate(settings, engine, day, note=note)  # logs the decision and its reason
-        except NoCandidatesError as exc:
+        except (NoCandidatesError, GuardedError) as exc:
             # Recorded in model_runs (status no_candidates); retrying cannot produce candidates.
             raise AirflowFailException(str(exc)) from None
         return decision.family
@@ -211,14 +232,19 @@ def recs_nightly() -> None:
 
     # Inlets: publish reads the live lists (which version is live, what to prune); declaring the
     # Assets here also registers them, so the events added through the alias find them.
-    @task(inlets=[RECOMMENDATIONS, SIMILAR_ITEMS], outlets=[LIVE_PUBLICATIONS])
+    @task(inlets=[RECOMMENDATIONS, SIMILAR_ITEMS, ITEM_SEGMENTS], outlets=[LIVE_PUBLICATIONS])
     def publish() -> int:
+        from recjobs.errors import GuardedError
         from recjobs.pipeline import engine_for, load_published
 
         context = get_current_context()
         settings = task_settings(context["params"])
         day = _run_date(context)
-        results = load_published(settings, engine_for(settings), day)  # logs each list, live or not
+        try:
+            results = load_published(settings, engine_for(settings), day)  # logs each list, live or not
+        except GuardedError as exc:
+            # The output guard kept the lists as history only (recorded); the live lists stay.
+            raise AirflowFailException(str(exc)) from None
         for r in results:
             if r.live:
                 # Plain str/int: the extra goes to Airflow as msgpack (table_name is SQLAlchemy's quoted_name).

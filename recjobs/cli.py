@@ -84,7 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = SyntheticSpec()
     # A bad date (an empty one too) fails before anything is written.
     day = run_day(settings, spec.end if args.date is None else args.date)
-    paths = write_inbox(settings.inbox, spec)
+    paths = write_inbox(settings.inbox, spec, events=args.events)
     print(f"generated sample data: {', '.join(str(p) for p in paths)}")
     report = run_pipeline(settings, day, isolate=settings.runs.isolate_stages)
     _print_run(report)
@@ -264,6 +264,34 @@ def _grid(text: str, settings: Settings, family: str) -> dict[str, list[Any]]:
     return grid
 
 
+def cmd_guard(args: argparse.Namespace) -> int:
+    from recjobs.guard import STAGES, allow, check_input, checks_of
+    from recjobs.pipeline import engine_for, run_day
+
+    settings = _settings(args)
+    day = run_day(settings, args.date)  # a bad date (or note) fails before the database is opened
+    if args.action == "allow" and args.note and ("\x00" in args.note or len(args.note) > 2000):
+        raise UsageError("--note must be text of at most 2,000 characters without NUL")
+    engine = engine_for(settings)
+    if args.action == "allow":
+        stages = STAGES if args.stage == "all" else (args.stage,)
+        allow(settings, engine, day, stages, args.note or "")
+        print(f"{day}: let through the {' and '.join(stages)} guard(s); rerun the night "
+              f"(`recjobs run --date {day}`, or clear the DAG run's tasks) to publish it")
+        return 0
+    if args.action == "check":
+        outcome = check_input(settings, engine, day)  # a held night raises: one line, exit 1
+        print(outcome.reason)
+    rows = checks_of(engine, day)
+    if not rows:
+        print(f"{day}: no guard checks recorded")
+    for r in rows:
+        value = "-" if r.value is None else f"{r.value:.4g}"
+        print(f"{r.stage:<7}{r.check_name:<19}{value:>10}  {'ok  ' if r.passed else 'FAIL'}  {r.decision:<8}"
+              f"{r.threshold or ''}{f' ({r.note})' if r.note else ''}")
+    return 0
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     settings = _settings(args)
     shown = settings.model_dump(mode="json")
@@ -311,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="generate sample data and run the whole pipeline")
     p.add_argument("--date", help="logical date (default: the sample's last day)")
+    p.add_argument("--events", action="store_true",
+                   help="generate an event log (view, click, add_to_cart, purchase, dislike, return) instead of "
+                        "ratings; weighted as the feedback settings say")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("run", parents=[common, dated], help="the whole pipeline for one date, as the DAG runs it")
     p.add_argument("--families", help="comma-separated subset of model families")
@@ -355,6 +386,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", required=True, type=_family)
     p.add_argument("--grid", help='JSON grid, e.g. \'{"factors": [32, 64]}\' (default: the documented grid)')
     p.set_defaults(func=cmd_tune)
+    p = sub.add_parser("guard", parents=[common, dated],
+                       help="the guards of a date: show their checks, run the input guard, or let the night through")
+    p.add_argument("action", nargs="?", choices=["show", "check", "allow"], default="show",
+                   help="show (default): the recorded checks; check: run the input guard now; allow: let the date "
+                        "through")
+    p.add_argument("--stage", choices=["input", "output", "all"], default="all", help="allow: which guard (default all)")
+    p.add_argument("--note", help="allow: why (recorded with the allow)")
+    p.set_defaults(func=cmd_guard)
     p = sub.add_parser("settings", parents=[common], help="print the effective settings")
     p.set_defaults(func=cmd_settings)
     return parser

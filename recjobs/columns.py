@@ -20,5 +20,6 @@ WEIGHT: Final = "weight"
 TITLE: Final = "title"
 SIMILAR_ITEM: Final = "similar_item_id"
 SEGMENT: Final = "segment"  # a user feature, e.g. occupation=writer (cold start)
+EVENT_TYPE: Final = "event_type"  # optional: a typed event (view, purchase, ...), weighted by settings.feedback
 
 INTERACTION_COLUMNS: Final = (USER, ITEM, RATING, TIMESTAMP)

@@ -62,6 +62,14 @@ class NoCandidatesError(PipelineError):
     """The date has no evaluated candidate to gate; its 'no_candidates' gate row says why."""
 
 
+class GuardedError(PipelineError):
+    """A guard held the night (recjobs.guard): its input or its lists are outside their thresholds.
+
+    The message names each failed check with its value and threshold, and the command that
+    lets the night through; the live lists are unchanged.
+    """
+
+
 class RunDateError(PipelineError):
     """A run date is malformed, or later than the guard allows (``runs.max_future_days``)."""
 
@@ -77,7 +85,7 @@ class SwapTimeoutError(PublishError):
 
 
 __all__ = [
-    "ArtifactError", "DatabaseError", "IngestError", "LakeLockTimeout", "ModelError", "NoCandidatesError",
+    "ArtifactError", "DatabaseError", "GuardedError", "IngestError", "LakeLockTimeout", "ModelError", "NoCandidatesError",
     "PipelineError", "PublishError", "RecjobsError", "RulesError", "RunDateError", "SettingsError",
     "SwapTimeoutError", "UsageError",
 ]

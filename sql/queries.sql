@@ -8,6 +8,8 @@
 --   model_version  text     e.g. lightfm-20260131-full-1a2b3c4d (family, logical date, hash)
 --   generated_at   timestamp with time zone of the publish
 -- similar_items (same guarantees): item_id, similar_item_id, rank, score, model_version, generated_at
+-- item_segments (same guarantees): item_id, user_id, rank, score, model_version, generated_at
+--   the users most likely to want each item, seen items left out (empty unless item_segments.top_users is set)
 -- popular_items: rank, item_id, score (interaction count), run_date: fallback for unknown users
 --   (per segment of users: segment_popular_items and user_segments; fallback query in coldstart.sql)
 -- recommendations_history: run_date, user_id, item_id, rank, score, model_version (every published date)
@@ -55,3 +57,10 @@ SELECT run_date, family, ndcg_at_k, status, reason
 FROM model_runs
 WHERE stage IN ('candidate', 'gate')
 ORDER BY run_date, stage, family;
+
+-- A campaign's audience: the users most likely to want an item who have not interacted with it.
+SELECT user_id, score
+FROM item_segments
+WHERE item_id = :item_id
+ORDER BY rank
+LIMIT 100;

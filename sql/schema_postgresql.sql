@@ -2,6 +2,22 @@
 
 -- The project applies it itself (recjobs initdb, and every stage on start).
 
+CREATE TABLE guard_checks (
+	id SERIAL NOT NULL, 
+	run_date VARCHAR(10) NOT NULL, 
+	stage VARCHAR(16) NOT NULL, 
+	check_name VARCHAR(32) NOT NULL, 
+	value FLOAT, 
+	threshold TEXT, 
+	passed BOOLEAN NOT NULL, 
+	decision VARCHAR(16) NOT NULL, 
+	note TEXT, 
+	created_at TIMESTAMP WITH TIME ZONE NOT NULL, 
+	PRIMARY KEY (id)
+);
+
+CREATE INDEX ix_guard_checks_date_stage ON guard_checks (run_date, stage);
+
 CREATE TABLE ingest_log (
 	content_hash VARCHAR(64) NOT NULL, 
 	source_path TEXT NOT NULL, 
@@ -152,3 +168,18 @@ CREATE TABLE similar_items_v0 (
 CREATE UNIQUE INDEX ix_similar_items_v0_key ON similar_items_v0 (item_id, rank);
 
 CREATE VIEW similar_items AS SELECT item_id, similar_item_id, rank, score, model_version, generated_at FROM similar_items_v0;
+
+-- item_segments: versioned tables item_segments_v<N>; apps read the view `item_segments`.
+
+CREATE TABLE item_segments_v0 (
+	item_id TEXT NOT NULL, 
+	user_id TEXT NOT NULL, 
+	rank INTEGER NOT NULL, 
+	score FLOAT NOT NULL, 
+	model_version VARCHAR(128) NOT NULL, 
+	generated_at TIMESTAMP WITH TIME ZONE NOT NULL
+);
+
+CREATE UNIQUE INDEX ix_item_segments_v0_key ON item_segments_v0 (item_id, rank);
+
+CREATE VIEW item_segments AS SELECT item_id, user_id, rank, score, model_version, generated_at FROM item_segments_v0;

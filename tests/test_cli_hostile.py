@@ -85,6 +85,11 @@ SPECIFIC = {  # subcommand: [(arguments after the subcommand, what the message m
              (["--date", END, "--family", "als", "--grid", LONG], LONG[:100]),
              (["--date", END, "--family", "bogus"], "bogus")],
     "settings": [],
+    "guard": [(["wave", "--date", END], "wave"), (["allow", "--date", END, "--stage", "both"], "both"),
+              (["allow", "--date", END, "--stage", ""], "''"),
+              (["allow", "--date", END, "--set", "guard.min_volume_ratio=5"], "max_volume_ratio"),
+              (["allow", "--date", END, "--set", "guard.max_new_share=-1"], "guard.max_new_share"),
+              (["allow", "--date", END, "--set", "guard.min_trailing_nights=9"], "trailing_nights")],
 }
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 
 from recjobs.data import Lake
@@ -59,7 +60,7 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
     assert got["lineage"] == {
         "ingest": [[lake], ["recjobs.lake_updates"]],
         "split": [[lake], []],
-        "publish": [[recs, similar], ["recjobs.live_publications"]],
+        "publish": [["recjobs.item_segments", recs, similar], ["recjobs.live_publications"]],
     }
     assert got["inbox"] == [["ingest", "wait_for_files"], "ContinuousTimetable", "reschedule"]
     # The trigger form: `examples` make families a multi-select of the known families (the UI
@@ -68,6 +69,8 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
     families, run_date = got["params"]["families"], got["params"]["run_date"]
     assert families["examples"] == list(FAMILIES) and families["items"] == {"enum": list(FAMILIES)}
     assert run_date["format"] == "date" and "YYYY" not in run_date["help"]
+    # An operator lets a held night through (README 'Guards'); off unless set.
+    assert got["params"]["guard_allow"]["type"] == "boolean" and "guard" in got["params"]["guard_allow"]["help"]
     # Tasks log through `logging`: print() output lands after the task in Airflow's log, some lines twice.
     for source in (ROOT / "dags").glob("*.py"):
         assert "print(" not in source.read_text(), source
@@ -200,3 +203,36 @@ def test_a_broken_recjobs_db_connection_fails_the_tasks_instead_of_publishing_lo
     assert "s3cret-pw" not in log
     # Nothing was written to the embedded SQLite default.
     assert not (settings.home / "recjobs.db").exists()
+
+
+@pytest.mark.slow
+def test_a_night_the_input_guard_holds_fails_its_split_and_guard_allow_publishes_it(airflow_env, settings):
+    from recjobs.pipeline import run_pipeline
+    from recjobs.settings import load_settings
+    from tests.test_guard import DAYS, GUARD, night, write_nights
+
+    write_nights(settings.inbox, last_night_rows=4)
+    env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "RECJOBS_FAMILIES": '["popularity"]',
+           "RECJOBS_PUBLISH__TOP_N": "5", **{f"RECJOBS_GUARD__{k.upper()}": str(v) for k, v in GUARD.items()}}
+    own = load_settings({"home": str(settings.home), "families": ["popularity"], "publish": {"top_n": 5},
+                         "guard": GUARD}, environ={})
+    run_pipeline(own, night(DAYS - 2))  # yesterday is live
+    tonight = night(DAYS - 1)
+    engine = make_engine(settings.db_url)
+
+    def live() -> str:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT run_date FROM publications WHERE is_live = :t AND "
+                                        "kind = 'recommendations'"), {"t": True}).scalar_one()
+
+    held = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", f"{tonight}T01:00:00+00:00", "-c",
+                           json.dumps({"run_date": tonight})], env=env, capture_output=True, text=True, timeout=900)
+    log = held.stdout + held.stderr
+    assert f"input guard held {tonight}: rows_ratio" in log, log[-5000:]
+    assert "state=failed" in log.split("Dag run")[-1] and live() == night(DAYS - 2)
+    let = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", f"{tonight}T02:00:00+00:00", "-c",
+                          json.dumps({"run_date": tonight, "guard_allow": True})], env=env, capture_output=True,
+                         text=True, timeout=900)
+    assert let.returncode == 0 and "state=success" in let.stdout + let.stderr, (let.stdout + let.stderr)[-5000:]
+    assert live() == tonight
+    engine.dispose()

@@ -138,12 +138,14 @@ def test_every_example_query_runs_on_published_data(db):
     publish_list(db, "recommendations", "2026-01-01", "v1", frames("v1"))
     publish_list(db, "similar_items", "2026-01-01", "v1", (
         f.rename(columns={C.USER: C.ITEM, C.ITEM: C.SIMILAR_ITEM}) for f in frames("v1")))
+    publish_list(db, "item_segments", "2026-01-01", "v1", (
+        f.rename(columns={C.USER: C.ITEM, C.ITEM: C.USER}) for f in frames("v1")))
     with db.begin() as conn:
         conn.execute(popular_items.insert(), [{C.RANK: r, C.ITEM: f"i{r}", C.SCORE: 10.0 - r, C.RUN_DATE: "2026-01-01"}
                                               for r in range(1, 6)])
     params = {"user_id": "u0003", "item_id": "u0003", "run_date": "2026-01-01"}
     queries = _queries()
-    assert len(queries) == 6
+    assert len(queries) == 7
     with db.connect() as conn:
         results = [conn.execute(sa.text(q), {k: v for k, v in params.items() if f":{k}" in q}).all() for q in queries]
         unknown = conn.execute(sa.text(queries[1]), {"user_id": "nobody"}).all()
@@ -151,6 +153,7 @@ def test_every_example_query_runs_on_published_data(db):
     assert {r.source for r in results[1]} == {"personal"}
     assert [r.source for r in unknown] == ["popular"] * 5 and unknown[0].item_id == "i1"
     assert results[4][0].model_version == "v1"
+    assert len(results[6]) == TOP and results[6][0].score == 1.0  # a campaign's audience, best first
 
 
 def test_cli_rollback_repoints_live_lists_and_records_it(tmp_path):

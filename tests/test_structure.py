@@ -139,6 +139,8 @@ def test_each_fact_has_one_owner():
     owners = {
         # model_runs rows are written by the ledger only.
         r"model_runs\.(insert|update|delete)\(": {"recjobs/db/ledger.py"},
+        # guard_checks rows are written by the guards' record module only.
+        r"guard_checks\.(insert|update|delete)\(": {"recjobs/guard/record.py"},
         # ingest_log rows likewise.
         r"ingest_log\.(insert|update|delete)\(": {"recjobs/ingest/ledger.py"},
         # Only the lake takes the lake's lock.

@@ -111,6 +111,18 @@ def gate_decisions(engine: Engine, limit: int = 30) -> pd.DataFrame:
                           "ORDER BY run_date DESC, id DESC LIMIT :n", n=limit)
 
 
+def guard_checks(engine: Engine, limit: int = 40) -> pd.DataFrame:
+    """The latest nights' failed guard checks and operators' allows (README 'Guards'), newest first.
+
+    Empty for a database made before the guards (its table comes with the next stage that runs).
+    """
+    if not sa.inspect(engine).has_table("guard_checks"):
+        return pd.DataFrame()
+    return _frame(engine, "SELECT run_date, stage, check_name, value, threshold, decision, note FROM guard_checks "
+                          "WHERE passed = :f OR check_name = 'operator_allow' ORDER BY run_date DESC, id LIMIT :n",
+                  f=False, n=limit)
+
+
 # -- one user: history beside recommendations ------------------------------------------------
 def item_titles(engine: Engine) -> dict[str, str]:
     """Item id -> title from the ``items`` table (empty when no titles were ingested)."""
@@ -275,6 +287,6 @@ def champion_map(engine: Engine, settings: Settings | None = None) -> EmbeddingM
 
 __all__ = [
     "Champion", "DASHBOARD_TABLES", "DASHBOARD_VIEWS", "LiveArtifact", "UserLookup", "champion", "champion_map",
-    "close_ids", "full_matrix", "gate_decisions", "ingest_by_date", "item_titles", "live_artifact", "lookup_user",
+    "close_ids", "full_matrix", "gate_decisions", "guard_checks", "ingest_by_date", "item_titles", "live_artifact", "lookup_user",
     "metrics_by_date", "missing_schema", "sqlite_file_missing",
 ]

@@ -29,6 +29,7 @@ from recjobs.dashboard.data import (
     champion,
     champion_map,
     gate_decisions,
+    guard_checks,
     ingest_by_date,
     lookup_user,
     metrics_by_date,
@@ -235,6 +236,8 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
             out.append(f'<div class="vchart" id="embedding-map" data-points="{len(emap.points)}"></div>')
             scripts.append(_spec_script("embedding-map", embedding_map_spec(f"{base}api/embedding", emap.explained)))
     out.append("<h2>Gate decisions</h2>" + _table(_gate_table(gate_decisions(engine)), "gate"))
+    out.append("<h2>Guards: failed checks and allows</h2>"
+               + _table(guard_checks(engine), "guards", "no night held or let through"))
     if not metrics.empty:
         latest = metrics[metrics["run_date"] == metrics["run_date"].max()]
         out.append("<h2>Latest candidates</h2>" + _table(latest, "latest"))

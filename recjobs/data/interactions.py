@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +32,27 @@ class Events:
     items: np.ndarray
     ratings: np.ndarray
     millis: np.ndarray
+    # As read from the lake: per row, a code into ``type_names`` (-1: no type, a rating); None
+    # when no row is typed.
+    types: np.ndarray | None = None
+    type_names: np.ndarray | None = None
+    # After :func:`recjobs.data.feedback.apply_feedback` on typed events: ``ratings`` are the
+    # types' weights, and this marks the rows that count as relevant when held out (None: all).
+    relevant: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.users)
 
+    @property
+    def typed(self) -> bool:
+        """Whether the rows are weighted typed events (a pair then weighs its strongest event)."""
+        return self.relevant is not None
+
     def take(self, rows: np.ndarray) -> Events:
         """The rows selected by ``rows`` (indices or a mask), with the same id arrays."""
         return Events(self.user_ids, self.item_ids, self.users[rows], self.items[rows], self.ratings[rows],
-                      self.millis[rows])
+                      self.millis[rows], None if self.types is None else self.types[rows], self.type_names,
+                      None if self.relevant is None else self.relevant[rows])
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> Events:
@@ -48,7 +61,15 @@ class Events:
         item_ids, items = _sorted_codes(frame[C.ITEM].to_numpy(dtype=object))
         epoch = pd.Timestamp(0, tz="UTC")
         millis = ((frame[C.TIMESTAMP] - epoch) // pd.Timedelta(milliseconds=1)).to_numpy(dtype=np.int64)
-        return cls(user_ids, item_ids, users, items, frame[C.RATING].to_numpy(dtype=np.float32), millis)
+        types = type_names = None
+        if C.EVENT_TYPE in frame.columns and frame[C.EVENT_TYPE].notna().any():
+            typed = frame[C.EVENT_TYPE].notna().to_numpy()
+            type_names, codes = np.unique(frame[C.EVENT_TYPE][typed].astype(str).to_numpy(dtype=object),
+                                          return_inverse=True)
+            types = np.full(len(frame), -1, np.int16)
+            types[typed] = codes
+        return cls(user_ids, item_ids, users, items, frame[C.RATING].to_numpy(dtype=np.float32), millis,
+                   types, None if type_names is None else type_names.astype(object))
 
     @classmethod
     def from_arrow(cls, table: pa.Table) -> Events:
@@ -65,8 +86,13 @@ class Events:
             rank[order] = np.arange(len(order), dtype=np.int32)
             codes[col] = (distinct[order], rank[encoded.indices.to_numpy(zero_copy_only=False)])
         millis = table[C.TIMESTAMP].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
+        types = type_names = None
+        if C.EVENT_TYPE in table.column_names and table[C.EVENT_TYPE].null_count < table.num_rows:
+            encoded = pc.dictionary_encode(table[C.EVENT_TYPE].cast(pa.string()).combine_chunks())
+            type_names = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+            types = pc.fill_null(encoded.indices, -1).cast(pa.int16()).to_numpy(zero_copy_only=False)
         return cls(codes[C.USER][0], codes[C.ITEM][0], codes[C.USER][1], codes[C.ITEM][1],
-                   table[C.RATING].to_numpy().astype(np.float32), millis)
+                   table[C.RATING].to_numpy().astype(np.float32), millis, types, type_names)
 
 
 def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,18 +150,32 @@ def ordered_by_user_time_item(users: np.ndarray, millis: np.ndarray, items: np.n
 _PAIR_BLOCK = 16_000_000
 
 
-def _latest_per_pair(rows: np.ndarray, cols: np.ndarray, n_items: int) -> np.ndarray:
-    """Indices of each distinct (row, col) pair's last row, in (row, col) order.
+def _latest_per_pair(rows: np.ndarray, cols: np.ndarray, n_items: int,
+                     values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Indices of each distinct (row, col) pair's last row, in (row, col) order, and with
+    ``values`` given, each pair's largest value (typed events: the strongest event counts).
 
     Rows come in time order (within each user at least), so a stable sort by (user,
     item) leaves each repeated pair's latest row last in its run.
     """
     if not len(rows):
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), None if values is None else np.zeros(0, np.float32)
     pair = rows.astype(np.int64) * max(n_items, 1) + cols
     by_pair = np.argsort(pair, kind="stable")
     pair = pair[by_pair]
-    return by_pair[np.flatnonzero(np.append(pair[1:] != pair[:-1], True))]
+    ends = np.append(pair[1:] != pair[:-1], True)
+    if values is None:
+        return by_pair[np.flatnonzero(ends)], None
+    starts = np.flatnonzero(np.insert(ends[:-1], 0, True))
+    return by_pair[np.flatnonzero(ends)], np.maximum.reduceat(values[by_pair], starts)
+
+
+def _code_map(ids: np.ndarray, codes: np.ndarray, target: np.ndarray | None) -> np.ndarray:
+    """Per code over ``ids``: its code after :func:`_recode` with the same arguments (-1: dropped)."""
+    if target is None:
+        used = np.bincount(codes, minlength=len(ids)) > 0
+        return np.where(used, np.cumsum(used, dtype=np.int64) - 1, -1)
+    return positions(target, ids)
 
 
 @dataclass(frozen=True)
@@ -154,6 +194,11 @@ class Interactions:
     matrix: sp.csr_matrix
     item_last_seen: np.ndarray
     pair_seconds: np.ndarray | None = None
+    # Typed events (settings.feedback): ``matrix`` holds each pair's weight, which models take as
+    # its confidence (:meth:`confidences`), and ``excluded`` (users x items, binary) the pairs of
+    # negative events, never recommended (:meth:`exclusions`). Rating data: False and None.
+    typed: bool = False
+    excluded: sp.csr_matrix | None = None
 
     @property
     def n_users(self) -> int:
@@ -184,12 +229,23 @@ class Interactions:
         user_ids: np.ndarray | None = None,
         item_ids: np.ndarray | None = None,
         time_ordered: bool = False,
+        excluded: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Interactions:
         """The matrix of ``events`` over their own ids (only those that occur), or over given id lists.
 
         Rows whose ids are not in given id lists are dropped. ``time_ordered``: the caller
         promises rows in (user, time) order (as the split has them), so no check is made.
+        Typed events (``events.typed``) give each pair its largest weight instead of its latest
+        rating. ``excluded``: (user codes, item codes) over ``events``' id arrays of pairs never
+        to recommend; those outside the matrix's ids are dropped.
         """
+        exclusion = None
+        if excluded is not None:
+            user_map = _code_map(events.user_ids, events.users, user_ids)
+            item_map = _code_map(events.item_ids, events.items, item_ids)
+            ex_rows, ex_cols = user_map[excluded[0]], item_map[excluded[1]]
+            inside = (ex_rows >= 0) & (ex_cols >= 0)
+            exclusion = (ex_rows[inside], ex_cols[inside])
         users, rows = _recode(events.user_ids, events.users, user_ids)
         items, cols = _recode(events.item_ids, events.items, item_ids)
         millis, ratings = events.millis, events.ratings
@@ -200,33 +256,59 @@ class Interactions:
         # The split passes rows already in (user, time) order; checking costs two arrays of
         # the rows' size, which at 200M rows is gigabytes of the stage's peak.
         grouped = time_ordered or _time_ordered_per_row(rows, millis)
+        strongest = events.typed
         if not grouped:
             by_time = np.argsort(millis, kind="stable")
             rows, cols, millis, ratings = rows[by_time], cols[by_time], millis[by_time], ratings[by_time]
-            last = _latest_per_pair(rows, cols, len(items))
+            last, pair_max = _latest_per_pair(rows, cols, len(items), ratings if strongest else None)
         else:
             # Rows grouped by user: pairs never cross users, so blocks of whole users can be
             # deduplicated one at a time, with sort buffers of a block's size, not the window's.
             cuts = np.searchsorted(rows, rows[np.arange(_PAIR_BLOCK, len(rows), _PAIR_BLOCK)], side="left")
             bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]]))
-            last = np.concatenate([lo + _latest_per_pair(rows[lo:hi], cols[lo:hi], len(items))
-                                   for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)] or
+            blocks = [_latest_per_pair(rows[lo:hi], cols[lo:hi], len(items), ratings[lo:hi] if strongest else None)
+                      for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+            last = np.concatenate([lo + b[0] for lo, b in zip(bounds[:-1], blocks, strict=True)] or
                                   [np.zeros(0, np.int64)])
+            pair_max = (np.concatenate([b[1] for b in blocks] or [np.zeros(0, np.float32)])
+                        if strongest else None)
         # Sorted, distinct (row, col) pairs are CSR order already: no COO round trip.
         indptr = np.zeros(len(users) + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows[last], minlength=len(users)), out=indptr[1:])
-        matrix = sp.csr_matrix((ratings[last].astype(np.float32), cols[last].astype(np.int32), indptr),
+        values = ratings[last] if pair_max is None else pair_max
+        matrix = sp.csr_matrix((values.astype(np.float32), cols[last].astype(np.int32), indptr),
                                shape=(len(users), len(items)))
         matrix.has_sorted_indices = True
         # A pair's last row is its latest, so the pairs' latest times give each item's too.
         pair_seconds = np.floor_divide(millis[last], 1000)
         last_seen = np.full(len(items), np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(last_seen, matrix.indices, pair_seconds)
-        return cls(users, items, matrix, last_seen, pair_seconds.astype(np.int64, copy=False))
+        excluded_matrix = None
+        if exclusion is not None:
+            excluded_matrix = sp.csr_matrix((np.ones(len(exclusion[0]), np.float32), exclusion),
+                                            shape=(len(users), len(items)))
+            excluded_matrix.sum_duplicates()
+            excluded_matrix.data[:] = 1.0
+        return cls(users, items, matrix, last_seen, pair_seconds.astype(np.int64, copy=False), strongest,
+                   excluded_matrix)
 
     def binary(self) -> sp.csr_matrix:
         out = self.matrix.copy()
         out.data[:] = 1.0
+        return out
+
+    def confidences(self) -> sp.csr_matrix:
+        """What a model weighs each pair by: typed events' weights, else 1 (ratings say nothing of confidence)."""
+        return self.matrix.astype(np.float32, copy=True) if self.typed else self.binary()
+
+    def exclusions(self) -> sp.csr_matrix:
+        """The pairs no list may contain: the seen pairs, and the negative events' (``excluded``)."""
+        if self.excluded is None or not self.excluded.nnz:
+            return self.matrix
+        both = (self.matrix != 0).astype(np.float32) + self.excluded
+        both.data[:] = 1.0
+        out = both.tocsr()
+        out.sort_indices()
         return out
 
     def save(self, path: Path) -> Path:
@@ -241,6 +323,11 @@ class Interactions:
         }
         if self.pair_seconds is not None:
             arrays["pair_seconds"] = self.pair_seconds
+        if self.typed:
+            arrays["typed"] = np.ones(1, np.int8)
+        if self.excluded is not None:
+            arrays["excluded_indices"] = self.excluded.indices
+            arrays["excluded_indptr"] = self.excluded.indptr
         _save_arrays(path, arrays, {"user_ids": self.user_ids, "item_ids": self.item_ids})
         return path
 
@@ -251,7 +338,13 @@ class Interactions:
         matrix = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=tuple(a["shape"]))
         matrix.has_sorted_indices = True  # saved sorted, see from_frame
         seconds = np.load(path / "pair_seconds.npy") if (path / "pair_seconds.npy").exists() else None
-        return cls(load_ids(path, "user_ids"), load_ids(path, "item_ids"), matrix, a["item_last_seen"], seconds)
+        excluded = None
+        if (path / "excluded_indices.npy").exists():
+            indices = np.load(path / "excluded_indices.npy")
+            excluded = sp.csr_matrix((np.ones(len(indices), np.float32), indices,
+                                      np.load(path / "excluded_indptr.npy")), shape=matrix.shape)
+        return cls(load_ids(path, "user_ids"), load_ids(path, "item_ids"), matrix, a["item_last_seen"], seconds,
+                   (path / "typed.npy").exists(), excluded)
 
     def recency_ages(self) -> np.ndarray:
         """Per stored pair (aligned with ``matrix.data``): how many of the user's interactions are newer.
@@ -310,7 +403,14 @@ class Holdout:
 
     @classmethod
     def from_events(cls, events: Events, train: Interactions) -> Holdout:
-        """Code held-out ``events`` against ``train``'s ids."""
+        """Code held-out ``events`` against ``train``'s ids.
+
+        Typed events: only the rows marked ``relevant`` (settings.feedback.relevant) are truth,
+        and there are no ratings to predict (their weights are not ratings).
+        """
+        if events.relevant is not None:
+            return replace(cls.from_events(replace(events.take(events.relevant), relevant=None), train),
+                           ratings=None)
         rows = positions(train.user_ids, events.user_ids)[events.users]
         cols = positions(train.item_ids, events.item_ids)[events.items]
         unseen = cols < 0

@@ -54,8 +54,13 @@ RATINGS_SCHEMA = pa.schema(
         pa.field(C.ITEM, pa.string(), nullable=False),
         pa.field(C.RATING, pa.float32(), nullable=False),
         pa.field(C.TIMESTAMP, pa.timestamp("ms", tz="UTC"), nullable=False),
+        # Typed events only (view, purchase, ...; null: a rating). Dictionary-encoded: a
+        # partition stores each type's name once and a small integer per row. A partition
+        # without any typed row is written without the column, exactly as before it existed.
+        pa.field(C.EVENT_TYPE, pa.dictionary(pa.int16(), pa.string()), nullable=True),
     ]
 )
+LAKE_COLUMNS = (*C.INTERACTION_COLUMNS, C.EVENT_TYPE)
 PART_FILE = "part-0.parquet"
 _PARTITIONING = ds.partitioning(pa.schema([(C.DATE, pa.string())]), flavor="hive")
 # Side tables, by kind: the id column each is keyed on.
@@ -64,10 +69,35 @@ DAY_MS = 86_400_000
 
 
 def to_ratings_table(frame: pd.DataFrame) -> pa.Table:
-    """Cast a frame with the canonical columns to the lake's exact schema."""
-    return pa.Table.from_pandas(
-        frame[list(C.INTERACTION_COLUMNS)], schema=RATINGS_SCHEMA, preserve_index=False
-    )
+    """Cast a frame with the canonical columns (``event_type`` optional) to the lake's exact schema."""
+    if C.EVENT_TYPE not in frame.columns:
+        frame = frame.assign(**{C.EVENT_TYPE: None})
+    others = [c for c in LAKE_COLUMNS if c != C.RATING]
+    table = pa.Table.from_pandas(frame[others], schema=pa.schema([RATINGS_SCHEMA.field(c) for c in others]),
+                                 preserve_index=False)
+    # NaN, not null: a typed event without a rating (pandas would make NaN a null).
+    rating = pa.array(frame[C.RATING].to_numpy(dtype=np.float32), pa.float32(), from_pandas=False)
+    return table.add_column(RATINGS_SCHEMA.get_field_index(C.RATING), RATINGS_SCHEMA.field(C.RATING), rating)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table``'s lake columns in the lake's schema; a table without ``event_type`` gets it, all null."""
+    if C.EVENT_TYPE not in table.column_names:
+        table = table.append_column(C.EVENT_TYPE, pa.nulls(table.num_rows, RATINGS_SCHEMA.field(C.EVENT_TYPE).type))
+    return table.select(list(LAKE_COLUMNS)).cast(RATINGS_SCHEMA)
+
+
+def _stored(table: pa.Table) -> pa.Table:
+    """What a partition file holds: without ``event_type`` when no row is typed (rating-only lakes keep
+    their files byte for byte), with its dictionary unified otherwise."""
+    column = table.column(C.EVENT_TYPE)
+    if column.null_count == table.num_rows:
+        return table.drop_columns([C.EVENT_TYPE]).combine_chunks()
+    # Encoded afresh in row order: the same rows always give the same dictionary (and file).
+    encoded = pc.dictionary_encode(column.cast(pa.string()).combine_chunks())
+    index = table.schema.get_field_index(C.EVENT_TYPE)
+    return table.set_column(index, RATINGS_SCHEMA.field(C.EVENT_TYPE), encoded.cast(
+        RATINGS_SCHEMA.field(C.EVENT_TYPE).type)).combine_chunks()
 
 
 def day_names(days: np.ndarray) -> list[str]:
@@ -251,6 +281,7 @@ class LakeWriter:
 
 SEQ = "_seq"
 """Column of :func:`merge_partition`'s input ordering rows of one file: the highest wins."""
+_TYPE_KEY = "_event_type_key"
 
 
 @dataclass(frozen=True)
@@ -276,21 +307,23 @@ def _merge_partition(root: Path, day: str, new_rows: pa.Table | pd.DataFrame) ->
     n_new = new_rows.num_rows
     seq = (new_rows.column(SEQ).combine_chunks().cast(pa.int64()) if SEQ in new_rows.column_names
            else pa.array(np.arange(n_new, dtype=np.int64)))
-    new_rows = new_rows.select(list(C.INTERACTION_COLUMNS)).cast(RATINGS_SCHEMA)
+    new_rows = conform(new_rows)
     path = root / f"{C.DATE}={day}" / PART_FILE
     old_table = pq.read_table(path) if path.exists() else None
     n_old = 0 if old_table is None else old_table.num_rows
     if old_table is not None:
         # The partition's rows rank below every new row: the newest file wins.
-        combined = pa.concat_tables([old_table.cast(RATINGS_SCHEMA), new_rows])
+        combined = pa.concat_tables([conform(old_table), new_rows])
         seq = pa.concat_arrays([pa.array(np.full(n_old, -1, dtype=np.int64)), seq])
     else:
         combined = new_rows
-    keys = [C.USER, C.ITEM, C.TIMESTAMP]
-    order = pc.sort_indices(
-        combined.append_column(SEQ, seq),
-        sort_keys=[(k, "ascending") for k in (*keys, SEQ)],
-    )
+    # A view and a purchase of one item in the same millisecond are two events: the type is
+    # part of the key (as text: Arrow sorts no dictionary column; null, a rating, as "").
+    type_key = pc.fill_null(combined.column(C.EVENT_TYPE).cast(pa.string()), "")
+    keyed = combined.append_column(_TYPE_KEY, type_key).append_column(SEQ, seq)
+    keys = [C.USER, C.ITEM, C.TIMESTAMP, _TYPE_KEY]
+    order = pc.sort_indices(keyed, sort_keys=[(k, "ascending") for k in (*keys, SEQ)])
+    keyed = keyed.take(order)
     combined = combined.take(order)
     seq_sorted = seq.take(order).to_numpy()
     # Within a run of equal keys the last row has the highest rank: keep it.
@@ -298,10 +331,10 @@ def _merge_partition(root: Path, day: str, new_rows: pa.Table | pd.DataFrame) ->
     if combined.num_rows > 1:
         same = np.ones(combined.num_rows - 1, dtype=bool)
         for k in keys:
-            col = combined.column(k).combine_chunks()
+            col = keyed.column(k).combine_chunks()
             same &= np.asarray(pc.equal(col.slice(0, len(col) - 1), col.slice(1)), dtype=bool)
         keep[:-1] = ~same
-    merged = combined.filter(pa.array(keep)).combine_chunks()
+    merged = _stored(combined.filter(pa.array(keep)))
     new_unique = int(np.count_nonzero(keep & (seq_sorted >= 0)))
     result = MergeResult(added=merged.num_rows - n_old, duplicates=n_old + n_new - merged.num_rows,
                          new_unique=new_unique)
@@ -316,7 +349,9 @@ def _window_table(root: Path, cutoff: dt.datetime, start: dt.datetime | None) ->
     """The lake's rows with ``start <= timestamp < cutoff`` as Arrow; None if the lake is empty."""
     if not root.exists() or not any(root.glob(f"{C.DATE}=*/{PART_FILE}")):
         return None
-    dataset = ds.dataset(root, format="parquet", partitioning=_PARTITIONING)
+    # The lake's schema, not the first file's: partitions without typed rows lack event_type (null here).
+    dataset = ds.dataset(root, format="parquet", partitioning=_PARTITIONING,
+                         schema=RATINGS_SCHEMA.append(pa.field(C.DATE, pa.string())))
     last_day = (cutoff - dt.timedelta(microseconds=1)).date().isoformat()
     ts = pa.scalar(cutoff, type=pa.timestamp("ms", tz="UTC"))
     expr = (ds.field(C.DATE) <= last_day) & (ds.field(C.TIMESTAMP) < ts)
@@ -324,17 +359,21 @@ def _window_table(root: Path, cutoff: dt.datetime, start: dt.datetime | None) ->
         expr &= (ds.field(C.DATE) >= start.date().isoformat()) & (
             ds.field(C.TIMESTAMP) >= pa.scalar(start, type=pa.timestamp("ms", tz="UTC"))
         )
-    return dataset.to_table(columns=list(C.INTERACTION_COLUMNS), filter=expr)
+    return dataset.to_table(columns=list(LAKE_COLUMNS), filter=expr)
 
 
 def read_ratings(root: Path, cutoff: dt.datetime, start: dt.datetime | None = None) -> pd.DataFrame:
-    """All interactions with ``start <= timestamp < cutoff`` (UTC), ids as strings."""
+    """All interactions with ``start <= timestamp < cutoff`` (UTC), ids as strings; ``event_type`` too
+    when any row has one."""
     table = _window_table(root, cutoff, start)
     if table is None:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _EMPTY_DTYPES.items()})
     frame = table.to_pandas()
     for col in (C.USER, C.ITEM):
         frame[col] = frame[col].astype(object)
+    if table.column(C.EVENT_TYPE).null_count == table.num_rows:
+        return frame.drop(columns=[C.EVENT_TYPE])  # ratings only: the four columns, as ever
+    frame[C.EVENT_TYPE] = frame[C.EVENT_TYPE].astype(object).where(frame[C.EVENT_TYPE].notna(), None)
     return frame
 
 

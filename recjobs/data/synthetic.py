@@ -72,15 +72,46 @@ def generate(spec: SyntheticSpec = SyntheticSpec()) -> dict[str, pd.DataFrame]:
     return {"ratings": ratings, "item_features": features, "items": titles}
 
 
-def write_inbox(directory: Path, spec: SyntheticSpec = SyntheticSpec()) -> list[Path]:
-    """Write the generated files as CSV into ``directory`` (an inbox); returns the paths."""
+# Stars -> the event a shopper with that taste would leave (settings.feedback's default types).
+_EVENT_OF_STARS = {1: "dislike", 2: "view", 3: "click", 4: "add_to_cart", 5: "purchase"}
+
+
+def events_of(ratings: pd.DataFrame, seed: int = 7) -> pd.DataFrame:
+    """An event log (``user_id,item_id,event_type,timestamp``) with the ratings' structure.
+
+    Each rating becomes the event its stars stand for (1 dislike, 2 view, 3 click, 4
+    add_to_cart, 5 purchase); an add to cart or a purchase is preceded by a view of the item a
+    minute earlier, as a shop's funnel logs them, and a few purchases are returned a week later.
+    """
+    rng = np.random.default_rng(seed)
+    stars = ratings[C.RATING].round().astype(int).clip(1, 5)
+    main = pd.DataFrame({C.USER: ratings[C.USER], C.ITEM: ratings[C.ITEM],
+                         C.EVENT_TYPE: stars.map(_EVENT_OF_STARS), C.TIMESTAMP: ratings[C.TIMESTAMP]})
+    funnel = main[main[C.EVENT_TYPE].isin(["add_to_cart", "purchase"])]
+    views = funnel.assign(**{C.EVENT_TYPE: "view", C.TIMESTAMP: funnel[C.TIMESTAMP] - pd.Timedelta(minutes=1)})
+    bought = main[main[C.EVENT_TYPE] == "purchase"]
+    returned = bought[rng.random(len(bought)) < 0.05]
+    returns = returned.assign(**{C.EVENT_TYPE: "return", C.TIMESTAMP: returned[C.TIMESTAMP] + pd.Timedelta(days=7)})
+    # A return a week later may fall after the data's last day: keep the log's span.
+    returns = returns[returns[C.TIMESTAMP] <= ratings[C.TIMESTAMP].max()]
+    events = pd.concat([main, views, returns], ignore_index=True)
+    return events.sort_values([C.TIMESTAMP, C.USER, C.ITEM, C.EVENT_TYPE], kind="stable").reset_index(drop=True)
+
+
+def write_inbox(directory: Path, spec: SyntheticSpec = SyntheticSpec(), events: bool = False) -> list[Path]:
+    """Write the generated files as CSV into ``directory`` (an inbox); returns the paths.
+
+    ``events``: the interactions as an event log (:func:`events_of`, ``synthetic_events.csv``)
+    instead of ratings.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     data = generate(spec)
-    ratings = data["ratings"].copy()
+    ratings = events_of(data["ratings"], spec.seed) if events else data["ratings"].copy()
     epoch = pd.Timestamp(0, tz="UTC")
     ratings[C.TIMESTAMP] = (ratings[C.TIMESTAMP] - epoch) // pd.Timedelta(seconds=1)
     paths = []
-    for name, frame in (("ratings", ratings), ("item_features", data["item_features"]), ("items", data["items"])):
+    for name, frame in (("events" if events else "ratings", ratings), ("item_features", data["item_features"]),
+                        ("items", data["items"])):
         path = directory / f"synthetic_{name}.csv"
         frame.to_csv(path, index=False)
         paths.append(path)

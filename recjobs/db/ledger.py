@@ -6,8 +6,9 @@ One row per (run date, stage[, family]) records what a night did:
   with its metrics, or ``failed`` with the error; the gate marks each ``promoted``,
   ``champion_kept`` or ``rejected``;
 * the ``gate`` row: the decision (``promoted`` / ``champion_kept``, naming the
-  champion) or ``no_candidates`` for a night with nothing to gate; a failed rerun of a
-  date that has a decision keeps it, with its ``no_candidates`` row beside it;
+  champion) or ``no_candidates`` for a night with nothing to gate, or ``guarded`` for a
+  night the input guard held (recjobs.guard); a failed rerun of a date that has a
+  decision keeps it, with its ``no_candidates`` or ``guarded`` row beside it;
 * the ``final`` row: the champion retrained on all data;
 * the ``publish`` row: what was loaded, ``live`` or ``history``;
 * ``rollback`` rows: a list moved back to an earlier version, by any caller.
@@ -35,6 +36,8 @@ TRAINING, EVALUATED, FAILED, REJECTED = "training", "evaluated", "failed", "reje
 # Gate statuses: a gate row with one of CHAMPION_STATUSES names a champion; a
 # 'no_candidates' row records a night that had nothing to gate and never names one.
 PROMOTED, CHAMPION_KEPT, NO_CANDIDATES = "promoted", "champion_kept", "no_candidates"
+# 'guarded': the input guard held the night before its split (never names a champion either).
+GUARDED = "guarded"
 CHAMPION_STATUSES = (PROMOTED, CHAMPION_KEPT)
 GATED_CANDIDATE_STATUSES = (EVALUATED, PROMOTED, REJECTED, CHAMPION_KEPT)
 # Final / publish statuses.
@@ -150,6 +153,31 @@ def record_no_candidates(engine: Engine, day: dt.date, reason: str) -> bool:
     failure is then recorded beside it (replacing an earlier failure of the date), and a
     rerun that gates replaces both. Returns whether an earlier decision stands.
     """
+    return _record_failed_night(engine, day, NO_CANDIDATES, reason, "a rerun found nothing to gate")
+
+
+def record_guarded(engine: Engine, day: dt.date, reason: str) -> bool:
+    """Record that the input guard held ``day``: a gate row with status 'guarded' (as :func:`record_no_candidates`)."""
+    return _record_failed_night(engine, day, GUARDED, reason, "a rerun was held by the input guard")
+
+
+def clear_guarded(engine: Engine, day: dt.date) -> None:
+    """The date's input passed (or was let through): its 'guarded' gate row, if any, is withdrawn."""
+    with engine.begin() as conn:
+        conn.execute(model_runs.delete().where(model_runs.c.run_date == _day(day), model_runs.c.stage == GATE,
+                                               model_runs.c.status == GUARDED))
+
+
+def guarded_row(engine: Engine, day: dt.date) -> sa.Row | None:
+    """The date's 'guarded' gate row, if the input guard holds it."""
+    with engine.connect() as conn:
+        return conn.execute(sa.select(model_runs).where(
+            model_runs.c.run_date == _day(day), model_runs.c.stage == GATE,
+            model_runs.c.status == GUARDED).order_by(model_runs.c.id.desc())).first()
+
+
+def _record_failed_night(engine: Engine, day: dt.date, status: str, reason: str, rerun: str) -> bool:
+    failures = (NO_CANDIDATES, GUARDED)
     with engine.begin() as conn:
         decided = conn.execute(sa.select(model_runs.c.family, model_runs.c.created_at).where(
             model_runs.c.run_date == _day(day), model_runs.c.stage == GATE,
@@ -157,14 +185,14 @@ def record_no_candidates(engine: Engine, day: dt.date, reason: str) -> bool:
         if decided is not None:
             conn.execute(model_runs.delete().where(
                 model_runs.c.run_date == _day(day), model_runs.c.stage == GATE,
-                model_runs.c.status == NO_CANDIDATES))
-            reason = (f"a rerun found nothing to gate; the decision of {as_utc(decided.created_at):%Y-%m-%d %H:%M} "
+                model_runs.c.status.in_(failures)))
+            reason = (f"{rerun}; the decision of {as_utc(decided.created_at):%Y-%m-%d %H:%M} "
                       f"UTC ({decided.family}) stands: {reason}")
             conn.execute(model_runs.insert().values(
-                run_date=_day(day), stage=GATE, family="-", model_version="-", status=NO_CANDIDATES,
+                run_date=_day(day), stage=GATE, family="-", model_version="-", status=status,
                 reason=reason[:_REASON_LIMIT], created_at=_now()))
             return True
-        replace_rows(conn, day, GATE, None, [{"family": "-", "model_version": "-", "status": NO_CANDIDATES,
+        replace_rows(conn, day, GATE, None, [{"family": "-", "model_version": "-", "status": status,
                                                "reason": reason[:_REASON_LIMIT]}])
         return False
 
@@ -215,10 +243,24 @@ def final_row(engine: Engine, day: dt.date | str, version: str | None = None) ->
     return (same or rows or [None])[0]
 
 
+def champion_metrics_before(engine: Engine, day: dt.date, column: str, limit: int) -> list[float]:
+    """``column`` of the latest ``limit`` gate rows naming a champion before ``day`` (one per date), newest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(model_runs.c.run_date, model_runs.c[column]).where(
+            model_runs.c.stage == GATE, model_runs.c.run_date < _day(day),
+            model_runs.c.status.in_(CHAMPION_STATUSES)).order_by(
+            model_runs.c.run_date.desc(), model_runs.c.id.desc())).all()
+    out: dict[str, float] = {}
+    for run_date, value in rows:
+        if run_date not in out and value is not None:
+            out[run_date] = float(value)
+    return list(out.values())[:limit]
+
+
 __all__ = [
-    "CANDIDATE", "CHAMPION_KEPT", "CHAMPION_STATUSES", "EVALUATED", "FAILED", "FINAL", "GATE", "HISTORY", "LIVE",
-    "METRIC_COLUMN", "NO_CANDIDATES", "PROMOTED", "PUBLISH", "REJECTED", "ROLLBACK", "TRAINED", "TRAINING",
-    "as_utc", "candidate_outcomes", "candidates", "champion_before", "dates_awaiting_gate", "final_row",
-    "gate_row", "record_evaluated", "record_failure", "record_final", "record_gate", "record_no_candidates",
-    "record_publish", "record_rollback", "record_training", "replace_rows",
+    "CANDIDATE", "CHAMPION_KEPT", "CHAMPION_STATUSES", "EVALUATED", "FAILED", "FINAL", "GATE", "GUARDED", "HISTORY",
+    "LIVE", "METRIC_COLUMN", "NO_CANDIDATES", "PROMOTED", "PUBLISH", "REJECTED", "ROLLBACK", "TRAINED", "TRAINING",
+    "as_utc", "candidate_outcomes", "candidates", "champion_before", "champion_metrics_before", "clear_guarded", "dates_awaiting_gate",
+    "final_row", "gate_row", "guarded_row", "record_evaluated", "record_failure", "record_final", "record_gate",
+    "record_guarded", "record_no_candidates", "record_publish", "record_rollback", "record_training", "replace_rows",
 ]

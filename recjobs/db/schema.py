@@ -95,11 +95,33 @@ ingest_log = sa.Table(
     sa.Column("reason", sa.Text),
 )
 
+# The guards' checks (recjobs.guard): one row per check of a date's input (before the split)
+# or output (the champion's lists, before they go live), with the value, the threshold it was
+# held to, whether it passed and the stage's decision; an operator's allow is a row too
+# (check 'operator_allow'), which later runs of the date honour. A rerun replaces the
+# date's rows of the stage, allows excepted.
+guard_checks = sa.Table(
+    "guard_checks",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_date", sa.String(10), nullable=False),
+    sa.Column("stage", sa.String(16), nullable=False),  # input | output
+    sa.Column("check_name", sa.String(32), nullable=False),
+    sa.Column("value", sa.Float),
+    sa.Column("threshold", sa.Text),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    # passed | held | allowed (the stage's outcome, on each of its rows)
+    sa.Column("decision", sa.String(16), nullable=False),
+    sa.Column("note", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index("ix_guard_checks_date_stage", guard_checks.c.run_date, guard_checks.c.stage)
+
 publications = sa.Table(
     "publications",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("kind", sa.String(32), nullable=False),  # recommendations | similar_items
+    sa.Column("kind", sa.String(32), nullable=False),  # recommendations | similar_items | item_segments
     sa.Column("run_date", sa.String(10), nullable=False),
     sa.Column("table_name", sa.String(64), nullable=False, unique=True),
     sa.Column("model_version", sa.String(128), nullable=False),
@@ -209,15 +231,24 @@ LIST_COLUMNS = {
         sa.Column(C.MODEL_VERSION, sa.String(128), nullable=False),
         sa.Column(C.GENERATED_AT, sa.DateTime(timezone=True), nullable=False),
     ),
+    # Per item, the users most likely to want it (settings item_segments), best first.
+    "item_segments": (
+        sa.Column(C.ITEM, sa.Text, nullable=False),
+        sa.Column(C.USER, sa.Text, nullable=False),
+        sa.Column(C.RANK, sa.Integer, nullable=False),
+        sa.Column(C.SCORE, sa.Float, nullable=False),
+        sa.Column(C.MODEL_VERSION, sa.String(128), nullable=False),
+        sa.Column(C.GENERATED_AT, sa.DateTime(timezone=True), nullable=False),
+    ),
 }
-LIST_KEY = {"recommendations": C.USER, "similar_items": C.ITEM}
+LIST_KEY = {"recommendations": C.USER, "similar_items": C.ITEM, "item_segments": C.ITEM}
 # The longest key (in UTF-8 bytes) a PostgreSQL B-tree index on (key, rank) surely takes:
 # its limit is 2,704 bytes an entry, after compression.
 PG_BTREE_KEY_BYTES = 2000
 
 
 def list_table(kind: str, name: str) -> sa.Table:
-    """A versioned table for list ``kind`` ("recommendations" or "similar_items"), unindexed."""
+    """A versioned table for list ``kind`` ("recommendations", "similar_items", "item_segments"), unindexed."""
     cols = [c._copy() for c in LIST_COLUMNS[kind]]
     return sa.Table(name, sa.MetaData(), *cols)
 

@@ -180,7 +180,7 @@ def evaluate_model(
     i = holdout.item_cols.astype(np.int64)
     # Holdout pairs the user already interacted with in training are repeats, not
     # discoveries; seen items are excluded from rankings, so drop them from the truth too.
-    seen = train.matrix
+    seen = train.exclusions()  # and pairs of negative events (typed feedback), which are never listed
     known = i < train.n_items
     if len(u):
         in_train = np.zeros(len(u), dtype=bool)

@@ -57,6 +57,7 @@ from recjobs.ingest._inbox import (
 )
 from recjobs.ingest._layout import REQUIRED, parse_columns_option, sniff_kind
 from recjobs.ingest._movielens import import_movielens, movielens_side_frames
+from recjobs.ingest._parquet import read_parquet_frame
 from recjobs.ingest._ratings import ingest_file
 from recjobs.ingest._report import STATUS_INGESTED, STATUS_REJECTED, IngestReport, file_sha256
 from recjobs.ingest._side import ingest_side_file, ingest_side_frame, sync_titles
@@ -74,6 +75,6 @@ __all__ = [
     "INBOX_PATTERNS", "REQUIRED", "STATUS_INGESTED", "STATUS_REJECTED", "IngestError", "IngestReport",
     "file_sha256", "import_movielens", "inbox_files", "ingest_file", "ingest_inbox", "ingest_side_file",
     "ingest_path", "ingest_side_frame", "known_hash", "movielens_side_frames", "parse_columns_option", "parse_timestamps",
-    "pending_inbox_files", "read_delimited", "read_header", "record_ingest", "record_rejection", "rejection_reason", "seen_before",
+    "pending_inbox_files", "read_delimited", "read_parquet_frame", "read_header", "record_ingest", "record_rejection", "rejection_reason", "seen_before",
     "sniff_kind", "split_record", "sync_titles", "validate",
 ]

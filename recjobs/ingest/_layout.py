@@ -15,6 +15,8 @@ from recjobs.ingest._text import delimiter_of, first_line, read_header, split_re
 from recjobs.settings import Settings
 
 REQUIRED = C.INTERACTION_COLUMNS
+# Read when the file has it (or ingest.columns maps it): typed events (settings.feedback).
+OPTIONAL = (C.EVENT_TYPE,)
 # Column names of the MovieLens 20M/25M CSVs, accepted without a mapping.
 ALIASES = {C.USER: ("userId",), C.ITEM: ("movieId",)}
 
@@ -42,7 +44,7 @@ class Layout:
 
     kind: str  # "text" or "parquet"
     names: list[str]  # the file's column names (positional names for headerless text)
-    source: dict[str, str | None]  # canonical column -> file column; None: default rating
+    source: dict[str, str | None]  # canonical column -> file column; None: default rating (or none: typed events)
     delimiter: str = ","
     has_header: bool = True
 
@@ -56,6 +58,12 @@ def _sources(names: list[str], settings: Settings | None) -> tuple[dict[str, str
     mapping = settings.ingest.columns if settings is not None else {}
     default_rating = settings.ingest.default_rating if settings is not None else None
     source: dict[str, str | None] = {}
+    for col in OPTIONAL:
+        if col in mapping:
+            source[col] = mapping[col]  # resolve_columns names a mapped column the file lacks
+        elif col in names:
+            source[col] = col
+    typed = C.EVENT_TYPE in source
     missing = []
     for col in REQUIRED:
         if col in mapping:
@@ -67,7 +75,8 @@ def _sources(names: list[str], settings: Settings | None) -> tuple[dict[str, str
             source[col] = col
         elif any(a in names for a in ALIASES.get(col, ())):
             source[col] = next(a for a in ALIASES[col] if a in names)
-        elif col == C.RATING and default_rating is not None:
+        elif col == C.RATING and (default_rating is not None or typed):
+            # An event log's typed rows need no rating; untyped rows get ingest.default_rating.
             source[col] = None
         else:
             missing.append(col)
@@ -96,8 +105,8 @@ def resolve_columns(path: Path, names: list[str], settings: Settings, *, headerl
         raise IngestError(
             f"{path}: missing required columns {missing} (header has {names}); expected a "
             f"header naming {list(REQUIRED)} (or MovieLens's userId,movieId), a mapping in "
-            "ingest.columns / `recjobs ingest --columns`, or ingest.default_rating for files "
-            f"without ratings{hint}"
+            "ingest.columns / `recjobs ingest --columns`, or ingest.default_rating (or an event_type "
+            f"column) for files without ratings{hint}"
         )
     for name in source.values():
         if name is not None and names.count(name) > 1:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +23,35 @@ def _ids(arr: pa.Array, path: Path, name: str) -> pd.Series:
         return pd.Series(id_text(arr), dtype="string")
     except TypeError:
         raise IngestError(f"{path}: column {name!r} has type {arr.type}, which cannot be an id") from None
+
+
+def read_parquet_frame(path: Path, as_text: Callable[[str, pa.DataType], bool]) -> pd.DataFrame:
+    """A small Parquet file (a side file, a rules list) whole, its rows numbered from 1.
+
+    Columns for which ``as_text(name, type)`` holds become text by the one id rule (239.0
+    is "239"); the others keep their pandas type. Raises :class:`IngestError` naming the
+    file for an unreadable file, a repeated column, or a column that cannot be text.
+    """
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise IngestError(f"{path}: not a readable Parquet file ({exc})") from None
+    names = table.column_names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise IngestError(f"{path}: column(s) {twice} appear more than once")
+    index = pd.RangeIndex(1, table.num_rows + 1)  # 1-based row numbers, as for text files' lines
+    columns: dict[str, pd.Series] = {}
+    for name in names:
+        column = table.column(name)
+        if not as_text(name, column.type):
+            columns[name] = column.to_pandas().set_axis(index)
+            continue
+        try:
+            columns[name] = pd.Series(id_text(column), index=index, dtype=object)
+        except TypeError:
+            raise IngestError(f"{path}: column {name!r} has type {column.type}, which cannot be an id or text") from None
+    return pd.DataFrame(columns, index=index)
 
 
 def _value_column(arr: pa.Array) -> pd.Series:

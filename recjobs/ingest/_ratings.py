@@ -18,7 +18,7 @@ from recjobs import columns as C
 from recjobs.data.lake import DAY_MS, Lake, LakeWriter, MergeResult, day_names
 from recjobs.errors import IngestError, LakeLockTimeout
 from recjobs.faults import fault_point
-from recjobs.ingest._layout import REQUIRED, layout_of
+from recjobs.ingest._layout import OPTIONAL, REQUIRED, layout_of
 from recjobs.ingest._parquet import parquet_batches
 from recjobs.ingest._report import IngestReport, file_sha256
 from recjobs.ingest._spill import Quarantine, Spill
@@ -81,7 +81,8 @@ def read_and_validate(
                 valid_rows, why = validate(frame, settings)
                 spill_add(valid_to_arrow(valid_rows))
                 if len(why):
-                    bad = frame.loc[why.index, list(REQUIRED)].astype("string")
+                    bad = frame.loc[why.index, [c for c in (*REQUIRED, *OPTIONAL) if c in frame.columns]
+                                    ].astype("string")
                     bad[C.REASON] = why
                     bad_parts.append(bad)
                     reasons.update(why.tolist())

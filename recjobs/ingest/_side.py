@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from sqlalchemy.engine import Engine
 
 from recjobs import columns as C
@@ -35,6 +34,7 @@ from recjobs.db.schema import items as items_table
 from recjobs.errors import IngestError, LakeLockTimeout
 from recjobs.files import write_parquet
 from recjobs.ingest._layout import sniff_kind
+from recjobs.ingest._parquet import read_parquet_frame
 from recjobs.ingest._report import IngestReport, file_sha256
 from recjobs.ingest._text import read_delimited
 from recjobs.ingest.ledger import (
@@ -55,26 +55,14 @@ def _read_any(path: Path, settings: Settings) -> tuple[pd.DataFrame, pd.Series]:
     row number) and its malformed lines' reasons."""
     if path.suffix.lower() != ".parquet":
         return read_delimited(path, settings.ingest.batch_rows)
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise IngestError(f"{path}: not a readable Parquet file ({exc})") from None
-    names = table.column_names
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise IngestError(f"{path}: column(s) {twice} appear more than once")
-    index = pd.RangeIndex(1, table.num_rows + 1)  # 1-based row numbers, as for rating files
-    columns: dict[str, pd.Series] = {}
-    for name in names:
-        column = table.column(name)
-        if name == C.WEIGHT and (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-            columns[name] = pd.Series(column.cast(pa.float64()).to_numpy(), index=index)
-            continue
-        try:  # ids, features and titles: text by the one id rule (239.0 is "239")
-            columns[name] = pd.Series(id_text(column), index=index, dtype=object)
-        except TypeError:
-            raise IngestError(f"{path}: column {name!r} has type {column.type}, which cannot be text") from None
-    return pd.DataFrame(columns, index=index), pd.Series(dtype="string")
+
+    def as_text(name: str, kind: pa.DataType) -> bool:  # a numeric weight stays a number
+        return not (name == C.WEIGHT and (pa.types.is_integer(kind) or pa.types.is_floating(kind)))
+
+    frame = read_parquet_frame(path, as_text)
+    if C.WEIGHT in frame.columns and pd.api.types.is_numeric_dtype(frame[C.WEIGHT]):
+        frame[C.WEIGHT] = frame[C.WEIGHT].astype(float)
+    return frame, pd.Series(dtype="string")
 
 
 def ingest_side_frame(

@@ -72,7 +72,7 @@ class Spill:
 SPILL_SCHEMA = RATINGS_SCHEMA.append(pa.field(SEQ, pa.int64(), nullable=False))
 QUARANTINE_SCHEMA = pa.schema(
     [(C.SOURCE_FILE, pa.string())] + [(c, pa.string()) for c in REQUIRED]
-    + [(C.REASON, pa.string()), (C.SOURCE_ROW, pa.int64())]
+    + [(C.REASON, pa.string()), (C.SOURCE_ROW, pa.int64()), (C.EVENT_TYPE, pa.string())]
 )
 
 
@@ -95,6 +95,9 @@ class Quarantine:
             columns[col] = pa.array(bad[col].astype(object).where(bad[col].notna(), None).tolist(),
                                     pa.string())
         columns[C.SOURCE_ROW] = pa.array(bad.index.to_numpy(dtype=np.int64))
+        # Event logs only; last, so readers of the original columns are unaffected.
+        types = bad[C.EVENT_TYPE] if C.EVENT_TYPE in bad.columns else pd.Series(pd.NA, index=bad.index)
+        columns[C.EVENT_TYPE] = pa.array(types.astype(object).where(types.notna(), None).tolist(), pa.string())
         if self.writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.writer = pq.ParquetWriter(self.tmp, QUARANTINE_SCHEMA, compression="zstd")

@@ -76,8 +76,41 @@ def parse_timestamps(raw: pd.Series) -> pd.Series:
     return out
 
 
+# Longest part of an unknown event type quoted in its row's reason (the quarantine keeps it whole).
+_SHOWN_TYPE = 40
+
+
+def describe_type(value: str) -> str:
+    """An event type as a reason shows it: quoted with escapes (one line, whatever it holds), cut short."""
+    if len(value) <= _SHOWN_TYPE:
+        return repr(value)
+    return f"{value[:_SHOWN_TYPE]!r}... ({len(value)} characters)"
+
+
+def _event_types(frame: pd.DataFrame, settings: Settings) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(the event type as text, whether the row is typed, a reason per row with an unknown type)."""
+    if C.EVENT_TYPE not in frame.columns:
+        empty = pd.Series(pd.NA, index=frame.index, dtype="string")
+        return empty, pd.Series(False, index=frame.index), empty
+    raw = frame[C.EVENT_TYPE]
+    text = raw.astype("string") if not pd.api.types.is_float_dtype(raw.dtype) else (
+        raw.map(lambda v: None if pd.isna(v) else repr(v)).astype("string"))
+    typed = (text.notna() & (text != "")).fillna(False).astype(bool)
+    known = sorted(settings.feedback.known_types)
+    unknown = typed & ~text.isin(known).fillna(False).astype(bool)
+    why = pd.Series(pd.NA, index=frame.index, dtype="string")
+    if unknown.any():
+        why[unknown] = [f"unknown event_type {describe_type(v)} (feedback.weights / feedback.exclude)"
+                        for v in text[unknown]]
+    return text, typed, why
+
+
 def validate(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.Series]:
-    """Split a batch of raw columns into valid typed rows and a reason per bad row."""
+    """Split a batch of raw columns into valid typed rows and a reason per bad row.
+
+    A row with an event type (settings.feedback) needs no rating: its type says what it weighs,
+    so its rating is kept where it is a valid one and left empty (NaN) otherwise.
+    """
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
 
     def flag(mask: pd.Series, why: str) -> None:
@@ -91,15 +124,21 @@ def validate(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.
     # PostgreSQL's text cannot hold U+0000: one rule for both databases, at the door.
     flag(user.str.contains(NUL, regex=False), "user_id contains a NUL character (U+0000)")
     flag(item.str.contains(NUL, regex=False), "item_id contains a NUL character (U+0000)")
+    event_type, typed, unknown_type = _event_types(frame, settings)
+    bad_type = unknown_type.notna()
+    reason[bad_type & reason.isna()] = unknown_type[bad_type & reason.isna()]
     raw_rating = frame[C.RATING]
     if pd.api.types.is_numeric_dtype(raw_rating.dtype):
         rating = raw_rating.astype("float64")
     else:
         rating = pd.to_numeric(raw_rating.astype("string").str.strip(), errors="coerce")
         rating = rating.astype("float64")
-    flag(rating.isna(), "rating is not a number")
     lo, hi = settings.ingest.rating_min, settings.ingest.rating_max
-    flag(~rating.between(lo, hi), f"rating outside [{lo:g}, {hi:g}]")
+    if C.EVENT_TYPE in frame.columns and raw_rating.isna().all() and settings.ingest.default_rating is None:
+        flag(~typed, "no event_type and no rating (and ingest.default_rating is unset)")
+    flag(~typed & rating.isna(), "rating is not a number")
+    flag(~typed & ~rating.between(lo, hi), f"rating outside [{lo:g}, {hi:g}]")
+    rating = rating.where(rating.between(lo, hi))  # typed rows: a valid rating or none
     ts = parse_timestamps(frame[C.TIMESTAMP])
     flag(ts.isna(), "timestamp is not Unix seconds or ISO 8601")
     good = reason.isna()
@@ -109,6 +148,7 @@ def validate(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.
             C.ITEM: item[good].astype(object),
             C.RATING: rating[good].astype("float32"),
             C.TIMESTAMP: ts[good],
+            C.EVENT_TYPE: event_type[good].astype(object).where(typed[good], None),
         }
     )
     return valid, reason[~good]
@@ -131,14 +171,28 @@ def validate_plain(
     ok &= np.asarray(pc.greater(pc.utf8_length(item), 0), dtype=bool)
     # A NUL goes to validate(), which names it (see there).
     ok &= ~np.asarray(pc.match_substring(user, NUL), dtype=bool) & ~np.asarray(pc.match_substring(item, NUL), dtype=bool)
+    typed = np.zeros(table.num_rows, dtype=bool)
+    event_type = None
+    if C.EVENT_TYPE in table.column_names:
+        event_type = table.column(C.EVENT_TYPE).combine_chunks()
+        typed = np.asarray(pc.fill_null(pc.greater(pc.utf8_length(event_type), 0), False), dtype=bool)
+        known = pa.array(sorted(settings.feedback.known_types), pa.string())
+        # An unknown type goes to validate(), which names it.
+        ok &= ~typed | np.asarray(pc.fill_null(pc.is_in(event_type, value_set=known), False), dtype=bool)
     if C.RATING in table.column_names:
         raw = table.column(C.RATING).combine_chunks()
         plain = pc.match_substring_regex(raw, _PLAIN_RATING)
         rating = pc.cast(pc.if_else(plain, raw, "0"), pa.float64()).to_numpy()
         lo, hi = settings.ingest.rating_min, settings.ingest.rating_max
-        ok &= np.asarray(plain, dtype=bool) & (rating >= lo) & (rating <= hi)
+        in_range = np.asarray(plain, dtype=bool) & (rating >= lo) & (rating <= hi)
+        # Typed rows need no rating (see validate()): a bad one is left empty.
+        ok &= typed | in_range
+        rating = np.where(in_range, rating, np.nan)
     else:
-        rating = np.full(table.num_rows, settings.ingest.default_rating, dtype=np.float64)
+        default = settings.ingest.default_rating
+        rating = np.full(table.num_rows, np.nan if default is None else default, dtype=np.float64)
+        if default is None:
+            ok &= typed  # validate() names the untyped rows of an event log without a default rating
     raw_ts = table.column(C.TIMESTAMP).combine_chunks()
     plain_ts = pc.match_substring_regex(raw_ts, _PLAIN_SECONDS)
     seconds = pc.cast(pc.if_else(plain_ts, raw_ts, "0"), pa.int64()).to_numpy()
@@ -149,6 +203,8 @@ def validate_plain(
         C.ITEM: item.filter(mask),
         C.RATING: pa.array(rating[ok].astype(np.float32)),
         C.TIMESTAMP: pa.array(seconds[ok] * 1000, pa.timestamp("ms", tz="UTC")),
+        C.EVENT_TYPE: (pa.nulls(int(ok.sum()), pa.string()) if event_type is None
+                       else pc.if_else(pa.array(typed), event_type, pa.scalar(None, pa.string())).filter(mask)),
         SEQ: table.column(LINE).filter(mask),
     })
     rest = table.filter(pc.invert(mask))

@@ -32,7 +32,7 @@ from recjobs.db.engine import is_sqlite
 from recjobs.db.schema import ingest_log
 from recjobs.errors import IngestError
 from recjobs.ingest._report import STATUS_INGESTED, STATUS_MERGING, STATUS_REJECTED, IngestReport
-from recjobs.settings import Settings
+from recjobs.settings import FeedbackSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,17 @@ def rejection_reason(engine: Engine, digest: str) -> str | None:
     return row.reason or "no reason recorded"
 
 
+
+def quarantine_counts(engine: Engine, day: str) -> tuple[int, int]:
+    """(rows read, rows quarantined) of the ingested rating files that delivered rows of ``day``."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(ingest_log.c.rows_read, ingest_log.c.rows_quarantined, ingest_log.c.partitions)
+                            .where(ingest_log.c.kind == "ratings", ingest_log.c.partitions.contains(day),
+                                   sa.or_(ingest_log.c.status.is_(None),
+                                          ingest_log.c.status == STATUS_INGESTED))).all()
+    mine = [r for r in rows if day in (r.partitions or "").split(",")]
+    return sum(r.rows_read for r in mine), sum(r.rows_quarantined for r in mine)
+
 _JUDGED = " [judged under ingest settings "
 
 
@@ -123,6 +134,11 @@ def judged_under(settings: Settings) -> str:
     values = {"columns": ingest.columns, "default_rating": ingest.default_rating,
               "max_invalid_share": ingest.max_invalid_share, "rating_max": ingest.rating_max,
               "rating_min": ingest.rating_min}
+    # The event types ingest accepts (feedback.weights / feedback.exclude) decide too; named only when
+    # they differ from the defaults, so rejections recorded before types existed keep their tail.
+    known = sorted(settings.feedback.known_types)
+    if known != sorted(FeedbackSettings().known_types):
+        values["event_types"] = known
     return f"{_JUDGED}{json.dumps(values, sort_keys=True)}]"
 
 

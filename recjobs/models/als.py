@@ -41,7 +41,7 @@ def confidence(data: Interactions, params: ALSParams) -> sp.csr_matrix:
 
         conf = bm25_weight(data.binary(), K1=params.bm25_k1, B=params.bm25_b).tocsr().astype(np.float32)
     else:
-        conf = data.binary()
+        conf = data.confidences()  # binary, or typed events' weights (settings.feedback)
     if params.recency_half_life is not None:
         conf = conf.tocsr()
         conf.sort_indices()  # aligned with data.matrix, whose indices are sorted

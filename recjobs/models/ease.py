@@ -139,7 +139,7 @@ class EASEModel(NeighbourhoodRecommender):
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Neighbourhood:
         p: EASEParams = self.params
         items = modelled_items(data, p.max_items)
-        binary = data.binary()
+        binary = data.confidences()  # binary, or typed events' weights (settings.feedback)
         x = binary if items is None else binary[:, items].tocsr()
         m = x.shape[1]
         started = time.perf_counter()

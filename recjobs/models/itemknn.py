@@ -49,7 +49,7 @@ class ItemKNNModel(NeighbourhoodRecommender):
             with threadpool_limits(1, "blas"), warnings.catch_warnings():
                 # implicit converts its own weighted copy to CSR and warns about that.
                 warnings.simplefilter("ignore")
-                knn.fit(data.binary(), show_progress=False)
+                knn.fit(data.confidences(), show_progress=False)
             log.info("itemknn: fitted in %.1fs", time.perf_counter() - started)
             beat.phase("recency-weighted histories and the item embedding")
             history = recency_history(data, p.recency_half_life, p.history_limit)

@@ -321,7 +321,7 @@ def _rank_sparse(
 
 
 def recency_history(data: Interactions, half_life: float | None, limit: int | None) -> sp.csr_matrix:
-    """The binary history weighted by recency (see :meth:`Interactions.recency_weights`).
+    """The binary history (typed events: their weights) weighted by recency (see :meth:`Interactions.recency_weights`).
 
     ``limit`` keeps only each user's latest ``limit`` interactions: with a recency
     half-life of a few interactions older ones weigh almost nothing, and scoring cost
@@ -336,6 +336,9 @@ def recency_history(data: Interactions, half_life: float | None, limit: int | No
         if limit is not None:
             weights[age >= limit] = 0.0
         del age
+    if data.typed:
+        # Typed events: a purchased item speaks for the user more than a viewed one.
+        weights = weights * data.matrix.data
     history = data.weighted(weights)
     history.eliminate_zeros()
     return history

@@ -15,7 +15,8 @@ class PopularityModel(VectorRecommender):
     params_type = PopularityParams
 
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Vectors:
-        counts = np.asarray(data.binary().sum(axis=0)).ravel().astype(np.float64)
+        # Users per item; typed events: the sum of their weights (a purchase counts as settings.feedback says).
+        counts = np.asarray(data.confidences().sum(axis=0)).ravel().astype(np.float64)
         half_life = self.params.half_life_days
         if half_life:
             # Weight each item by how recently it was last seen relative to the newest event.

@@ -27,7 +27,7 @@ import numpy as np
 
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions, ordered_by_user_time_item
-from recjobs.models.tfrs import seeded_tensorflow
+from recjobs.models.tfrs import KeepBest, retrieval_steps, seeded_tensorflow
 from recjobs.models.vectors import VectorRecommender, Vectors
 from recjobs.progress import EpochProgress
 from recjobs.settings import SequenceParams
@@ -176,27 +176,8 @@ class SequenceModel(VectorRecommender):
         variables = list({id(v): v for v in query_tower.trainable_variables + item_tower.trainable_variables}
                          .values())
 
-        @tf.function(reduce_retracing=True)
-        def step(seqs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
-            with tf.GradientTape() as tape:
-                q = query_tower(seqs, training=True)
-                c = item_tower(targets, training=True)
-                loss = task(
-                    q, c,
-                    candidate_sampling_probability=tf.gather(sampling_t, targets) if p.sampling_correction else None,
-                    candidate_ids=targets,
-                    compute_metrics=False,
-                )
-            grads = tape.gradient(loss, variables)
-            optimizer.apply_gradients(zip(grads, variables, strict=True))
-            return loss
-
-        @tf.function(reduce_retracing=True)
-        def steps(seqs: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
-            total = tf.constant(0.0)
-            for k in tf.range(tf.shape(seqs)[0]):
-                total += step(seqs[k], targets[k])
-            return total
+        step, steps = retrieval_steps(tf, task, query_tower, item_tower, variables, optimizer,
+                                      sampling_t if p.sampling_correction else None)
 
         val_windows = hist.windows(val_pos, p.max_length)
         val_targets = hist.items[val_pos]
@@ -222,7 +203,8 @@ class SequenceModel(VectorRecommender):
                 gain += float(np.sum(np.where(rank < _VALIDATION_K, 1.0 / np.log2(rank + 2.0), 0.0)))
             return gain / len(val_users)
 
-        best, best_epoch, best_weights, waited = -1.0, 0, None, 0
+        # The query tower holds every variable (the item table included).
+        keeper = KeepBest("sequence", query_tower.weights, p.patience)
         n = min(len(train_pos), p.examples_per_epoch or len(train_pos))
         bs = min(p.batch_size, n)
         chunk = _STEPS_PER_CALL
@@ -244,22 +226,11 @@ class SequenceModel(VectorRecommender):
                                         tf.constant(hist.items[ends])))
                 progress.examples_done()
                 score = validation_ndcg()
-                if score > best + 1e-4:
-                    best, best_epoch, waited = score, epoch, 0
-                    best_weights = [w.numpy() for w in query_tower.weights]
-                else:
-                    waited += 1
-                if progress.end_epoch(loss=total, validation_ndcg_at_20=score):
+                if keeper.offer(score, epoch, progress.end_epoch(loss=total, validation_ndcg_at_20=score)):
                     break
-                if waited >= p.patience:
-                    log.info("sequence: no validation gain for %d epochs; stopping early", waited)
-                    break
-        if best_weights is not None:
-            # The query tower holds every variable (the item table included).
-            for var, value in zip(query_tower.weights, best_weights, strict=True):
-                var.assign(value)
-        self.info.update(progress.info(), best_epoch=best_epoch, validation_ndcg_at_20=best,
-                         stopped_early=waited >= p.patience, examples_per_epoch=n,
+        keeper.restore()
+        self.info.update(progress.info(), best_epoch=keeper.best_epoch, validation_ndcg_at_20=keeper.best,
+                         stopped_early=keeper.exhausted, examples_per_epoch=n,
                          training_examples=len(train_pos), encoder=p.encoder)
 
         # Each user's vector: the query tower over their latest items, the held-out one included.

@@ -101,7 +101,7 @@ def label_cutoff(data: Interactions, protocol: str, fraction: float, min_users: 
     inner_matrix.has_sorted_indices = True
     last_seen = np.full(data.n_items, np.iinfo(np.int64).min, np.int64)
     np.maximum.at(last_seen, m.indices[keep], seconds[keep])
-    inner = Interactions(data.user_ids, data.item_ids, inner_matrix, last_seen, seconds[keep])
+    inner = Interactions(data.user_ids, data.item_ids, inner_matrix, last_seen, seconds[keep], data.typed, data.excluded)
     labels = sp.csr_matrix((np.ones(int(is_label.sum()), np.float32), (rows[is_label], m.indices[is_label])),
                            shape=m.shape)
     ratings = sp.csr_matrix((m.data[is_label].astype(np.float32), (rows[is_label], m.indices[is_label])),

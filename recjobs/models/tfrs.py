@@ -120,6 +120,77 @@ def _dense_features(features: np.ndarray | None, n: int, use: bool) -> np.ndarra
     return np.asarray(features.todense(), dtype=np.float32).reshape(n, -1)
 
 
+
+def retrieval_steps(tf, task, query_tower, item_tower, variables, optimizer,  # noqa: ANN001, ANN201
+                    sampling: object | None, jit_compile: bool | None = None):
+    """A two-tower retrieval model's training step, and the same run over a chunk of batches per call.
+
+    ``step`` takes one batch; ``steps`` takes ``[k, batch]`` query and target tensors and returns the
+    summed loss: one Python round trip per chunk instead of per batch. ``sampling`` (item
+    sampling probabilities, or None) corrects the in-batch softmax for popular items;
+    the towers' own losses (regularisers) are added. Shared by ``tfrs`` and ``sequence``.
+    """
+    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    def step(queries, targets):  # noqa: ANN001, ANN202
+        with tf.GradientTape() as tape:
+            loss = task(
+                query_tower(queries, training=True), item_tower(targets, training=True),
+                candidate_sampling_probability=None if sampling is None else tf.gather(sampling, targets),
+                candidate_ids=targets,
+                compute_metrics=False,
+            )
+            loss += sum(query_tower.losses) + sum(item_tower.losses)
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        return loss
+
+    @tf.function(reduce_retracing=True)
+    def steps(queries, targets):  # noqa: ANN001, ANN202
+        total = tf.constant(0.0)
+        for k in tf.range(tf.shape(queries)[0]):
+            total += step(queries[k], targets[k])
+        return total
+
+    return step, steps
+
+
+class KeepBest:
+    """Early stopping over epochs: keeps the weights of the best validation score so far.
+
+    A score counts as a gain only above the best by 1e-4; after ``patience`` epochs
+    without one, :attr:`exhausted` is true. :meth:`restore` puts the best weights back.
+    """
+
+    def __init__(self, name: str, weights: list, patience: int) -> None:  # tf.Variable list (lazy TF import)
+        self.name, self.weights, self.patience = name, weights, patience
+        self.best, self.best_epoch, self.waited = -1.0, 0, 0
+        self._saved: list | None = None
+
+    def offer(self, score: float, epoch: int, out_of_time: bool) -> bool:
+        """Record epoch ``epoch``'s validation score (copying the weights if it is a gain);
+        True when training should stop: ``out_of_time`` (the budget), or patience run out."""
+        if score > self.best + 1e-4:
+            self.best, self.best_epoch, self.waited = score, epoch, 0
+            self._saved = [w.numpy() for w in self.weights]
+        else:
+            self.waited += 1
+        if out_of_time:
+            return True
+        if self.exhausted:
+            log.info("%s: no validation gain for %d epochs; stopping early", self.name, self.waited)
+        return self.exhausted
+
+    @property
+    def exhausted(self) -> bool:
+        """True once ``patience`` epochs in a row brought no gain."""
+        return self.waited >= self.patience
+
+    def restore(self) -> None:
+        """Assign the best epoch's weights back (nothing if no epoch was offered)."""
+        if self._saved is not None:
+            for var, value in zip(self.weights, self._saved, strict=True):
+                var.assign(value)
+
 class TwoTowerModel(VectorRecommender):
     family = "tfrs"
     params_type = TFRSParams
@@ -174,30 +245,8 @@ class TwoTowerModel(VectorRecommender):
         sampling_t = tf.constant(sampling_p)
         variables = user_tower.trainable_variables + item_tower.trainable_variables
 
-        @tf.function(jit_compile=p.jit_compile, reduce_retracing=True)
-        def step(u: tf.Tensor, i: tf.Tensor) -> tf.Tensor:
-            with tf.GradientTape() as tape:
-                q = user_tower(u, training=True)
-                c = item_tower(i, training=True)
-                loss = task(
-                    q, c,
-                    candidate_sampling_probability=tf.gather(sampling_t, i) if p.sampling_correction else None,
-                    candidate_ids=i,
-                    compute_metrics=False,
-                )
-                loss += sum(user_tower.losses) + sum(item_tower.losses)
-            grads = tape.gradient(loss, variables)
-            optimizer.apply_gradients(zip(grads, variables, strict=True))
-            return loss
-
-        @tf.function(reduce_retracing=True)
-        def steps(us: tf.Tensor, is_: tf.Tensor) -> tf.Tensor:
-            # Several batches per call ([k, batch] tensors): one Python round trip per
-            # chunk instead of per batch.
-            total = tf.constant(0.0)
-            for k in tf.range(tf.shape(us)[0]):
-                total += step(us[k], is_[k])
-            return total
+        step, steps = retrieval_steps(tf, task, user_tower, item_tower, variables, optimizer,
+                                      sampling_t if p.sampling_correction else None, p.jit_compile)
 
         seen = data.binary()
         val_users = np.unique(val_u)
@@ -222,7 +271,7 @@ class TwoTowerModel(VectorRecommender):
             hits = np.take_along_axis(truth, top, axis=1).sum(axis=1)
             return float(np.mean(hits / np.maximum(truth.sum(axis=1), 1)))
 
-        best, best_epoch, best_weights, waited = -1.0, 0, None, 0
+        keeper = KeepBest("tfrs", user_tower.weights + item_tower.weights, p.patience)
         # An "epoch" may be a fresh random sample of the training pairs, so that the budget
         # (checked between epochs) and validation come round often enough on large data.
         n = min(len(train_u), p.examples_per_epoch or len(train_u))
@@ -243,24 +292,11 @@ class TwoTowerModel(VectorRecommender):
                     total += float(step(tf.constant(train_u[order[full:]]), tf.constant(train_i[order[full:]])))
                 progress.examples_done()
                 score = validation_recall()
-                if score > best + 1e-4:
-                    best, best_epoch, waited = score, epoch, 0
-                    best_weights = ([w.numpy() for w in user_tower.weights],
-                                    [w.numpy() for w in item_tower.weights])
-                else:
-                    waited += 1
-                if progress.end_epoch(loss=total, validation_recall_at_20=score):
+                if keeper.offer(score, epoch, progress.end_epoch(loss=total, validation_recall_at_20=score)):
                     break
-                if waited >= p.patience:
-                    log.info("tfrs: no validation gain for %d epochs; stopping early", waited)
-                    break
-        if best_weights is not None:
-            for var, value in zip(user_tower.weights, best_weights[0], strict=True):
-                var.assign(value)
-            for var, value in zip(item_tower.weights, best_weights[1], strict=True):
-                var.assign(value)
-        self.info.update(progress.info(), best_epoch=best_epoch, validation_recall_at_20=best,
-                         stopped_early=waited >= p.patience, examples_per_epoch=n)
+        keeper.restore()
+        self.info.update(progress.info(), best_epoch=keeper.best_epoch, validation_recall_at_20=keeper.best,
+                         stopped_early=keeper.exhausted, examples_per_epoch=n)
         user_vectors = user_tower.predict(np.arange(data.n_users, dtype=np.int32), batch_size=8192, verbose=0)
         item_vectors = item_tower.predict(np.arange(data.n_items, dtype=np.int32), batch_size=8192, verbose=0)
         if item_feats is not None:

@@ -27,12 +27,13 @@ from recjobs.pipeline.gate import (
 )
 from recjobs.pipeline.publish import final_model, load_published, publish, rank_shard
 from recjobs.pipeline.run import RunReport, run_pipeline
-from recjobs.pipeline.split import load_events, load_matrix, prepare, run_day
+from recjobs.pipeline.split import load_events, load_feedback, load_matrix, prepare, run_day
 from recjobs.pipeline.tune import GRIDS, tune
 
 __all__ = [
     "GRIDS", "GateDecision", "NoCandidatesError", "PipelineError", "RunReport", "earlier_dates_in_flight",
-    "engine_for", "evaluate_candidate", "final_model", "fit_family", "gate_decision", "load_events", "load_matrix",
+    "engine_for", "evaluate_candidate", "final_model", "fit_family", "gate_decision", "load_events", "load_feedback",
+    "load_matrix",
     "load_published", "prepare", "promote", "publish", "rank_shard", "record_failure", "record_no_candidates",
     "run_day", "run_pipeline", "train_candidate", "train_final", "tune",
 ]

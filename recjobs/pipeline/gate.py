@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recjobs.db import ledger
-from recjobs.errors import NoCandidatesError, PipelineError
+from recjobs.errors import GuardedError, NoCandidatesError, PipelineError
 from recjobs.evaluation.gate import GateCandidate, decide, describe
 from recjobs.evaluation.metrics import PerUser
 from recjobs.evaluation.significance import PairedTest
@@ -102,7 +102,8 @@ def promote(settings: Settings, engine: Engine, run_date: str | dt.date, note: s
 
     Every candidate row gets its comparison with the champion (gate_diff,
     gate_ci_low/high, gate_p_value), the gate row the deciding one. With no evaluated
-    candidate, records a 'no_candidates' gate row and raises :class:`NoCandidatesError`.
+    candidate, records a 'no_candidates' gate row and raises :class:`NoCandidatesError`
+    (:class:`GuardedError`, writing nothing, when the input guard held the date).
     ``note`` (e.g. how long the caller waited for earlier gates) is appended to the
     recorded reason.
     """
@@ -116,6 +117,11 @@ def promote(settings: Settings, engine: Engine, run_date: str | dt.date, note: s
                      + " had candidates but no gate yet")
     suffix = "".join(f"; {n}" for n in notes)
     if not rows:
+        guarded = ledger.guarded_row(engine, day)
+        if guarded is not None:
+            # The input guard held the night before its split: its 'guarded' row says why; a
+            # 'no_candidates' row would hide that.
+            raise GuardedError(guarded.reason)
         reason = _no_candidates_reason(engine, day) + suffix
         record_no_candidates(engine, day, reason)
         raise NoCandidatesError(reason)

@@ -33,6 +33,7 @@ def _stage(name: str, settings: Settings, args: tuple[Any, ...], level: int | No
     if level is not None and not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from recjobs.db.schema import engine_for
+    from recjobs.guard.stage import check_input
     from recjobs.ingest import ingest_inbox
     from recjobs.pipeline.candidates import evaluate_candidate, train_candidate
     from recjobs.pipeline.final import train_final
@@ -42,7 +43,7 @@ def _stage(name: str, settings: Settings, args: tuple[Any, ...], level: int | No
 
     with_engine: dict[str, Callable[..., Any]] = {
         "ingest": ingest_inbox, "train": train_candidate, "evaluate": evaluate_candidate,
-        "promote": promote, "final": train_final, "publish": publish,
+        "promote": promote, "final": train_final, "publish": publish, "guard": check_input,
     }
     if name == "split":
         return prepare(settings, *args)
@@ -66,7 +67,7 @@ def _forkserver() -> multiprocessing.context.BaseContext:
 
 def stage_runner(settings: Settings, isolate: bool) -> Callable[..., Any]:
     """A ``run(name, *args)`` that runs stage ``name`` (split, train, evaluate, promote, final,
-    publish, ingest) with ``settings``: in a fresh child process when ``isolate``, else here."""
+    publish, ingest, guard) with ``settings``: in a fresh child process when ``isolate``, else here."""
     if not isolate:
         return lambda name, *args: _stage(name, settings, args)
 

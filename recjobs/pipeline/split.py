@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recjobs.data.feedback import Pairs, apply_feedback
 from recjobs.data.interactions import Events, Holdout, Interactions
 from recjobs.data.lake import Lake
 from recjobs.data.split import plan_split
@@ -33,8 +34,8 @@ def run_day(settings: Settings, run_date: str | dt.date) -> dt.date:
     return check_run_date(parse_date(run_date), settings.runs.max_future_days)
 
 
-def load_events(settings: Settings, run_date: dt.date) -> Events:
-    """The date's training window from the lake, coded; fails clearly when it is empty."""
+def _read_window(settings: Settings, run_date: dt.date) -> Events:
+    """The date's training window from the lake, coded, as stored (types not yet weighted)."""
     cutoff, start = window(settings, run_date)
     lake = Lake.of(settings)
     events = lake.read_events(cutoff, start)
@@ -46,7 +47,29 @@ def load_events(settings: Settings, run_date: dt.date) -> Events:
     return events
 
 
-def _fingerprint(ordered: Events) -> str:
+def _weighted(settings: Settings, run_date: dt.date, events: Events) -> tuple[Events, Pairs | None]:
+    """``events`` weighted by ``settings.feedback``; fails clearly when no positive is left."""
+    events, excluded = apply_feedback(events, settings.feedback)
+    if not len(events):
+        cutoff = window(settings, run_date)[0]
+        raise PipelineError(f"no positive interactions before {cutoff.isoformat()}: every event is negative "
+                            f"(feedback.exclude) or under feedback.min_weight={settings.feedback.min_weight:g}")
+    return events, excluded
+
+
+def load_feedback(settings: Settings, run_date: dt.date) -> tuple[Events, Pairs | None]:
+    """The date's training window from the lake, coded and weighted by ``settings.feedback``
+    (:func:`~recjobs.data.feedback.apply_feedback`), with the negative events' pairs; fails
+    clearly when it is empty."""
+    return _weighted(settings, run_date, _read_window(settings, run_date))
+
+
+def load_events(settings: Settings, run_date: dt.date) -> Events:
+    """The date's training window from the lake, coded and weighted (see :func:`load_feedback`)."""
+    return load_feedback(settings, run_date)[0]
+
+
+def _fingerprint(ordered: Events, settings: Settings) -> str:
     # ``ordered`` is in (user, time, item) order, canonical since ingest keeps (user, item,
     # timestamp) unique; ids are hashed by value, so the digest depends on the data only.
     digest = hashlib.sha256()
@@ -54,6 +77,11 @@ def _fingerprint(ordered: Events) -> str:
         digest.update(np.ascontiguousarray(array).tobytes())
     for ids in (ordered.user_ids, ordered.item_ids):
         digest.update("\x1f".join(map(str, ids)).encode())
+    if ordered.types is not None and ordered.type_names is not None:
+        # Typed events: the types, and the mapping that turns them into weights and truth.
+        digest.update(np.ascontiguousarray(ordered.types).tobytes())
+        digest.update("\x1f".join(map(str, ordered.type_names)).encode())
+        digest.update(settings.feedback.model_dump_json().encode())
     return digest.hexdigest()[:16]
 
 
@@ -69,7 +97,7 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
     started = time.perf_counter()
     with Heartbeat(log, f"split {day}") as beat:
         beat.phase("reading the window from the lake")
-        events = load_events(settings, day)
+        events = _read_window(settings, day)
         log.info("read %d interactions for %s in %.1fs", len(events), day, time.perf_counter() - started)
         # The split's protocol (split.protocol) decides the masks; its global_time cutoff, if
         # any, is measured back from the run's cutoff.
@@ -84,17 +112,24 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
         folder = RunFolder.of(settings, day)
         out = folder.root
         out.mkdir(parents=True, exist_ok=True)
-        fingerprint = _fingerprint(events)
+        fingerprint = _fingerprint(events, settings)
         # One matrix at a time, each freed once saved: the stage's peak memory is its task's.
+        # Typed events are weighted part by part (settings.feedback; rating rows pass unchanged):
+        # a dislike after the holdout cutoff must not take a pair out of training, nor a purchase
+        # returned after the cutoff out of the truth's past.
         beat.phase("writing the full matrix (everything before the cutoff)")
-        Interactions.from_events(events, time_ordered=True).save(folder.matrix("full"))
-        train = events.take(in_train)
+        full, excluded = _weighted(settings, day, events)
+        Interactions.from_events(full, time_ordered=True, excluded=excluded).save(folder.matrix("full"))
+        n_negative = 0 if excluded is None else len(excluded[0])
+        del full
+        train, excluded = apply_feedback(events.take(in_train), settings.feedback)
         n_train = len(train)
         beat.phase(f"writing the training matrix ({n_train:,} rows)")
-        train_data = Interactions.from_events(train, time_ordered=True)
+        # Negative pairs are excluded when evaluating too: the gate judges lists as they would be published.
+        train_data = Interactions.from_events(train, time_ordered=True, excluded=excluded)
         del train
         train_data.save(folder.matrix("train"))
-        holdout = events.take(held)
+        holdout = apply_feedback(events.take(held), settings.feedback)[0]
         n_holdout = len(holdout)
         beat.phase(f"writing the holdout ({n_holdout:,} rows)")
         Holdout.from_events(holdout, train_data).save(folder.matrix("holdout"))
@@ -109,6 +144,8 @@ def prepare(settings: Settings, run_date: str | dt.date) -> Path:
         "holdout_rows": n_holdout,
         "max_timestamp": dt.datetime.fromtimestamp(int(events.millis.max()) / 1000, dt.UTC).isoformat(),
         "fingerprint": fingerprint,
+        # Typed events only: pairs never recommended for a negative event (settings.feedback).
+        **({"negative_pairs": n_negative} if events.types is not None else {}),
         # The protocol applied (split.protocol=auto resolved) and why: the gate's evidence.
         "split_protocol": protocol,
         "split_reason": split_reason,
@@ -131,4 +168,4 @@ def load_matrix(settings: Settings, day: dt.date, part: str) -> Interactions:
     return Interactions.load(path)
 
 
-__all__ = ["load_events", "load_matrix", "prepare", "run_day"]
+__all__ = ["load_events", "load_feedback", "load_matrix", "prepare", "run_day"]

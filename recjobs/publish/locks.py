@@ -60,20 +60,14 @@ def locked_tx(engine: Engine, policy: SwapPolicy, what: str, body: Callable[[Con
     if is_sqlite(engine):
         with write_tx(engine) as conn:
             return body(conn)
-    deadline = time.monotonic() + policy.deadline_s
-    delay, attempt = 0.1, 1
-    while True:
-        try:
-            with write_tx(engine) as conn:
-                # SET LOCAL: the timeout ends with this transaction, not with the pooled connection.
-                conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(policy.lock_timeout_ms)}")
-                return body(conn)
-        except sa.exc.DBAPIError as exc:
-            if not _is_lock_timeout(exc):
-                raise
-            wait = _retry_wait(policy, what, deadline, delay, attempt, exc)
-        time.sleep(wait)
-        delay, attempt = min(delay * 2, 5.0), attempt + 1
+
+    def attempt() -> T:
+        with write_tx(engine) as conn:
+            # SET LOCAL: the timeout ends with this transaction, not with the pooled connection.
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(policy.lock_timeout_ms)}")
+            return body(conn)
+
+    return _retrying(policy, what, attempt)
 
 
 def swap_attempts(conn: Connection, policy: SwapPolicy, what: str, body: Callable[[Connection], T]) -> T:
@@ -89,18 +83,27 @@ def swap_attempts(conn: Connection, policy: SwapPolicy, what: str, body: Callabl
         return body(conn)
     # SET LOCAL: the timeout ends with this transaction, not with the pooled connection.
     conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(policy.lock_timeout_ms)}")
+
+    def attempt() -> T:
+        with conn.begin_nested():
+            return body(conn)
+
+    return _retrying(policy, what, attempt)
+
+
+def _retrying(policy: SwapPolicy, what: str, attempt: Callable[[], T]) -> T:
+    """Call ``attempt`` until it ends without a lock timeout, backing off, until the policy's deadline."""
     deadline = time.monotonic() + policy.deadline_s
-    delay, attempt = 0.1, 1
+    delay, tries = 0.1, 1
     while True:
         try:
-            with conn.begin_nested():
-                return body(conn)
+            return attempt()
         except sa.exc.DBAPIError as exc:
             if not _is_lock_timeout(exc):
                 raise
-            wait = _retry_wait(policy, what, deadline, delay, attempt, exc)
+            wait = _retry_wait(policy, what, deadline, delay, tries, exc)
         time.sleep(wait)
-        delay, attempt = min(delay * 2, 5.0), attempt + 1
+        delay, tries = min(delay * 2, 5.0), tries + 1
 
 
 def _retry_wait(policy: SwapPolicy, what: str, deadline: float, delay: float, attempt: int,

@@ -74,9 +74,10 @@ def rollback(engine: Engine, kind: str = "recommendations", swap: SwapPolicy | N
 
 
 def rollback_lists(engine: Engine, swap: SwapPolicy | None = None) -> dict[str, tuple[str, str] | str]:
-    """Roll back the last publish: recommendations, and similar_items only if that publish made them live.
+    """Roll back the last publish: recommendations, and similar_items and item_segments only
+    if that publish made them live.
 
-    Both views move in one transaction. Returns, per list, (old table, new table) or why
+    The views move in one transaction. Returns, per list, (old table, new table) or why
     it did not move. Raises :class:`PublishError` if recommendations cannot be rolled back.
     """
     policy = swap or SwapPolicy()
@@ -86,20 +87,24 @@ def rollback_lists(engine: Engine, swap: SwapPolicy | None = None) -> dict[str, 
             lock_swaps(conn, kind)
         recs_live, recs_previous = _rollback_target(conn, "recommendations")
         moves: dict[str, tuple[str, str] | str] = {}
-        sims_live = live_row(conn, "similar_items")
-        # A champion without item vectors (popularity) publishes no similar_items: the
-        # live ones then come from an earlier publish, which is not being rolled back.
-        if sims_live is None or (sims_live.run_date, sims_live.model_version) != (
-                recs_live.run_date, recs_live.model_version):
-            moves["similar_items"] = "not moved: the last publish did not publish it"
-        else:
+        for kind in KINDS:
+            if kind == "recommendations":
+                continue
+            other = live_row(conn, kind)
+            # A champion without item vectors (popularity) publishes no similar_items, and
+            # segments are off by default: the live ones then come from an earlier publish,
+            # which is not being rolled back.
+            if other is None or (other.run_date, other.model_version) != (
+                    recs_live.run_date, recs_live.model_version):
+                moves[kind] = "not moved: the last publish did not publish it"
+                continue
             try:
-                live, previous = _rollback_target(conn, "similar_items")
+                live, previous = _rollback_target(conn, kind)
             except PublishError as exc:
-                moves["similar_items"] = f"not moved: {exc}"
+                moves[kind] = f"not moved: {exc}"
             else:
-                _repoint_back(conn, "similar_items", live, previous)
-                moves["similar_items"] = (live.table_name, previous.table_name)
+                _repoint_back(conn, kind, live, previous)
+                moves[kind] = (live.table_name, previous.table_name)
         _repoint_back(conn, "recommendations", recs_live, recs_previous)
         return {"recommendations": (recs_live.table_name, recs_previous.table_name), **moves}
 

@@ -22,6 +22,11 @@ from recjobs.files import atomic_file
 VERSION_KEY = b"recjobs.model_version"
 
 
+def staging_schema(kind: str) -> pa.Schema:
+    """The columns a staged list of ``kind`` holds (the table's, without ``generated_at``)."""
+    return _staging_schema(kind)
+
+
 def _staging_schema(kind: str) -> pa.Schema:
     key, target = (c.name for c in LIST_COLUMNS[kind][:2])
     return pa.schema([
@@ -100,4 +105,4 @@ def read_staging(paths: Path | Sequence[Path], batch_rows: int = 200_000,
     return (batch.to_pandas() for batch in batches)
 
 
-__all__ = ["VERSION_KEY", "rank_to_staging", "read_staging", "staged_rows", "staged_version"]
+__all__ = ["VERSION_KEY", "rank_to_staging", "read_staging", "staged_rows", "staged_version", "staging_schema"]

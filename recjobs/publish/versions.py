@@ -139,6 +139,7 @@ def publish_lists(
     swap: SwapPolicy | None = None,
     horizon: dt.date | None = None,
     in_swap: SwapHook | None = None,
+    history_only: bool = False,
 ) -> list[PublishResult]:
     """Load each of ``lists`` (kind -> frames) as a new version and swap each live unless it is older, at once.
 
@@ -151,8 +152,9 @@ def publish_lists(
     :func:`recjobs.runs.future_horizon`) are outliers: a live outlier never keeps a real
     date from going live, and never anchors retention. ``in_swap`` runs inside the swap
     transaction with the results, e.g. to write tables that must change with the live
-    lists. Raises :class:`SwapTimeoutError` if a view's lock is never granted; nothing of
-    this publish then remains.
+    lists. ``history_only`` keeps every list as history only whatever its date (the output
+    guard held it: recjobs.guard). Raises :class:`SwapTimeoutError` if a view's lock is
+    never granted; nothing of this publish then remains.
     """
     policy = swap or SwapPolicy()
     horizon = horizon or future_horizon(None)
@@ -163,7 +165,7 @@ def publish_lists(
     def swap_in(conn: Connection) -> list[PublishResult]:
         for kind in kinds:
             lock_swaps(conn, kind)
-        results = [_swap_one(conn, one, run_date, horizon, start) for one in loaded]
+        results = [_swap_one(conn, one, run_date, horizon, start, history_only) for one in loaded]
         fault_point("publish.mid_swap")  # tests: killed (or held) with the views repointed, before commit
         if in_swap is not None:
             in_swap(conn, results)
@@ -179,7 +181,8 @@ def publish_lists(
                                 swap_in)
     for r in results:
         if not r.live:
-            log.info("%s for %s kept as history only: a newer date is live", r.kind, run_date)
+            log.info("%s for %s kept as history only: %s", r.kind, run_date,
+                     "held by the output guard" if history_only else "a newer date is live")
     if history and recs is not None and history_days is not None:
         prune_history(engine, history_days, keep_versions, horizon)
     for kind in kinds:
@@ -247,13 +250,14 @@ def _copy_history(conn: Connection, recs: _Loaded, run_date: str) -> None:
         )
 
 
-def _swap_one(conn: Connection, one: _Loaded, run_date: str, horizon: dt.date, start: dt.datetime) -> PublishResult:
+def _swap_one(conn: Connection, one: _Loaded, run_date: str, horizon: dt.date, start: dt.datetime,
+              history_only: bool = False) -> PublishResult:
     """Repoint ``one.kind``'s view at the new table, or mark it history only; under the kind's swap lock."""
     number_legacy_versions(conn, one.kind, exclude_id=one.pub_id)
     live = live_row(conn, one.kind)
     # A backfill (an older date than the live one) is kept as history only, unless the
     # live date is an outlier: one mistyped year must not hold every later night back.
-    if live is not None and live.run_date > run_date and live.run_date <= horizon.isoformat():
+    if history_only or (live is not None and live.run_date > run_date and live.run_date <= horizon.isoformat()):
         conn.execute(publications.update().where(publications.c.id == one.pub_id).values(history_only=True))
         is_live = False
     else:

@@ -143,8 +143,11 @@ def align_seen(seen: Interactions, model: Recommender) -> Interactions | None:
     # CSR with more columns and the same stored entries: indices and indptr are unchanged.
     matrix = sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], len(items)))
     never = np.full(extra, np.iinfo(np.int64).min, np.int64)
+    excluded = seen.excluded
+    if excluded is not None:
+        excluded = sp.csr_matrix((excluded.data, excluded.indices, excluded.indptr), shape=matrix.shape)
     return Interactions(seen.user_ids, items, matrix, np.concatenate([seen.item_last_seen, never]),
-                        seen.pair_seconds)
+                        seen.pair_seconds, seen.typed, excluded)
 
 
 # -- users with very few interactions ------------------------------------------------------

@@ -339,4 +339,4 @@ def build_postprocess(
         if features is None and (cfg.category_cap is not None or cfg.mmr_lambda < 1.0):
             features = load_side_features(Lake.of(settings), seen)
         signals = item_signals(cfg, model, seen, features, day)
-    return PostProcess(model, rules.exclude(seen.matrix), rules, signals, cfg, cfg.active)
+    return PostProcess(model, rules.exclude(seen.exclusions()), rules, signals, cfg, cfg.active)

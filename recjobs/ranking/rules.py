@@ -21,8 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 import sqlalchemy as sa
 
@@ -30,7 +28,7 @@ from recjobs import columns as C
 from recjobs.data.ids import Vocabulary, id_text
 from recjobs.db.engine import make_engine
 from recjobs.errors import IngestError, RulesError
-from recjobs.ingest import read_delimited
+from recjobs.ingest import read_delimited, read_parquet_frame
 from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -107,26 +105,10 @@ def _read_text(path: Path, where: str) -> pd.DataFrame:
 
 
 def _read_parquet(path: Path, where: str, ids: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise RulesError(f"{where}: not a readable Parquet file {path} ({exc})") from None
-    names = table.column_names
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise RulesError(f"{where}: column(s) {twice} appear more than once")
-    index = pd.RangeIndex(1, table.num_rows + 1)
-    columns = {}
-    for name in names:
-        column = table.column(name)
-        if name in ids:  # by the id rule on the Arrow column: dictionaries and decimals included
-            try:
-                columns[name] = pd.Series(id_text(column), index=index, dtype=object)
-            except TypeError:
-                raise RulesError(f"{where}: column {name} has type {column.type}, which cannot be an id") from None
-        else:
-            columns[name] = column.to_pandas().set_axis(index)
-    return pd.DataFrame(columns, index=index)
+    try:  # ids by the id rule on the Arrow column (dictionaries and decimals included)
+        return read_parquet_frame(path, lambda name, _kind: name in ids)
+    except IngestError as exc:
+        raise RulesError(f"{where}: {exc}") from None
 
 
 def _read_table(settings: Settings, source: str, where: str) -> pd.DataFrame:

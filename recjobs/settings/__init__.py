@@ -31,8 +31,11 @@ from recjobs.settings._sections import (
     AirflowSettings,
     ColdStartSettings,
     EvaluateSettings,
+    FeedbackSettings,
     GateSettings,
+    GuardSettings,
     IngestSettings,
+    ItemSegmentsSettings,
     PublishSettings,
     RerankSettings,
     RulesSettings,
@@ -45,7 +48,8 @@ from recjobs.settings._sections import (
 
 __all__ = [
     "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "ColdStartSettings", "EASEParams",
-    "EvaluateSettings", "GateSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
+    "EvaluateSettings", "FeedbackSettings", "GateSettings", "GuardSettings", "IngestSettings", "ItemSegmentsSettings",
+    "ItemKNNParams", "LightFMParams", "ModelsSettings",
     "PopularityParams", "PublishSettings", "RankerParams", "RerankSettings", "RulesSettings", "RunsSettings",
     "SequenceParams", "Settings", "SettingsError", "SplitSettings", "TFRSParams", "UserKNNParams",
     "database_url_problem", "load_settings", "mask_url",

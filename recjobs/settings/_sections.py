@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
-from recjobs.columns import INTERACTION_COLUMNS
+from recjobs.columns import EVENT_TYPE, INTERACTION_COLUMNS
 from recjobs.models.registry import DEFAULT_FAMILIES, FAMILIES
 from recjobs.settings._params import ModelsSettings
 from recjobs.settings._strict import Strict
@@ -55,9 +55,9 @@ class IngestSettings(Strict):
     @field_validator("columns")
     @classmethod
     def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(value) - set(INTERACTION_COLUMNS))
+        unknown = sorted(set(value) - {*INTERACTION_COLUMNS, EVENT_TYPE})
         if unknown:
-            raise ValueError(f"unknown columns {unknown}; map only {list(INTERACTION_COLUMNS)}")
+            raise ValueError(f"unknown columns {unknown}; map only {[*INTERACTION_COLUMNS, EVENT_TYPE]}")
         empty = sorted(k for k, v in value.items() if not v.strip())
         if empty:
             raise ValueError(f"columns {empty} are mapped to an empty file column name")
@@ -75,6 +75,95 @@ class IngestSettings(Strict):
                 f"[{self.rating_min:g}, {self.rating_max:g}]"
             )
         return self
+
+
+# Longest event type name: types are short words; a longer name is a mistake, not a type.
+MAX_EVENT_TYPE = 64
+
+
+def _event_type_name(name: str, setting: str) -> str:
+    if not name or name != name.strip() or len(name) > MAX_EVENT_TYPE or not name.isprintable():
+        raise ValueError(f"{setting}: event type {name[:MAX_EVENT_TYPE]!r} must be 1..{MAX_EVENT_TYPE} printable "
+                         "characters without surrounding spaces")
+    return name
+
+
+class FeedbackSettings(Strict):
+    """Typed events (an ``event_type`` column): how each type counts. Rows without a type keep their rating."""
+
+    # Event type -> weight of a (user, item) pair in training: the confidence of implicit
+    # feedback. A pair with several events weighs its strongest one.
+    weights: dict[str, float] = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
+    # Negative types: the pair is never recommended to that user (it joins the seen items at
+    # ranking time), and it is neither trained on nor counted relevant, whatever else the user did with the item.
+    exclude: list[str] = ["dislike", "return"]
+    # A typed pair is a positive (trained on, kept in the seen set) only when its weight reaches this.
+    min_weight: float = Field(1.0, gt=0.0)
+    # Held-out typed pairs that count as relevant in evaluation: a pair with an event of one of these
+    # types. Intent, not exposure: a view is often what the recommender showed, so counting it would
+    # reward a model for predicting its own lists.
+    relevant: list[str] = ["add_to_cart", "purchase"]
+
+    @field_validator("weights")
+    @classmethod
+    def _positive_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, weight in value.items():
+            _event_type_name(name, "weights")
+            if weight <= 0:
+                raise ValueError(f"weight of {name!r} is {weight:g}; weights must be above 0 (negative feedback "
+                                 "goes in feedback.exclude)")
+        if not value:
+            raise ValueError("at least one event type needs a weight")
+        return value
+
+    @field_validator("exclude", "relevant")
+    @classmethod
+    def _names(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        for name in value:
+            _event_type_name(name, str(info.field_name))
+        return sorted(set(value), key=value.index)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FeedbackSettings:
+        both = sorted(set(self.weights) & set(self.exclude))
+        if both:
+            raise ValueError(f"event types {both} are in both feedback.weights and feedback.exclude")
+        unweighted = sorted(set(self.relevant) - set(self.weights))
+        if unweighted:
+            raise ValueError(f"feedback.relevant names {unweighted}, which have no weight in feedback.weights "
+                             f"({sorted(self.weights)})")
+        if self.min_weight > max(self.weights.values()):
+            raise ValueError(f"feedback.min_weight {self.min_weight:g} is above every weight in feedback.weights: "
+                             "no typed pair would be a positive")
+        return self
+
+    @property
+    def known_types(self) -> frozenset[str]:
+        """Every event type ingest accepts: the weighted and the negative ones."""
+        return frozenset(self.weights) | frozenset(self.exclude)
+
+
+class ItemSegmentsSettings(Strict):
+    """``item_segments``: for each item, the users most likely to want it (campaign audiences)."""
+
+    # Users listed per item, by the champion's scores with each user's seen (and excluded)
+    # items left out; 0 (the default) publishes no segments: they cost a scoring pass as
+    # large as the recommendations'.
+    top_users: int = Field(0, ge=0, le=MAX_LIST)
+    # Only these item ids (a campaign's items); None: every item no rule excludes.
+    items: list[str] | None = None
+
+    @field_validator("items")
+    @classmethod
+    def _ids(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("an empty list selects no item; unset it for every item")
+        bad = [v for v in value if not v or "\x00" in v]
+        if bad:
+            raise ValueError(f"item ids must be non-empty text without NUL characters, got {bad[:3]!r}")
+        return value
 
 
 class SplitSettings(Strict):
@@ -287,6 +376,63 @@ class AirflowSettings(Strict):
     retry_delay_seconds: float = Field(60, ge=0)
 
 
+class GuardSettings(Strict):
+    """A bad night never goes live: checks of the night's input before the split and of the
+    champion's lists before they go live (README 'Guards'); an operator lets a night through
+    with ``recjobs guard allow --date D`` or the DAG's ``guard_allow`` param."""
+
+    # Off: every check is still computed and recorded, but nothing is held.
+    enabled: bool = True
+    # Trailing nights compared with: the median of the latest `trailing_nights` nights before
+    # the run date that have data. With fewer than `min_trailing_nights` of them (the first
+    # nights) the comparisons pass with a note: a first run is never held.
+    trailing_nights: int = Field(7, ge=1, le=365)
+    min_trailing_nights: int = Field(3, ge=1, le=365)
+    # Input: rows, active users and active items of the night within these multiples of the
+    # trailing median (a partial export, a doubled delivery).
+    min_volume_ratio: float = Field(0.3, ge=0.0)
+    max_volume_ratio: float = Field(3.0, gt=0.0)
+    # Volume checks are judged only when the trailing median has at least this many rows a
+    # night: the count of a small night varies too much by chance (and tiny generated data
+    # tapers off at its end). Below it they pass with a note.
+    min_judged_rows: int = Field(200, ge=0)
+    # Input schema: the night needs at least this many rows (judged as the volume checks).
+    min_rows: int = Field(1, ge=0)
+    # Share of the night's active users (items) first seen that night: at most the larger of
+    # this and max_volume_ratio x the trailing median share (an id scheme change makes all new).
+    max_new_share: float = Field(0.8, ge=0.0, le=1.0)
+    # Rating distribution against the trailing nights' pooled ratings: total variation
+    # distance of the histograms (0 same, 1 disjoint) and the mean's shift, judged on nights
+    # with at least `min_rating_rows` rows (fewer: passes with a note, too noisy to judge).
+    max_rating_distance: float = Field(0.3, ge=0.0, le=1.0)
+    max_mean_rating_shift: float = Field(0.5, ge=0.0)
+    min_rating_rows: int = Field(50, ge=1)
+    rating_bins: int = Field(10, ge=2, le=1000)
+    # Share of the rows read from the files that delivered the night which were quarantined.
+    max_quarantine_share: float = Field(0.01, ge=0.0, le=1.0)
+    # Output: distinct items in the champion's lists over those in the live lists (a
+    # collapse onto a few items), users of the date without a personal list (served the
+    # fallback lists), and the mean share of a user's live list kept in the new one.
+    min_coverage_ratio: float = Field(0.5, ge=0.0)
+    min_coverage: float = Field(0.0, ge=0.0, le=1.0)  # distinct listed items / catalogue; 0: off
+    max_fallback_share: float = Field(0.5, ge=0.0, le=1.0)
+    min_overlap: float = Field(0.05, ge=0.0, le=1.0)
+    overlap_users: int = Field(10_000, ge=1, le=1_000_000)  # users sampled for the overlap
+    # The champion's holdout metric (gate.metric) may not fall more than this share below
+    # the median of the trailing gates' champions.
+    max_metric_drop: float = Field(0.3, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GuardSettings:
+        if self.min_volume_ratio > self.max_volume_ratio:
+            raise ValueError(f"min_volume_ratio {self.min_volume_ratio:g} is above max_volume_ratio "
+                             f"{self.max_volume_ratio:g}")
+        if self.min_trailing_nights > self.trailing_nights:
+            raise ValueError(f"min_trailing_nights {self.min_trailing_nights} is above trailing_nights "
+                             f"{self.trailing_nights}")
+        return self
+
+
 class Settings(Strict):
     home: Path = Path("~/.recjobs")
     database_url: str | None = None
@@ -297,6 +443,7 @@ class Settings(Strict):
     # Train only on the last N days before the logical date; None means all history.
     train_window_days: int | None = Field(None, gt=0)
     ingest: IngestSettings = IngestSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     split: SplitSettings = SplitSettings()
     evaluate: EvaluateSettings = EvaluateSettings()
     gate: GateSettings = GateSettings()
@@ -307,6 +454,8 @@ class Settings(Strict):
     coldstart: ColdStartSettings = ColdStartSettings()
     rules: RulesSettings = RulesSettings()
     rerank: RerankSettings = RerankSettings()
+    guard: GuardSettings = GuardSettings()
+    item_segments: ItemSegmentsSettings = ItemSegmentsSettings()
 
     @field_validator("home", "inbox_dir", "database_url", mode="before")
     @classmethod
