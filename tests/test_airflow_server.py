@@ -40,6 +40,9 @@ from tests.conftest import (
     wait_for,
 )
 
+# A real Airflow scheduler: minutes, so outside the fast loop (-m 'not slow').
+pytestmark = pytest.mark.slow
+
 BIN = Path(sys.executable).parent
 ARTIFACTS = ROOT / "test-artifacts"
 BACKFILL = ["2026-01-28", "2026-01-29", "2026-01-30"]

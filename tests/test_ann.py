@@ -158,6 +158,7 @@ def test_setting_is_validated() -> None:
         Settings.model_validate({"publish": {"ann": "annoy"}})
 
 
+@pytest.mark.slow
 def test_clustered_scores_do_not_depend_on_batches_to_the_bit(case: tuple[Vectors, sp.csr_matrix]) -> None:
     # Shards and chunks split clusters differently; BLAS picks its kernel by the product's
     # shape (one row: a matrix-vector product), and kernels round differently. Published
@@ -192,6 +193,7 @@ def test_clustered_edge_cases() -> None:
         np.testing.assert_array_equal(index.recommend(v.user_vectors, np.arange(len(query)), n, None)[0], want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("core", ["Haswell", "Sandybridge"])
 def test_scores_are_bit_identical_under_each_blas_kernel(core: str) -> None:
     # OpenBLAS picks its kernel by CPU (Haswell on AVX2 machines, which made these scores

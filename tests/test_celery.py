@@ -48,6 +48,9 @@ from tests.conftest import (
     wait_for,
 )
 
+# Real Airflow processes or crash-and-rerun loops: minutes, so outside the fast loop (-m 'not slow').
+pytestmark = pytest.mark.slow
+
 DAY = "2026-01-31"
 FAMILIES = ["popularity", "als"]
 SHARDS = 3

@@ -23,6 +23,9 @@ from recjobs.db import make_engine
 from recjobs.settings import FAMILIES
 from tests.conftest import AIRFLOW, ROOT
 
+# Real Airflow processes or crash-and-rerun loops: minutes, so outside the fast loop (-m 'not slow').
+pytestmark = pytest.mark.slow
+
 
 def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
     code = (

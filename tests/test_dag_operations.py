@@ -202,6 +202,7 @@ def scheduler(tmp_path):  # noqa: ANN001, ANN201
         yield {"env": env, "home": home, "airflow_home": tmp_path / "airflow", "log": log_path}
 
 
+@pytest.mark.slow
 def test_a_night_whose_inbox_file_is_rejected_ends_and_the_next_night_publishes(scheduler):
     env, home = scheduler["env"], scheduler["home"]
     write_inbox(home / "inbox", SMALL)

@@ -101,6 +101,7 @@ def _probe(tmp_path: Path, cases: dict[str, str | None], **extra_env: str) -> di
     return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow
 def test_plugin_database_errors_name_recjobs_db_without_the_password(tmp_path):
     missing_db = tmp_path / "none" / "recs.db"
     results = _probe(tmp_path, {
@@ -189,6 +190,7 @@ def dashboard_server(tmp_path_factory):  # noqa: ANN001, ANN201
         yield {"port": port, "url": f"http://127.0.0.1:{port}", "settings": settings}
 
 
+@pytest.mark.slow
 def test_new_dashboard_routes_require_login_and_the_view_permission(dashboard_server):
     url, port = dashboard_server["url"], dashboard_server["port"]
     viewer, nobody = _token(port, "viewer"), _token(port, "nobody")
@@ -205,6 +207,7 @@ def test_new_dashboard_routes_require_login_and_the_view_permission(dashboard_se
     assert view["name"] == "Recs" and view["url_route"] == "recs" and view["href"] == "/recjobs/"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (scripts/setup_system.sh installs it)")
 def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboard_server):
     from playwright.sync_api import sync_playwright

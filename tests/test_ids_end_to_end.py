@@ -208,6 +208,7 @@ def _printable(text: str) -> bool:
     return all(c == " " or c.isprintable() for c in text)
 
 
+@pytest.mark.slow
 def test_the_dashboard_finds_every_hostile_user_and_renders_it_escaped(night):
     settings, engine, users, _ = night
     for user in [u for u in users if u in HOSTILE or u in NUL_USERS]:

@@ -23,6 +23,9 @@ from recjobs.runs import cutoff_of
 from recjobs.settings import load_settings
 from tests.conftest import AIRFLOW
 
+# Real Airflow processes or crash-and-rerun loops: minutes, so outside the fast loop (-m 'not slow').
+pytestmark = pytest.mark.slow
+
 RECJOBS = Path(sys.executable).with_name("recjobs")
 FAR = cutoff_of(pd.Timestamp("2030-01-01").date())
 HEADER = "user_id,item_id,rating,timestamp\n"

@@ -26,6 +26,7 @@ def _published(settings) -> pd.DataFrame:  # noqa: ANN001
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_stages_in_child_processes_publish_the_in_process_rows(tmp_path):
     homes = {mode: tmp_path / mode for mode in ("inline", "isolated")}
     reports = {}

@@ -149,6 +149,7 @@ class TestModelContract:
             assert precision > 0.9, f"{family} recommends outside the user's taste group"
 
 
+@pytest.mark.slow
 def test_personalised_families_beat_popularity_on_generated_data(small_data):
     train, holdout = temporal_split(small_data["ratings"], Settings().split)
     data = Interactions.from_frame(train)
@@ -183,6 +184,7 @@ def test_recency_weighting_ranks_recent_taste_above_old_taste(family, blocks):
     assert share_of_new_taste(1.0) > 0.5
 
 
+@pytest.mark.slow
 def test_tensorflow_gets_keras_2_without_the_user_setting_anything():
     import os
     import subprocess

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 
 from recjobs.data import Lake
@@ -74,6 +75,7 @@ def test_gate_keeps_champion_unless_beaten_by_margin(tmp_path, small_inbox):
     assert decision.promoted and decision.family in others and "has no candidate" in decision.reason
 
 
+@pytest.mark.slow
 def test_cli_run_publishes_from_the_families_that_succeed_when_tensorflow_is_missing(tmp_path, small_inbox):
     # A real "TensorFlow not installed": an import of tensorflow fails in the child process.
     blocker = tmp_path / "no_tf"
@@ -126,6 +128,7 @@ def test_schema_files_match_the_code():
         assert path.read_text() == schema_sql(dialect), f"regenerate {path}: recjobs schema --dialect {dialect}"
 
 
+@pytest.mark.slow
 def test_demo_command_twice_gives_the_same_published_rows(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "RECJOBS_FAMILIES": '["popularity", "als"]'}
     outputs = []

@@ -72,6 +72,7 @@ def test_learns_which_item_comes_next():
     assert model.info["encoder"] == "pool" and model.info["epochs_run"] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["gru", "attention"])
 def test_other_encoders_train_and_stop_at_the_budget(encoder):
     data, _ = walks(n_users=60)

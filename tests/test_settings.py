@@ -82,6 +82,7 @@ def test_mask_url_hides_passwords(url, masked):
     assert mask_url(url) == masked
 
 
+@pytest.mark.slow
 def test_cli_never_prints_the_database_password(postgres_url, tmp_path):
     password = "Sup3r-secret-pw"  # the test server trusts every login, so any password is accepted
     url = make_url(postgres_url).set(password=password).render_as_string(hide_password=False)

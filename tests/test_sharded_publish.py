@@ -88,6 +88,7 @@ def test_load_names_shards_not_yet_ranked(tmp_path, settings, small_inbox):
         rank_shard(sharded, DAY, 4)
 
 
+@pytest.mark.slow
 def test_a_shard_killed_mid_way_and_retried_leaves_no_duplicate_or_missing_rows(tmp_path, settings, small_inbox):
     whole, engine = _trained(settings.home, family="popularity")
     publish(whole, engine, DAY)
