@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import sqlalchemy as sa
 
 from recjobs.data import Lake
 from recjobs.db import make_engine
 from recjobs.settings import FAMILIES
 from tests.conftest import AIRFLOW, ROOT
+from tests.smtp_sink import start_sink
 
 
 def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
@@ -200,3 +202,43 @@ def test_a_broken_recjobs_db_connection_fails_the_tasks_instead_of_publishing_lo
     assert "s3cret-pw" not in log
     # Nothing was written to the embedded SQLite default.
     assert not (settings.home / "recjobs.db").exists()
+
+
+@pytest.mark.slow
+def test_the_dags_notifier_mails_a_failed_task_and_the_promotion(airflow_env, small_inbox, settings, tmp_path):
+    # One real run: train_tfrs fails (TensorFlow cannot be imported), popularity is promoted and
+    # published. The notifier (on_failure_callback / promote's on_success_callback) mails both
+    # to a real SMTP server in this process.
+    blocker = tmp_path / "no_tf"
+    (blocker / "tensorflow").mkdir(parents=True)
+    (blocker / "tensorflow" / "__init__.py").write_text("raise ImportError('No module named tensorflow')\n")
+    sink, server = start_sink()
+    path = os.pathsep.join(p for p in (str(blocker), airflow_env.get("PYTHONPATH")) if p)
+    env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "PYTHONPATH": path,
+           "RECJOBS_FAMILIES": '["popularity", "tfrs"]', "RECJOBS_PUBLISH__TOP_N": "5",
+           "RECJOBS_ALERTS__ENABLED": "true", "RECJOBS_ALERTS__SMTP_HOST": sink.host,
+           "RECJOBS_ALERTS__SMTP_PORT": str(sink.port), "RECJOBS_ALERTS__TO": '["ops@example.com"]',
+           "RECJOBS_ALERTS__DASHBOARD_URL": "https://airflow.example.com/recjobs/"}
+    try:
+        out = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", "2026-02-01"], env=env,
+                             capture_output=True, text=True, timeout=900)
+    finally:
+        server.shutdown()
+        server.server_close()
+    log = out.stdout + out.stderr
+    got = {m.subject: m for m in sink.messages()}
+    failed = "[recjobs] 2026-02-01: train_tfrs failed: ImportError: No module named tensorflow"
+    promoted = "[recjobs] 2026-02-01: popularity promoted to champion"
+    assert sorted(got) == sorted([failed, promoted]), log[-5000:]
+    body = got[failed].body
+    assert body.startswith("The recjobs run for 2026-02-01 failed in task train_tfrs (try 1 of 1).\n"), body
+    assert "Error: ImportError: No module named tensorflow\n" in body
+    assert "The family tfrs is left out of this night's gate" in body
+    assert "Run: recs_nightly manual__" in body and "Task log: http" in body
+    assert body.endswith("Dashboard: https://airflow.example.com/recjobs/\n")
+    assert got[failed].rcpt_to == ["ops@example.com"]
+    assert "The gate of 2026-02-01 promoted popularity (popularity-20260201-" in got[promoted].body
+    assert "There was no champion before: this is the first." in got[promoted].body
+    # The skipped families' logs say why they were skipped.
+    assert "skipped: als is not in the settings' RECJOBS_FAMILIES: popularity, tfrs" in log
+    assert "this run computes 2026-02-01 (the day of its logical date)" in log

@@ -29,6 +29,7 @@ from recjobs.settings._params import (
 )
 from recjobs.settings._sections import (
     AirflowSettings,
+    AlertsSettings,
     ColdStartSettings,
     EvaluateSettings,
     GateSettings,
@@ -44,7 +45,7 @@ from recjobs.settings._sections import (
 )
 
 __all__ = [
-    "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "ColdStartSettings", "EASEParams",
+    "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "AlertsSettings", "ColdStartSettings", "EASEParams",
     "EvaluateSettings", "GateSettings", "IngestSettings", "ItemKNNParams", "LightFMParams", "ModelsSettings",
     "PopularityParams", "PublishSettings", "RankerParams", "RerankSettings", "RulesSettings", "RunsSettings",
     "SequenceParams", "Settings", "SettingsError", "SplitSettings", "TFRSParams", "UserKNNParams",

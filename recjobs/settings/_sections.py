@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from recjobs.columns import INTERACTION_COLUMNS
 from recjobs.models.registry import DEFAULT_FAMILIES, FAMILIES
@@ -287,6 +287,44 @@ class AirflowSettings(Strict):
     retry_delay_seconds: float = Field(60, ge=0)
 
 
+class AlertsSettings(Strict):
+    """E-mail alerts from the nightly DAG (failed tasks, promotions); off by default.
+
+    Sent by the DAG's notifier (``dags/recjobs_airflow.py``) through ``recjobs.alerts``.
+    """
+
+    enabled: bool = False
+    smtp_host: str = Field("localhost", min_length=1)
+    smtp_port: int = Field(25, ge=1, le=65535)
+    # STARTTLS after connecting (port 587 servers); the login, if any, comes after it.
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    # A secret: shown as ********** by `recjobs settings` and never put in a message or log.
+    smtp_password: SecretStr | None = None
+    smtp_timeout_seconds: float = Field(30.0, gt=0.0)
+    sender: str = "recjobs@localhost"
+    to: list[str] = []
+    # The dashboard's address as operators open it, e.g. https://airflow.example.com/recjobs/
+    # (messages link to it); None: messages say it is not set.
+    dashboard_url: str | None = None
+    # Also send a message when a gate promotes a new champion (failures are always sent).
+    on_promotion: bool = True
+
+    @field_validator("sender", "to")
+    @classmethod
+    def _addresses(cls, value: str | list[str]) -> str | list[str]:
+        for address in [value] if isinstance(value, str) else value:
+            if "@" not in address or any(c.isspace() or c in ",;<>" for c in address):
+                raise ValueError(f"{address!r} is not one plain e-mail address (name@host)")
+        return value
+
+    @model_validator(mode="after")
+    def _someone_to_tell(self) -> AlertsSettings:
+        if self.enabled and not self.to:
+            raise ValueError("alerts are enabled but alerts.to names nobody")
+        return self
+
+
 class Settings(Strict):
     home: Path = Path("~/.recjobs")
     database_url: str | None = None
@@ -307,6 +345,7 @@ class Settings(Strict):
     coldstart: ColdStartSettings = ColdStartSettings()
     rules: RulesSettings = RulesSettings()
     rerank: RerankSettings = RerankSettings()
+    alerts: AlertsSettings = AlertsSettings()
 
     @field_validator("home", "inbox_dir", "database_url", mode="before")
     @classmethod
