@@ -20,7 +20,7 @@ from recjobs.dashboard.embedding_map import EmbeddingMap, load_map
 from recjobs.data.ids import positions
 from recjobs.data.interactions import Interactions
 from recjobs.data.lake import Lake
-from recjobs.db.ledger import CHAMPION_STATUSES
+from recjobs.db.ledger import CHAMPION_KEPT, CHAMPION_STATUSES, GATED_CANDIDATE_STATUSES, PROMOTED
 from recjobs.runs import RunFolder, family_of
 from recjobs.settings import Settings
 
@@ -28,6 +28,7 @@ from recjobs.settings import Settings
 DASHBOARD_TABLES = ("model_runs", "ingest_log", "publications", "popular_items", "items")
 DASHBOARD_VIEWS = ("recommendations",)
 _CHAMPION_SQL = ", ".join(f"'{s}'" for s in CHAMPION_STATUSES)
+_GATED_SQL = ", ".join(f"'{s}'" for s in GATED_CANDIDATE_STATUSES)
 
 
 def sqlite_file_missing(url: str) -> bool:
@@ -105,10 +106,61 @@ def metrics_by_date(engine: Engine) -> pd.DataFrame:
 
 
 def gate_decisions(engine: Engine, limit: int = 30) -> pd.DataFrame:
-    """The latest gate and rollback decisions with their significance (NULL where not computed)."""
-    return _frame(engine, "SELECT run_date, family, status, ndcg_at_k, gate_diff, gate_ci_low, gate_ci_high, "
-                          "gate_p_value, reason FROM model_runs WHERE stage IN ('gate', 'rollback') "
-                          "ORDER BY run_date DESC, id DESC LIMIT :n", n=limit)
+    """The latest gate and rollback decisions with their significance (NULL where not computed).
+
+    ``compared`` names, per row, what its ``gate_diff`` compares (the first minus the second):
+    a challenger with the champion it faced ("als vs champion ease"), or, where no champion
+    was defended (a first run, or the champion's family had no candidate), the winner with the
+    runner-up or with the best mean it was preferred to. None where the row has no difference.
+    """
+    frame = _frame(engine, "SELECT run_date, family, status, ndcg_at_k, gate_diff, gate_ci_low, gate_ci_high, "
+                           "gate_p_value, reason FROM model_runs WHERE stage IN ('gate', 'rollback') "
+                           "ORDER BY run_date DESC, id DESC LIMIT :n", n=limit)
+    if frame.empty:
+        return frame
+    dates = sorted(set(frame["run_date"]))
+    # The date's gated candidates and their own gate_diff (vs the gate's reference, which has none).
+    cands = _frame(engine, "SELECT run_date, family, gate_diff FROM model_runs WHERE stage = 'candidate' "
+                           f"AND status IN ({_GATED_SQL}) AND run_date >= :first AND run_date <= :last",
+                   first=dates[0], last=dates[-1])
+    by_date: dict[str, dict[str, float | None]] = {}
+    for row in cands.itertuples(index=False):
+        by_date.setdefault(row.run_date, {})[row.family] = None if pd.isna(row.gate_diff) else float(row.gate_diff)
+    champions = _frame(engine, "SELECT run_date, family FROM model_runs WHERE stage = 'gate' "
+                               f"AND status IN ({_CHAMPION_SQL}) AND run_date < :last ORDER BY run_date, id",
+                       last=dates[-1])
+    frame["compared"] = [
+        None if row.status not in CHAMPION_STATUSES or pd.isna(row.gate_diff) else _compared(
+            row.family, row.status, float(row.gate_diff), _champion_before(champions, row.run_date),
+            by_date.get(row.run_date, {}))
+        for row in frame.itertuples(index=False)]
+    return frame
+
+
+def _champion_before(champions: pd.DataFrame, day: str) -> str | None:
+    """The champion family of the latest gate before ``day`` (as the gate itself took it)."""
+    earlier = champions[champions["run_date"] < day] if not champions.empty else champions
+    return None if earlier.empty else str(earlier.iloc[-1]["family"])
+
+
+def _compared(winner: str, status: str, diff: float, champion_before: str | None,
+              cands: dict[str, float | None]) -> str:
+    """What a gate row's difference compares, from the date's candidates (see :func:`gate_decisions`)."""
+    others = {f: d for f, d in cands.items() if f != winner and d is not None}
+
+    def closest(target: float) -> str | None:
+        return min(others, key=lambda f: abs(others[f] - target)) if others else None
+
+    if status == CHAMPION_KEPT:  # the champion stayed: the difference is its best challenger's gap
+        return f"{closest(diff) or 'best challenger'} vs champion {winner}"
+    if (status == PROMOTED and champion_before not in (None, winner)
+            and (not cands or champion_before in cands)):
+        return f"{winner} vs champion {champion_before}"
+    # No champion defended: the best mean is the candidates' reference (the one without a diff).
+    reference = next((f for f, d in cands.items() if d is None), None)
+    if reference is not None and reference != winner:
+        return f"{winner} vs best mean {reference}"
+    return f"{winner} vs runner-up {closest(-diff) or '(not recorded)'}"
 
 
 # -- one user: history beside recommendations ------------------------------------------------

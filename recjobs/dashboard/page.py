@@ -78,7 +78,9 @@ def _gate_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "run_date": frame["run_date"], "family": frame["family"], "status": frame["status"],
         "ndcg_at_k": frame["ndcg_at_k"],
-        "diff vs champion": frame["gate_diff"].map(lambda v: None if pd.isna(v) else f"{v:+.4f}"),
+        # Per row: which two candidates the difference compares (first minus second).
+        "compared": frame["compared"],
+        "difference": frame["gate_diff"].map(lambda v: None if pd.isna(v) else f"{v:+.4f}"),
         "CI of diff": frame.apply(ci, axis=1),
         "p-value": frame["gate_p_value"].map(lambda v: None if pd.isna(v) else f"{v:.3g}"),
         "reason": frame["reason"],
