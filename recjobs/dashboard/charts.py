@@ -9,8 +9,17 @@ import pandas as pd
 
 from recjobs import columns as C
 
+# One colour per registered family (category10's), so no two lines of a chart share one.
 PALETTE = {"popularity": "#8c8c8c", "als": "#1f77b4", "lightfm": "#2ca02c", "tfrs": "#d62728",
-           "ease": "#ff7f0e", "itemknn": "#9467bd"}
+           "ease": "#ff7f0e", "itemknn": "#9467bd", "sequence": "#8c564b", "userknn": "#e377c2",
+           "ranker": "#bcbd22"}
+# The embedding map's genres: 20 colours no two of which look alike (category20's light/dark
+# pairs did). Okabe-Ito's eight (told apart with colour-blindness too) first, then twelve
+# chosen one by one for the largest smallest CIEDE2000 distance to those before (each pair
+# at least 19 apart; tests/test_dashboard_ui.py measures it), none lighter than Okabe-Ito's yellow.
+GENRE_PALETTE = ["#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b2", "#d55e00", "#cc79a7", "#000000",
+                 "#4b0082", "#800000", "#006400", "#848482", "#2f4f4f", "#808000", "#e6194b", "#98df8a",
+                 "#dcbeff", "#c7c7c7", "#654522", "#f99379"]
 # (column, title, bounded): bounded metrics lie in [0, 1], so their axis never goes past 1;
 # novelty is self-information in bits and has no such bound.
 METRICS = [("ndcg_at_k", "NDCG@k", True), ("precision_at_k", "Precision@k", True),
@@ -77,7 +86,7 @@ def embedding_map_spec(data_url: str, explained: tuple[float, float] = (0.0, 0.0
              .mark_circle(size=45, opacity=0.75)
              .encode(x=alt.X("x:Q", title=f"component 1 ({explained[0]:.0%} of variance)", axis=alt.Axis(grid=False)),
                      y=alt.Y("y:Q", title=f"component 2 ({explained[1]:.0%} of variance)", axis=alt.Axis(grid=False)),
-                     color=alt.Color("genre:N", scale=alt.Scale(scheme="category20"),
+                     color=alt.Color("genre:N", scale=alt.Scale(range=GENRE_PALETTE),
                                      legend=alt.Legend(title="genre", symbolLimit=40)),
                      tooltip=tooltip)
              .properties(width=640, height=440)
@@ -85,4 +94,4 @@ def embedding_map_spec(data_url: str, explained: tuple[float, float] = (0.0, 0.0
     return chart.to_dict()
 
 
-__all__ = ["METRICS", "PALETTE", "embedding_map_spec", "metric_chart_spec", "metric_chart_specs"]
+__all__ = ["GENRE_PALETTE", "METRICS", "PALETTE", "embedding_map_spec", "metric_chart_spec", "metric_chart_specs"]

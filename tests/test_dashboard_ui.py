@@ -1,0 +1,137 @@
+"""What a new user stumbled on in the dashboard (issue 19): the gate table names, per row, what
+its difference compares; the embedding map's colours differ.
+
+Gate rows are written as a night writes them: candidates through ``recjobs.db.ledger``, and
+the decision by the real gate (``recjobs.pipeline.promote``) on a real SQLite file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+
+from recjobs.dashboard import DASH, gate_decisions, render
+from recjobs.dashboard.charts import GENRE_PALETTE, PALETTE, embedding_map_spec
+from recjobs.db import ledger
+from recjobs.pipeline import promote
+from recjobs.settings import FAMILIES, load_settings
+
+
+def _night(settings, engine, day: str, scores: dict[str, float]) -> None:  # noqa: ANN001
+    for family, ndcg in scores.items():
+        ledger.record_evaluated(engine, dt.date.fromisoformat(day), family, {
+            "model_version": f"{family}-{day.replace('-', '')}-c", "k": 10, "ndcg_at_k": ndcg,
+            "precision_at_k": ndcg / 2, "recall_at_k": ndcg, "map_at_k": ndcg / 3})
+    promote(settings, engine, day)
+
+
+def _rows(engine) -> dict[str, tuple[str, str, str | None, float | None]]:  # noqa: ANN001
+    frame = gate_decisions(engine)
+    return {r.run_date: (r.family, r.status, r.compared if isinstance(r.compared, str) else None,
+                         None if r.gate_diff != r.gate_diff else round(r.gate_diff, 4))
+            for r in frame.itertuples(index=False)}
+
+
+def test_each_gate_row_names_what_its_difference_compares(tmp_path, engine):
+    settings = load_settings({"home": str(tmp_path / "home"), "families": ["als", "ease", "itemknn"],
+                              "gate": {"test": "none", "first_run": "best_mean"}}, environ={})
+    _night(settings, engine, "2026-02-01", {"als": 0.10, "ease": 0.12})         # first run: no champion
+    _night(settings, engine, "2026-02-02", {"als": 0.09, "ease": 0.12})         # ease defended
+    _night(settings, engine, "2026-02-03", {"als": 0.15, "ease": 0.12})         # als beats ease
+    _night(settings, engine, "2026-02-04", {"ease": 0.11, "itemknn": 0.10})     # champion als absent
+    _night(settings, engine, "2026-02-05", {"ease": 0.11})                      # only the champion
+    assert _rows(engine) == {
+        "2026-02-01": ("ease", "promoted", "ease vs runner-up als", 0.02),
+        # Before: "ease -0.03 vs champion" on ease's own row. The gap is als's, against ease.
+        "2026-02-02": ("ease", "champion_kept", "als vs champion ease", -0.03),
+        "2026-02-03": ("als", "promoted", "als vs champion ease", 0.03),
+        "2026-02-04": ("ease", "promoted", "ease vs runner-up itemknn", 0.01),
+        "2026-02-05": ("ease", "champion_kept", None, None),
+    }
+    page = render(engine)
+    table = page[page.index('<table id="gate"'):].split("</table>")[0]
+    head = table.split("</thead>")[0]
+    assert "<th>compared</th><th>difference</th>" in head and "vs champion" not in head
+    rows = {r.split("</td>")[0].removeprefix("<td>"): r for r in table.split("<tr>")[2:]}
+    assert "<td>als vs champion ease</td><td>-0.0300</td>" in rows["2026-02-02"]
+    assert "<td>ease vs runner-up als</td><td>+0.0200</td>" in rows["2026-02-01"]
+    assert f"<td>{DASH}</td><td>{DASH}</td>" in rows["2026-02-05"]
+
+
+def test_a_first_run_won_by_the_surest_candidate_is_compared_with_the_best_mean(tmp_path, engine):
+    settings = load_settings({"home": str(tmp_path / "home"), "families": ["als", "ease"]}, environ={})
+    # Written as the gate writes a lower-bound pick: the reference (best mean, no diff of its own)
+    # is ease; the winner als is compared with it.
+    day = dt.date(2026, 2, 1)
+    for family, ndcg in {"als": 0.10, "ease": 0.11}.items():
+        ledger.record_evaluated(engine, day, family, {"model_version": f"{family}-v", "k": 10, "ndcg_at_k": ndcg})
+    rows = {r.family: r for r in ledger.candidates(engine, day, settings.families)}
+    ledger.record_gate(engine, day, {
+        rows["als"].id: {"status": ledger.PROMOTED, "gate_diff": -0.01},
+        rows["ease"].id: {"status": ledger.REJECTED, "gate_diff": None}},
+        {"family": "als", "model_version": "als-v", "status": ledger.PROMOTED, "reason": "lower bound",
+         "gate_diff": -0.01})
+    assert _rows(engine)["2026-02-01"][2] == "als vs best mean ease"
+
+
+def _lab(colour: str) -> tuple[float, float, float]:
+    """CIELAB (D65) of a ``#rrggbb`` sRGB colour."""
+    rgb = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    lin = [((c + 0.055) / 1.055) ** 2.4 if c > 0.04045 else c / 12.92 for c in rgb]
+    xyz = [sum(m * c for m, c in zip(row, lin, strict=True)) / w for row, w in zip(
+        [(0.4124, 0.3576, 0.1805), (0.2126, 0.7152, 0.0722), (0.0193, 0.1192, 0.9505)],
+        (0.95047, 1.0, 1.08883), strict=True)]
+    f = [t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in xyz]
+    return 116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])
+
+
+def ciede2000(one: str, two: str) -> float:
+    """The CIEDE2000 colour difference (Sharma, Wu and Dalal 2005): about 2 is just noticeable."""
+    (l1, a1, b1), (l2, a2, b2) = _lab(one), _lab(two)
+    c_bar = (math.hypot(a1, b1) + math.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - math.sqrt(c_bar ** 7 / (c_bar ** 7 + 25 ** 7)))
+    a1, a2 = (1 + g) * a1, (1 + g) * a2
+    c1, c2 = math.hypot(a1, b1), math.hypot(a2, b2)
+    h1, h2 = math.degrees(math.atan2(b1, a1)) % 360, math.degrees(math.atan2(b2, a2)) % 360
+    dh = 0.0 if c1 * c2 == 0 else (h2 - h1 + 180) % 360 - 180
+    d_h = 2 * math.sqrt(c1 * c2) * math.sin(math.radians(dh / 2))
+    l_bar, c_bar = (l1 + l2) / 2, (c1 + c2) / 2
+    if c1 * c2 == 0:
+        h_bar = h1 + h2
+    elif abs(h1 - h2) <= 180:
+        h_bar = (h1 + h2) / 2
+    else:
+        h_bar = (h1 + h2 + 360) / 2 if h1 + h2 < 360 else (h1 + h2 - 360) / 2
+    t = (1 - 0.17 * math.cos(math.radians(h_bar - 30)) + 0.24 * math.cos(math.radians(2 * h_bar))
+         + 0.32 * math.cos(math.radians(3 * h_bar + 6)) - 0.20 * math.cos(math.radians(4 * h_bar - 63)))
+    rotation = -math.sin(math.radians(60 * math.exp(-(((h_bar - 275) / 25) ** 2)))) * 2 * math.sqrt(
+        c_bar ** 7 / (c_bar ** 7 + 25 ** 7))
+    sl = 1 + 0.015 * (l_bar - 50) ** 2 / math.sqrt(20 + (l_bar - 50) ** 2)
+    sc, sh = 1 + 0.045 * c_bar, 1 + 0.015 * c_bar * t
+    dl, dc, dhh = (l2 - l1) / sl, (c2 - c1) / sc, d_h / sh
+    return math.sqrt(dl ** 2 + dc ** 2 + dhh ** 2 + rotation * dc * dhh)
+
+
+CATEGORY20 = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#2ca02c", "#98df8a", "#d62728", "#ff9896", "#9467bd",
+              "#c5b0d5", "#8c564b", "#c49c94", "#e377c2", "#f7b6d2", "#7f7f7f", "#c7c7c7", "#bcbd22", "#dbdb8d",
+              "#17becf", "#9edae5"]
+NEAR = 15.0  # CIEDE2000 below this: two small map points in these colours are easily taken for one
+
+
+def _closest(palette: list[str]) -> float:
+    return min(ciede2000(a, b) for a, b in itertools.combinations(palette, 2))
+
+
+def test_the_embedding_maps_palette_has_no_look_alike_pairs():
+    assert round(ciede2000("#000000", "#ffffff")) == 100  # the scale: black to white is 100
+    assert _closest(CATEGORY20) < NEAR  # the palette users complained about has look-alike pairs
+    assert len(GENRE_PALETTE) == len(set(GENRE_PALETTE)) == 20
+    assert _closest(GENRE_PALETTE) >= 19
+    assert all(_lab(c)[0] < 90 for c in GENRE_PALETTE)  # none fades into the white page (Okabe-Ito's yellow: 89)
+    spec = embedding_map_spec("api/embedding")
+    assert spec["encoding"]["color"]["scale"] == {"range": GENRE_PALETTE}
+
+
+def test_every_family_has_its_own_chart_colour():
+    assert set(PALETTE) == set(FAMILIES) and len(set(PALETTE.values())) == len(PALETTE)
+    assert _closest(list(PALETTE.values())) >= NEAR
