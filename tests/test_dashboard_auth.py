@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
-from recjobs.dashboard import NO_SCHEMA, missing_schema, render, sqlite_file_missing
+from recjobs.dashboard import METRICS, NO_SCHEMA, missing_schema, render, sqlite_file_missing
 from recjobs.data import write_inbox
 from recjobs.db import make_engine
 from recjobs.pipeline import run_pipeline
@@ -256,6 +256,9 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
         values = [float(t) for t in texts if t.replace(".", "", 1).isdigit()]  # the y axis; x shows dates
         assert values and max(values) <= 1.0 and any(t.startswith("Jan") for t in texts), texts
         assert page.locator(".vchart.failed").count() == 0
+        # Each box said "Loading …" until its chart was drawn, and says it no more.
+        page.wait_for_function("document.querySelectorAll('.vchart .loading').length === 0", timeout=60_000)
+        assert page.locator(".vchart.rendered").count() == len(METRICS) + 1  # the metric charts and the map
         page.mouse.move(0, 0)
         page.screenshot(path=str(ARTIFACTS / "dashboard_unknown_user.png"), full_page=True)
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+import re
 
-from recjobs.dashboard import DASH, gate_decisions, render
+from recjobs.dashboard import DASH, METRICS, gate_decisions, render
 from recjobs.dashboard.charts import GENRE_PALETTE, PALETTE, embedding_map_spec
 from recjobs.db import ledger
 from recjobs.pipeline import promote
@@ -135,3 +136,12 @@ def test_the_embedding_maps_palette_has_no_look_alike_pairs():
 def test_every_family_has_its_own_chart_colour():
     assert set(PALETTE) == set(FAMILIES) and len(set(PALETTE.values())) == len(PALETTE)
     assert _closest(list(PALETTE.values())) >= NEAR
+
+
+def test_chart_boxes_say_they_are_loading_until_drawn(engine):
+    page = render(engine)
+    boxes = re.findall(r'<div class="vchart" id="(chart-[a-z_]+)"[^>]*>(.*?)</div>', page)
+    assert len(boxes) == len(METRICS) and all(inner == '<span class="loading">Loading chart…</span>'
+                                              for _, inner in boxes)
+    # The script takes the text away once the chart is drawn (checked in Chromium by test_dashboard_auth).
+    assert "target.querySelector('.loading')?.remove()" in page

@@ -131,6 +131,7 @@ h1{font-size:1.4rem;margin:0 0 .5rem} h2{font-size:1.1rem;margin:1.4rem 0 .5rem}
 .card{border:1px solid #ddd;border-radius:8px;padding:.8rem 1rem;display:inline-block;margin-right:1rem}
 .card b{font-size:1.2rem} .charts{display:flex;flex-wrap:wrap;gap:.8rem}
 .vchart{border:1px solid #eee;border-radius:6px;background:#fcfcfc;padding:4px;min-width:200px;min-height:120px}
+.vchart .loading{display:block;color:#777;font-size:13px;padding:.6rem}
 table{border-collapse:collapse;font-size:13px} td,th{border-bottom:1px solid #eee;padding:3px 8px;text-align:left}
 form{margin:.5rem 0} input{padding:4px}
 .side{display:flex;flex-wrap:wrap;gap:2rem;align-items:flex-start}
@@ -139,15 +140,22 @@ form{margin:.5rem 0} input{padding:4px}
 .id,td{white-space:pre-wrap} .esc{font-family:monospace;color:#a00;background:#fdecea}
 """
 
-# Draws every chart whose spec the page carries; a chart that fails says so in its place.
+# Draws every chart whose spec the page carries; until then its box says it is loading, and a
+# chart that fails says so in its place.
 EMBED_SCRIPT = """
 for (const el of document.querySelectorAll('script.chart-spec')) {
   const target = document.getElementById(el.dataset.target);
   vegaEmbed(target, JSON.parse(el.textContent), {actions: false, renderer: 'svg'})
-    .then(() => target.classList.add('rendered'))
+    .then(() => { target.querySelector('.loading')?.remove(); target.classList.add('rendered'); })
     .catch((err) => { target.textContent = 'chart failed: ' + err; target.classList.add('failed'); });
 }
 """
+
+
+def _chart_box(css_id: str, what: str, attrs: str = "") -> str:
+    """A chart's box, saying it is loading until the script draws the chart in it."""
+    return (f'<div class="vchart" id="{html.escape(css_id)}"{attrs}>'
+            f'<span class="loading">Loading {html.escape(what)}…</span></div>')
 
 
 def _spec_script(target: str, spec: dict[str, Any]) -> str:
@@ -217,7 +225,7 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
     scripts = []
     out.append("<h2>Candidates by logical date</h2><div class='charts'>")
     for column, spec in metric_chart_specs(metrics).items():
-        out.append(f'<div class="vchart" id="chart-{e(column)}" data-metric="{e(column)}"></div>')
+        out.append(_chart_box(f"chart-{column}", "chart", f' data-metric="{e(column)}"'))
         scripts.append(_spec_script(f"chart-{column}", spec))
     out.append("</div>")
     out.append("<h2>Champion's item embedding</h2>")
@@ -234,7 +242,8 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
             out.append(f'<p class="muted">PCA of the item vectors of {e(emap.model_version)} ({e(emap.family)}): '
                        f"{e(sample)}{emap.n_items} items, coloured by genre; hover for titles, "
                        "scroll to zoom, drag to pan.</p>")
-            out.append(f'<div class="vchart" id="embedding-map" data-points="{len(emap.points)}"></div>')
+            out.append(_chart_box("embedding-map", f"{len(emap.points)} points",
+                                  f' data-points="{len(emap.points)}"'))
             scripts.append(_spec_script("embedding-map", embedding_map_spec(f"{base}api/embedding", emap.explained)))
     out.append("<h2>Gate decisions</h2>" + _table(_gate_table(gate_decisions(engine)), "gate"))
     if not metrics.empty:
