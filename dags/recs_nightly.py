@@ -54,7 +54,6 @@ from recjobs_airflow import (
 )
 
 # Parse time: only pydantic settings are imported here, nothing heavy.
-from recjobs.models.registry import DEFAULT_FAMILIES
 from recjobs.settings import FAMILIES, Settings, load_settings, mask_url
 
 log = logging.getLogger("recjobs.dags.recs_nightly")
@@ -79,7 +78,7 @@ def _docs(settings: Settings) -> str:
     then how it works inside (this module's docstring)."""
     title, _, inside = (__doc__ or "").partition("\n\n")
     families = ", ".join(settings.families)
-    opt_in = " and ".join(f for f in FAMILIES if f not in DEFAULT_FAMILIES)
+    opt_in = " and ".join(f for f in FAMILIES if f not in Settings.model_fields["families"].default)
     alerts = (f"on: failures and promotions are e-mailed to {', '.join(settings.alerts.to)}"
               if settings.alerts.enabled else "off (turn them on with RECJOBS_ALERTS__ENABLED, README 'Alerts')")
     return f"""{title}

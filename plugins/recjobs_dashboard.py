@@ -208,9 +208,10 @@ def create_app() -> FastAPI:
     @app.get("/api/charts", response_model=None)
     def charts() -> dict | JSONResponse:
         """The metric charts' Vega-Lite specs, one per metric, with their data inline."""
-        from recjobs.dashboard import NO_SCHEMA, metric_chart_specs, metrics_by_date
+        from recjobs.dashboard import NO_SCHEMA, failed_nights, metric_chart_specs, metrics_by_date
 
-        specs = database.read(lambda engine, _settings: metric_chart_specs(metrics_by_date(engine)))
+        specs = database.read(lambda engine, _settings: metric_chart_specs(metrics_by_date(engine),
+                                                                            failed_nights(engine)))
         if specs is None:
             return JSONResponse({"detail": NO_SCHEMA}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
         return specs

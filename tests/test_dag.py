@@ -42,6 +42,7 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
         "                if t.inlets or t.outlets},\n"
         "    'params': {k: {**dag.params.get_param(k).schema, 'help': dag.params.get_param(k).description}\n"
         "               for k in dag.params},\n"
+        "    'doc': dag.doc_md,\n"
         "    'inbox': [sorted(t.task_id for t in inbox.tasks), type(inbox.timetable).__name__,\n"
         "              inbox.get_task('wait_for_files').mode],\n"
         "}))\n"
@@ -70,6 +71,14 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
     families, run_date = got["params"]["families"], got["params"]["run_date"]
     assert families["examples"] == list(FAMILIES) and families["items"] == {"enum": list(FAMILIES)}
     assert run_date["format"] == "date" and "YYYY" not in run_date["help"]
+    # The form names the settings' families that an empty field means.
+    assert families["help"].endswith("Empty: the settings' families, now "
+                                     "popularity, als, lightfm, tfrs, ease, itemknn, sequence (RECJOBS_FAMILIES).")
+    # The DAG's docs start with how to use it: the inbox, the families, the dashboard.
+    use = got["doc"].split("**How it works inside.**")[0]
+    assert "**Using it.**" in use
+    assert "into the inbox, `" in use and "Families** trained and gated: popularity, als," in use
+    assert "*Recs* dashboard" in use and "`/recjobs/`" in use and "Alerts** are off" in use
     # Tasks log through `logging`: print() output lands after the task in Airflow's log, some lines twice.
     for source in (ROOT / "dags").glob("*.py"):
         assert "print(" not in source.read_text(), source

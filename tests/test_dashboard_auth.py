@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from recjobs.dashboard import METRICS, NO_SCHEMA, missing_schema, render, sqlite_file_missing
 from recjobs.data import write_inbox
 from recjobs.db import make_engine
-from recjobs.pipeline import run_pipeline
+from recjobs.pipeline import engine_for, record_no_candidates, run_pipeline
 from recjobs.settings import load_settings
 from tests.conftest import AIRFLOW, ROOT, SMALL, _free_port, airflow_process_env, airflow_standalone
 
@@ -185,6 +185,8 @@ def dashboard_server(tmp_path_factory):  # noqa: ANN001, ANN201
     write_inbox(settings.inbox, SMALL)
     for day in ("2026-01-20", "2026-01-31"):
         run_pipeline(settings, day)
+    # A failed night between them, as a night without candidates records it: marked on the charts.
+    record_no_candidates(engine_for(settings), "2026-01-25", "no candidates for 2026-01-25: no family was trained")
     with airflow_standalone(env, port, base / "standalone.log", timeout=300):
         yield {"port": port, "url": f"http://127.0.0.1:{port}", "settings": settings}
 
@@ -250,6 +252,8 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
             page.locator(f"#chart-{column}.rendered").wait_for(timeout=30_000)
         ndcg = page.locator("#chart-ndcg_at_k g.mark-symbol.role-mark path")
         assert ndcg.count() == 4
+        # The failed night: one dashed red rule on each metric chart.
+        assert page.locator("#chart-ndcg_at_k g.mark-rule.role-mark line").count() == 1
         ndcg.first.hover(force=True)
         page.wait_for_function("document.querySelector('#vg-tooltip-element')?.innerText.includes('2026-01-')")
         texts = page.locator("#chart-coverage .role-axis-label text").all_text_contents()

@@ -11,10 +11,18 @@ import itertools
 import math
 import re
 
-from recjobs.dashboard import DASH, METRICS, gate_decisions, render
+from recjobs.dashboard import (
+    DASH,
+    METRICS,
+    failed_nights,
+    gate_decisions,
+    metric_chart_specs,
+    metrics_by_date,
+    render,
+)
 from recjobs.dashboard.charts import GENRE_PALETTE, PALETTE, embedding_map_spec
 from recjobs.db import ledger
-from recjobs.pipeline import promote
+from recjobs.pipeline import promote, record_no_candidates
 from recjobs.settings import FAMILIES, load_settings
 
 
@@ -128,6 +136,7 @@ def test_the_embedding_maps_palette_has_no_look_alike_pairs():
     assert _closest(CATEGORY20) < NEAR  # the palette users complained about has look-alike pairs
     assert len(GENRE_PALETTE) == len(set(GENRE_PALETTE)) == 20
     assert _closest(GENRE_PALETTE) >= 19
+    assert _closest(GENRE_PALETTE[:8]) >= 27  # a map of few genres gets the most distinct colours
     assert all(_lab(c)[0] < 90 for c in GENRE_PALETTE)  # none fades into the white page (Okabe-Ito's yellow: 89)
     spec = embedding_map_spec("api/embedding")
     assert spec["encoding"]["color"]["scale"] == {"range": GENRE_PALETTE}
@@ -145,3 +154,29 @@ def test_chart_boxes_say_they_are_loading_until_drawn(engine):
                                               for _, inner in boxes)
     # The script takes the text away once the chart is drawn (checked in Chromium by test_dashboard_auth).
     assert "target.querySelector('.loading')?.remove()" in page
+
+
+def test_failed_nights_are_marked_on_the_metric_charts_with_their_reason(settings, engine):
+    feb = {d: dt.date(2026, 2, d) for d in (1, 2, 3)}
+    settings = load_settings({"home": str(settings.home), "families": ["als"]}, environ={})
+    _night(settings, engine, "2026-02-01", {"als": 0.10})
+    _night(settings, engine, "2026-02-03", {"als": 0.11})
+    record_no_candidates(engine, feb[2], "no candidates for 2026-02-02: no family was trained")
+    record_no_candidates(engine, feb[3], "a failed rerun")  # the date's decision stands: not a failed night
+    failed = failed_nights(engine)
+    assert failed[["run_date", "status"]].values.tolist() == [["2026-02-02", "no_candidates"]]
+    spec = metric_chart_specs(metrics_by_date(engine), failed)["ndcg_at_k"]
+    rules, line = spec["layer"]
+    assert rules["mark"]["type"] == "rule" and line["mark"]["type"] == "line"
+    marked = spec["datasets"][rules["data"]["name"]]
+    assert marked == [{"date": "2026-02-02", "night": "no_candidates",
+                       "reason": "no candidates for 2026-02-02: no family was trained"}]
+    assert [t.get("title", t["field"]) for t in rules["encoding"]["tooltip"]] == ["date", "failed night", "reason"]
+    assert "a night without a decision" in spec["title"]["subtitle"]
+    # Without failed nights the chart is as before: one line layer.
+    assert spec_without_failures_is_plain(metric_chart_specs(metrics_by_date(engine))["ndcg_at_k"])
+    assert "no family was trained" in render(engine)
+
+
+def spec_without_failures_is_plain(spec: dict) -> bool:
+    return "layer" not in spec and spec["mark"]["type"] == "line"

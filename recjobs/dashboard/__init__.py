@@ -16,6 +16,7 @@ from recjobs.dashboard.data import (
     champion,
     champion_map,
     close_ids,
+    failed_nights,
     full_matrix,
     gate_decisions,
     ingest_by_date,
@@ -46,7 +47,7 @@ from recjobs.dashboard.page import (
 __all__ = [
     "DASH", "METRICS", "NO_GENRE", "NO_SCHEMA", "PALETTE", "VEGA_BUNDLE_PATH", "Champion", "EmbeddingMap",
     "LiveArtifact", "UserLookup", "build_map", "champion", "champion_map", "close_ids", "embedding_map_spec",
-    "full_matrix", "gate_decisions", "ingest_by_date", "item_genres", "item_titles", "live_artifact", "load_map", "lookup_user",
+    "failed_nights", "full_matrix", "gate_decisions", "ingest_by_date", "item_genres", "item_titles", "live_artifact", "load_map", "lookup_user",
     "metric_chart_spec", "metric_chart_specs", "metrics_by_date", "missing_schema", "project_2d", "render",
     "render_no_schema", "sqlite_file_missing", "vega_embed_bundle",
 ]

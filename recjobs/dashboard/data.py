@@ -105,6 +105,17 @@ def metrics_by_date(engine: Engine) -> pd.DataFrame:
                           "WHERE stage = 'candidate' AND status != 'training' ORDER BY run_date, family")
 
 
+def failed_nights(engine: Engine) -> pd.DataFrame:
+    """Dates whose gate decided nothing (e.g. ``no_candidates``), with the status and reason.
+
+    A date whose rerun failed after an earlier decision keeps that decision, and is not listed.
+    """
+    return _frame(engine, "SELECT run_date, status, reason FROM model_runs f WHERE stage = 'gate' "
+                          f"AND status NOT IN ({_CHAMPION_SQL}) AND NOT EXISTS (SELECT 1 FROM model_runs d "
+                          f"WHERE d.stage = 'gate' AND d.run_date = f.run_date AND d.status IN ({_CHAMPION_SQL})) "
+                          "ORDER BY run_date")
+
+
 def gate_decisions(engine: Engine, limit: int = 30) -> pd.DataFrame:
     """The latest gate and rollback decisions with their significance (NULL where not computed).
 
@@ -327,6 +338,6 @@ def champion_map(engine: Engine, settings: Settings | None = None) -> EmbeddingM
 
 __all__ = [
     "Champion", "DASHBOARD_TABLES", "DASHBOARD_VIEWS", "LiveArtifact", "UserLookup", "champion", "champion_map",
-    "close_ids", "full_matrix", "gate_decisions", "ingest_by_date", "item_titles", "live_artifact", "lookup_user",
+    "close_ids", "failed_nights", "full_matrix", "gate_decisions", "ingest_by_date", "item_titles", "live_artifact", "lookup_user",
     "metrics_by_date", "missing_schema", "sqlite_file_missing",
 ]

@@ -28,6 +28,7 @@ from recjobs.dashboard.data import (
     UserLookup,
     champion,
     champion_map,
+    failed_nights,
     gate_decisions,
     ingest_by_date,
     lookup_user,
@@ -224,7 +225,7 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
         out.append(_lookup_html(lookup_user(engine, user_id, settings), base))
     scripts = []
     out.append("<h2>Candidates by logical date</h2><div class='charts'>")
-    for column, spec in metric_chart_specs(metrics).items():
+    for column, spec in metric_chart_specs(metrics, failed_nights(engine)).items():
         out.append(_chart_box(f"chart-{column}", "chart", f' data-metric="{e(column)}"'))
         scripts.append(_spec_script(f"chart-{column}", spec))
     out.append("</div>")
