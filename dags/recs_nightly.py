@@ -128,7 +128,8 @@ def _docs(settings: Settings) -> str:
         "run_date": Param(None, type=["null", "string"], format="date", title="Run date",
                           description="The day (UTC) to compute: pick it in the calendar (in --conf or the "
                                       "API: \"2026-01-31\"). Empty: the day of the run's logical date, "
-                                      "for a manual run the data up to now."),
+                                      "for a manual run the data up to now. In a backfill leave it empty: "
+                                      "set, every run of the backfill computes this one day."),
         "train_window_days": Param(None, type=["null", "integer"], minimum=1, title="Training window (days)",
                                    description="Train on the last N days only. Empty: all history."),
     },
@@ -144,8 +145,12 @@ def recs_nightly() -> None:
 
         context = get_current_context()
         # The runs list shows the run's id and logical date, not the day it computes: say it here.
-        log.info("this run computes %s (%s)", run_date(context),
+        day = run_date(context)
+        log.info("this run computes %s (%s)", day,
                  "the run_date param" if context["params"].get("run_date") else "the day of its logical date")
+        if context["params"].get("run_date") and str(context["dag_run"].run_type) == "backfill":
+            log.warning("this backfill run computes %s, the run_date param, not the day of its logical date: "
+                        "with run_date set, every run of the backfill computes that one day", day)
         settings = task_settings(context["params"])
         reports = ingest_inbox(settings, engine_for(settings))
         extra = report_ingest(settings, reports)

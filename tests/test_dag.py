@@ -71,6 +71,7 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
     families, run_date = got["params"]["families"], got["params"]["run_date"]
     assert families["examples"] == list(FAMILIES) and families["items"] == {"enum": list(FAMILIES)}
     assert run_date["format"] == "date" and "YYYY" not in run_date["help"]
+    assert "In a backfill leave it empty" in run_date["help"]  # the backfill dialog shows this param too
     # The form names the settings' families that an empty field means.
     assert families["help"].endswith("Empty: the settings' families, now "
                                      "popularity, als, lightfm, tfrs, ease, itemknn, sequence (RECJOBS_FAMILIES).")
