@@ -15,6 +15,7 @@ from email.message import EmailMessage
 
 from sqlalchemy.engine import Engine
 
+from recjobs.data.ids import visible
 from recjobs.db import ledger
 from recjobs.errors import AlertError
 from recjobs.settings import AlertsSettings, Settings
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # Tasks whose failure leaves one family out of the night; any other failure stops the night.
 _FAMILY_TASKS = ("train_", "evaluate_")
+_LINE_LIMIT = 500
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ def first_line(error: BaseException | str | None) -> str:
         return "no error was reported (the task's process may have been killed; see its log)"
     text = str(error).strip()
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = visible(line)  # a direction mark or control character in an id must not garble the message
+    if len(line) > _LINE_LIMIT:  # a message quoting a whole file or list: the start says what it is
+        line = line[:_LINE_LIMIT] + f"… ({len(line):,} characters)"
     if isinstance(error, BaseException):
         name = type(error).__name__
         return f"{name}: {line}" if line else name

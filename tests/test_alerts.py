@@ -80,6 +80,19 @@ def test_a_failed_family_says_the_night_goes_on_without_it(sink):
     assert alerts.first_line(None).startswith("no error was reported")
 
 
+def test_a_hostile_error_text_stays_one_readable_line(sink):
+    # Any text an exception carries: a huge line, line breaks of every kind, non-ASCII ids.
+    error = RuntimeError("unknown item 'café\u202e' " + "x" * 20_000 + "\r\nsecond line\u2028third")
+    alerts.send(load_settings(environ=_alerts(sink.port)).alerts,
+                alerts.failure_alert("2026-02-01", "split", error))
+    got = sink.messages()[0]
+    # The direction mark is shown as its escape: it cannot reverse the rest of the line.
+    assert "RuntimeError: unknown item 'café\\u202e' xx" in got.body and "\u202e" not in got.message.as_string()
+    assert "café" in got.subject and len(got.subject) <= 200 and "second line" not in got.message.as_string()
+    (error_line,) = [ln for ln in got.body.splitlines() if ln.startswith("Error: ")]
+    assert error_line.endswith("… (20,026 characters)") and len(error_line) < 600
+
+
 def test_a_promotion_names_the_champion_before_from_the_ledger(sink, settings, engine):
     def gate(day: str, family: str, status: str, ndcg: float, reason: str) -> None:
         ledger.record_gate(engine, dt.date.fromisoformat(day), {}, {

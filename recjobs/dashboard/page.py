@@ -35,6 +35,7 @@ from recjobs.dashboard.data import (
     metrics_by_date,
     missing_schema,
 )
+from recjobs.data.ids import visible
 from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,15 +87,6 @@ def _gate_table(frame: pd.DataFrame) -> pd.DataFrame:
         "p-value": frame["gate_p_value"].map(lambda v: None if pd.isna(v) else f"{v:.3g}"),
         "reason": frame["reason"],
     })
-
-
-def _visible(text: str) -> str:
-    """``text`` with each character that is not printable (a control such as NUL or tab, a
-    zero-width or direction mark) written as its escape (``\\x00``, ``\\u202e``): plain text,
-    for attribute values."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _show(text: str) -> str:
@@ -219,7 +211,7 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
                    f"live data date {e(champ.run_date)} · published {e(champ.published_at)} UTC</div>")
     # The lookup and its result come first, so the answer is on screen right after submitting.
     out.append(f"<h2 id='lookup'>Look up a user</h2><form method='get' action='{e(base)}'>"
-               f"<input name='user' placeholder='user_id' value='{e(_visible(user_id or ''))}'> "
+               f"<input name='user' placeholder='user_id' value='{e(visible(user_id or ''))}'> "
                "<button type='submit'>Show history and top-N</button></form>")
     if user_id:
         out.append(_lookup_html(lookup_user(engine, user_id, settings), base))
