@@ -143,6 +143,8 @@ def test_an_unreachable_server_is_one_line_naming_the_setting_and_never_the_pass
     ({"RECJOBS_ALERTS__SMTP_HOST": ""}, "alerts.smtp_host"),
     ({"RECJOBS_ALERTS__SMTP_TIMEOUT_SECONDS": "0"}, "alerts.smtp_timeout_seconds"),
     ({"RECJOBS_ALERTS__SMTPHOST": "x"}, "alerts.smtphost"),
+    ({"RECJOBS_ALERTS__DASHBOARD_URL": "javascript:alert(1)"}, "alerts.dashboard_url"),
+    ({"RECJOBS_ALERTS__DASHBOARD_URL": "https://a b/"}, "is not an http(s) address"),
 ])
 def test_bad_alert_settings_are_refused_by_name(env, needle):
     with pytest.raises(SettingsError) as caught:

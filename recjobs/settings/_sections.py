@@ -318,6 +318,14 @@ class AlertsSettings(Strict):
                 raise ValueError(f"{address!r} is not one plain e-mail address (name@host)")
         return value
 
+    @field_validator("dashboard_url")
+    @classmethod
+    def _web_address(cls, value: str | None) -> str | None:
+        if value is not None and (not value.startswith(("http://", "https://"))
+                                  or any(c.isspace() for c in value)):
+            raise ValueError(f"{value[:200]!r} is not an http(s) address")
+        return value
+
     @model_validator(mode="after")
     def _someone_to_tell(self) -> AlertsSettings:
         if self.enabled and not self.to:
