@@ -13,14 +13,16 @@ import re
 
 from recjobs.dashboard import (
     DASH,
+    GENRE_PALETTE,
     METRICS,
+    PALETTE,
+    embedding_map_spec,
     failed_nights,
     gate_decisions,
     metric_chart_specs,
     metrics_by_date,
     render,
 )
-from recjobs.dashboard.charts import GENRE_PALETTE, PALETTE, embedding_map_spec
 from recjobs.db import ledger
 from recjobs.pipeline import promote, record_no_candidates
 from recjobs.settings import FAMILIES, load_settings

@@ -3,6 +3,7 @@ database and run folders), ``charts`` (Vega-Lite specs), ``page`` (the HTML) and
 ``embedding_map`` (the champion's item vectors in 2-D). The Airflow plugin serves it."""
 
 from recjobs.dashboard.charts import (
+    GENRE_PALETTE,
     METRICS,
     PALETTE,
     embedding_map_spec,
@@ -45,7 +46,7 @@ from recjobs.dashboard.page import (
 )
 
 __all__ = [
-    "DASH", "METRICS", "NO_GENRE", "NO_SCHEMA", "PALETTE", "VEGA_BUNDLE_PATH", "Champion", "EmbeddingMap",
+    "DASH", "GENRE_PALETTE", "METRICS", "NO_GENRE", "NO_SCHEMA", "PALETTE", "VEGA_BUNDLE_PATH", "Champion", "EmbeddingMap",
     "LiveArtifact", "UserLookup", "build_map", "champion", "champion_map", "close_ids", "embedding_map_spec",
     "failed_nights", "full_matrix", "gate_decisions", "ingest_by_date", "item_genres", "item_titles", "live_artifact", "load_map", "lookup_user",
     "metric_chart_spec", "metric_chart_specs", "metrics_by_date", "missing_schema", "project_2d", "render",
