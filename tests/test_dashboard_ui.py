@@ -11,6 +11,8 @@ import itertools
 import math
 import re
 
+import pandas as pd
+
 from recjobs.dashboard import (
     DASH,
     GENRE_PALETTE,
@@ -19,12 +21,14 @@ from recjobs.dashboard import (
     embedding_map_spec,
     failed_nights,
     gate_decisions,
+    lookup_user,
     metric_chart_specs,
     metrics_by_date,
     render,
 )
-from recjobs.db import ledger
+from recjobs.db import ledger, popular_items
 from recjobs.pipeline import promote, record_no_candidates
+from recjobs.publish import publish_list
 from recjobs.settings import FAMILIES, load_settings
 
 
@@ -182,3 +186,20 @@ def test_failed_nights_are_marked_on_the_metric_charts_with_their_reason(setting
 
 def spec_without_failures_is_plain(spec: dict) -> bool:
     return "layer" not in spec and spec["mark"]["type"] == "line"
+
+
+def test_a_looked_up_list_names_its_model_version_and_data_date(engine):
+    version = "als-20260201-full-1a2b3c4d"
+    publish_list(engine, "recommendations", "2026-02-01", version, [pd.DataFrame({
+        "user_id": ["u1", "u1"], "item_id": ["i1", "i2"], "rank": [1, 2], "score": [0.9, 0.5],
+        "model_version": version})])
+    with engine.begin() as conn:
+        conn.execute(popular_items.insert(), [{"rank": 1, "item_id": "i9", "score": 40.0, "run_date": "2026-02-01"}])
+    found = lookup_user(engine, "u1")
+    assert (found.source, found.model_version, found.run_date) == ("personal", version, "2026-02-01")
+    page = render(engine, user_id="u1")
+    assert f'<p class="muted" id="user-recs-source">from {version}, data up to 2026-02-01</p>' in page
+    unknown = lookup_user(engine, "nobody")
+    assert (unknown.source, unknown.run_date) == ("popular", "2026-02-01")
+    assert list(unknown.recommendations.columns)[-1] == "users who interacted"
+    assert "counted on the data up to 2026-02-01" in render(engine, user_id="nobody")

@@ -238,6 +238,9 @@ class UserLookup:
     history_total: int = 0
     suggestions: list[str] = field(default_factory=list)
     message: str = ""
+    # Where the list shown comes from: the live model and its data date, or the fallback's date.
+    model_version: str = ""
+    run_date: str = ""
 
 
 def _history(data: Interactions, row: int, titles: dict[str, str], n: int) -> tuple[pd.DataFrame, int]:
@@ -276,22 +279,25 @@ def lookup_user(engine: Engine, user_id: str, settings: Settings | None = None, 
                               "ORDER BY r.rank LIMIT :n", u=user_id, n=n)
     if not personal.empty:
         recs = personal.rename(columns={C.SCORE: "model score"})
-        return UserLookup(user_id, True, recs, "personal", history, total)
-    popular = _frame(engine, "SELECT p.rank, p.item_id, i.title, p.score FROM popular_items p "
+        return UserLookup(user_id, True, recs, "personal", history, total,
+                          model_version=champ.model_version if champ else "", run_date=champ.run_date if champ else "")
+    popular = _frame(engine, "SELECT p.rank, p.item_id, i.title, p.score, p.run_date FROM popular_items p "
                              "LEFT JOIN items i ON i.item_id = p.item_id ORDER BY p.rank LIMIT :n", n=n)
+    popular_date = str(popular[C.RUN_DATE].iloc[0]) if not popular.empty else ""
+    popular = popular.drop(columns=[C.RUN_DATE], errors="ignore")
     if not popular.empty:
         # popular_items.score counts users per item: a count, not comparable with model scores.
         popular[C.SCORE] = popular[C.SCORE].round().astype("int64")
     recs = popular.rename(columns={C.SCORE: "users who interacted"})
     if row is not None:
-        return UserLookup(user_id, True, recs, "popular", history, total, message=(
+        return UserLookup(user_id, True, recs, "popular", history, total, run_date=popular_date, message=(
             f"User {user_id!r} is known to the model but has no personal list "
             "(every item already seen?): apps serve the popular items below."))
     known = ([str(u) for u in data.user_ids] if data is not None else
              [str(u) for u in _frame(engine, "SELECT DISTINCT user_id FROM recommendations")[C.USER]]
              if champ is not None else [])
     suggestions = close_ids(user_id, known)
-    return UserLookup(user_id, False, recs, "popular", suggestions=suggestions, message=(
+    return UserLookup(user_id, False, recs, "popular", suggestions=suggestions, run_date=popular_date, message=(
         f"Unknown user {user_id!r}: no such user in the live recommendations or the model's data. "
         "Apps serve such users the popular items below (fallback)."))
 

@@ -179,10 +179,13 @@ def _lookup_html(found: UserLookup, base: str) -> str:
     if found.source == "personal":
         title = f'Recommendations for <span class="id">{_show(found.user_id)}</span>'
         note = "model score: the champion's score, higher is better (comparable within one list only)"
+        origin = f"from {found.model_version}, data up to {found.run_date}" if found.model_version else ""
     else:
         title = "Popular items (fallback list)"
         note = "users who interacted: how many users interacted with the item, not a model score"
-    out.append(f'<div><h3>{title}</h3><p class="muted">{e(note)}</p>'
+        origin = f"counted on the data up to {found.run_date}" if found.run_date else ""
+    source = f'<p class="muted" id="user-recs-source">{e(origin)}</p>' if origin else ""
+    out.append(f'<div><h3>{title}</h3>{source}<p class="muted">{e(note)}</p>'
                + _table(found.recommendations, "user-recs", "no lists published yet") + "</div>")
     out.append("</div></section>")
     return "".join(out)
