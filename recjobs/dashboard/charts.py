@@ -43,7 +43,7 @@ FAILED_COLOUR = "#c0392b"
 
 def metric_chart_spec(frame: pd.DataFrame, column: str, title: str, bounded: bool = True,
                       failed: pd.DataFrame | None = None) -> dict[str, Any]:
-    """A Vega-Lite line chart of ``column`` over logical dates (a time axis), one line per family.
+    """A Vega-Lite line chart of ``column`` by night (one even step per logical date), one line per family.
 
     Bounded metrics get a y domain from 0 to at most 1; every point shows its date,
     family and value on hover. ``failed`` (run_date, status, reason: see
@@ -63,10 +63,14 @@ def metric_chart_spec(frame: pd.DataFrame, column: str, title: str, bounded: boo
     families = sorted(data["family"].unique()) if not data.empty else []
     color = alt.Color("family:N", title="family", legend=alt.Legend(orient="bottom"),
                       scale=alt.Scale(domain=families, range=[PALETTE.get(f, "#17becf") for f in families]))
-    # ISO dates parsed as UTC midnight and shown in UTC: a viewer west of Greenwich sees the same day.
-    x = alt.X("date:T", timeUnit="utcyearmonthdate", title="logical date",
-              axis=alt.Axis(format="%b %d", labelAngle=0, labelOverlap=True))
-    day = alt.Tooltip("date:T", timeUnit="utcyearmonthdate", format="%Y-%m-%d", title="date")
+    # Nights as nights: one even step per night that has points or a failure mark, so a lone
+    # old night and tonight's do not sit at the two ends of a months-long time axis, and recent
+    # nights do not merge into one blob. Labels are the ISO dates read as UTC midnight and shown
+    # in UTC: a viewer west of Greenwich sees the same day.
+    x = alt.X("date:O", sort="ascending", title="night (logical date)",
+              axis=alt.Axis(labelExpr="utcFormat(toDate(datum.value), '%b %d')", labelAngle=0,
+                            labelOverlap=True))
+    day = alt.Tooltip("date:N", title="date")
     line = (alt.Chart(data)
             .mark_line(point=alt.OverlayMarkDef(filled=True, size=60))
             .encode(x=x, y=alt.Y(f"{column}:Q", title=None, scale=y_scale), color=color,
