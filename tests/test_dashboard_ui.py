@@ -24,11 +24,12 @@ from recjobs.dashboard import (
     lookup_user,
     metric_chart_specs,
     metrics_by_date,
+    published_versions,
     render,
 )
 from recjobs.db import ledger, popular_items
 from recjobs.pipeline import promote, record_no_candidates
-from recjobs.publish import publish_list
+from recjobs.publish import publish_list, rollback
 from recjobs.settings import FAMILIES, load_settings
 
 
@@ -203,3 +204,26 @@ def test_a_looked_up_list_names_its_model_version_and_data_date(engine):
     assert (unknown.source, unknown.run_date) == ("popular", "2026-02-01")
     assert list(unknown.recommendations.columns)[-1] == "users who interacted"
     assert "counted on the data up to 2026-02-01" in render(engine, user_id="nobody")
+
+
+def test_published_versions_say_which_is_live_and_where_rollback_goes(engine):
+    def lists(version: str) -> list[pd.DataFrame]:
+        return [pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "rank": [1], "score": [1.0],
+                              "model_version": version})]
+
+    for day, version in (("2026-02-01", "als-a"), ("2026-02-02", "ease-b"), ("2026-02-03", "ease-c")):
+        assert publish_list(engine, "recommendations", day, version, lists(version), keep_versions=4).live
+    # A backfill of an older date is kept as history only.
+    assert not publish_list(engine, "recommendations", "2026-01-15", "als-old", lists("als-old"), keep_versions=4).live
+    frame = published_versions(engine)
+    assert frame[["run_date", "model_version", "state"]].values.tolist() == [
+        ["2026-01-15", "als-old", "history only"],
+        ["2026-02-03", "ease-c", "live"],
+        ["2026-02-02", "ease-b", "rollback target"],
+        ["2026-02-01", "als-a", "was live"],
+    ]
+    rollback(engine)
+    states = dict(published_versions(engine)[["model_version", "state"]].values.tolist())
+    assert states == {"als-old": "history only", "ease-b": "live", "als-a": "rollback target"}  # ease-c retired
+    table = render(engine).split('<table id="versions"')[1].split("</table>")[0]
+    assert "<td>ease-b</td><td>live</td>" in table and "<td>als-a</td><td>rollback target</td>" in table

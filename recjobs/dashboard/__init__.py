@@ -26,6 +26,7 @@ from recjobs.dashboard.data import (
     lookup_user,
     metrics_by_date,
     missing_schema,
+    published_versions,
     sqlite_file_missing,
 )
 from recjobs.dashboard.embedding_map import (
@@ -49,6 +50,6 @@ __all__ = [
     "DASH", "GENRE_PALETTE", "METRICS", "NO_GENRE", "NO_SCHEMA", "PALETTE", "VEGA_BUNDLE_PATH", "Champion", "EmbeddingMap",
     "LiveArtifact", "UserLookup", "build_map", "champion", "champion_map", "close_ids", "embedding_map_spec",
     "failed_nights", "full_matrix", "gate_decisions", "ingest_by_date", "item_genres", "item_titles", "live_artifact", "load_map", "lookup_user",
-    "metric_chart_spec", "metric_chart_specs", "metrics_by_date", "missing_schema", "project_2d", "render",
+    "metric_chart_spec", "metric_chart_specs", "metrics_by_date", "missing_schema", "project_2d", "published_versions", "render",
     "render_no_schema", "sqlite_file_missing", "vega_embed_bundle",
 ]

@@ -105,6 +105,38 @@ def metrics_by_date(engine: Engine) -> pd.DataFrame:
                           "WHERE stage = 'candidate' AND status != 'training' ORDER BY run_date, family")
 
 
+def published_versions(engine: Engine) -> pd.DataFrame:
+    """Every kept (not dropped) published version per list, newest first, and what it is now.
+
+    ``state``: ``live``; ``rollback target`` (the version ``recjobs rollback`` returns to);
+    ``was live`` (further back); ``history only`` (a backfilled older date, never live).
+    """
+    frame = _frame(engine, "SELECT kind, run_date, model_version, row_count, is_live, live_seq, published_at "
+                           "FROM publications WHERE dropped = :f ORDER BY kind, id DESC", f=False)
+    if frame.empty:
+        return frame
+    states = []
+    for _kind, rows in frame.groupby("kind", sort=False):
+        live = rows[rows["is_live"].astype(bool)]
+        live_seq = live["live_seq"].iloc[0] if not live.empty else None
+        earlier = rows[rows["live_seq"].notna() & ~rows["is_live"].astype(bool)]
+        if live_seq is not None and not pd.isna(live_seq):
+            earlier = earlier[earlier["live_seq"] < live_seq]
+        target = earlier["live_seq"].max() if not earlier.empty else None
+        for row in rows.itertuples():
+            if bool(row.is_live):
+                state = "live"
+            elif pd.isna(row.live_seq):
+                state = "history only"
+            else:
+                state = "rollback target" if row.live_seq == target else "was live"
+            states.append((row.Index, state))
+    frame["state"] = pd.Series(dict(states))
+    frame["published_at"] = frame["published_at"].astype(str).str.slice(0, 19)
+    return frame[["kind", "run_date", "model_version", "state", "row_count", "published_at"]].rename(
+        columns={"row_count": "rows", "published_at": "published (UTC)"})
+
+
 def failed_nights(engine: Engine) -> pd.DataFrame:
     """Dates whose gate decided nothing (e.g. ``no_candidates``), with the status and reason.
 
@@ -345,5 +377,5 @@ def champion_map(engine: Engine, settings: Settings | None = None) -> EmbeddingM
 __all__ = [
     "Champion", "DASHBOARD_TABLES", "DASHBOARD_VIEWS", "LiveArtifact", "UserLookup", "champion", "champion_map",
     "close_ids", "failed_nights", "full_matrix", "gate_decisions", "ingest_by_date", "item_titles", "live_artifact", "lookup_user",
-    "metrics_by_date", "missing_schema", "sqlite_file_missing",
+    "metrics_by_date", "missing_schema", "published_versions", "sqlite_file_missing",
 ]

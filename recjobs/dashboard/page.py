@@ -34,6 +34,7 @@ from recjobs.dashboard.data import (
     lookup_user,
     metrics_by_date,
     missing_schema,
+    published_versions,
 )
 from recjobs.data.ids import visible
 from recjobs.settings import Settings
@@ -242,6 +243,9 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
                                   f' data-points="{len(emap.points)}"'))
             scripts.append(_spec_script("embedding-map", embedding_map_spec(f"{base}api/embedding", emap.explained)))
     out.append("<h2>Gate decisions</h2>" + _table(_gate_table(gate_decisions(engine)), "gate"))
+    out.append("<h2>Published versions</h2><p class='muted'>Kept per list (publish.keep_versions). "
+               "<code>recjobs rollback</code> makes the <i>rollback target</i> live again.</p>"
+               + _table(published_versions(engine), "versions", "nothing published yet"))
     if not metrics.empty:
         latest = metrics[metrics["run_date"] == metrics["run_date"].max()]
         out.append("<h2>Latest candidates</h2>" + _table(latest, "latest"))
