@@ -121,7 +121,7 @@ class DashboardDatabase:
                 raise self._error(exc) from None
         return self._engine
 
-    def page(self, user_id: str | None) -> str:
+    def page(self, user_id: str | None, item_id: str | None = None) -> str:
         """The dashboard's HTML, or the "run recjobs initdb" page."""
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -131,7 +131,7 @@ class DashboardDatabase:
         if engine is None:
             return render_no_schema()
         try:
-            return render(engine, user_id=user_id, base=f"{URL_PREFIX}/", settings=self.settings())
+            return render(engine, user_id=user_id, base=f"{URL_PREFIX}/", settings=self.settings(), item_id=item_id)
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
 
@@ -193,8 +193,9 @@ def create_app() -> FastAPI:
         return PlainTextResponse(str(exc), status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
     @app.get("/", response_class=HTMLResponse)
-    def page(user: str | None = Query(default=None, max_length=MAX_LOOKUP)) -> str:
-        return database.page(user or None)  # exactly as typed: spaces are part of an id
+    def page(user: str | None = Query(default=None, max_length=MAX_LOOKUP),
+             item: str | None = Query(default=None, max_length=MAX_LOOKUP)) -> str:
+        return database.page(user or None, item or None)  # exactly as typed: spaces are part of an id
 
     @app.get("/api/champion", response_model=None)
     def champion() -> dict | JSONResponse:

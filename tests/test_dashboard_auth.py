@@ -275,6 +275,12 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
         page.locator("#embedding-map.rendered").wait_for(timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
+        # An item: "more like this" from the live similar_items, with titles, version and date.
+        page.goto(f"{url}/recjobs/?item=i7", wait_until="domcontentloaded", timeout=90_000)
+        assert "More like i7 (Item 7" in page.locator("#item-result h3").inner_text()
+        assert page.locator("#item-similar tbody tr").count() == 20  # publish.similar_n
+        assert "data up to 2026-01-31" in page.locator("#item-source").inner_text()
+
         # In the Airflow UI: the short nav label, and the address naming "recjobs" once.
         ui = context.new_page()
         ui.set_viewport_size({"width": 1400, "height": 1000})

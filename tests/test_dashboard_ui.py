@@ -21,13 +21,14 @@ from recjobs.dashboard import (
     embedding_map_spec,
     failed_nights,
     gate_decisions,
+    lookup_item,
     lookup_user,
     metric_chart_specs,
     metrics_by_date,
     published_versions,
     render,
 )
-from recjobs.db import ledger, popular_items
+from recjobs.db import items, ledger, popular_items
 from recjobs.pipeline import promote, record_no_candidates
 from recjobs.publish import publish_list, rollback
 from recjobs.settings import FAMILIES, load_settings
@@ -227,3 +228,27 @@ def test_published_versions_say_which_is_live_and_where_rollback_goes(engine):
     assert states == {"als-old": "history only", "ease-b": "live", "als-a": "rollback target"}  # ease-c retired
     table = render(engine).split('<table id="versions"')[1].split("</table>")[0]
     assert "<td>ease-b</td><td>live</td>" in table and "<td>als-a</td><td>rollback target</td>" in table
+
+
+def test_an_item_lookup_shows_more_like_this_with_titles_version_and_date(engine):
+    assert "No similar items are published" in lookup_item(engine, "i1").message  # before any publish
+    version = "als-20260201-full-1a2b3c4d"
+    publish_list(engine, "similar_items", "2026-02-01", version, [pd.DataFrame({
+        "item_id": ["i1", "i1", "i2"], "similar_item_id": ["i2", "i3", "i1"], "rank": [1, 2, 1],
+        "score": [0.8, 0.4, 0.8], "model_version": version})])
+    with engine.begin() as conn:
+        conn.execute(items.insert(), [{"item_id": "i1", "title": "Toy Story"}, {"item_id": "i2", "title": "Heat"}])
+    found = lookup_item(engine, "i1")
+    assert (found.title, found.model_version, found.run_date, found.message) == (
+        "Toy Story", version, "2026-02-01", "")
+    assert found.similar.fillna("").values.tolist() == [[1, "i2", "Heat", 0.8], [2, "i3", "", 0.4]]
+    assert list(found.similar.columns) == ["rank", "similar_item_id", "title", "similarity"]
+    page = render(engine, item_id="i1")
+    assert 'More like <span class="id">i1</span> (Toy Story)' in page
+    assert f"from {version}, data up to 2026-02-01" in page and '<table id="item-similar">' in page
+    # An unknown id: said so, with close known ids as links; a direction mark is shown as its escape.
+    hostile = "i1\u202e"
+    missing = lookup_item(engine, hostile)
+    assert missing.similar.empty and "i1" in missing.suggestions
+    page = render(engine, item_id=hostile)
+    assert "\u202e" not in page and "No similar items for" in page and 'href="?item=i1"' in page

@@ -334,6 +334,48 @@ def lookup_user(engine: Engine, user_id: str, settings: Settings | None = None, 
         "Apps serve such users the popular items below (fallback)."))
 
 
+# -- one item: "more like this" ---------------------------------------------------------------
+@dataclass
+class ItemLookup:
+    """What the page shows for one looked-up item: its live ``similar_items`` list."""
+
+    item_id: str
+    title: str
+    similar: pd.DataFrame  # rank, similar_item_id, title, score
+    model_version: str = ""
+    run_date: str = ""
+    suggestions: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+def lookup_item(engine: Engine, item_id: str, n: int = 20) -> ItemLookup:
+    """The live "more like this" list of ``item_id`` (exactly as given), with titles; for an item
+    without one, why, and close known item ids."""
+    titles = item_titles(engine)
+    title = titles.get(item_id, "")
+    if "similar_items" not in set(sa.inspect(engine).get_view_names()) | set(sa.inspect(engine).get_table_names()):
+        return ItemLookup(item_id, title, pd.DataFrame(), message="no similar_items view yet: run recjobs initdb")
+    similar = _frame(engine, "SELECT s.rank, s.similar_item_id, i.title, s.score, s.model_version "
+                             "FROM similar_items s LEFT JOIN items i ON i.item_id = s.similar_item_id "
+                             "WHERE s.item_id = :i ORDER BY s.rank LIMIT :n", i=item_id, n=n)
+    live = _frame(engine, "SELECT run_date, model_version FROM publications WHERE kind = 'similar_items' "
+                          "AND is_live = :t", t=True)
+    run_date = str(live["run_date"].iloc[0]) if not live.empty else ""
+    if not similar.empty:
+        version = str(similar["model_version"].iloc[0])
+        return ItemLookup(item_id, title, similar.drop(columns=["model_version"]).rename(
+            columns={C.SCORE: "similarity"}), version, run_date)
+    if live.empty:
+        return ItemLookup(item_id, title, pd.DataFrame(), message=(
+            "No similar items are published: the champion has no item vectors (popularity), or "
+            "nothing was published yet."))
+    known = [str(i) for i in _frame(engine, "SELECT DISTINCT item_id FROM similar_items")[C.ITEM]]
+    return ItemLookup(item_id, title, pd.DataFrame(), str(live["model_version"].iloc[0]), run_date,
+                      suggestions=close_ids(item_id, known), message=(
+                          f"No similar items for {item_id!r}: it is not in the live similar_items "
+                          "(an item the model has not seen, or a mistyped id)."))
+
+
 # -- the champion's item vectors ---------------------------------------------------------------
 @dataclass(frozen=True)
 class LiveArtifact:
@@ -375,7 +417,7 @@ def champion_map(engine: Engine, settings: Settings | None = None) -> EmbeddingM
 
 
 __all__ = [
-    "Champion", "DASHBOARD_TABLES", "DASHBOARD_VIEWS", "LiveArtifact", "UserLookup", "champion", "champion_map",
-    "close_ids", "failed_nights", "full_matrix", "gate_decisions", "ingest_by_date", "item_titles", "live_artifact", "lookup_user",
+    "Champion", "DASHBOARD_TABLES", "DASHBOARD_VIEWS", "ItemLookup", "LiveArtifact", "UserLookup", "champion", "champion_map",
+    "close_ids", "failed_nights", "full_matrix", "gate_decisions", "ingest_by_date", "item_titles", "live_artifact", "lookup_item", "lookup_user",
     "metrics_by_date", "missing_schema", "published_versions", "sqlite_file_missing",
 ]

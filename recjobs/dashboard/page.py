@@ -25,12 +25,14 @@ from sqlalchemy.engine import Engine
 
 from recjobs.dashboard.charts import embedding_map_spec, metric_chart_specs
 from recjobs.dashboard.data import (
+    ItemLookup,
     UserLookup,
     champion,
     champion_map,
     failed_nights,
     gate_decisions,
     ingest_by_date,
+    lookup_item,
     lookup_user,
     metrics_by_date,
     missing_schema,
@@ -192,12 +194,34 @@ def _lookup_html(found: UserLookup, base: str) -> str:
     return "".join(out)
 
 
-def render(engine: Engine, user_id: str | None = None, base: str = "", settings: Settings | None = None) -> str:
+def _item_html(found: ItemLookup, base: str) -> str:
+    e = html.escape
+    out = ['<section id="item-result">']
+    if found.message:
+        out.append(f'<div class="notice" id="item-notice">{_show(found.message)}')
+        if found.suggestions:
+            links = ", ".join(f'<a href="{e(base)}?item={e(quote(s, safe=""))}"><span class="id">{_show(s)}</span></a>'
+                              for s in found.suggestions)
+            out.append(f'<br>Did you mean: <span id="item-suggestions">{links}</span>?')
+        out.append("</div>")
+    if not found.similar.empty:
+        named = f" ({_show(found.title)})" if found.title else ""
+        out.append(f'<h3>More like <span class="id">{_show(found.item_id)}</span>{named}</h3>'
+                   f'<p class="muted" id="item-source">from {e(found.model_version)}, data up to {e(found.run_date)}; '
+                   "similarity: the champion's, higher is more alike (the similar_items table)</p>"
+                   + _table(found.similar, "item-similar"))
+    out.append("</section>")
+    return "".join(out)
+
+
+def render(engine: Engine, user_id: str | None = None, base: str = "", settings: Settings | None = None,
+           item_id: str | None = None) -> str:
     """The whole dashboard page as HTML, or the "run recjobs initdb" page without a schema.
 
     ``base`` is the URL the page is served at (ending in "/"); the vega bundle and the
     map's data are fetched relative to it. ``settings`` locate the run's interactions
-    (a user's history) and the item features (the map's genres).
+    (a user's history) and the item features (the map's genres). ``item_id``: an item
+    whose "more like this" list to show.
     """
     missing = missing_schema(engine)
     if missing:
@@ -219,6 +243,11 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
                "<button type='submit'>Show history and top-N</button></form>")
     if user_id:
         out.append(_lookup_html(lookup_user(engine, user_id, settings), base))
+    out.append(f"<h2 id='item-lookup'>Look up an item</h2><form method='get' action='{e(base)}'>"
+               f"<input name='item' placeholder='item_id' value='{e(visible(item_id or ''))}'> "
+               "<button type='submit'>Show more like this</button></form>")
+    if item_id:
+        out.append(_item_html(lookup_item(engine, item_id), base))
     scripts = []
     out.append("<h2>Candidates by logical date</h2><div class='charts'>")
     for column, spec in metric_chart_specs(metrics, failed_nights(engine)).items():
