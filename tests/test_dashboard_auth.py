@@ -275,6 +275,9 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
         page.locator("#embedding-map.rendered").wait_for(timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
+        # The link to the DAG resolves to the Airflow UI's page of recs_nightly.
+        assert page.evaluate("document.getElementById('dag-link').href") == f"{url}/dags/recs_nightly"
+
         # An item: "more like this" from the live similar_items, with titles, version and date.
         page.goto(f"{url}/recjobs/?item=i7", wait_until="domcontentloaded", timeout=90_000)
         assert "More like i7 (Item 7" in page.locator("#item-result h3").inner_text()

@@ -252,3 +252,23 @@ def test_an_item_lookup_shows_more_like_this_with_titles_version_and_date(engine
     assert missing.similar.empty and "i1" in missing.suggestions
     page = render(engine, item_id=hostile)
     assert "\u202e" not in page and "No similar items for" in page and 'href="?item=i1"' in page
+
+
+def test_candidates_of_an_earlier_date_and_a_link_to_the_dag(tmp_path, engine):
+    settings = load_settings({"home": str(tmp_path / "home"), "families": ["als", "ease"]}, environ={})
+    _night(settings, engine, "2026-02-01", {"als": 0.10, "ease": 0.12})
+    _night(settings, engine, "2026-02-03", {"als": 0.15, "ease": 0.12})
+
+    def shown(page: str) -> list[str]:
+        table = page.split('<table id="latest"')[1].split("</table>")[0]
+        return sorted({row.split("</td>")[0].removeprefix("<td>") for row in table.split("<tr>")[2:]})
+
+    page = render(engine, base="/recjobs/")
+    assert "<h2 id='candidates'>Candidates of 2026-02-03</h2>" in page and shown(page) == ["2026-02-03"]
+    assert "<option value='2026-02-01'>2026-02-01</option>" in page
+    assert "href='/recjobs/../dags/recs_nightly' target='_top'" in page
+    page = render(engine, candidates_date="2026-02-01")
+    assert shown(page) == ["2026-02-01"] and "<option value='2026-02-01' selected>" in page
+    page = render(engine, candidates_date="<b>x")  # not a date with candidates: said, safely
+    assert "No candidates for &lt;b&gt;x: showing the latest date, 2026-02-03." in page and "<b>x" not in page
+    assert shown(page) == ["2026-02-03"]

@@ -214,14 +214,30 @@ def _item_html(found: ItemLookup, base: str) -> str:
     return "".join(out)
 
 
+def _candidates_html(metrics: pd.DataFrame, day: str | None, base: str) -> str:
+    """The candidates of one logical date (``day``, default the latest), and a form to pick another."""
+    e = html.escape
+    dates = sorted(set(metrics["run_date"].astype(str)), reverse=True)
+    shown = day if day in dates else dates[0]
+    options = "".join(f"<option value='{e(d)}'{' selected' if d == shown else ''}>{e(d)}</option>" for d in dates)
+    out = [f"<h2 id='candidates'>Candidates of {e(shown)}</h2><form method='get' action='{e(base)}#candidates'>"
+           f"<select name='date'>{options}</select> <button type='submit'>Show that date</button></form>"]
+    if day is not None and day != shown:
+        out.append(f'<p class="notice" id="candidates-notice">No candidates for {_show(day)}: '
+                   f"showing the latest date, {e(shown)}.</p>")
+    out.append(_table(metrics[metrics["run_date"].astype(str) == shown], "latest"))
+    return "".join(out)
+
+
 def render(engine: Engine, user_id: str | None = None, base: str = "", settings: Settings | None = None,
-           item_id: str | None = None) -> str:
+           item_id: str | None = None, candidates_date: str | None = None) -> str:
     """The whole dashboard page as HTML, or the "run recjobs initdb" page without a schema.
 
     ``base`` is the URL the page is served at (ending in "/"); the vega bundle and the
     map's data are fetched relative to it. ``settings`` locate the run's interactions
     (a user's history) and the item features (the map's genres). ``item_id``: an item
-    whose "more like this" list to show.
+    whose "more like this" list to show; ``candidates_date``: the logical date whose
+    candidates to list (default the latest).
     """
     missing = missing_schema(engine)
     if missing:
@@ -230,7 +246,11 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
     metrics = metrics_by_date(engine)
     e = html.escape
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>recjobs</title><style>{STYLE}</style>"
-           "</head><body><h1>recjobs: nightly recommendations</h1>"]
+           "</head><body><h1>recjobs: nightly recommendations</h1>"
+           # Relative to the page (served at <Airflow>/recjobs/): right under a base path too; the
+           # top window, since inside the Airflow UI the page is in an iframe.
+           f"<p class='muted'><a id='dag-link' href='{e(base)}../dags/recs_nightly' target='_top'>"
+           "The recs_nightly DAG</a>: its runs, their logs, trigger and backfill.</p>"]
     if champ is None:
         out.append('<div class="card" id="champion">No model published yet.</div>')
     else:
@@ -276,8 +296,7 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
                "<code>recjobs rollback</code> makes the <i>rollback target</i> live again.</p>"
                + _table(published_versions(engine), "versions", "nothing published yet"))
     if not metrics.empty:
-        latest = metrics[metrics["run_date"] == metrics["run_date"].max()]
-        out.append("<h2>Latest candidates</h2>" + _table(latest, "latest"))
+        out.append(_candidates_html(metrics, candidates_date, base))
     out.append("<h2>Ingest by date</h2>" + _table(ingest_by_date(engine), "ingest"))
     out.append(f'<script src="{e(base)}{VEGA_BUNDLE_PATH}"></script>{"".join(scripts)}<script>{EMBED_SCRIPT}</script>')
     out.append("</body></html>")
