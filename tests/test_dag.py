@@ -181,7 +181,9 @@ def test_a_failing_family_fails_only_its_task_and_the_run_still_publishes(airflo
     blocker = tmp_path / "no_tf"
     (blocker / "tensorflow").mkdir(parents=True)
     (blocker / "tensorflow" / "__init__.py").write_text("raise ImportError('No module named tensorflow')\n")
-    env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "PYTHONPATH": str(blocker),
+    # In front of PYTHONPATH, not instead of it: a checkout run with PYTHONPATH=<checkout> keeps its recjobs.
+    path = os.pathsep.join(p for p in (str(blocker), airflow_env.get("PYTHONPATH")) if p)
+    env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "PYTHONPATH": path,
            "RECJOBS_FAMILIES": '["popularity", "tfrs"]', "RECJOBS_PUBLISH__TOP_N": "5"}
     out = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", "2026-02-01"], env=env,
                          capture_output=True, text=True, timeout=900)
