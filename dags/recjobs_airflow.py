@@ -129,16 +129,18 @@ class RecjobsNotifier(BaseNotifier):
         params = context.get("params") or {}
         try:
             # The failure message needs no database: it is sent even when the failure was the database.
-            settings = (load_settings({"families": params.get("families") or None}) if self.event == "failure"
-                        else task_settings(params))
+            settings = load_settings() if self.event == "failure" else task_settings(params)
             if not settings.alerts.enabled or (self.event == "promotion" and not settings.alerts.on_promotion):
                 return
             day = run_date(context)
             url = settings.alerts.dashboard_url
             if self.event == "failure":
-                ti = context["ti"]
+                ti, error = context["ti"], context.get("exception")
+                # Passwords out of the whole text first: recjobs then takes its first line, and a
+                # line cut short could end inside one.
+                shown = None if error is None else redact(f"{type(error).__name__}: {error}")
                 message = alerts.failure_alert(
-                    day, _name(ti), redact(alerts.first_line(context.get("exception"))),
+                    day, _name(ti), shown,
                     dag_id=ti.dag_id, run_id=ti.run_id, try_number=ti.try_number, max_tries=ti.max_tries + 1,
                     log_url=getattr(ti, "log_url", None), dashboard_url=url)
             else:

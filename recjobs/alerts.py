@@ -42,7 +42,9 @@ def first_line(error: BaseException | str | None) -> str:
     text = str(error).strip()
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     line = visible(line)  # a direction mark or control character in an id must not garble the message
-    if len(line) > _LINE_LIMIT:  # a message quoting a whole file or list: the start says what it is
+    # A message quoting a whole file or list: the start says what it is. The margin above the
+    # limit keeps a line already cut (limit + its length note) as it is when taken again.
+    if len(line) > _LINE_LIMIT + 40:
         line = line[:_LINE_LIMIT] + f"… ({len(line):,} characters)"
     if isinstance(error, BaseException):
         name = type(error).__name__

@@ -91,6 +91,9 @@ def test_a_hostile_error_text_stays_one_readable_line(sink):
     assert "café" in got.subject and len(got.subject) <= 200 and "second line" not in got.message.as_string()
     (error_line,) = [ln for ln in got.body.splitlines() if ln.startswith("Error: ")]
     assert error_line.endswith("… (20,026 characters)") and len(error_line) < 600
+    # Taken again (the DAG's notifier passes the line it made), a cut line stays as it is.
+    once = alerts.first_line(error)
+    assert alerts.first_line(once) == once
 
 
 def test_a_promotion_names_the_champion_before_from_the_ledger(sink, settings, engine):
