@@ -25,7 +25,7 @@ import os
 import re
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias
+from airflow.sdk import Asset, AssetAlias, BaseNotifier
 
 DB_CONN_ID = "recjobs_db"
 
@@ -92,6 +92,67 @@ def task_settings(params: dict[str, Any] | None = None):  # noqa: ANN201 - recjo
         "database_url": database_url(),
     }
     return load_settings(overrides)
+
+
+def run_date(context: dict[str, Any]) -> str:
+    """The partition a run computes: the params' run_date, else its logical date's UTC day."""
+    override = (context.get("params") or {}).get("run_date")
+    if override:
+        return dt.date.fromisoformat(override).isoformat()
+    # A run triggered without a logical date (API, `airflow dags trigger` without one) has
+    # only run_after: when it was asked to run.
+    when = context.get("logical_date") or context["dag_run"].run_after
+    return when.astimezone(dt.UTC).date().isoformat()
+
+
+class RecjobsNotifier(BaseNotifier):
+    """E-mails what happened through the settings' ``alerts`` (off by default): a task failure or a promotion.
+
+    Attach it as ``on_failure_callback`` (``RecjobsNotifier("failure")``: names the task and its
+    exception's first line) or as the gate task's ``on_success_callback``
+    (``RecjobsNotifier("promotion")``: sent only when the gate promoted a new champion). The
+    text is built by ``recjobs.alerts``; a message that cannot be sent is logged, and the
+    task's outcome stays as it was.
+    """
+
+    def __init__(self, event: str) -> None:
+        super().__init__()
+        if event not in ("failure", "promotion"):
+            raise ValueError(f"RecjobsNotifier: unknown event {event!r}; use 'failure' or 'promotion'")
+        self.event = event
+
+    def notify(self, context: dict[str, Any]) -> None:  # type: ignore[override]
+        """Build the message from the callback's context and send it, if alerts are on."""
+        from recjobs import alerts
+        from recjobs.errors import RecjobsError
+        from recjobs.settings import load_settings
+
+        params = context.get("params") or {}
+        try:
+            # The failure message needs no database: it is sent even when the failure was the database.
+            settings = load_settings() if self.event == "failure" else task_settings(params)
+            if not settings.alerts.enabled or (self.event == "promotion" and not settings.alerts.on_promotion):
+                return
+            day = run_date(context)
+            url = settings.alerts.dashboard_url
+            if self.event == "failure":
+                ti, error = context["ti"], context.get("exception")
+                # Passwords out of the whole text first: recjobs then takes its first line, and a
+                # line cut short could end inside one.
+                shown = None if error is None else redact(f"{type(error).__name__}: {error}")
+                message = alerts.failure_alert(
+                    day, _name(ti), shown,
+                    dag_id=ti.dag_id, run_id=ti.run_id, try_number=ti.try_number, max_tries=ti.max_tries + 1,
+                    log_url=getattr(ti, "log_url", None), dashboard_url=url)
+            else:
+                from recjobs.pipeline import engine_for
+
+                message = alerts.promotion_of(settings, engine_for(settings), day, dashboard_url=url)
+                if message is None:
+                    return
+            alerts.send(settings.alerts, message)
+        except (RecjobsError, DatabaseConnectionError) as exc:
+            log.error("recjobs %s alert not sent: %s", self.event, redact(str(exc)))
 
 
 def report_ingest(settings: Any, reports: list[Any]) -> dict[str, Any] | None:  # noqa: ANN401

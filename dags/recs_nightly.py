@@ -1,6 +1,6 @@
 """Nightly recommendations: ingest -> split -> train/evaluate each family -> gate -> retrain -> rank shards -> publish.
 
-Every task is a thin call into ``recjobs``; tasks hand each other dates and paths,
+**How it works inside.** Every task is a thin call into ``recjobs``; tasks hand each other dates and paths,
 never data. Heavy libraries (TensorFlow, implicit, LightFM) are imported inside the
 tasks that need them, never at parse time.
 
@@ -29,7 +29,6 @@ import datetime as dt
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
@@ -53,20 +52,26 @@ from recjobs_airflow import (
     RATINGS_LAKE,
     RECOMMENDATIONS,
     SIMILAR_ITEMS,
+    RecjobsNotifier,
     report_ingest,
+    run_date,
     task_defaults,
     task_settings,
 )
 
 # Parse time: only pydantic settings are imported here, nothing heavy.
-from recjobs.settings import FAMILIES, load_settings, mask_url
+from recjobs.settings import FAMILIES, Settings, load_settings, mask_url
 
 log = logging.getLogger("recjobs.dags.recs_nightly")
 
 
+# Parse time: the settings the DAG's shape, queues, docs and form show.
+_SETTINGS = load_settings()
+
+
 def _queues() -> tuple[dict[str, str], dict[str, str]]:
     """Task kwargs routing training and ranking to the queues in settings (`airflow.*`)."""
-    routes = load_settings().airflow
+    routes = _SETTINGS.airflow
     return ({"queue": routes.train_queue} if routes.train_queue else {},
             {"queue": routes.score_queue} if routes.score_queue else {})
 
@@ -74,15 +79,35 @@ def _queues() -> tuple[dict[str, str], dict[str, str]]:
 TRAIN_QUEUE, SCORE_QUEUE = _queues()
 
 
-def _run_date(context: dict[str, Any]) -> str:
-    """The partition this run computes: the params' run_date, else its logical date's UTC day."""
-    override = context["params"].get("run_date")
-    if override:
-        return dt.date.fromisoformat(override).isoformat()
-    # A run triggered without a logical date (API, `airflow dags trigger` without one) has
-    # only run_after: when it was asked to run.
-    when = context.get("logical_date") or context["dag_run"].run_after
-    return when.astimezone(dt.UTC).date().isoformat()
+def _docs(settings: Settings) -> str:
+    """The DAG's docs: how to use it, with this deployment's values (read when the file is parsed),
+    then how it works inside (this module's docstring)."""
+    title, _, inside = (__doc__ or "").partition("\n\n")
+    families = ", ".join(settings.families)
+    opt_in = " and ".join(f for f in FAMILIES if f not in Settings.model_fields["families"].default)
+    alerts = (f"on: failures and promotions are e-mailed to {', '.join(settings.alerts.to)}"
+              if settings.alerts.enabled else "off (turn them on with RECJOBS_ALERTS__ENABLED, README 'Alerts')")
+    return f"""{title}
+
+**Using it.**
+
+- **Deliver data** into the inbox, `{settings.inbox}` (`RECJOBS_INBOX_DIR`, else
+  `<RECJOBS_HOME>/inbox`): rating files (CSV, TSV, MovieLens, Parquet) and side files.
+  Each run's `ingest` task ingests what is new there; `recs_inbox` does so as files land.
+- **Every night** after midnight UTC a run computes the day that just ended. **Trigger**
+  one to compute today now, or pick a day in *Run date*; a *Backfill* computes each day of
+  its range (leave *Run date* empty there, or every run computes that one day).
+- **Families** trained and gated: {families} (the settings' `RECJOBS_FAMILIES`; by default
+  all but {opt_in}, which are opt-in). Tick others in the trigger form's *Model families* for one run;
+  the tasks of the families left out end as skipped and their log says why.
+- **See the results** in the *Recs* dashboard (the navigation's *Recs*, served at
+  `/recjobs/`): the champion, each family's metrics by night, the gate's decisions and a
+  user lookup. Apps read the `recommendations` view (`sql/queries.sql`).
+- **Alerts** are {alerts}.
+- The day a run computes is logged first thing in its `ingest` task ("this run computes ...").
+
+{inside}"""
+
 
 
 @dag(
@@ -95,19 +120,22 @@ def _run_date(context: dict[str, Any]) -> str:
     max_active_runs=1,
     # Retries: settings' airflow.retries / retry_delay_seconds, unless the deployment sets
     # Airflow's [core] default_task_retries / default_task_retry_delay; each retry says why.
-    default_args=task_defaults(),
+    # Alerts: a task that fails for good (retries spent) e-mails what failed (settings' alerts).
+    default_args={**task_defaults(), "on_failure_callback": RecjobsNotifier("failure")},
     params={
         # Top-level `examples` make the trigger form a multi-select of these values (with
         # only `items.enum` it is a free-text box); `items.enum` still validates API/CLI input.
         "families": Param(None, type=["null", "array"], items={"enum": list(FAMILIES)}, examples=list(FAMILIES),
                           uniqueItems=True, minItems=1, title="Model families",
-                          description="Families to train and gate. Empty: the settings' (RECJOBS_FAMILIES)."),
+                          description="Families to train and gate. Empty: the settings' families, now "
+                                      f"{', '.join(_SETTINGS.families)} (RECJOBS_FAMILIES)."),
         # format=date: the form shows the browser's calendar, which displays the day in the
         # browser's locale but sends YYYY-MM-DD; the help text must not name another format.
         "run_date": Param(None, type=["null", "string"], format="date", title="Run date",
                           description="The day (UTC) to compute: pick it in the calendar (in --conf or the "
                                       "API: \"2026-01-31\"). Empty: the day of the run's logical date, "
-                                      "for a manual run the data up to now."),
+                                      "for a manual run the data up to now. In a backfill leave it empty: "
+                                      "set, every run of the backfill computes this one day."),
         "train_window_days": Param(None, type=["null", "integer"], minimum=1, title="Training window (days)",
                                    description="Train on the last N days only. Empty: all history."),
         "guard_allow": Param(False, type="boolean", title="Let the guards through",
@@ -116,7 +144,8 @@ def _run_date(context: dict[str, Any]) -> str:
                                          "after looking at why the night was held."),
     },
     tags=["recjobs"],
-    doc_md=__doc__,
+    # What the docs say first is how to use it; then how it works inside (this module's docstring).
+    doc_md=_docs(_SETTINGS),
 )
 def recs_nightly() -> None:
     @task(inlets=[RATINGS_LAKE], outlets=[LAKE_UPDATES])
@@ -125,6 +154,13 @@ def recs_nightly() -> None:
         from recjobs.pipeline import engine_for
 
         context = get_current_context()
+        # The runs list shows the run's id and logical date, not the day it computes: say it here.
+        day = run_date(context)
+        log.info("this run computes %s (%s)", day,
+                 "the run_date param" if context["params"].get("run_date") else "the day of its logical date")
+        if context["params"].get("run_date") and str(context["dag_run"].run_type) == "backfill":
+            log.warning("this backfill run computes %s, the run_date param, not the day of its logical date: "
+                        "with run_date set, every run of the backfill computes that one day", day)
         settings = task_settings(context["params"])
         reports = ingest_inbox(settings, engine_for(settings))
         extra = report_ingest(settings, reports)
@@ -140,7 +176,7 @@ def recs_nightly() -> None:
 
         context = get_current_context()
         settings = task_settings(context["params"])
-        day = _run_date(context)
+        day = run_date(context)
         try:
             # The input guard first (README 'Guards'); guard_allow lets the date through.
             check_input(settings, engine_for(settings), day, allow_night=bool(context["params"].get("guard_allow")))
@@ -157,12 +193,16 @@ def recs_nightly() -> None:
             context = get_current_context()
             settings = task_settings(context["params"])
             if family not in settings.families:
-                raise AirflowSkipException(f"{family} not in params.families")
+                # The skip exception's text is not in the task's log: say why there.
+                source = "params.families" if context["params"].get("families") else "the settings' RECJOBS_FAMILIES"
+                why = f"{family} is not in {source}: {', '.join(settings.families)}"
+                log.info("skipped: %s", why)
+                raise AirflowSkipException(why)
             engine = engine_for(settings)
             try:
-                return str(train_candidate(settings, engine, _run_date(context), family))
+                return str(train_candidate(settings, engine, run_date(context), family))
             except Exception as exc:
-                record_failure(engine, _run_date(context), family, exc)
+                record_failure(engine, run_date(context), family, exc)
                 raise
 
         @task(task_id=f"evaluate_{family}")
@@ -171,14 +211,14 @@ def recs_nightly() -> None:
 
             context = get_current_context()
             settings = task_settings(context["params"])
-            return evaluate_candidate(settings, engine_for(settings), _run_date(context), family).ndcg
+            return evaluate_candidate(settings, engine_for(settings), run_date(context), family).ndcg
 
         return train(), evaluate()
 
     # all_done: a family that failed must not stop the others from being gated and published.
     # No depends_on_past: a failed night would block every later one (and Airflow's deadlock
     # detection does not see it). Gate order comes from model_runs instead: see below.
-    @task(trigger_rule="all_done")
+    @task(trigger_rule="all_done", on_success_callback=RecjobsNotifier("promotion"))
     def promote() -> str:
         from recjobs.errors import GuardedError
         from recjobs.pipeline import NoCandidatesError, earlier_dates_in_flight, engine_for
@@ -187,7 +227,7 @@ def recs_nightly() -> None:
         context = get_current_context()
         settings = task_settings(context["params"])
         engine = engine_for(settings)
-        day = _run_date(context)
+        day = run_date(context)
         note = ""
         # The gate compares with the champion of the latest earlier gate. When a backfill runs
         # several dates at once, wait (in up_for_reschedule, holding no worker slot) for earlier
@@ -215,7 +255,7 @@ def recs_nightly() -> None:
 
         context = get_current_context()
         settings = task_settings(context["params"])
-        return str(train_final(settings, engine_for(settings), _run_date(context)))
+        return str(train_final(settings, engine_for(settings), run_date(context)))
 
     @task
     def plan_shards() -> list[int]:
@@ -228,7 +268,7 @@ def recs_nightly() -> None:
         from recjobs.pipeline import rank_shard as rank
 
         context = get_current_context()
-        return [str(p) for p in rank(task_settings(context["params"]), _run_date(context), shard)]
+        return [str(p) for p in rank(task_settings(context["params"]), run_date(context), shard)]
 
     # Inlets: publish reads the live lists (which version is live, what to prune); declaring the
     # Assets here also registers them, so the events added through the alias find them.
@@ -239,7 +279,7 @@ def recs_nightly() -> None:
 
         context = get_current_context()
         settings = task_settings(context["params"])
-        day = _run_date(context)
+        day = run_date(context)
         try:
             results = load_published(settings, engine_for(settings), day)  # logs each list, live or not
         except GuardedError as exc:

@@ -121,7 +121,7 @@ class DashboardDatabase:
                 raise self._error(exc) from None
         return self._engine
 
-    def page(self, user_id: str | None) -> str:
+    def page(self, user_id: str | None, item_id: str | None = None, candidates_date: str | None = None) -> str:
         """The dashboard's HTML, or the "run recjobs initdb" page."""
         from sqlalchemy.exc import SQLAlchemyError
 
@@ -131,7 +131,8 @@ class DashboardDatabase:
         if engine is None:
             return render_no_schema()
         try:
-            return render(engine, user_id=user_id, base=f"{URL_PREFIX}/", settings=self.settings())
+            return render(engine, user_id=user_id, base=f"{URL_PREFIX}/", settings=self.settings(), item_id=item_id,
+                          candidates_date=candidates_date)
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
 
@@ -193,8 +194,11 @@ def create_app() -> FastAPI:
         return PlainTextResponse(str(exc), status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
     @app.get("/", response_class=HTMLResponse)
-    def page(user: str | None = Query(default=None, max_length=MAX_LOOKUP)) -> str:
-        return database.page(user or None)  # exactly as typed: spaces are part of an id
+    def page(user: str | None = Query(default=None, max_length=MAX_LOOKUP),
+             item: str | None = Query(default=None, max_length=MAX_LOOKUP),
+             date: str | None = Query(default=None, max_length=10)) -> str:
+        # Ids exactly as typed: spaces are part of an id.
+        return database.page(user or None, item or None, date or None)
 
     @app.get("/api/champion", response_model=None)
     def champion() -> dict | JSONResponse:
@@ -208,9 +212,10 @@ def create_app() -> FastAPI:
     @app.get("/api/charts", response_model=None)
     def charts() -> dict | JSONResponse:
         """The metric charts' Vega-Lite specs, one per metric, with their data inline."""
-        from recjobs.dashboard import NO_SCHEMA, metric_chart_specs, metrics_by_date
+        from recjobs.dashboard import NO_SCHEMA, failed_nights, metric_chart_specs, metrics_by_date
 
-        specs = database.read(lambda engine, _settings: metric_chart_specs(metrics_by_date(engine)))
+        specs = database.read(lambda engine, _settings: metric_chart_specs(metrics_by_date(engine),
+                                                                            failed_nights(engine)))
         if specs is None:
             return JSONResponse({"detail": NO_SCHEMA}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
         return specs

@@ -84,8 +84,13 @@ class SwapTimeoutError(PublishError):
     """A view swap (or table drop) never got its lock before the deadline."""
 
 
+class AlertError(RecjobsError, RuntimeError):
+    """An alert could not be sent (SMTP server unreachable, refused login or recipients)."""
+
+
 __all__ = [
-    "ArtifactError", "DatabaseError", "GuardedError", "IngestError", "LakeLockTimeout", "ModelError", "NoCandidatesError",
+    "AlertError", "ArtifactError", "DatabaseError", "GuardedError", "IngestError", "LakeLockTimeout", "ModelError",
+    "NoCandidatesError",
     "PipelineError", "PublishError", "RecjobsError", "RulesError", "RunDateError", "SettingsError",
     "SwapTimeoutError", "UsageError",
 ]

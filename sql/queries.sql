@@ -1,17 +1,17 @@
 -- Example queries for apps. They run unchanged on PostgreSQL and SQLite.
 --
--- recommendations (a view over the live version; see README "Reading recommendations")
+-- recommendations (a view over the live version, see README "Reading recommendations")
 --   user_id        text     the user, as in the ingested ratings
 --   item_id        text     a recommended item the user has not interacted with
 --   rank           integer  1 = best
---   score          float    model score; comparable within one user's list and one model_version
+--   score          float    model score, comparable within one user's list and one model_version
 --   model_version  text     e.g. lightfm-20260131-full-1a2b3c4d (family, logical date, hash)
 --   generated_at   timestamp with time zone of the publish
 -- similar_items (same guarantees): item_id, similar_item_id, rank, score, model_version, generated_at
 -- item_segments (same guarantees): item_id, user_id, rank, score, model_version, generated_at
 --   the users most likely to want each item, seen items left out (empty unless item_segments.top_users is set)
 -- popular_items: rank, item_id, score (interaction count), run_date: fallback for unknown users
---   (per segment of users: segment_popular_items and user_segments; fallback query in coldstart.sql)
+--   (per segment of users: segment_popular_items and user_segments, fallback query in coldstart.sql)
 -- recommendations_history: run_date, user_id, item_id, rank, score, model_version (every published date)
 -- model_runs: one row per (run_date, family, stage) with metrics, params, timings and gate reasons
 

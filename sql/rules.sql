@@ -3,7 +3,7 @@
 
 -- Rule sources may be tables in the recommendations database: name them in the settings
 -- (rules.exclude_items = "withdrawn_items", rules.user_exclusions = "user_exclusions")
--- and refresh their rows before the nightly run; every publish reads them.
+-- and refresh their rows before the nightly run: every publish reads them.
 CREATE TABLE IF NOT EXISTS withdrawn_items (item_id VARCHAR(128) PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS user_exclusions (
     user_id VARCHAR(128) NOT NULL,
@@ -37,4 +37,4 @@ ORDER BY run_date, family;
 -- SELECT run_date, family, ndcg_at_k AS published_ndcg,
 --        CAST(raw_metrics AS json) ->> 'ndcg_at_k' AS raw_ndcg,
 --        diversity AS published_diversity, CAST(raw_metrics AS json) ->> 'diversity' AS raw_diversity
--- FROM model_runs WHERE stage = 'candidate' ORDER BY run_date, family;
+-- FROM model_runs WHERE stage = 'candidate' ORDER BY run_date, family

@@ -22,6 +22,7 @@ from recjobs.data import Lake
 from recjobs.db import make_engine
 from recjobs.settings import FAMILIES
 from tests.conftest import AIRFLOW, ROOT
+from tests.smtp_sink import start_sink
 
 # Real Airflow processes or crash-and-rerun loops: minutes, so outside the fast loop (-m 'not slow').
 pytestmark = pytest.mark.slow
@@ -44,6 +45,7 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
         "                if t.inlets or t.outlets},\n"
         "    'params': {k: {**dag.params.get_param(k).schema, 'help': dag.params.get_param(k).description}\n"
         "               for k in dag.params},\n"
+        "    'doc': dag.doc_md,\n"
         "    'inbox': [sorted(t.task_id for t in inbox.tasks), type(inbox.timetable).__name__,\n"
         "              inbox.get_task('wait_for_files').mode],\n"
         "}))\n"
@@ -74,6 +76,15 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
     assert run_date["format"] == "date" and "YYYY" not in run_date["help"]
     # An operator lets a held night through (README 'Guards'); off unless set.
     assert got["params"]["guard_allow"]["type"] == "boolean" and "guard" in got["params"]["guard_allow"]["help"]
+    assert "In a backfill leave it empty" in run_date["help"]  # the backfill dialog shows this param too
+    # The form names the settings' families that an empty field means.
+    assert families["help"].endswith("Empty: the settings' families, now "
+                                     "popularity, als, lightfm, tfrs, ease, itemknn, sequence (RECJOBS_FAMILIES).")
+    # The DAG's docs start with how to use it: the inbox, the families, the dashboard.
+    use = got["doc"].split("**How it works inside.**")[0]
+    assert "**Using it.**" in use
+    assert "into the inbox, `" in use and "Families** trained and gated: popularity, als," in use
+    assert "*Recs* dashboard" in use and "`/recjobs/`" in use and "Alerts** are off" in use
     # Tasks log through `logging`: print() output lands after the task in Airflow's log, some lines twice.
     for source in (ROOT / "dags").glob("*.py"):
         assert "print(" not in source.read_text(), source
@@ -175,7 +186,9 @@ def test_a_failing_family_fails_only_its_task_and_the_run_still_publishes(airflo
     blocker = tmp_path / "no_tf"
     (blocker / "tensorflow").mkdir(parents=True)
     (blocker / "tensorflow" / "__init__.py").write_text("raise ImportError('No module named tensorflow')\n")
-    env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "PYTHONPATH": str(blocker),
+    # In front of PYTHONPATH, not instead of it: a checkout run with PYTHONPATH=<checkout> keeps its recjobs.
+    path = os.pathsep.join(p for p in (str(blocker), airflow_env.get("PYTHONPATH")) if p)
+    env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "PYTHONPATH": path,
            "RECJOBS_FAMILIES": '["popularity", "tfrs"]', "RECJOBS_PUBLISH__TOP_N": "5"}
     out = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", "2026-02-01"], env=env,
                          capture_output=True, text=True, timeout=900)
@@ -239,3 +252,43 @@ def test_a_night_the_input_guard_holds_fails_its_split_and_guard_allow_publishes
     assert let.returncode == 0 and "state=success" in let.stdout + let.stderr, (let.stdout + let.stderr)[-5000:]
     assert live() == tonight
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_the_dags_notifier_mails_a_failed_task_and_the_promotion(airflow_env, small_inbox, settings, tmp_path):
+    # One real run: train_tfrs fails (TensorFlow cannot be imported), popularity is promoted and
+    # published. The notifier (on_failure_callback / promote's on_success_callback) mails both
+    # to a real SMTP server in this process.
+    blocker = tmp_path / "no_tf"
+    (blocker / "tensorflow").mkdir(parents=True)
+    (blocker / "tensorflow" / "__init__.py").write_text("raise ImportError('No module named tensorflow')\n")
+    sink, server = start_sink()
+    path = os.pathsep.join(p for p in (str(blocker), airflow_env.get("PYTHONPATH")) if p)
+    env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "PYTHONPATH": path,
+           "RECJOBS_FAMILIES": '["popularity", "tfrs"]', "RECJOBS_PUBLISH__TOP_N": "5",
+           "RECJOBS_ALERTS__ENABLED": "true", "RECJOBS_ALERTS__SMTP_HOST": sink.host,
+           "RECJOBS_ALERTS__SMTP_PORT": str(sink.port), "RECJOBS_ALERTS__TO": '["ops@example.com"]',
+           "RECJOBS_ALERTS__DASHBOARD_URL": "https://airflow.example.com/recjobs/"}
+    try:
+        out = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", "2026-02-01"], env=env,
+                             capture_output=True, text=True, timeout=900)
+    finally:
+        server.shutdown()
+        server.server_close()
+    log = out.stdout + out.stderr
+    got = {m.subject: m for m in sink.messages()}
+    failed = "[recjobs] 2026-02-01: train_tfrs failed: ImportError: No module named tensorflow"
+    promoted = "[recjobs] 2026-02-01: popularity promoted to champion"
+    assert sorted(got) == sorted([failed, promoted]), log[-5000:]
+    body = got[failed].body
+    assert body.startswith("The recjobs run for 2026-02-01 failed in task train_tfrs (try 1 of 1).\n"), body
+    assert "Error: ImportError: No module named tensorflow\n" in body
+    assert "The family tfrs is left out of this night's gate" in body
+    assert "Run: recs_nightly manual__" in body and "Task log: http" in body
+    assert body.endswith("Dashboard: https://airflow.example.com/recjobs/\n")
+    assert got[failed].rcpt_to == ["ops@example.com"]
+    assert "The gate of 2026-02-01 promoted popularity (popularity-20260201-" in got[promoted].body
+    assert "There was no champion before: this is the first." in got[promoted].body
+    # The skipped families' logs say why they were skipped.
+    assert "skipped: als is not in the settings' RECJOBS_FAMILIES: popularity, tfrs" in log
+    assert "this run computes 2026-02-01 (the day of its logical date)" in log

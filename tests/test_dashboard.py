@@ -184,14 +184,16 @@ def test_projection_is_deterministic_and_sign_fixed():
     assert first.shape == (50, 2) and 0 < shares[1] <= shares[0] < 1
 
 
-def test_metric_charts_have_a_time_axis_dated_tooltips_and_bounded_domains(published):
+def test_metric_charts_step_by_night_with_dated_tooltips_and_bounded_domains(published):
     _, engine = published
     specs = metric_chart_specs(metrics_by_date(engine))
     assert set(specs) == {c for c, _, _ in METRICS}
     for column, _title, bounded in METRICS:
         enc = specs[column]["encoding"]
-        assert enc["x"]["type"] == "temporal" and enc["x"]["field"] == "date"
-        assert enc["tooltip"][0]["type"] == "temporal" and enc["tooltip"][0]["format"] == "%Y-%m-%d"
+        # Nights as nights (even steps, not a time axis), each labelled with its UTC date.
+        assert enc["x"]["type"] == "ordinal" and enc["x"]["field"] == "date" and enc["x"]["sort"] == "ascending"
+        assert "utcFormat" in enc["x"]["axis"]["labelExpr"]
+        assert enc["tooltip"][0] == {"field": "date", "type": "nominal", "title": "date"}
         if bounded:
             assert enc["y"]["scale"]["domain"][0] == 0 and enc["y"]["scale"]["domain"][1] <= 1
             assert enc["y"]["scale"]["nice"] is False  # Vega would otherwise round past 1

@@ -23,10 +23,10 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 
-from recjobs.dashboard import NO_SCHEMA, missing_schema, render, sqlite_file_missing
+from recjobs.dashboard import METRICS, NO_SCHEMA, missing_schema, render, sqlite_file_missing
 from recjobs.data import write_inbox
 from recjobs.db import make_engine
-from recjobs.pipeline import run_pipeline
+from recjobs.pipeline import engine_for, record_no_candidates, run_pipeline
 from recjobs.settings import load_settings
 from tests.conftest import AIRFLOW, ROOT, SMALL, _free_port, airflow_process_env, airflow_standalone
 
@@ -186,6 +186,8 @@ def dashboard_server(tmp_path_factory):  # noqa: ANN001, ANN201
     write_inbox(settings.inbox, SMALL)
     for day in ("2026-01-20", "2026-01-31"):
         run_pipeline(settings, day)
+    # A failed night between them, as a night without candidates records it: marked on the charts.
+    record_no_candidates(engine_for(settings), "2026-01-25", "no candidates for 2026-01-25: no family was trained")
     with airflow_standalone(env, port, base / "standalone.log", timeout=300):
         yield {"port": port, "url": f"http://127.0.0.1:{port}", "settings": settings}
 
@@ -253,12 +255,17 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
             page.locator(f"#chart-{column}.rendered").wait_for(timeout=30_000)
         ndcg = page.locator("#chart-ndcg_at_k g.mark-symbol.role-mark path")
         assert ndcg.count() == 4
+        # The failed night: one dashed red rule on each metric chart.
+        assert page.locator("#chart-ndcg_at_k g.mark-rule.role-mark line").count() == 1
         ndcg.first.hover(force=True)
         page.wait_for_function("document.querySelector('#vg-tooltip-element')?.innerText.includes('2026-01-')")
         texts = page.locator("#chart-coverage .role-axis-label text").all_text_contents()
         values = [float(t) for t in texts if t.replace(".", "", 1).isdigit()]  # the y axis; x shows dates
         assert values and max(values) <= 1.0 and any(t.startswith("Jan") for t in texts), texts
         assert page.locator(".vchart.failed").count() == 0
+        # Each box said "Loading …" until its chart was drawn, and says it no more.
+        page.wait_for_function("document.querySelectorAll('.vchart .loading').length === 0", timeout=60_000)
+        assert page.locator(".vchart.rendered").count() == len(METRICS) + 1  # the metric charts and the map
         page.mouse.move(0, 0)
         page.screenshot(path=str(ARTIFACTS / "dashboard_unknown_user.png"), full_page=True)
 
@@ -270,6 +277,15 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
         assert page.locator("#user-notice").count() == 0
         page.locator("#embedding-map.rendered").wait_for(timeout=60_000)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+        # The link to the DAG resolves to the Airflow UI's page of recs_nightly.
+        assert page.evaluate("document.getElementById('dag-link').href") == f"{url}/dags/recs_nightly"
+
+        # An item: "more like this" from the live similar_items, with titles, version and date.
+        page.goto(f"{url}/recjobs/?item=i7", wait_until="domcontentloaded", timeout=90_000)
+        assert "More like i7 (Item 7" in page.locator("#item-result h3").inner_text()
+        assert page.locator("#item-similar tbody tr").count() == 20  # publish.similar_n
+        assert "data up to 2026-01-31" in page.locator("#item-source").inner_text()
 
         # In the Airflow UI: the short nav label, and the address naming "recjobs" once.
         ui = context.new_page()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from collections import Counter
 
@@ -306,6 +307,21 @@ def test_history_is_pruned_to_history_days_behind_the_newest_date(db):
     publish_list(db, "recommendations", "2026-01-06", "v", frames("v"))  # None: keep everything
     with db.connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(DISTINCT run_date) FROM recommendations_history")).scalar_one() == 3
+
+
+def test_retention_deletions_are_warnings_naming_the_setting(tmp_path, caplog):
+    engine = make_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    ensure_schema(engine)
+    with caplog.at_level(logging.INFO, logger="recjobs.publish"):
+        for n, day in enumerate(("2026-01-01", "2026-01-02", "2026-01-05"), start=1):
+            publish_list(engine, "recommendations", day, f"v{n}", frames(f"v{n}"), keep_versions=1, history_days=2)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # The history of 01-01 and 01-02 goes: more than two days behind 01-05.
+    assert any(w.startswith(f"retention deleted {2 * USERS * TOP} recommendations_history rows of dates before "
+                            "2026-01-03: publish.history_days=2 (RECJOBS_PUBLISH__HISTORY_DAYS") for w in warnings)
+    assert "retention dropped 1 earlier recommendations version(s) (v1 of 2026-01-01): publish.keep_versions=1 " \
+           "(RECJOBS_PUBLISH__KEEP_VERSIONS) are kept" in warnings
+    engine.dispose()
 
 
 def test_history_insert_binds_the_run_date(db):

@@ -3,6 +3,7 @@ database and run folders), ``charts`` (Vega-Lite specs), ``page`` (the HTML) and
 ``embedding_map`` (the champion's item vectors in 2-D). The Airflow plugin serves it."""
 
 from recjobs.dashboard.charts import (
+    GENRE_PALETTE,
     METRICS,
     PALETTE,
     embedding_map_spec,
@@ -11,19 +12,23 @@ from recjobs.dashboard.charts import (
 )
 from recjobs.dashboard.data import (
     Champion,
+    ItemLookup,
     LiveArtifact,
     UserLookup,
     champion,
     champion_map,
     close_ids,
+    failed_nights,
     full_matrix,
     gate_decisions,
     ingest_by_date,
     item_titles,
     live_artifact,
+    lookup_item,
     lookup_user,
     metrics_by_date,
     missing_schema,
+    published_versions,
     sqlite_file_missing,
 )
 from recjobs.dashboard.embedding_map import (
@@ -44,9 +49,9 @@ from recjobs.dashboard.page import (
 )
 
 __all__ = [
-    "DASH", "METRICS", "NO_GENRE", "NO_SCHEMA", "PALETTE", "VEGA_BUNDLE_PATH", "Champion", "EmbeddingMap",
+    "DASH", "GENRE_PALETTE", "METRICS", "NO_GENRE", "NO_SCHEMA", "PALETTE", "VEGA_BUNDLE_PATH", "Champion", "EmbeddingMap", "ItemLookup",
     "LiveArtifact", "UserLookup", "build_map", "champion", "champion_map", "close_ids", "embedding_map_spec",
-    "full_matrix", "gate_decisions", "ingest_by_date", "item_genres", "item_titles", "live_artifact", "load_map", "lookup_user",
-    "metric_chart_spec", "metric_chart_specs", "metrics_by_date", "missing_schema", "project_2d", "render",
+    "failed_nights", "full_matrix", "gate_decisions", "ingest_by_date", "item_genres", "item_titles", "live_artifact", "load_map", "lookup_item", "lookup_user",
+    "metric_chart_spec", "metric_chart_specs", "metrics_by_date", "missing_schema", "project_2d", "published_versions", "render",
     "render_no_schema", "sqlite_file_missing", "vega_embed_bundle",
 ]

@@ -9,8 +9,18 @@ import pandas as pd
 
 from recjobs import columns as C
 
+# One colour per registered family (category10's), so no two lines of a chart share one.
 PALETTE = {"popularity": "#8c8c8c", "als": "#1f77b4", "lightfm": "#2ca02c", "tfrs": "#d62728",
-           "ease": "#ff7f0e", "itemknn": "#9467bd"}
+           "ease": "#ff7f0e", "itemknn": "#9467bd", "sequence": "#8c564b", "userknn": "#e377c2",
+           "ranker": "#bcbd22"}
+# The embedding map's genres: 20 colours no two of which look alike (category20's light/dark
+# pairs did). Picked from Okabe-Ito's (told apart with colour-blindness too) and other
+# distinct sets for the largest smallest CIEDE2000 distance, and ordered so that each next
+# colour is the farthest from those before it: the first 8 are at least 27 apart, all 20 at
+# least 19 (tests/test_dashboard_ui.py measures it); none is lighter than Okabe-Ito's yellow.
+GENRE_PALETTE = ["#0072b2", "#e69f00", "#009e73", "#cc79a7", "#800000", "#4b0082", "#000000", "#c7c7c7",
+                 "#f99379", "#006400", "#2f4f4f", "#808000", "#98df8a", "#e6194b", "#56b4e9", "#f0e442",
+                 "#dcbeff", "#848482", "#654522", "#d55e00"]
 # (column, title, bounded): bounded metrics lie in [0, 1], so their axis never goes past 1;
 # novelty is self-information in bits and has no such bound.
 METRICS = [("ndcg_at_k", "NDCG@k", True), ("precision_at_k", "Precision@k", True),
@@ -28,11 +38,17 @@ def _upper(value: float) -> float:
     return min(1.0, math.ceil(padded / step) * step)
 
 
-def metric_chart_spec(frame: pd.DataFrame, column: str, title: str, bounded: bool = True) -> dict[str, Any]:
-    """A Vega-Lite line chart of ``column`` over logical dates (a time axis), one line per family.
+FAILED_COLOUR = "#c0392b"
+
+
+def metric_chart_spec(frame: pd.DataFrame, column: str, title: str, bounded: bool = True,
+                      failed: pd.DataFrame | None = None) -> dict[str, Any]:
+    """A Vega-Lite line chart of ``column`` by night (one even step per logical date), one line per family.
 
     Bounded metrics get a y domain from 0 to at most 1; every point shows its date,
-    family and value on hover.
+    family and value on hover. ``failed`` (run_date, status, reason: see
+    :func:`recjobs.dashboard.data.failed_nights`) are marked as dashed red rules, with the
+    status and reason on hover.
     """
     import altair as alt
 
@@ -47,23 +63,37 @@ def metric_chart_spec(frame: pd.DataFrame, column: str, title: str, bounded: boo
     families = sorted(data["family"].unique()) if not data.empty else []
     color = alt.Color("family:N", title="family", legend=alt.Legend(orient="bottom"),
                       scale=alt.Scale(domain=families, range=[PALETTE.get(f, "#17becf") for f in families]))
-    # ISO dates parsed as UTC midnight and shown in UTC: a viewer west of Greenwich sees the same day.
-    x = alt.X("date:T", timeUnit="utcyearmonthdate", title="logical date",
-              axis=alt.Axis(format="%b %d", labelAngle=0, labelOverlap=True))
-    chart = (alt.Chart(data, title=title)
-             .mark_line(point=alt.OverlayMarkDef(filled=True, size=60))
-             .encode(x=x, y=alt.Y(f"{column}:Q", title=None, scale=y_scale), color=color,
-                     tooltip=[alt.Tooltip("date:T", timeUnit="utcyearmonthdate", format="%Y-%m-%d", title="date"),
-                              alt.Tooltip("family:N"), alt.Tooltip(f"{column}:Q", title=title, format=".4f")])
-             .properties(width=330, height=170))
-    return chart.to_dict()
+    # Nights as nights: one even step per night that has points or a failure mark, so a lone
+    # old night and tonight's do not sit at the two ends of a months-long time axis, and recent
+    # nights do not merge into one blob. Labels are the ISO dates read as UTC midnight and shown
+    # in UTC: a viewer west of Greenwich sees the same day.
+    x = alt.X("date:O", sort="ascending", title="night (logical date)",
+              axis=alt.Axis(labelExpr="utcFormat(toDate(datum.value), '%b %d')", labelAngle=0,
+                            labelOverlap=True))
+    day = alt.Tooltip("date:N", title="date")
+    line = (alt.Chart(data)
+            .mark_line(point=alt.OverlayMarkDef(filled=True, size=60))
+            .encode(x=x, y=alt.Y(f"{column}:Q", title=None, scale=y_scale), color=color,
+                    tooltip=[day, alt.Tooltip("family:N"), alt.Tooltip(f"{column}:Q", title=title, format=".4f")]))
+    if failed is None or failed.empty:
+        return line.properties(title=title, width=330, height=170).to_dict()
+    marks = pd.DataFrame({"date": failed[C.RUN_DATE].astype(str), "night": failed["status"].astype(str),
+                          "reason": failed["reason"].fillna("").astype(str).str.slice(0, 160)})
+    rules = (alt.Chart(marks)
+             .mark_rule(color=FAILED_COLOUR, strokeDash=[4, 3], strokeWidth=2)
+             .encode(x=x, tooltip=[day, alt.Tooltip("night:N", title="failed night"), alt.Tooltip("reason:N")]))
+    heading = alt.TitleParams(title, subtitle="dashed red: a night without a decision (hover for why)",
+                              subtitleColor=FAILED_COLOUR)
+    return alt.layer(rules, line).properties(title=heading, width=330, height=170).to_dict()
 
 
-def metric_chart_specs(metrics: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """One chart spec per metric of :data:`METRICS`, from evaluated (not failed) candidates."""
+def metric_chart_specs(metrics: pd.DataFrame, failed: pd.DataFrame | None = None) -> dict[str, dict[str, Any]]:
+    """One chart spec per metric of :data:`METRICS`, from evaluated (not failed) candidates,
+    with ``failed`` nights marked (see :func:`metric_chart_spec`)."""
     charted = (metrics[metrics["status"] != "failed"] if not metrics.empty
                else pd.DataFrame(columns=[C.RUN_DATE, "family", *(c for c, _, _ in METRICS)]))
-    return {column: metric_chart_spec(charted, column, title, bounded) for column, title, bounded in METRICS}
+    return {column: metric_chart_spec(charted, column, title, bounded, failed)
+            for column, title, bounded in METRICS}
 
 
 def embedding_map_spec(data_url: str, explained: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
@@ -77,7 +107,7 @@ def embedding_map_spec(data_url: str, explained: tuple[float, float] = (0.0, 0.0
              .mark_circle(size=45, opacity=0.75)
              .encode(x=alt.X("x:Q", title=f"component 1 ({explained[0]:.0%} of variance)", axis=alt.Axis(grid=False)),
                      y=alt.Y("y:Q", title=f"component 2 ({explained[1]:.0%} of variance)", axis=alt.Axis(grid=False)),
-                     color=alt.Color("genre:N", scale=alt.Scale(scheme="category20"),
+                     color=alt.Color("genre:N", scale=alt.Scale(range=GENRE_PALETTE),
                                      legend=alt.Legend(title="genre", symbolLimit=40)),
                      tooltip=tooltip)
              .properties(width=640, height=440)
@@ -85,4 +115,4 @@ def embedding_map_spec(data_url: str, explained: tuple[float, float] = (0.0, 0.0
     return chart.to_dict()
 
 
-__all__ = ["METRICS", "PALETTE", "embedding_map_spec", "metric_chart_spec", "metric_chart_specs"]
+__all__ = ["FAILED_COLOUR", "GENRE_PALETTE", "METRICS", "PALETTE", "embedding_map_spec", "metric_chart_spec", "metric_chart_specs"]

@@ -20,7 +20,7 @@ from recjobs.dashboard.embedding_map import EmbeddingMap, load_map
 from recjobs.data.ids import positions
 from recjobs.data.interactions import Interactions
 from recjobs.data.lake import Lake
-from recjobs.db.ledger import CHAMPION_STATUSES
+from recjobs.db.ledger import CHAMPION_KEPT, CHAMPION_STATUSES, GATED_CANDIDATE_STATUSES, PROMOTED
 from recjobs.runs import RunFolder, family_of
 from recjobs.settings import Settings
 
@@ -28,6 +28,7 @@ from recjobs.settings import Settings
 DASHBOARD_TABLES = ("model_runs", "ingest_log", "publications", "popular_items", "items")
 DASHBOARD_VIEWS = ("recommendations",)
 _CHAMPION_SQL = ", ".join(f"'{s}'" for s in CHAMPION_STATUSES)
+_GATED_SQL = ", ".join(f"'{s}'" for s in GATED_CANDIDATE_STATUSES)
 
 
 def sqlite_file_missing(url: str) -> bool:
@@ -104,11 +105,105 @@ def metrics_by_date(engine: Engine) -> pd.DataFrame:
                           "WHERE stage = 'candidate' AND status != 'training' ORDER BY run_date, family")
 
 
+def published_versions(engine: Engine) -> pd.DataFrame:
+    """Every kept (not dropped) published version per list, newest first, and what it is now.
+
+    ``state``: ``live``; ``rollback target`` (the version ``recjobs rollback`` returns to);
+    ``was live`` (further back); ``history only`` (a backfilled older date, never live).
+    """
+    frame = _frame(engine, "SELECT kind, run_date, model_version, row_count, is_live, live_seq, published_at "
+                           "FROM publications WHERE dropped = :f ORDER BY kind, id DESC", f=False)
+    if frame.empty:
+        return frame
+    states = []
+    for _kind, rows in frame.groupby("kind", sort=False):
+        live = rows[rows["is_live"].astype(bool)]
+        live_seq = live["live_seq"].iloc[0] if not live.empty else None
+        earlier = rows[rows["live_seq"].notna() & ~rows["is_live"].astype(bool)]
+        if live_seq is not None and not pd.isna(live_seq):
+            earlier = earlier[earlier["live_seq"] < live_seq]
+        target = earlier["live_seq"].max() if not earlier.empty else None
+        for row in rows.itertuples():
+            if bool(row.is_live):
+                state = "live"
+            elif pd.isna(row.live_seq):
+                state = "history only"
+            else:
+                state = "rollback target" if row.live_seq == target else "was live"
+            states.append((row.Index, state))
+    frame["state"] = pd.Series(dict(states))
+    frame["published_at"] = frame["published_at"].astype(str).str.slice(0, 19)
+    return frame[["kind", "run_date", "model_version", "state", "row_count", "published_at"]].rename(
+        columns={"row_count": "rows", "published_at": "published (UTC)"})
+
+
+def failed_nights(engine: Engine) -> pd.DataFrame:
+    """Dates whose gate decided nothing (e.g. ``no_candidates``), with the status and reason.
+
+    A date whose rerun failed after an earlier decision keeps that decision, and is not listed.
+    """
+    return _frame(engine, "SELECT run_date, status, reason FROM model_runs f WHERE stage = 'gate' "
+                          f"AND status NOT IN ({_CHAMPION_SQL}) AND NOT EXISTS (SELECT 1 FROM model_runs d "
+                          f"WHERE d.stage = 'gate' AND d.run_date = f.run_date AND d.status IN ({_CHAMPION_SQL})) "
+                          "ORDER BY run_date")
+
+
 def gate_decisions(engine: Engine, limit: int = 30) -> pd.DataFrame:
-    """The latest gate and rollback decisions with their significance (NULL where not computed)."""
-    return _frame(engine, "SELECT run_date, family, status, ndcg_at_k, gate_diff, gate_ci_low, gate_ci_high, "
-                          "gate_p_value, reason FROM model_runs WHERE stage IN ('gate', 'rollback') "
-                          "ORDER BY run_date DESC, id DESC LIMIT :n", n=limit)
+    """The latest gate and rollback decisions with their significance (NULL where not computed).
+
+    ``compared`` names, per row, what its ``gate_diff`` compares (the first minus the second):
+    a challenger with the champion it faced ("als vs champion ease"), or, where no champion
+    was defended (a first run, or the champion's family had no candidate), the winner with the
+    runner-up or with the best mean it was preferred to. None where the row has no difference.
+    """
+    frame = _frame(engine, "SELECT run_date, family, status, ndcg_at_k, gate_diff, gate_ci_low, gate_ci_high, "
+                           "gate_p_value, reason FROM model_runs WHERE stage IN ('gate', 'rollback') "
+                           "ORDER BY run_date DESC, id DESC LIMIT :n", n=limit)
+    if frame.empty:
+        return frame
+    dates = sorted(set(frame["run_date"]))
+    # The date's gated candidates and their own gate_diff (vs the gate's reference, which has none).
+    cands = _frame(engine, "SELECT run_date, family, gate_diff FROM model_runs WHERE stage = 'candidate' "
+                           f"AND status IN ({_GATED_SQL}) AND run_date >= :first AND run_date <= :last",
+                   first=dates[0], last=dates[-1])
+    by_date: dict[str, dict[str, float | None]] = {}
+    for row in cands.itertuples(index=False):
+        by_date.setdefault(row.run_date, {})[row.family] = None if pd.isna(row.gate_diff) else float(row.gate_diff)
+    champions = _frame(engine, "SELECT run_date, family FROM model_runs WHERE stage = 'gate' "
+                               f"AND status IN ({_CHAMPION_SQL}) AND run_date < :last ORDER BY run_date, id",
+                       last=dates[-1])
+    frame["compared"] = [
+        None if row.status not in CHAMPION_STATUSES or pd.isna(row.gate_diff) else _compared(
+            row.family, row.status, float(row.gate_diff), _champion_before(champions, row.run_date),
+            by_date.get(row.run_date, {}))
+        for row in frame.itertuples(index=False)]
+    return frame
+
+
+def _champion_before(champions: pd.DataFrame, day: str) -> str | None:
+    """The champion family of the latest gate before ``day`` (as the gate itself took it)."""
+    earlier = champions[champions["run_date"] < day] if not champions.empty else champions
+    return None if earlier.empty else str(earlier.iloc[-1]["family"])
+
+
+def _compared(winner: str, status: str, diff: float, champion_before: str | None,
+              cands: dict[str, float | None]) -> str:
+    """What a gate row's difference compares, from the date's candidates (see :func:`gate_decisions`)."""
+    others = {f: d for f, d in cands.items() if f != winner and d is not None}
+
+    def closest(target: float) -> str | None:
+        return min(others, key=lambda f: abs(others[f] - target)) if others else None
+
+    if status == CHAMPION_KEPT:  # the champion stayed: the difference is its best challenger's gap
+        return f"{closest(diff) or 'best challenger'} vs champion {winner}"
+    if (status == PROMOTED and champion_before not in (None, winner)
+            and (not cands or champion_before in cands)):
+        return f"{winner} vs champion {champion_before}"
+    # No champion defended: the best mean is the candidates' reference (the one without a diff).
+    reference = next((f for f, d in cands.items() if d is None), None)
+    if reference is not None and reference != winner:
+        return f"{winner} vs best mean {reference}"
+    return f"{winner} vs runner-up {closest(-diff) or '(not recorded)'}"
 
 
 def guard_checks(engine: Engine, limit: int = 40) -> pd.DataFrame:
@@ -187,6 +282,9 @@ class UserLookup:
     history_total: int = 0
     suggestions: list[str] = field(default_factory=list)
     message: str = ""
+    # Where the list shown comes from: the live model and its data date, or the fallback's date.
+    model_version: str = ""
+    run_date: str = ""
 
 
 def _history(data: Interactions, row: int, titles: dict[str, str], n: int) -> tuple[pd.DataFrame, int]:
@@ -225,24 +323,69 @@ def lookup_user(engine: Engine, user_id: str, settings: Settings | None = None, 
                               "ORDER BY r.rank LIMIT :n", u=user_id, n=n)
     if not personal.empty:
         recs = personal.rename(columns={C.SCORE: "model score"})
-        return UserLookup(user_id, True, recs, "personal", history, total)
-    popular = _frame(engine, "SELECT p.rank, p.item_id, i.title, p.score FROM popular_items p "
+        return UserLookup(user_id, True, recs, "personal", history, total,
+                          model_version=champ.model_version if champ else "", run_date=champ.run_date if champ else "")
+    popular = _frame(engine, "SELECT p.rank, p.item_id, i.title, p.score, p.run_date FROM popular_items p "
                              "LEFT JOIN items i ON i.item_id = p.item_id ORDER BY p.rank LIMIT :n", n=n)
+    popular_date = str(popular[C.RUN_DATE].iloc[0]) if not popular.empty else ""
+    popular = popular.drop(columns=[C.RUN_DATE], errors="ignore")
     if not popular.empty:
         # popular_items.score counts users per item: a count, not comparable with model scores.
         popular[C.SCORE] = popular[C.SCORE].round().astype("int64")
     recs = popular.rename(columns={C.SCORE: "users who interacted"})
     if row is not None:
-        return UserLookup(user_id, True, recs, "popular", history, total, message=(
+        return UserLookup(user_id, True, recs, "popular", history, total, run_date=popular_date, message=(
             f"User {user_id!r} is known to the model but has no personal list "
             "(every item already seen?): apps serve the popular items below."))
     known = ([str(u) for u in data.user_ids] if data is not None else
              [str(u) for u in _frame(engine, "SELECT DISTINCT user_id FROM recommendations")[C.USER]]
              if champ is not None else [])
     suggestions = close_ids(user_id, known)
-    return UserLookup(user_id, False, recs, "popular", suggestions=suggestions, message=(
+    return UserLookup(user_id, False, recs, "popular", suggestions=suggestions, run_date=popular_date, message=(
         f"Unknown user {user_id!r}: no such user in the live recommendations or the model's data. "
         "Apps serve such users the popular items below (fallback)."))
+
+
+# -- one item: "more like this" ---------------------------------------------------------------
+@dataclass
+class ItemLookup:
+    """What the page shows for one looked-up item: its live ``similar_items`` list."""
+
+    item_id: str
+    title: str
+    similar: pd.DataFrame  # rank, similar_item_id, title, score
+    model_version: str = ""
+    run_date: str = ""
+    suggestions: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+def lookup_item(engine: Engine, item_id: str, n: int = 20) -> ItemLookup:
+    """The live "more like this" list of ``item_id`` (exactly as given), with titles; for an item
+    without one, why, and close known item ids."""
+    titles = item_titles(engine)
+    title = titles.get(item_id, "")
+    if "similar_items" not in set(sa.inspect(engine).get_view_names()) | set(sa.inspect(engine).get_table_names()):
+        return ItemLookup(item_id, title, pd.DataFrame(), message="no similar_items view yet: run recjobs initdb")
+    similar = _frame(engine, "SELECT s.rank, s.similar_item_id, i.title, s.score, s.model_version "
+                             "FROM similar_items s LEFT JOIN items i ON i.item_id = s.similar_item_id "
+                             "WHERE s.item_id = :i ORDER BY s.rank LIMIT :n", i=item_id, n=n)
+    live = _frame(engine, "SELECT run_date, model_version FROM publications WHERE kind = 'similar_items' "
+                          "AND is_live = :t", t=True)
+    run_date = str(live["run_date"].iloc[0]) if not live.empty else ""
+    if not similar.empty:
+        version = str(similar["model_version"].iloc[0])
+        return ItemLookup(item_id, title, similar.drop(columns=["model_version"]).rename(
+            columns={C.SCORE: "similarity"}), version, run_date)
+    if live.empty:
+        return ItemLookup(item_id, title, pd.DataFrame(), message=(
+            "No similar items are published: the champion has no item vectors (popularity), or "
+            "nothing was published yet."))
+    known = [str(i) for i in _frame(engine, "SELECT DISTINCT item_id FROM similar_items")[C.ITEM]]
+    return ItemLookup(item_id, title, pd.DataFrame(), str(live["model_version"].iloc[0]), run_date,
+                      suggestions=close_ids(item_id, known), message=(
+                          f"No similar items for {item_id!r}: it is not in the live similar_items "
+                          "(an item the model has not seen, or a mistyped id)."))
 
 
 # -- the champion's item vectors ---------------------------------------------------------------
@@ -286,7 +429,8 @@ def champion_map(engine: Engine, settings: Settings | None = None) -> EmbeddingM
 
 
 __all__ = [
-    "Champion", "DASHBOARD_TABLES", "DASHBOARD_VIEWS", "LiveArtifact", "UserLookup", "champion", "champion_map",
-    "close_ids", "full_matrix", "gate_decisions", "guard_checks", "ingest_by_date", "item_titles", "live_artifact", "lookup_user",
-    "metrics_by_date", "missing_schema", "sqlite_file_missing",
+    "Champion", "DASHBOARD_TABLES", "DASHBOARD_VIEWS", "ItemLookup", "LiveArtifact", "UserLookup", "champion",
+    "champion_map", "close_ids", "failed_nights", "full_matrix", "gate_decisions", "guard_checks", "ingest_by_date",
+    "item_titles", "live_artifact", "lookup_item", "lookup_user", "metrics_by_date", "missing_schema",
+    "published_versions", "sqlite_file_missing",
 ]

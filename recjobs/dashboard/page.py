@@ -25,16 +25,21 @@ from sqlalchemy.engine import Engine
 
 from recjobs.dashboard.charts import embedding_map_spec, metric_chart_specs
 from recjobs.dashboard.data import (
+    ItemLookup,
     UserLookup,
     champion,
     champion_map,
+    failed_nights,
     gate_decisions,
     guard_checks,
     ingest_by_date,
+    lookup_item,
     lookup_user,
     metrics_by_date,
     missing_schema,
+    published_versions,
 )
+from recjobs.data.ids import visible
 from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,20 +84,13 @@ def _gate_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "run_date": frame["run_date"], "family": frame["family"], "status": frame["status"],
         "ndcg_at_k": frame["ndcg_at_k"],
-        "diff vs champion": frame["gate_diff"].map(lambda v: None if pd.isna(v) else f"{v:+.4f}"),
+        # Per row: which two candidates the difference compares (first minus second).
+        "compared": frame["compared"],
+        "difference": frame["gate_diff"].map(lambda v: None if pd.isna(v) else f"{v:+.4f}"),
         "CI of diff": frame.apply(ci, axis=1),
         "p-value": frame["gate_p_value"].map(lambda v: None if pd.isna(v) else f"{v:.3g}"),
         "reason": frame["reason"],
     })
-
-
-def _visible(text: str) -> str:
-    """``text`` with each character that is not printable (a control such as NUL or tab, a
-    zero-width or direction mark) written as its escape (``\\x00``, ``\\u202e``): plain text,
-    for attribute values."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _show(text: str) -> str:
@@ -130,6 +128,7 @@ h1{font-size:1.4rem;margin:0 0 .5rem} h2{font-size:1.1rem;margin:1.4rem 0 .5rem}
 .card{border:1px solid #ddd;border-radius:8px;padding:.8rem 1rem;display:inline-block;margin-right:1rem}
 .card b{font-size:1.2rem} .charts{display:flex;flex-wrap:wrap;gap:.8rem}
 .vchart{border:1px solid #eee;border-radius:6px;background:#fcfcfc;padding:4px;min-width:200px;min-height:120px}
+.vchart .loading{display:block;color:#777;font-size:13px;padding:.6rem}
 table{border-collapse:collapse;font-size:13px} td,th{border-bottom:1px solid #eee;padding:3px 8px;text-align:left}
 form{margin:.5rem 0} input{padding:4px}
 .side{display:flex;flex-wrap:wrap;gap:2rem;align-items:flex-start}
@@ -138,15 +137,22 @@ form{margin:.5rem 0} input{padding:4px}
 .id,td{white-space:pre-wrap} .esc{font-family:monospace;color:#a00;background:#fdecea}
 """
 
-# Draws every chart whose spec the page carries; a chart that fails says so in its place.
+# Draws every chart whose spec the page carries; until then its box says it is loading, and a
+# chart that fails says so in its place.
 EMBED_SCRIPT = """
 for (const el of document.querySelectorAll('script.chart-spec')) {
   const target = document.getElementById(el.dataset.target);
   vegaEmbed(target, JSON.parse(el.textContent), {actions: false, renderer: 'svg'})
-    .then(() => target.classList.add('rendered'))
+    .then(() => { target.querySelector('.loading')?.remove(); target.classList.add('rendered'); })
     .catch((err) => { target.textContent = 'chart failed: ' + err; target.classList.add('failed'); });
 }
 """
+
+
+def _chart_box(css_id: str, what: str, attrs: str = "") -> str:
+    """A chart's box, saying it is loading until the script draws the chart in it."""
+    return (f'<div class="vchart" id="{html.escape(css_id)}"{attrs}>'
+            f'<span class="loading">Loading {html.escape(what)}…</span></div>')
 
 
 def _spec_script(target: str, spec: dict[str, Any]) -> str:
@@ -177,21 +183,62 @@ def _lookup_html(found: UserLookup, base: str) -> str:
     if found.source == "personal":
         title = f'Recommendations for <span class="id">{_show(found.user_id)}</span>'
         note = "model score: the champion's score, higher is better (comparable within one list only)"
+        origin = f"from {found.model_version}, data up to {found.run_date}" if found.model_version else ""
     else:
         title = "Popular items (fallback list)"
         note = "users who interacted: how many users interacted with the item, not a model score"
-    out.append(f'<div><h3>{title}</h3><p class="muted">{e(note)}</p>'
+        origin = f"counted on the data up to {found.run_date}" if found.run_date else ""
+    source = f'<p class="muted" id="user-recs-source">{e(origin)}</p>' if origin else ""
+    out.append(f'<div><h3>{title}</h3>{source}<p class="muted">{e(note)}</p>'
                + _table(found.recommendations, "user-recs", "no lists published yet") + "</div>")
     out.append("</div></section>")
     return "".join(out)
 
 
-def render(engine: Engine, user_id: str | None = None, base: str = "", settings: Settings | None = None) -> str:
+def _item_html(found: ItemLookup, base: str) -> str:
+    e = html.escape
+    out = ['<section id="item-result">']
+    if found.message:
+        out.append(f'<div class="notice" id="item-notice">{_show(found.message)}')
+        if found.suggestions:
+            links = ", ".join(f'<a href="{e(base)}?item={e(quote(s, safe=""))}"><span class="id">{_show(s)}</span></a>'
+                              for s in found.suggestions)
+            out.append(f'<br>Did you mean: <span id="item-suggestions">{links}</span>?')
+        out.append("</div>")
+    if not found.similar.empty:
+        named = f" ({_show(found.title)})" if found.title else ""
+        out.append(f'<h3>More like <span class="id">{_show(found.item_id)}</span>{named}</h3>'
+                   f'<p class="muted" id="item-source">from {e(found.model_version)}, data up to {e(found.run_date)}; '
+                   "similarity: the champion's, higher is more alike (the similar_items table)</p>"
+                   + _table(found.similar, "item-similar"))
+    out.append("</section>")
+    return "".join(out)
+
+
+def _candidates_html(metrics: pd.DataFrame, day: str | None, base: str) -> str:
+    """The candidates of one logical date (``day``, default the latest), and a form to pick another."""
+    e = html.escape
+    dates = sorted(set(metrics["run_date"].astype(str)), reverse=True)
+    shown = day if day in dates else dates[0]
+    options = "".join(f"<option value='{e(d)}'{' selected' if d == shown else ''}>{e(d)}</option>" for d in dates)
+    out = [f"<h2 id='candidates'>Candidates of {e(shown)}</h2><form method='get' action='{e(base)}#candidates'>"
+           f"<select name='date'>{options}</select> <button type='submit'>Show that date</button></form>"]
+    if day is not None and day != shown:
+        out.append(f'<p class="notice" id="candidates-notice">No candidates for {_show(day)}: '
+                   f"showing the latest date, {e(shown)}.</p>")
+    out.append(_table(metrics[metrics["run_date"].astype(str) == shown], "latest"))
+    return "".join(out)
+
+
+def render(engine: Engine, user_id: str | None = None, base: str = "", settings: Settings | None = None,
+           item_id: str | None = None, candidates_date: str | None = None) -> str:
     """The whole dashboard page as HTML, or the "run recjobs initdb" page without a schema.
 
     ``base`` is the URL the page is served at (ending in "/"); the vega bundle and the
     map's data are fetched relative to it. ``settings`` locate the run's interactions
-    (a user's history) and the item features (the map's genres).
+    (a user's history) and the item features (the map's genres). ``item_id``: an item
+    whose "more like this" list to show; ``candidates_date``: the logical date whose
+    candidates to list (default the latest).
     """
     missing = missing_schema(engine)
     if missing:
@@ -200,7 +247,11 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
     metrics = metrics_by_date(engine)
     e = html.escape
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>recjobs</title><style>{STYLE}</style>"
-           "</head><body><h1>recjobs: nightly recommendations</h1>"]
+           "</head><body><h1>recjobs: nightly recommendations</h1>"
+           # Relative to the page (served at <Airflow>/recjobs/): right under a base path too; the
+           # top window, since inside the Airflow UI the page is in an iframe.
+           f"<p class='muted'><a id='dag-link' href='{e(base)}../dags/recs_nightly' target='_top'>"
+           "The recs_nightly DAG</a>: its runs, their logs, trigger and backfill.</p>"]
     if champ is None:
         out.append('<div class="card" id="champion">No model published yet.</div>')
     else:
@@ -209,14 +260,19 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
                    f"live data date {e(champ.run_date)} · published {e(champ.published_at)} UTC</div>")
     # The lookup and its result come first, so the answer is on screen right after submitting.
     out.append(f"<h2 id='lookup'>Look up a user</h2><form method='get' action='{e(base)}'>"
-               f"<input name='user' placeholder='user_id' value='{e(_visible(user_id or ''))}'> "
+               f"<input name='user' placeholder='user_id' value='{e(visible(user_id or ''))}'> "
                "<button type='submit'>Show history and top-N</button></form>")
     if user_id:
         out.append(_lookup_html(lookup_user(engine, user_id, settings), base))
+    out.append(f"<h2 id='item-lookup'>Look up an item</h2><form method='get' action='{e(base)}'>"
+               f"<input name='item' placeholder='item_id' value='{e(visible(item_id or ''))}'> "
+               "<button type='submit'>Show more like this</button></form>")
+    if item_id:
+        out.append(_item_html(lookup_item(engine, item_id), base))
     scripts = []
     out.append("<h2>Candidates by logical date</h2><div class='charts'>")
-    for column, spec in metric_chart_specs(metrics).items():
-        out.append(f'<div class="vchart" id="chart-{e(column)}" data-metric="{e(column)}"></div>')
+    for column, spec in metric_chart_specs(metrics, failed_nights(engine)).items():
+        out.append(_chart_box(f"chart-{column}", "chart", f' data-metric="{e(column)}"'))
         scripts.append(_spec_script(f"chart-{column}", spec))
     out.append("</div>")
     out.append("<h2>Champion's item embedding</h2>")
@@ -233,14 +289,17 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
             out.append(f'<p class="muted">PCA of the item vectors of {e(emap.model_version)} ({e(emap.family)}): '
                        f"{e(sample)}{emap.n_items} items, coloured by genre; hover for titles, "
                        "scroll to zoom, drag to pan.</p>")
-            out.append(f'<div class="vchart" id="embedding-map" data-points="{len(emap.points)}"></div>')
+            out.append(_chart_box("embedding-map", f"{len(emap.points)} points",
+                                  f' data-points="{len(emap.points)}"'))
             scripts.append(_spec_script("embedding-map", embedding_map_spec(f"{base}api/embedding", emap.explained)))
     out.append("<h2>Gate decisions</h2>" + _table(_gate_table(gate_decisions(engine)), "gate"))
     out.append("<h2>Guards: failed checks and allows</h2>"
                + _table(guard_checks(engine), "guards", "no night held or let through"))
+    out.append("<h2>Published versions</h2><p class='muted'>Kept per list (publish.keep_versions). "
+               "<code>recjobs rollback</code> makes the <i>rollback target</i> live again.</p>"
+               + _table(published_versions(engine), "versions", "nothing published yet"))
     if not metrics.empty:
-        latest = metrics[metrics["run_date"] == metrics["run_date"].max()]
-        out.append("<h2>Latest candidates</h2>" + _table(latest, "latest"))
+        out.append(_candidates_html(metrics, candidates_date, base))
     out.append("<h2>Ingest by date</h2>" + _table(ingest_by_date(engine), "ingest"))
     out.append(f'<script src="{e(base)}{VEGA_BUNDLE_PATH}"></script>{"".join(scripts)}<script>{EMBED_SCRIPT}</script>')
     out.append("</body></html>")

@@ -227,5 +227,15 @@ def load_ids(folder: Path, name: str) -> np.ndarray:
     raise ArtifactError(f"{folder}: no {name} ids (missing {data.name})")
 
 
+def visible(text: str) -> str:
+    """``text`` with each character that is not printable (a control such as NUL or tab, a
+    zero-width or direction mark) written as its escape (``\\x00``, ``\\u202e``): ids and messages
+    shown to a person, where two ids differing by such a character must look different and a
+    direction mark must not reorder what follows it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 __all__ = ["Vocabulary", "id_buffers", "id_text", "ids_from_buffers", "load_ids", "positions", "same_ids",
-           "save_ids", "sort_key"]
+           "save_ids", "sort_key", "visible"]

@@ -50,8 +50,10 @@ def prune_history(engine: Engine, history_days: int, keep_dates: int = 1, horizo
             recommendations_history.delete().where(recommendations_history.c.run_date < cutoff)
         ).rowcount
     if deleted:
-        log.info("deleted %d recommendations_history rows before %s (publish.history_days=%d, measured from %s)",
-                 deleted, cutoff, history_days, anchor)
+        # A warning: data is gone for good, and a setting decided it (the demo's old dates go on the first publish).
+        log.warning("retention deleted %d recommendations_history rows of dates before %s: publish.history_days=%d "
+                    "(RECJOBS_PUBLISH__HISTORY_DAYS; null keeps all) behind the newest date %s",
+                    deleted, cutoff, history_days, anchor)
     return deleted
 
 
@@ -103,6 +105,12 @@ def prune(engine: Engine, kind: str, keep_versions: int | None, swap: SwapPolicy
     for row in [*doomed, *leftovers]:
         if _drop_version(engine, kind, row.id, row.table_name, policy):
             dropped.append(row.table_name)
+    old = [r for r in doomed if r.table_name in dropped]
+    if old:
+        # A warning: rollback can no longer return to these versions.
+        log.warning("retention dropped %d earlier %s version(s) (%s): publish.keep_versions=%d "
+                    "(RECJOBS_PUBLISH__KEEP_VERSIONS) are kept", len(old), kind,
+                    ", ".join(f"{r.model_version} of {r.run_date}" for r in old), keep_versions)
     return dropped
 
 

@@ -27,13 +27,13 @@ from recjobs.settings._params import (
     TFRSParams,
     UserKNNParams,
 )
+from recjobs.settings._operations import AlertsSettings, GuardSettings
 from recjobs.settings._sections import (
     AirflowSettings,
     ColdStartSettings,
     EvaluateSettings,
     FeedbackSettings,
     GateSettings,
-    GuardSettings,
     IngestSettings,
     ItemSegmentsSettings,
     PublishSettings,
@@ -47,7 +47,7 @@ from recjobs.settings._sections import (
 )
 
 __all__ = [
-    "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "ColdStartSettings", "EASEParams",
+    "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "AlertsSettings", "ColdStartSettings", "EASEParams",
     "EvaluateSettings", "FeedbackSettings", "GateSettings", "GuardSettings", "IngestSettings", "ItemSegmentsSettings",
     "ItemKNNParams", "LightFMParams", "ModelsSettings",
     "PopularityParams", "PublishSettings", "RankerParams", "RerankSettings", "RulesSettings", "RunsSettings",

@@ -21,6 +21,9 @@ ENV_PREFIX = "RECJOBS_"
 # a setting, and a misspelt one an error.
 NOT_SETTINGS = frozenset({"CONFIG", "FAULT_AT", "ML100K", "PG_BIN"})
 TEST_PREFIX = ENV_PREFIX + "TEST_"
+# Keys taken as the variable's text, never parsed as JSON: a path, a URL, or a secret such as
+# the password "1234" or "true", which JSON would turn into a number or a boolean.
+_RAW_STRINGS = frozenset({"home", "database_url", "inbox_dir", "smtp_user", "smtp_password"})
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,7 +55,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        value = _parse_env_value(raw) if path[-1] not in {"home", "database_url", "inbox_dir"} else raw
+        value = _parse_env_value(raw) if path[-1] not in _RAW_STRINGS else raw
         node[path[-1]] = value
     return out
 
