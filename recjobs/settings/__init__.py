@@ -15,6 +15,7 @@ imported when a database URL is checked, built or masked).
 from recjobs.errors import SettingsError
 from recjobs.models.registry import FAMILIES
 from recjobs.settings._load import ENV_PREFIX, load_settings
+from recjobs.settings._operations import AlertsSettings, GuardSettings
 from recjobs.settings._params import (
     ALSParams,
     EASEParams,
@@ -27,7 +28,6 @@ from recjobs.settings._params import (
     TFRSParams,
     UserKNNParams,
 )
-from recjobs.settings._operations import AlertsSettings, GuardSettings
 from recjobs.settings._sections import (
     AirflowSettings,
     ColdStartSettings,
