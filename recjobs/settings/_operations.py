@@ -61,6 +61,7 @@ class GuardSettings(Strict):
         if self.min_trailing_nights > self.trailing_nights:
             raise ValueError(f"min_trailing_nights {self.min_trailing_nights} is above trailing_nights "
                              f"{self.trailing_nights}")
+        return self
 
 
 class AlertsSettings(Strict):
