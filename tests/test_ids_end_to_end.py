@@ -187,10 +187,13 @@ class _Page(HTMLParser):
             self._text.append(data)
 
 
+# The page's own markup (the candidates' date picker, the versions note, the DAG link included):
+# a hostile id must not add to it.
 TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "div", "b", "br", "form", "input",
-        "button", "section", "p", "table", "thead", "tbody", "tr", "th", "td", "a", "span", "script", "code"}
+        "button", "section", "p", "table", "thead", "tbody", "tr", "th", "td", "a", "span", "script", "code",
+        "select", "option", "i"}
 ATTRS = {"charset", "class", "id", "method", "action", "name", "placeholder", "value", "type", "href", "src",
-         "data-target", "data-metric", "data-points", "title"}
+         "data-target", "data-metric", "data-points", "title", "selected", "target"}
 
 
 def _parse(page: str) -> _Page:
@@ -235,6 +238,8 @@ def _suggested(page: str) -> list[str]:
     out = []
     for href in parsed.hrefs:
         query = parse_qs(urlsplit(href).query, keep_blank_values=True)
+        if "user" not in urlsplit(href).query:  # the page's other links (the DAG, item lookups)
+            continue
         assert list(query) == ["user"] and len(query["user"]) == 1, href
         out.append(query["user"][0])
     return out
