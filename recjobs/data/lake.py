@@ -25,7 +25,7 @@ import datetime as dt
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +155,9 @@ class Lake:
         A merge killed part-way leaves its journal; the rerun takes these partitions' counts
         from it (their rows are in the lake already, so merging them again would count them
         as duplicates) and merges only the rest, so the report equals an uninterrupted run's.
+        An entry is written just before its partition file is replaced and names the file it
+        replaces: it counts only if that file is gone (the write happened) or the merge
+        changed nothing, so a kill between the two leaves the partition to be merged again.
         """
         path = self.journal_path(content_hash)
         done: dict[str, MergeResult] = {}
@@ -163,10 +166,13 @@ class Lake:
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
-                done[str(entry["day"])] = MergeResult(int(entry["added"]), int(entry["duplicates"]),
-                                                       int(entry["new_unique"]))
+                day = str(entry["day"])
+                result = MergeResult(int(entry["added"]), int(entry["duplicates"]), int(entry["new_unique"]))
+                replaced = entry["replaces"]
             except (ValueError, KeyError, TypeError):
                 break  # a line cut short by the kill: the partitions after it are merged again
+            if entry.get("unchanged") or _file_token(self.ratings / f"{C.DATE}={day}" / PART_FILE) != replaced:
+                done[day] = result
         return done
 
     # -- writing ---------------------------------------------------------------------
@@ -254,25 +260,38 @@ class LakeWriter:
     def __init__(self, lake: Lake) -> None:
         self.lake = lake
 
-    def merge_ratings(self, day: str, rows: pa.Table | pd.DataFrame) -> MergeResult:
-        """Merge ``rows`` into partition ``dt=day`` (see :func:`_merge_partition`)."""
-        return _merge_partition(self.lake.ratings, day, rows)
+    def merge_ratings(self, day: str, rows: pa.Table | pd.DataFrame, journal: str | None = None) -> MergeResult:
+        """Merge ``rows`` into partition ``dt=day`` (see :func:`_merge_partition`).
+
+        With ``journal`` (a content hash), the merge is noted in that content's journal
+        before the partition is replaced (see :meth:`Lake.read_journal`); safe from threads.
+        """
+        path = self.lake.ratings / f"{C.DATE}={day}" / PART_FILE
+
+        def note(result: MergeResult, changed: bool) -> None:
+            if journal is not None:
+                self._journal(journal, day, result, replaces=_file_token(path), unchanged=not changed)
+
+        return _merge_partition(self.lake.ratings, day, rows, note)
 
     def write_side(self, kind: str, table: pa.Table) -> Path:
         """Replace the side table of ``kind`` with ``table``, atomically."""
         return write_parquet(table, self.lake.side_path(kind))
 
-    def journal(self, content_hash: str, day: str, result: MergeResult) -> None:
-        """Note in the content's merge journal that partition ``day`` is merged (after its write).
+    def _journal(self, content_hash: str, day: str, result: MergeResult, replaces: list[int] | None,
+                 unchanged: bool) -> None:
+        """Append partition ``day``'s merge to the content's journal (before the file is replaced).
 
-        Appended and flushed, not fsynced: it must survive the process being killed, which
-        the page cache does; after a power loss a partition may be counted again.
+        One ``write`` of one line in append mode, so lines from parallel merges never mix;
+        flushed, not fsynced: it must survive the process being killed, which the page cache
+        does; after a power loss a partition may be counted again.
         """
         path = self.lake.journal_path(content_hash)
         path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"day": day, "added": result.added, "duplicates": result.duplicates,
+                           "new_unique": result.new_unique, "replaces": replaces, "unchanged": unchanged})
         with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"day": day, "added": result.added, "duplicates": result.duplicates,
-                                 "new_unique": result.new_unique}) + "\n")
+            fh.write(line + "\n")
 
     def end_journal(self, content_hash: str) -> None:
         """The content's merge is recorded for good (its ingest_log row written): drop its journal."""
@@ -293,7 +312,18 @@ class MergeResult:
     new_unique: int  # distinct (user, item, timestamp) keys among the input rows
 
 
-def _merge_partition(root: Path, day: str, new_rows: pa.Table | pd.DataFrame) -> MergeResult:
+def _file_token(path: Path) -> list[int] | None:
+    """Which file is at ``path`` (inode, size, modification time), None if none: an atomic
+    replace always gives another token."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _merge_partition(root: Path, day: str, new_rows: pa.Table | pd.DataFrame,
+                     before_write: Callable[[MergeResult, bool], None] | None = None) -> MergeResult:
     """Merge ``new_rows`` into partition ``dt=day``.
 
     Rows are de-duplicated on (user, item, timestamp), the newest file winning (and,
@@ -339,7 +369,11 @@ def _merge_partition(root: Path, day: str, new_rows: pa.Table | pd.DataFrame) ->
     result = MergeResult(added=merged.num_rows - n_old, duplicates=n_old + n_new - merged.num_rows,
                          new_unique=new_unique)
     if old_table is not None and old_table.equals(merged):
+        if before_write is not None:
+            before_write(result, False)
         return result
+    if before_write is not None:
+        before_write(result, True)
     fault_point("lake.merge.before_write")
     write_parquet(merged, path)
     return result

@@ -161,15 +161,14 @@ def _merge_groups(
         # Days are independent files: merge them in parallel, account for them in order.
         merges = [None if names[start + j] in done else
                   pool.submit(writer.merge_ratings, names[start + j],
-                              rows.slice(int(bounds[j]), int(bounds[j + 1] - bounds[j])))
+                              rows.slice(int(bounds[j]), int(bounds[j + 1] - bounds[j])), report.content_hash)
                   for j in range(end - start)]
         for j, merge in enumerate(merges):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
             if merge is None:
                 result = done[names[start + j]]
             else:
-                result = merge.result()
-                writer.journal(report.content_hash, names[start + j], result)
+                result = merge.result()  # journaled by the merge itself, before its file was replaced
             report.rows_valid += result.new_unique
             report.duplicates_dropped += result.duplicates
             report.partitions.append(names[start + j])
