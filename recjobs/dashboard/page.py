@@ -161,19 +161,26 @@ def _spec_script(target: str, spec: dict[str, Any]) -> str:
     return f'<script type="application/json" class="chart-spec" data-target="{target}">{text}</script>'
 
 
+def _notice(kind: str, message: str, suggestions: list[str], base: str, nothing_close: str = "") -> str:
+    """A lookup's notice (``kind``: "user" or "item"): the message, and links to the close ids."""
+    e = html.escape
+    out = f'<div class="notice" id="{kind}-notice">{_show(message)}'
+    if suggestions:
+        # Percent-encoded: "a&b=c", "#x" or "1+1" open exactly that id.
+        links = ", ".join(f'<a href="{e(base)}?{kind}={e(quote(s, safe=""))}"><span class="id">{_show(s)}</span></a>'
+                          for s in suggestions)
+        out += f'<br>Did you mean: <span id="{kind}-suggestions">{links}</span>?'
+    elif nothing_close:
+        out += f"<br>{e(nothing_close)}"
+    return out + "</div>"
+
+
 def _lookup_html(found: UserLookup, base: str) -> str:
     e = html.escape
     out = ['<section id="lookup-result">']
     if found.message:
-        out.append(f'<div class="notice" id="user-notice">{_show(found.message)}')
-        if found.suggestions:
-            # Percent-encoded: "a&b=c", "#x" or "1+1" open exactly that id.
-            links = ", ".join(f'<a href="{e(base)}?user={e(quote(s, safe=""))}"><span class="id">{_show(s)}</span></a>'
-                              for s in found.suggestions)
-            out.append(f'<br>Did you mean: <span id="user-suggestions">{links}</span>?')
-        elif not found.known:
-            out.append("<br>No similar user ids found.")
-        out.append("</div>")
+        out.append(_notice("user", found.message, found.suggestions, base,
+                           "" if found.known else "No similar user ids found."))
     out.append('<div class="side">')
     if found.known:
         shown = f" (latest {len(found.history)} of {found.history_total})" if found.history_total > len(
@@ -199,12 +206,7 @@ def _item_html(found: ItemLookup, base: str) -> str:
     e = html.escape
     out = ['<section id="item-result">']
     if found.message:
-        out.append(f'<div class="notice" id="item-notice">{_show(found.message)}')
-        if found.suggestions:
-            links = ", ".join(f'<a href="{e(base)}?item={e(quote(s, safe=""))}"><span class="id">{_show(s)}</span></a>'
-                              for s in found.suggestions)
-            out.append(f'<br>Did you mean: <span id="item-suggestions">{links}</span>?')
-        out.append("</div>")
+        out.append(_notice("item", found.message, found.suggestions, base))
     if not found.similar.empty:
         named = f" ({_show(found.title)})" if found.title else ""
         out.append(f'<h3>More like <span class="id">{_show(found.item_id)}</span>{named}</h3>'
