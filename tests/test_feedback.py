@@ -182,33 +182,51 @@ def _plain(data: Interactions) -> tuple[np.ndarray, ...]:
     return coo.row.astype(np.int32), coo.col.astype(np.int32), np.ones(n, np.float32), np.zeros(n, np.int64)
 
 
-def _two_sides(target_events: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str, int]]:
-    """Six users go A -> X and six go B -> Y (symmetric), plus the target user's own events."""
+def _two_sides(target_events: list[tuple[str, str, str, int]], users: int = 6) -> list[tuple[str, str, str, int]]:
+    """``users`` users go A -> X and as many go B -> Y (symmetric), plus the target user's own events."""
     rows = []
-    for k in range(6):
+    for k in range(users):
         rows += [(f"a{k}", "A", "click", 10 * k), (f"a{k}", "X", "click", 10 * k + 1),
                  (f"b{k}", "B", "click", 10 * k + 2), (f"b{k}", "Y", "click", 10 * k + 3)]
     return rows + target_events
 
 
-@pytest.mark.parametrize(("family", "params"), [("ease", {}), ("als", {"factors": 4, "iterations": 10})])
-def test_a_purchase_speaks_louder_than_a_view_for_ease_and_als(settings, engine, tmp_path, family, params):
+WEIGHTED = [("ease", {}), ("als", {"factors": 4, "iterations": 10}), ("userknn", {"recency_half_life": None, "neighbours": 100}),
+            ("lightfm", {"no_components": 4, "epochs": 30, "loss": "bpr", "max_sampled": 5}),
+            # A validation slice on a 4-item catalogue (it once failed: kth out of bounds).
+            pytest.param("tfrs", {"embedding_dim": 8, "batch_size": 16, "max_epochs": 30, "patience": 30,
+                                  "learning_rate": 0.1}, marks=pytest.mark.slow)]
+SIDE_USERS = 30  # enough pairs for TFRS's in-batch negatives and validation slice
+
+
+@pytest.mark.parametrize(("family", "params"), WEIGHTED)
+def test_a_purchase_speaks_louder_than_a_view(settings, engine, tmp_path, family, params):
     # The target viewed A and bought B: what goes with B (Y) comes before what goes with A (X).
-    data = ingested_matrix(settings, engine, _two_sides([("t", "A", "view", 100), ("t", "B", "purchase", 101)]),
+    data = ingested_matrix(settings, engine, _two_sides([("t", "A", "view", 100), ("t", "B", "purchase", 101)], SIDE_USERS),
                            tmp_path)
     top = top_items(fit(family, data, **params), data, "t", 2)
     assert top == ["Y", "X"], top
 
 
-def test_swapped_weights_swap_the_answer(settings, engine, tmp_path):
-    rows = _two_sides([("t", "A", "view", 100), ("t", "B", "purchase", 101)])
+@pytest.mark.parametrize(("family", "params"), WEIGHTED)
+def test_swapped_weights_swap_the_answer(settings, engine, tmp_path, family, params):
+    rows = _two_sides([("t", "A", "view", 100), ("t", "B", "purchase", 101)], SIDE_USERS)
     ingest_file(event_file(tmp_path / "events.csv", rows), settings, engine)
     swapped = load_settings({"home": str(settings.home),
                              "feedback": {"weights": {"view": 8, "click": 2, "purchase": 1}, "relevant": []}},
                             environ={})
     events, excluded = load_feedback(swapped, DAY)
     data = Interactions.from_events(events, excluded=excluded)
-    assert top_items(fit("ease", data), data, "t", 2) == ["X", "Y"]
+    assert top_items(fit(family, data, **params), data, "t", 2) == ["X", "Y"]
+
+
+@pytest.mark.parametrize(("family", "params"), WEIGHTED)
+def test_the_weights_not_the_order_decide(settings, engine, tmp_path, family, params):
+    # The purchase comes first this time, so recency alone would favour what goes with A (X).
+    data = ingested_matrix(settings, engine, _two_sides([("t", "B", "purchase", 100), ("t", "A", "view", 101)], SIDE_USERS),
+                           tmp_path)
+    top = top_items(fit(family, data, **params), data, "t", 2)
+    assert top == ["Y", "X"], top
 
 
 def test_a_pair_weighs_its_strongest_event_and_min_weight_drops_weak_ones(settings, engine, tmp_path):

@@ -40,6 +40,11 @@ def _sample_pairs(pairs: sp.coo_matrix, n: int, rng: np.random.Generator) -> sp.
     return sp.coo_matrix((pairs.data[keep], (pairs.row[keep], pairs.col[keep])), shape=pairs.shape)
 
 
+def _ones(pairs: sp.coo_matrix) -> sp.coo_matrix:
+    """``pairs`` with every value 1, in the same order (LightFM pairs sample weights with entries by position)."""
+    return sp.coo_matrix((np.ones(pairs.nnz, np.float32), (pairs.row, pairs.col)), shape=pairs.shape)
+
+
 class LightFMModel(VectorRecommender):
     family = "lightfm"
     params_type = LightFMParams
@@ -78,8 +83,11 @@ class LightFMModel(VectorRecommender):
             max_sampled=p.max_sampled,
             random_state=np.random.RandomState(self.seed),
         )
-        # Converted once here so that each fit_partial call's own conversions are no-ops.
-        interactions = data.binary().tocoo()
+        # Converted once here so that each fit_partial call's own conversions are no-ops. The
+        # pairs carry their confidences (typed events' weights), given to LightFM as sample
+        # weights; untyped pairs all weigh 1, LightFM's own default, so they are left out.
+        interactions = data.confidences().tocoo()
+        weighted = data.typed
         per_epoch = interactions.nnz if p.examples_per_epoch is None else min(p.examples_per_epoch, interactions.nnz)
         rng = np.random.default_rng(self.seed)
         if per_epoch < interactions.nnz:
@@ -88,8 +96,10 @@ class LightFMModel(VectorRecommender):
         with EpochProgress(log, "lightfm", p.epochs, per_epoch, p.max_seconds) as progress:
             for epoch in range(1, p.epochs + 1):
                 progress.start_epoch(epoch)
+                pairs = _sample_pairs(interactions, per_epoch, rng)
                 model.fit_partial(
-                    _sample_pairs(interactions, per_epoch, rng),
+                    _ones(pairs) if weighted else pairs,
+                    sample_weight=pairs if weighted else None,
                     user_features=user_features,
                     item_features=item_features,
                     epochs=1,

@@ -211,12 +211,15 @@ class TwoTowerModel(VectorRecommender):
         tf = seeded_tensorflow(p.threads, self.seed)
         import tensorflow_recommenders as tfrs
 
-        coo = data.binary().tocoo()
+        coo = data.confidences().tocoo()
         users = coo.row.astype(np.int32)
         items = coo.col.astype(np.int32)
         rng = np.random.default_rng(self.seed)
         is_val = rng.random(len(users)) < p.validation_fraction
         train_u, train_i = users[~is_val], items[~is_val]
+        # Typed events: each epoch draws its pairs in proportion to their weights (a purchase
+        # is seen eight times as often as a view), the in-batch softmax's way of weighing them.
+        draw = coo.data[~is_val] / coo.data[~is_val].sum() if data.typed and len(train_u) else None
         val_u, val_i = users[is_val], items[is_val]
 
         item_freq = np.bincount(train_i, minlength=data.n_items).astype(np.float32)
@@ -264,7 +267,8 @@ class TwoTowerModel(VectorRecommender):
             mask_val = np.isin(val_users[train_only.row] * data.n_items + train_only.col,
                                val_u.astype(np.int64) * data.n_items + val_i)
             scores[train_only.row[~mask_val], train_only.col[~mask_val]] = -np.inf
-            top = np.argpartition(-scores, k, axis=1)[:, :k]
+            # A catalogue of k items or fewer: every item is in the top k (kth must be < n_items).
+            top = np.argpartition(-scores, min(k, data.n_items - 1), axis=1)[:, :k]
             pos = np.searchsorted(val_users, val_u[np.isin(val_u, val_users)])
             truth = np.zeros_like(scores, dtype=bool)
             truth[pos, val_i[np.isin(val_u, val_users)]] = True
@@ -280,7 +284,8 @@ class TwoTowerModel(VectorRecommender):
         with EpochProgress(log, "tfrs", p.max_epochs, n, p.max_seconds) as progress:
             for epoch in range(1, p.max_epochs + 1):
                 progress.start_epoch(epoch)
-                order = rng.permutation(len(train_u))[:n]
+                order = (rng.permutation(len(train_u))[:n] if draw is None
+                         else rng.choice(len(train_u), n, p=draw))
                 full = n // bs * bs
                 u_ep = train_u[order[:full]].reshape(-1, bs)
                 i_ep = train_i[order[:full]].reshape(-1, bs)
