@@ -52,6 +52,7 @@ from recjobs_airflow import (
     RATINGS_LAKE,
     RECOMMENDATIONS,
     SIMILAR_ITEMS,
+    GuardHeld,
     RecjobsNotifier,
     report_ingest,
     run_date,
@@ -182,7 +183,7 @@ def recs_nightly() -> None:
             check_input(settings, engine_for(settings), day, allow_night=bool(context["params"].get("guard_allow")))
         except GuardedError as exc:
             # Recorded (guard_checks, a 'guarded' gate row); a retry would hold it again.
-            raise AirflowFailException(str(exc)) from None
+            raise GuardHeld(str(exc), "input") from None
         return str(prepare(settings, day))
 
     def train_and_evaluate(family: str):  # noqa: ANN202 - returns the two task objects
@@ -244,7 +245,10 @@ def recs_nightly() -> None:
             note = f"stopped waiting for earlier date(s) {dates} after {waited} (gate.wait_timeout_minutes)"
         try:
             decision = gate(settings, engine, day, note=note)  # logs the decision and its reason
-        except (NoCandidatesError, GuardedError) as exc:
+        except GuardedError as exc:
+            # The input guard held the date: its split failed and alerted already.
+            raise GuardHeld(str(exc), "input", told=True) from None
+        except NoCandidatesError as exc:
             # Recorded in model_runs (status no_candidates); retrying cannot produce candidates.
             raise AirflowFailException(str(exc)) from None
         return decision.family
@@ -284,7 +288,7 @@ def recs_nightly() -> None:
             results = load_published(settings, engine_for(settings), day)  # logs each list, live or not
         except GuardedError as exc:
             # The output guard kept the lists as history only (recorded); the live lists stay.
-            raise AirflowFailException(str(exc)) from None
+            raise GuardHeld(str(exc), "output") from None
         for r in results:
             if r.live:
                 # Plain str/int: the extra goes to Airflow as msgpack (table_name is SQLAlchemy's quoted_name).
