@@ -72,6 +72,8 @@ def failure_alert(run_date: str, task_id: str, error: BaseException | str | None
     if family is not None:
         effect = (f"The family {family} is left out of this night's gate; the other families are still "
                   "gated, and the night publishes if one of them is evaluated.")
+    elif dag_id == "recs_rollback":
+        effect = "Nothing was rolled back: the lists live now stay live (the task's log says why)."
     else:
         effect = ("This night publishes nothing: the lists live now stay live. "
                   "Clear the task in Airflow to run it again once the cause is fixed.")

@@ -196,3 +196,11 @@ def test_a_held_night_says_which_checks_failed_and_how_to_let_it_through(sink, t
     assert "'Let the guards through' (guard_allow) ticked" in body
     assert body.endswith(f"Run: recs_nightly scheduled__x\nTask log: http://airflow/log\nDashboard: {DASHBOARD}\n")
     engine.dispose()
+
+
+def test_a_failed_rollback_run_says_nothing_was_rolled_back():
+    alert = alerts.failure_alert("2026-02-04", "rollback", "AirflowFailException: version 'x' is not the rollback "
+                                 "target", dag_id="recs_rollback", run_id="manual__2026-02-04T10:00:00+00:00")
+    assert "Nothing was rolled back: the lists live now stay live" in alert.body
+    assert "This night publishes nothing" not in alert.body
+    assert "Run: recs_rollback manual__2026-02-04T10:00:00+00:00" in alert.body

@@ -321,8 +321,11 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
 
         # The gate table: its columns, what each row compares, and the scheduled run's promote log.
         assert [t.strip() for t in page.locator("#gate thead th").all_inner_texts()] == GATE_COLUMNS
-        compared = page.locator("#gate tbody tr td:nth-child(5)").all_inner_texts()
-        assert compared and all(" vs " in c for c in compared), compared
+        rows = [r.split("\t") for r in page.locator("#gate tbody tr").all_inner_texts()]
+        # Newest first: the champion defended, the failed night (nothing compared), the first run.
+        assert [(r[0], r[2], r[4]) for r in rows] == [
+            ("2026-01-31", "champion_kept", "popularity vs champion als"), ("2026-01-25", "no_candidates", "–"),
+            ("2026-01-20", "promoted", "als vs runner-up popularity")], rows
         links = page.locator("#gate a.run-log")
         assert links.count() == 1 and links.inner_text() == "promote log"
         assert links.evaluate("a => a.href") == (f"{url}/dags/recs_nightly/runs/"
@@ -361,6 +364,10 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
         browser.close()
     assert not outside, outside
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    # The API server warmed the dashboard up when it started: the vega bundle is cached for the next start.
+    import vl_convert
+
+    assert (dashboard_server["settings"].home / "cache" / f"vega-embed-{vl_convert.__version__}.js").is_file()
 
 
 def test_error_scrubbing_hides_a_percent_encoded_password():

@@ -49,6 +49,7 @@ from recjobs.dashboard.page import (
     render,
     render_no_schema,
     vega_embed_bundle,
+    warm_up,
 )
 
 __all__ = [
@@ -56,5 +57,5 @@ __all__ = [
     "LiveArtifact", "UserLookup", "build_map", "champion", "champion_map", "close_ids", "embedding_map_spec",
     "failed_nights", "full_matrix", "gate_decisions", "ingest_by_date", "item_genres", "item_titles", "list_overlap", "live_artifact", "load_map", "lookup_item", "lookup_user",
     "metric_chart_spec", "metric_chart_specs", "metrics_by_date", "overlap_chart_spec", "missing_schema", "project_2d", "published_versions", "render",
-    "render_no_schema", "sqlite_file_missing", "vega_embed_bundle",
+    "render_no_schema", "sqlite_file_missing", "vega_embed_bundle", "warm_up",
 ]
