@@ -104,6 +104,8 @@ def _docs(settings: Settings) -> str:
 - **See the results** in the *Recs* dashboard (the navigation's *Recs*, served at
   `/recjobs/`): the champion, each family's metrics by night, the gate's decisions and a
   user lookup. Apps read the `recommendations` view (`sql/queries.sql`).
+- **Roll back** the last publish by triggering the `recs_rollback` DAG (the dashboard's
+  *Published versions* links to it), or with `recjobs rollback`.
 - **Alerts** are {alerts}.
 - The day a run computes is logged first thing in its `ingest` task ("this run computes ...").
 
