@@ -26,6 +26,7 @@ import re
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias, BaseNotifier
+from airflow.sdk.exceptions import AirflowFailException
 
 DB_CONN_ID = "recjobs_db"
 
@@ -105,8 +106,23 @@ def run_date(context: dict[str, Any]) -> str:
     return when.astimezone(dt.UTC).date().isoformat()
 
 
+class GuardHeld(AirflowFailException):
+    """A guard held the night (recjobs.guard): the task fails without retries, and the failure
+    alert says which checks failed and how to let the night through.
+
+    ``stage``: the guard (``input`` or ``output``); ``told``: an earlier task of the run
+    already alerted about it (the gate, after the split was held), so no second message.
+    """
+
+    def __init__(self, message: str, stage: str, told: bool = False) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.told = told
+
+
 class RecjobsNotifier(BaseNotifier):
-    """E-mails what happened through the settings' ``alerts`` (off by default): a task failure or a promotion.
+    """E-mails what happened through the settings' ``alerts`` (off by default): a task failure, a night a
+    guard held (:class:`GuardHeld`: the failed checks and how to let it through) or a promotion.
 
     Attach it as ``on_failure_callback`` (``RecjobsNotifier("failure")``: names the task and its
     exception's first line) or as the gate task's ``on_success_callback``
@@ -135,6 +151,15 @@ class RecjobsNotifier(BaseNotifier):
                 return
             day = run_date(context)
             url = settings.alerts.dashboard_url
+            if self.event == "failure" and isinstance(context.get("exception"), GuardHeld):
+                held: GuardHeld = context["exception"]
+                if held.told:
+                    log.info("no alert: the %s guard's hold of %s was alerted by an earlier task", held.stage, day)
+                    return
+                message = _guarded(context, held, day, url)
+                if message is not None:
+                    alerts.send(settings.alerts, message)
+                    return
             if self.event == "failure":
                 ti, error = context["ti"], context.get("exception")
                 # Passwords out of the whole text first: recjobs then takes its first line, and a
@@ -153,6 +178,26 @@ class RecjobsNotifier(BaseNotifier):
             alerts.send(settings.alerts, message)
         except (RecjobsError, DatabaseConnectionError) as exc:
             log.error("recjobs %s alert not sent: %s", self.event, redact(str(exc)))
+
+
+def _guarded(context: dict[str, Any], held: GuardHeld, day: str, url: str | None) -> Any:  # noqa: ANN401
+    """The held night's alert from the checks the guard recorded, or None (then the plain failure
+    alert goes out) when they cannot be read."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from recjobs import alerts
+    from recjobs.errors import RecjobsError
+    from recjobs.pipeline import engine_for
+
+    ti = context["ti"]
+    try:
+        engine = engine_for(task_settings(context.get("params")))
+        return alerts.guarded_of(engine, day, held.stage, run_id=ti.run_id, log_url=getattr(ti, "log_url", None),
+                                 dashboard_url=url)
+    except (SQLAlchemyError, RecjobsError, DatabaseConnectionError) as exc:
+        log.error("the %s guard's checks of %s cannot be read (%s): sending the plain failure alert",
+                  held.stage, day, redact(str(exc)))
+        return None
 
 
 def report_ingest(settings: Any, reports: list[Any]) -> dict[str, Any] | None:  # noqa: ANN401

@@ -52,6 +52,7 @@ from recjobs_airflow import (
     RATINGS_LAKE,
     RECOMMENDATIONS,
     SIMILAR_ITEMS,
+    GuardHeld,
     RecjobsNotifier,
     report_ingest,
     run_date,
@@ -103,6 +104,8 @@ def _docs(settings: Settings) -> str:
 - **See the results** in the *Recs* dashboard (the navigation's *Recs*, served at
   `/recjobs/`): the champion, each family's metrics by night, the gate's decisions and a
   user lookup. Apps read the `recommendations` view (`sql/queries.sql`).
+- **Roll back** the last publish by triggering the `recs_rollback` DAG (the dashboard's
+  *Published versions* links to it), or with `recjobs rollback`.
 - **Alerts** are {alerts}.
 - The day a run computes is logged first thing in its `ingest` task ("this run computes ...").
 
@@ -182,7 +185,7 @@ def recs_nightly() -> None:
             check_input(settings, engine_for(settings), day, allow_night=bool(context["params"].get("guard_allow")))
         except GuardedError as exc:
             # Recorded (guard_checks, a 'guarded' gate row); a retry would hold it again.
-            raise AirflowFailException(str(exc)) from None
+            raise GuardHeld(str(exc), "input") from None
         return str(prepare(settings, day))
 
     def train_and_evaluate(family: str):  # noqa: ANN202 - returns the two task objects
@@ -244,7 +247,10 @@ def recs_nightly() -> None:
             note = f"stopped waiting for earlier date(s) {dates} after {waited} (gate.wait_timeout_minutes)"
         try:
             decision = gate(settings, engine, day, note=note)  # logs the decision and its reason
-        except (NoCandidatesError, GuardedError) as exc:
+        except GuardedError as exc:
+            # The input guard held the date: its split failed and alerted already.
+            raise GuardHeld(str(exc), "input", told=True) from None
+        except NoCandidatesError as exc:
             # Recorded in model_runs (status no_candidates); retrying cannot produce candidates.
             raise AirflowFailException(str(exc)) from None
         return decision.family
@@ -284,7 +290,7 @@ def recs_nightly() -> None:
             results = load_published(settings, engine_for(settings), day)  # logs each list, live or not
         except GuardedError as exc:
             # The output guard kept the lists as history only (recorded); the live lists stay.
-            raise AirflowFailException(str(exc)) from None
+            raise GuardHeld(str(exc), "output") from None
         for r in results:
             if r.live:
                 # Plain str/int: the extra goes to Airflow as msgpack (table_name is SQLAlchemy's quoted_name).

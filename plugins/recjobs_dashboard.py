@@ -16,6 +16,9 @@ the custom view :data:`RESOURCE_NAME`. The page only reads: the schema is create
 ``recjobs initdb``, never by a request.
 """
 
+import logging
+import threading
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from airflow.plugins_manager import AirflowPlugin
@@ -31,6 +34,8 @@ DB_CONN_ID = "recjobs_db"
 RESOURCE_NAME = "recjobs dashboard"
 # Longest id the lookup takes (ids have no length limit; a URL has, about 8 KB in most servers).
 MAX_LOOKUP = 4096
+
+log = logging.getLogger(__name__)
 
 
 class DashboardDatabaseError(RuntimeError):
@@ -169,6 +174,20 @@ class DashboardDatabase:
             raise self._error(exc) from None
         return {} if champ is None else champ.__dict__
 
+    def bundle_cache(self) -> Any:  # noqa: ANN401 - a Path
+        """Where the vega bundle is kept between processes: under recjobs' home, which only its user writes."""
+        return self.settings().home / "cache"
+
+
+def warm_up(database: DashboardDatabase) -> None:
+    """The first request's one-time work (imports, the vega bundle), in the background; never raises."""
+    try:
+        from recjobs.dashboard import warm_up as warm
+
+        warm(database.bundle_cache())
+    except Exception:  # noqa: BLE001 - a failed warm-up only leaves the work to the first request
+        log.exception("recjobs dashboard: warming up failed; the first request does that work")
+
 
 def create_app() -> FastAPI:
     """The plugin's app: every route behind Airflow's authentication and authorisation."""
@@ -184,10 +203,18 @@ def create_app() -> FastAPI:
         if not get_auth_manager().is_authorized_custom_view(method="GET", resource_name=RESOURCE_NAME, user=user):
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"{user.get_name()!r} may not view {RESOURCE_NAME}")
 
+    database = DashboardDatabase()
+
+    # Airflow's API server enters each plugin app's lifespan when it starts (other components
+    # that load plugins do not): the first open of the page then finds the work done.
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):  # noqa: ANN202
+        threading.Thread(target=warm_up, args=(database,), name="recjobs-dashboard-warm-up", daemon=True).start()
+        yield
+
     # No docs/redoc/openapi routes: they would be served outside the app's dependencies.
     app = FastAPI(title="recjobs dashboard", docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(require_dashboard_access)])
-    database = DashboardDatabase()
+                  dependencies=[Depends(require_dashboard_access)], lifespan=lifespan)
 
     @app.exception_handler(DashboardDatabaseError)
     async def database_error(_request: Request, exc: DashboardDatabaseError) -> PlainTextResponse:
@@ -235,7 +262,7 @@ def create_app() -> FastAPI:
         """vega + vega-lite + vega-embed, bundled by vl-convert: the page loads nothing from the internet."""
         from recjobs.dashboard import vega_embed_bundle
 
-        return Response(vega_embed_bundle(), media_type="text/javascript",
+        return Response(vega_embed_bundle(database.bundle_cache()), media_type="text/javascript",
                         headers={"Cache-Control": "private, max-age=86400"})
 
     return app

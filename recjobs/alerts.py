@@ -2,7 +2,7 @@
 
 No Airflow here: the nightly DAG's notifier (``dags/recjobs_airflow.py``) gathers what
 happened from its callback's context and calls :func:`failure_alert` or
-:func:`promotion_alert`, then :func:`send`. Settings: ``alerts`` (off by default).
+:func:`promotion_alert` (:func:`guarded_of` for a night a guard held), then :func:`send`. Settings: ``alerts`` (off by default).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import smtplib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Engine
 from recjobs.data.ids import visible
 from recjobs.db import ledger
 from recjobs.errors import AlertError
+from recjobs.guard.checks import Check
 from recjobs.settings import AlertsSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ def failure_alert(run_date: str, task_id: str, error: BaseException | str | None
     if family is not None:
         effect = (f"The family {family} is left out of this night's gate; the other families are still "
                   "gated, and the night publishes if one of them is evaluated.")
+    elif dag_id == "recs_rollback":
+        effect = "Nothing was rolled back: the lists live now stay live (the task's log says why)."
     else:
         effect = ("This night publishes nothing: the lists live now stay live. "
                   "Clear the task in Airflow to run it again once the cause is fixed.")
@@ -87,6 +91,53 @@ def failure_alert(run_date: str, task_id: str, error: BaseException | str | None
         lines.append(f"Task log: {log_url}")
     lines.append(_dashboard(dashboard_url))
     return Alert(f"[recjobs] {run_date}: {task_id} failed: {what}"[:200], "\n".join(lines) + "\n")
+
+
+# What a held night means for its lists, by guard stage (recjobs.guard), and the task to clear.
+_HELD = {"input": ("nothing of the night was trained or published", "split"),
+         "output": ("its lists were kept as history only", "publish")}
+
+
+def guarded_alert(run_date: str, stage: str, failed: Sequence[Check], *, run_id: str = "",
+                  log_url: str | None = None, dashboard_url: str | None = None) -> Alert:
+    """The message for a night a guard held: which checks failed (value vs threshold), what it
+    means for the lists, and how to let the night through once someone has looked."""
+    effect, task = _HELD.get(stage, ("nothing of it went live", "split"))
+    # Short enough to stay on one header line (Python folds a longer one before its first word).
+    count = f"{len(failed)} check{'s' if len(failed) != 1 else ''} failed"
+    lines = [
+        f"The recjobs run for {run_date} was held by the {stage} guard: {effect}. "
+        "The lists live now stay live.",
+        "",
+        "Checks that failed (value, and the threshold it was held to):",
+        *(f"  - {visible(c.describe())}" for c in failed),
+        "",
+        "If the night is right (you looked at its data and these figures), let it through:",
+        f"  recjobs guard allow --date {run_date}, then clear the run's {task} task in Airflow; or",
+        f"  trigger recs_nightly with run_date {run_date} and 'Let the guards through' (guard_allow) ticked.",
+        "Otherwise fix the data (deliver the missing file to the inbox) and clear the run's ingest task.",
+        "",
+        f"Run: recs_nightly {run_id}".rstrip(),
+    ]
+    if log_url:
+        lines.append(f"Task log: {log_url}")
+    lines.append(_dashboard(dashboard_url))
+    return Alert(f"[recjobs] {run_date}: held by the {stage} guard ({count})", "\n".join(lines) + "\n")
+
+
+def guarded_of(engine: Engine, run_date: str | dt.date, stage: str, **where: str | None) -> Alert | None:
+    """The held night's message from the date's recorded checks (``guard_checks``), or None when
+    that guard did not hold the date. ``where``: ``run_id``, ``log_url``, ``dashboard_url``."""
+    from recjobs.guard import checks_of
+    from recjobs.guard.record import HELD
+
+    day = dt.date.fromisoformat(str(run_date))
+    rows = [r for r in checks_of(engine, day) if r.stage == stage]
+    if not any(r.decision == HELD for r in rows):
+        return None
+    failed = [Check(r.check_name, r.value, r.threshold or "", bool(r.passed), r.note or "")
+              for r in rows if not r.passed]
+    return guarded_alert(day.isoformat(), stage, failed, **where)
 
 
 def promotion_alert(run_date: str, family: str, model_version: str, metric: str, k: int | None,
@@ -148,4 +199,5 @@ def send(settings: AlertsSettings, alert: Alert) -> None:
     log.info("alert sent to %s through %s: %s", ", ".join(settings.to), where, alert.subject)
 
 
-__all__ = ["Alert", "failure_alert", "first_line", "promotion_alert", "promotion_of", "send"]
+__all__ = ["Alert", "failure_alert", "first_line", "guarded_alert", "guarded_of", "promotion_alert", "promotion_of",
+           "send"]

@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a stage failed (message on stderr), 2 bad usage or sett
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import sys
@@ -81,15 +82,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from recjobs.pipeline import engine_for, run_day, run_pipeline
 
     settings = _settings(args)
-    spec = SyntheticSpec()
-    # A bad date (an empty one too) fails before anything is written.
+    # The sample ends yesterday (UTC) unless --end says otherwise: the nightly DAG's latest
+    # scheduled run computes yesterday, so it finds the demo's data. Bad dates (an empty one
+    # too) fail before anything is written.
+    end = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1) if args.end is None
+           else run_day(settings, _named_date("--end", args.end)))
+    spec = SyntheticSpec(end=end)
     day = run_day(settings, spec.end if args.date is None else args.date)
     paths = write_inbox(settings.inbox, spec, events=args.events)
+    start = spec.end - dt.timedelta(days=spec.days - 1)
     print(f"generated sample data: {', '.join(str(p) for p in paths)}")
+    print(f"sample dates: {start} .. {spec.end} (UTC; --end sets the last day)")
     report = run_pipeline(settings, day, isolate=settings.runs.isolate_stages)
     _print_run(report)
     _print_sample(settings, engine_for(settings))
+    week = spec.end - dt.timedelta(days=6)
+    print(f"\nnightly runs over the sample's last week, in Airflow (each computes its logical date; "
+          f"dates older than the live {day} are kept as history only):\n"
+          f"  airflow backfill create --dag-id recs_nightly --from-date {week} --to-date {spec.end} "
+          "--reprocess-behavior completed")
     return 3 if report.failures else 0
+
+
+def _named_date(option: str, value: str) -> dt.date:
+    """``value`` as a run date (:func:`recjobs.runs.parse_date`), its error naming ``option``."""
+    from recjobs.errors import RunDateError
+    from recjobs.runs import parse_date
+
+    try:
+        return parse_date(value)
+    except RunDateError as exc:
+        raise UsageError(f"{option}: {exc}") from None
 
 
 def _print_run(report) -> None:  # noqa: ANN001
@@ -339,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[common], help="generate sample data and run the whole pipeline")
     p.add_argument("--date", help="logical date (default: the sample's last day)")
+    p.add_argument("--end", help="the sample's last day YYYY-MM-DD (default: yesterday, UTC)")
     p.add_argument("--events", action="store_true",
                    help="generate an event log (view, click, add_to_cart, purchase, dislike, return) instead of "
                         "ratings; weighted as the feedback settings say")

@@ -75,6 +75,9 @@ CREATE TABLE model_runs (
 	mae FLOAT, 
 	baseline_rmse FLOAT, 
 	baseline_mae FLOAT, 
+	airflow_dag_id VARCHAR(250), 
+	airflow_run_id VARCHAR(250), 
+	airflow_task_id VARCHAR(250), 
 	PRIMARY KEY (id)
 );
 

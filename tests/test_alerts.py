@@ -164,3 +164,43 @@ def test_the_password_is_never_printed_by_recjobs_settings(monkeypatch, capsys, 
     assert main(["settings"]) == 0
     out = capsys.readouterr().out
     assert SECRET not in out and json.loads(out)["alerts"]["smtp_password"] == "**********"
+
+
+def test_a_held_night_says_which_checks_failed_and_how_to_let_it_through(sink, tmp_path):
+    from recjobs.errors import GuardedError
+    from recjobs.guard import check_input
+    from recjobs.pipeline import engine_for, run_pipeline
+    from tests.test_guard import DAYS, _settings, night, write_nights
+
+    settings = _settings(tmp_path)
+    write_nights(settings.inbox, last_night_rows=4)
+    engine = engine_for(settings)
+    run_pipeline(settings, night(DAYS - 2))  # yesterday is live
+    tonight = night(DAYS - 1)
+    assert alerts.guarded_of(engine, tonight, "input") is None  # not held (not even checked) yet
+    with pytest.raises(GuardedError):
+        check_input(settings, engine, tonight)  # the collapsed night: held, its checks recorded
+    assert alerts.guarded_of(engine, tonight, "output") is None  # only the guard that held it speaks
+    alert = alerts.guarded_of(engine, tonight, "input", run_id="scheduled__x", log_url="http://airflow/log",
+                              dashboard_url=DASHBOARD)
+    alerts.send(load_settings(environ=_alerts(sink.port)).alerts, alert)
+    (got,) = sink.messages()
+    assert got.subject == f"[recjobs] {tonight}: held by the input guard (2 checks failed)"
+    body = got.body
+    assert body.startswith(f"The recjobs run for {tonight} was held by the input guard: nothing of the night was "
+                           "trained or published. The lists live now stay live.\n")
+    assert "Checks that failed (value, and the threshold it was held to):\n  - rows_ratio = 0.06" in body
+    assert "\n  - users_ratio = 0.13" in body
+    assert "(threshold 0.3..3 x trailing median" in body  # value vs threshold, per check
+    assert f"  recjobs guard allow --date {tonight}, then clear the run's split task in Airflow; or\n" in body
+    assert "'Let the guards through' (guard_allow) ticked" in body
+    assert body.endswith(f"Run: recs_nightly scheduled__x\nTask log: http://airflow/log\nDashboard: {DASHBOARD}\n")
+    engine.dispose()
+
+
+def test_a_failed_rollback_run_says_nothing_was_rolled_back():
+    alert = alerts.failure_alert("2026-02-04", "rollback", "AirflowFailException: version 'x' is not the rollback "
+                                 "target", dag_id="recs_rollback", run_id="manual__2026-02-04T10:00:00+00:00")
+    assert "Nothing was rolled back: the lists live now stay live" in alert.body
+    assert "This night publishes nothing" not in alert.body
+    assert "Run: recs_rollback manual__2026-02-04T10:00:00+00:00" in alert.body

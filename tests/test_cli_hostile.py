@@ -53,7 +53,9 @@ BAD_SETS = [  # (--set value, what the message must name)
 ]
 SPECIFIC = {  # subcommand: [(arguments after the subcommand, what the message must name)]
     "": [([], "command"), (["bogus"], "bogus"), (["-v"], "command")],
-    "demo": [],
+    "demo": [(["--end", "2026-13-01"], "--end: bad date '2026-13-01'"), (["--end", ""], "--end"),
+             (["--end", "yesterday"], "yesterday"), (["--end", "2062-01-31"], "2062-01-31"),
+             (["--end", "2026-01-31'; DROP TABLE model_runs;--"], "DROP TABLE")],
     "run": [(["--date", END, "--families", "bogus"], "bogus"), (["--date", END, "--families", ","], "famil")],
     "ingest": [(["/nonexistent/ratings.csv"], "/nonexistent/ratings.csv"), (["x" * 5000], "xxxx"),
                (["--columns", "user_id"], "user_id"), (["--columns", "foo=bar"], "foo"),

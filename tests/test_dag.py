@@ -228,8 +228,12 @@ def test_a_night_the_input_guard_holds_fails_its_split_and_guard_allow_publishes
     from tests.test_guard import DAYS, GUARD, night, write_nights
 
     write_nights(settings.inbox, last_night_rows=4)
+    sink, server = start_sink()  # the held night's alert, through the DAG's real notifier
     env = {**airflow_env, "RECJOBS_HOME": str(settings.home), "RECJOBS_FAMILIES": '["popularity"]',
-           "RECJOBS_PUBLISH__TOP_N": "5", **{f"RECJOBS_GUARD__{k.upper()}": str(v) for k, v in GUARD.items()}}
+           "RECJOBS_PUBLISH__TOP_N": "5", **{f"RECJOBS_GUARD__{k.upper()}": str(v) for k, v in GUARD.items()},
+           "RECJOBS_ALERTS__ENABLED": "true", "RECJOBS_ALERTS__SMTP_HOST": sink.host,
+           "RECJOBS_ALERTS__SMTP_PORT": str(sink.port), "RECJOBS_ALERTS__TO": '["ops@example.com"]',
+           "RECJOBS_ALERTS__ON_PROMOTION": "false"}
     own = load_settings({"home": str(settings.home), "families": ["popularity"], "publish": {"top_n": 5},
                          "guard": GUARD}, environ={})
     run_pipeline(own, night(DAYS - 2))  # yesterday is live
@@ -241,11 +245,22 @@ def test_a_night_the_input_guard_holds_fails_its_split_and_guard_allow_publishes
             return conn.execute(sa.text("SELECT run_date FROM publications WHERE is_live = :t AND "
                                         "kind = 'recommendations'"), {"t": True}).scalar_one()
 
-    held = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", f"{tonight}T01:00:00+00:00", "-c",
-                           json.dumps({"run_date": tonight})], env=env, capture_output=True, text=True, timeout=900)
+    try:
+        held = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", f"{tonight}T01:00:00+00:00", "-c",
+                               json.dumps({"run_date": tonight})], env=env, capture_output=True, text=True,
+                              timeout=900)
+    finally:
+        server.shutdown()
+        server.server_close()
     log = held.stdout + held.stderr
     assert f"input guard held {tonight}: rows_ratio" in log, log[-5000:]
     assert "state=failed" in log.split("Dag run")[-1] and live() == night(DAYS - 2)
+    # One message (the split's; the gate that fails after it sends none): the checks and the way through.
+    (mail,) = sink.messages()
+    assert mail.subject == f"[recjobs] {tonight}: held by the input guard (2 checks failed)", log[-5000:]
+    assert "\n  - rows_ratio = 0.06667 (threshold 0.3..3 x trailing median 60)\n" in mail.body
+    assert f"recjobs guard allow --date {tonight}, then clear the run's split task" in mail.body
+    assert "Run: recs_nightly manual__" in mail.body and "Task log: http" in mail.body
     let = subprocess.run([str(AIRFLOW), "dags", "test", "recs_nightly", f"{tonight}T02:00:00+00:00", "-c",
                           json.dumps({"run_date": tonight, "guard_allow": True})], env=env, capture_output=True,
                          text=True, timeout=900)

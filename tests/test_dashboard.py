@@ -226,3 +226,29 @@ def test_the_vega_bundle_is_self_contained():
     bundle = vega_embed_bundle()
     assert "window.vegaEmbed" in bundle and len(bundle) > 100_000
     assert "cdn.jsdelivr" not in bundle and "https://cdn" not in bundle
+
+
+def test_the_vega_bundle_is_built_once_and_read_back_by_later_processes(tmp_path):
+    # A first dashboard open waited ~3 s for the bundle to be built; later processes read it.
+    import subprocess
+    import sys
+
+    import vl_convert
+
+    from tests.conftest import ROOT
+
+    code = ("import sys, pathlib\nfrom recjobs.dashboard import warm_up, vega_embed_bundle\n"
+            "warm_up(pathlib.Path(sys.argv[1]))\nprint(len(vega_embed_bundle()))\n")
+    cache = tmp_path / "cache"
+
+    def process() -> int:
+        out = subprocess.run([sys.executable, "-c", code, str(cache)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.strip())
+
+    built = process()
+    (path,) = cache.iterdir()
+    assert path.name == f"vega-embed-{vl_convert.__version__}.js" and len(path.read_text()) == built
+    path.write_text("window.vegaEmbed = 'from the cache';")
+    assert process() == len("window.vegaEmbed = 'from the cache';")  # read back, not built again

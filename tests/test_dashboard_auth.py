@@ -142,6 +142,33 @@ PASSWORDS = {"viewer": "viewer-pw-5Jq", "nobody": "nobody-pw-2Lc"}
 NEW_ROUTES = ["/recjobs/static/vega-embed.js", "/recjobs/api/embedding", "/recjobs/api/charts"]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCHEDULED_RUN = "scheduled__2026-02-01T00:00:00+00:00"
+GATE_COLUMNS = ["run_date", "family", "status", "ndcg_at_k", "compared", "difference", "CI of diff", "p-value",
+                "reason", "Airflow run"]
+
+
+def _screenshot_figures(page, path: Path) -> dict:  # noqa: ANN001
+    """Width, height, the share of pixels that are not near-white, and distinct colours (of a sample)
+    of the PNG at ``path``, as Chromium decodes it (no image library needed)."""
+    import base64
+
+    data = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    return page.evaluate("""(src) => new Promise((done) => {
+        const img = new Image();
+        img.onload = () => {
+            const canvas = document.createElement('canvas');
+            canvas.width = img.width; canvas.height = img.height;
+            const ctx = canvas.getContext('2d'); ctx.drawImage(img, 0, 0);
+            const px = ctx.getImageData(0, 0, img.width, img.height).data;
+            let ink = 0, n = 0; const colours = new Set();
+            for (let i = 0; i < px.length; i += 4 * 7) {
+                n++; if (px[i] < 235 || px[i + 1] < 235 || px[i + 2] < 235) ink++;
+                colours.add((px[i] << 16) | (px[i + 1] << 8) | px[i + 2]);
+            }
+            done({width: img.width, height: img.height, ink: ink / n, colours: colours.size});
+        };
+        img.src = src;
+    })""", data)
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, bytes]:
@@ -184,8 +211,14 @@ def dashboard_server(tmp_path_factory):  # noqa: ANN001, ANN201
     settings = load_settings({"home": str(home), "families": ["popularity", "als"], "publish": {"top_n": 10}},
                              environ={})
     write_inbox(settings.inbox, SMALL)
-    for day in ("2026-01-20", "2026-01-31"):
-        run_pipeline(settings, day)
+    run_pipeline(settings, "2026-01-20")
+    # The second night as Airflow's scheduled run of it would record it (the task's environment):
+    # its gate row links to that run's promote log.
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (("AIRFLOW_CTX_DAG_ID", "recs_nightly"), ("AIRFLOW_CTX_DAG_RUN_ID", SCHEDULED_RUN),
+                            ("AIRFLOW_CTX_TASK_ID", "promote")):
+            patch.setenv(name, value)
+        run_pipeline(settings, "2026-01-31")
     # A failed night between them, as a night without candidates records it: marked on the charts.
     record_no_candidates(engine_for(settings), "2026-01-25", "no candidates for 2026-01-25: no family was trained")
     with airflow_standalone(env, port, base / "standalone.log", timeout=300):
@@ -265,7 +298,8 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
         assert page.locator(".vchart.failed").count() == 0
         # Each box said "Loading …" until its chart was drawn, and says it no more.
         page.wait_for_function("document.querySelectorAll('.vchart .loading').length === 0", timeout=60_000)
-        assert page.locator(".vchart.rendered").count() == len(METRICS) + 1  # the metric charts and the map
+        # The metric charts, the overlap chart and the map.
+        assert page.locator(".vchart.rendered").count() == len(METRICS) + 2
         page.mouse.move(0, 0)
         page.screenshot(path=str(ARTIFACTS / "dashboard_unknown_user.png"), full_page=True)
 
@@ -280,6 +314,34 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
 
         # The link to the DAG resolves to the Airflow UI's page of recs_nightly.
         assert page.evaluate("document.getElementById('dag-link').href") == f"{url}/dags/recs_nightly"
+        figures = _screenshot_figures(page, ARTIFACTS / "dashboard.png")
+        # The whole page at the viewport's width, long (charts, map, tables), and not blank.
+        assert figures["width"] == 1280 and figures["height"] > 1500, figures
+        assert 0.03 < figures["ink"] < 0.6 and figures["colours"] > 50, figures
+
+        # The gate table: its columns, what each row compares, and the scheduled run's promote log.
+        assert [t.strip() for t in page.locator("#gate thead th").all_inner_texts()] == GATE_COLUMNS
+        rows = [r.split("\t") for r in page.locator("#gate tbody tr").all_inner_texts()]
+        # Newest first: the champion defended, the failed night (nothing compared), the first run.
+        assert [(r[0], r[2], r[4]) for r in rows] == [
+            ("2026-01-31", "champion_kept", "popularity vs champion als"), ("2026-01-25", "no_candidates", "–"),
+            ("2026-01-20", "promoted", "als vs runner-up popularity")], rows
+        links = page.locator("#gate a.run-log")
+        assert links.count() == 1 and links.inner_text() == "promote log"
+        assert links.evaluate("a => a.href") == (f"{url}/dags/recs_nightly/runs/"
+                                                 f"{quote(SCHEDULED_RUN, safe='')}/tasks/promote")
+        # The overlap of the second night's lists with the first's: one point, two rows.
+        page.locator("#chart-overlap.rendered").wait_for(timeout=30_000)
+        assert page.locator("#chart-overlap g.mark-symbol.role-mark path").count() == 1
+        rows = page.locator("#overlap tbody tr").all_inner_texts()
+        assert [r.split("\t")[0] for r in rows] == ["2026-01-31", "2026-01-20"], rows
+        assert rows[1].split("\t")[1] == "–" and 0 <= float(rows[0].split("\t")[1]) <= 1
+        # The published versions: the live night, the rollback target linked to the rollback DAG.
+        versions = {tuple(r.split("\t")[:4]) for r in page.locator("#versions tbody tr").all_inner_texts()}
+        assert {(k, d, s) for k, d, _v, s in versions if k == "recommendations"} == {
+            ("recommendations", "2026-01-31", "live"), ("recommendations", "2026-01-20", "rollback target")}
+        rollback = page.locator("#versions a.rollback-link")
+        assert rollback.count() == 1 and rollback.evaluate("a => a.href") == f"{url}/dags/recs_rollback"
 
         # An item: "more like this" from the live similar_items, with titles, version and date.
         page.goto(f"{url}/recjobs/?item=i7", wait_until="domcontentloaded", timeout=90_000)
@@ -302,6 +364,10 @@ def test_dashboard_charts_and_embedding_map_render_real_data_in_chromium(dashboa
         browser.close()
     assert not outside, outside
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    # The API server warmed the dashboard up when it started: the vega bundle is cached for the next start.
+    import vl_convert
+
+    assert (dashboard_server["settings"].home / "cache" / f"vega-embed-{vl_convert.__version__}.js").is_file()
 
 
 def test_error_scrubbing_hides_a_percent_encoded_password():

@@ -272,3 +272,68 @@ def test_candidates_of_an_earlier_date_and_a_link_to_the_dag(tmp_path, engine):
     page = render(engine, candidates_date="<b>x")  # not a date with candidates: said, safely
     assert "No candidates for &lt;b&gt;x: showing the latest date, 2026-02-03." in page and "<b>x" not in page
     assert shown(page) == ["2026-02-03"]
+
+
+def test_each_nights_overlap_with_the_lists_before_is_charted_and_listed(engine):
+    from recjobs.dashboard import list_overlap, overlap_chart_spec
+    from recjobs.guard.checks import ListStats, output_checks
+    from recjobs.guard.record import HELD, PASSED, record_checks
+
+    guard = load_settings({}, environ={}).guard
+    nights = (("2026-02-01", None, PASSED), ("2026-02-02", 0.62, PASSED), ("2026-02-03", 0.01, HELD))
+    for day, overlap, decision in nights:  # the output guard's checks, as its stage records them
+        lists = ListStats(listed_items=40, catalogue=50, users=10, users_with_list=10,
+                          live_items=None if overlap is None else 40, overlap=overlap)
+        record_checks(engine, dt.date.fromisoformat(day), "output", output_checks(lists, None, [], "ndcg", guard),
+                      decision)
+    frame = list_overlap(engine)
+    assert frame[["run_date", "decision"]].values.tolist() == [[d, dec] for d, _, dec in nights]
+    assert frame["overlap"].tolist()[1:] == [0.62, 0.01] and pd.isna(frame["overlap"].iloc[0])
+    spec = overlap_chart_spec(frame)
+    points = [row for data in spec["datasets"].values() for row in data]
+    assert sorted((p["date"], p["overlap"], p["decision"]) for p in points) == [
+        ("2026-02-02", 0.62, "passed"), ("2026-02-03", 0.01, "held")]
+    page = render(engine)
+    assert '<div class="vchart" id="chart-overlap">' in page and 'data-target="chart-overlap"' in page
+    table = page.split('<table id="overlap"')[1].split("</table>")[0]
+    rows = [r.split("</td>")[0].removeprefix("<td>") for r in table.split("<tr>")[2:]]
+    assert rows == ["2026-02-03", "2026-02-02", "2026-02-01"]  # newest first
+    assert "<td>0.0100</td>" in table and f"<td>{DASH}</td>" in table and "<td>held</td>" in table
+
+
+def test_before_any_check_the_overlap_says_so_and_draws_no_chart(engine):
+    page = render(engine)
+    assert '<p id="overlap" class="empty">no lists checked yet</p>' in page and "chart-overlap" not in page
+
+
+def test_a_gate_row_links_to_its_airflow_task_log(tmp_path, engine, monkeypatch):
+    settings = load_settings({"home": str(tmp_path / "home"), "families": ["als", "ease"]}, environ={})
+    _night(settings, engine, "2026-02-01", {"als": 0.10, "ease": 0.12})  # by the CLI: no Airflow run
+    run_id = "scheduled__2026-02-03T00:00:00+00:00"
+    for name, value in (("AIRFLOW_CTX_DAG_ID", "recs_nightly"), ("AIRFLOW_CTX_DAG_RUN_ID", run_id),
+                        ("AIRFLOW_CTX_TASK_ID", "promote")):
+        monkeypatch.setenv(name, value)
+    _night(settings, engine, "2026-02-02", {"als": 0.15, "ease": 0.12})
+    frame = gate_decisions(engine)
+    assert frame[["run_date", "airflow_run_id"]].fillna("").values.tolist() == [
+        ["2026-02-02", run_id], ["2026-02-01", ""]]
+    table = render(engine, base="/recjobs/").split('<table id="gate"')[1].split("</table>")[0]
+    assert table.split("</th>")[-2].endswith("Airflow run")
+    href = "/recjobs/../dags/recs_nightly/runs/scheduled__2026-02-03T00%3A00%3A00%2B00%3A00/tasks/promote"
+    assert f'<a class="run-log" href="{href}" target="_top"' in table and ">promote log</a>" in table
+    assert table.count("run-log") == 1 and table.split("<tr>")[-1].endswith(f"<td>{DASH}</td></tr></tbody>")
+
+
+def test_the_rollback_target_links_to_the_rollback_dag(engine):
+    def lists(version: str) -> list[pd.DataFrame]:
+        return [pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"], "rank": [1], "score": [1.0],
+                              "model_version": version})]
+
+    for day, version in (("2026-02-01", "als-a"), ("2026-02-02", "ease-b")):
+        publish_list(engine, "recommendations", day, version, lists(version), keep_versions=4)
+    page = render(engine, base="/recjobs/")
+    table = page.split('<table id="versions"')[1].split("</table>")[0]
+    target = next(r for r in table.split("<tr>") if "rollback target" in r)
+    assert '<a class="rollback-link" href="/recjobs/../dags/recs_rollback" target="_top"' in target
+    assert "(version empty, or als-a)" in target and table.count("rollback-link") == 1
+    assert "id='rollback-dag' href='/recjobs/../dags/recs_rollback'" in page

@@ -133,11 +133,17 @@ def test_demo_command_twice_gives_the_same_published_rows(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path), "RECJOBS_FAMILIES": '["popularity", "als"]'}
     outputs = []
     for _ in range(2):
-        out = subprocess.run([sys.executable, "-m", "recjobs.cli", "demo"], cwd=ROOT, env=env,
+        # An explicit --end: the default (yesterday) would move the sample's dates every day.
+        out = subprocess.run([sys.executable, "-m", "recjobs.cli", "demo", "--end", "2026-01-31"], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-3000:]
         outputs.append(out.stdout)
     assert f"recommendations: 25000 rows for 500 users in sqlite:///{tmp_path}/.recjobs/recjobs.db" in outputs[0]
+    # The sample's dates, and a backfill over its last week that can be pasted as it is.
+    assert "sample dates: 2025-10-04 .. 2026-01-31 (UTC; --end sets the last day)" in outputs[0]
+    assert ("  airflow backfill create --dag-id recs_nightly --from-date 2026-01-25 --to-date 2026-01-31 "
+            "--reprocess-behavior completed\n") in outputs[0]
+    assert "run 2026-01-31" in outputs[0]
     sample = [o[o.index("sample (SELECT"):] for o in outputs]
     assert sample[0] == sample[1] and sample[0].count(" rank ") == 5
 

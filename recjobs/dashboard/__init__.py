@@ -9,6 +9,7 @@ from recjobs.dashboard.charts import (
     embedding_map_spec,
     metric_chart_spec,
     metric_chart_specs,
+    overlap_chart_spec,
 )
 from recjobs.dashboard.data import (
     Champion,
@@ -23,6 +24,7 @@ from recjobs.dashboard.data import (
     gate_decisions,
     ingest_by_date,
     item_titles,
+    list_overlap,
     live_artifact,
     lookup_item,
     lookup_user,
@@ -42,16 +44,18 @@ from recjobs.dashboard.embedding_map import (
 from recjobs.dashboard.page import (
     DASH,
     NO_SCHEMA,
+    ROLLBACK_DAG,
     VEGA_BUNDLE_PATH,
     render,
     render_no_schema,
     vega_embed_bundle,
+    warm_up,
 )
 
 __all__ = [
-    "DASH", "GENRE_PALETTE", "METRICS", "NO_GENRE", "NO_SCHEMA", "PALETTE", "VEGA_BUNDLE_PATH", "Champion", "EmbeddingMap", "ItemLookup",
+    "DASH", "GENRE_PALETTE", "METRICS", "NO_GENRE", "NO_SCHEMA", "PALETTE", "ROLLBACK_DAG", "VEGA_BUNDLE_PATH", "Champion", "EmbeddingMap", "ItemLookup",
     "LiveArtifact", "UserLookup", "build_map", "champion", "champion_map", "close_ids", "embedding_map_spec",
-    "failed_nights", "full_matrix", "gate_decisions", "ingest_by_date", "item_genres", "item_titles", "live_artifact", "load_map", "lookup_item", "lookup_user",
-    "metric_chart_spec", "metric_chart_specs", "metrics_by_date", "missing_schema", "project_2d", "published_versions", "render",
-    "render_no_schema", "sqlite_file_missing", "vega_embed_bundle",
+    "failed_nights", "full_matrix", "gate_decisions", "ingest_by_date", "item_genres", "item_titles", "list_overlap", "live_artifact", "load_map", "lookup_item", "lookup_user",
+    "metric_chart_spec", "metric_chart_specs", "metrics_by_date", "overlap_chart_spec", "missing_schema", "project_2d", "published_versions", "render",
+    "render_no_schema", "sqlite_file_missing", "vega_embed_bundle", "warm_up",
 ]

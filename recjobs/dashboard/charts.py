@@ -96,6 +96,39 @@ def metric_chart_specs(metrics: pd.DataFrame, failed: pd.DataFrame | None = None
             for column, title, bounded in METRICS}
 
 
+# The output guard's decisions, as the overlap chart colours them.
+DECISION_COLOURS = {"passed": "#1f77b4", "allowed": "#ff7f0e", "not_held": "#8c564b", "held": FAILED_COLOUR}
+
+
+def overlap_chart_spec(overlap: pd.DataFrame) -> dict[str, Any]:
+    """A Vega-Lite chart of each night's list overlap with the lists live before it (one even
+    step per night, as the metric charts), its points coloured by the output guard's decision.
+
+    ``overlap``: see :func:`recjobs.dashboard.data.list_overlap`; nights without a value
+    (nothing live to compare with) are left out.
+    """
+    import altair as alt
+
+    data = (overlap.dropna(subset=["overlap"]) if not overlap.empty
+            else pd.DataFrame({C.RUN_DATE: [], "overlap": [], "decision": [], "threshold": []}))
+    data = pd.DataFrame({"date": data[C.RUN_DATE].astype(str), "overlap": data["overlap"].astype(float),
+                         "decision": data["decision"].astype(str), "threshold": data["threshold"].astype(str)})
+    decisions = [d for d in DECISION_COLOURS if d in set(data["decision"])]
+    x = alt.X("date:O", sort="ascending", title="night (logical date)",
+              axis=alt.Axis(labelExpr="utcFormat(toDate(datum.value), '%b %d')", labelAngle=0, labelOverlap=True))
+    chart = (alt.Chart(data)
+             .mark_line(color="#999")
+             .encode(x=x, y=alt.Y("overlap:Q", title=None, scale=alt.Scale(domain=[0, 1], nice=False)),
+                     tooltip=[alt.Tooltip("date:N"), alt.Tooltip("overlap:Q", format=".3f"),
+                              alt.Tooltip("decision:N", title="output guard"), alt.Tooltip("threshold:N")]))
+    points = chart.mark_point(filled=True, size=70).encode(color=alt.Color(
+        "decision:N", title="output guard", legend=alt.Legend(orient="bottom"),
+        scale=alt.Scale(domain=decisions, range=[DECISION_COLOURS[d] for d in decisions])))
+    heading = alt.TitleParams("Overlap with the lists live before (previous night's)",
+                              subtitle="mean share of a user's live list kept in the new one")
+    return alt.layer(chart, points).properties(title=heading, width=330, height=170).to_dict()
+
+
 def embedding_map_spec(data_url: str, explained: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
     """A Vega-Lite scatter of the map's points, read from ``data_url`` (the ``api/embedding`` route)."""
     import altair as alt
@@ -115,4 +148,5 @@ def embedding_map_spec(data_url: str, explained: tuple[float, float] = (0.0, 0.0
     return chart.to_dict()
 
 
-__all__ = ["FAILED_COLOUR", "GENRE_PALETTE", "METRICS", "PALETTE", "embedding_map_spec", "metric_chart_spec", "metric_chart_specs"]
+__all__ = ["DECISION_COLOURS", "FAILED_COLOUR", "GENRE_PALETTE", "METRICS", "PALETTE", "embedding_map_spec",
+           "metric_chart_spec", "metric_chart_specs", "overlap_chart_spec"]

@@ -29,6 +29,7 @@ DASHBOARD_TABLES = ("model_runs", "ingest_log", "publications", "popular_items",
 DASHBOARD_VIEWS = ("recommendations",)
 _CHAMPION_SQL = ", ".join(f"'{s}'" for s in CHAMPION_STATUSES)
 _GATED_SQL = ", ".join(f"'{s}'" for s in GATED_CANDIDATE_STATUSES)
+AIRFLOW_COLUMNS = ("airflow_dag_id", "airflow_run_id", "airflow_task_id")
 
 
 def sqlite_file_missing(url: str) -> bool:
@@ -149,15 +150,19 @@ def failed_nights(engine: Engine) -> pd.DataFrame:
 
 
 def gate_decisions(engine: Engine, limit: int = 30) -> pd.DataFrame:
-    """The latest gate and rollback decisions with their significance (NULL where not computed).
+    """The latest gate and rollback decisions with their significance (NULL where not computed),
+    and the Airflow task that wrote each (:data:`AIRFLOW_COLUMNS`, NULL outside Airflow).
 
     ``compared`` names, per row, what its ``gate_diff`` compares (the first minus the second):
     a challenger with the champion it faced ("als vs champion ease"), or, where no champion
     was defended (a first run, or the champion's family had no candidate), the winner with the
     runner-up or with the best mean it was preferred to. None where the row has no difference.
     """
+    present = {c["name"] for c in sa.inspect(engine).get_columns("model_runs")}
+    # The Airflow task that wrote the row (recorded since the columns exist; the page never alters).
+    airflow = "".join(f", {c}" if c in present else f", NULL AS {c}" for c in AIRFLOW_COLUMNS)
     frame = _frame(engine, "SELECT run_date, family, status, ndcg_at_k, gate_diff, gate_ci_low, gate_ci_high, "
-                           "gate_p_value, reason FROM model_runs WHERE stage IN ('gate', 'rollback') "
+                           f"gate_p_value, reason{airflow} FROM model_runs WHERE stage IN ('gate', 'rollback') "
                            "ORDER BY run_date DESC, id DESC LIMIT :n", n=limit)
     if frame.empty:
         return frame
@@ -216,6 +221,19 @@ def guard_checks(engine: Engine, limit: int = 40) -> pd.DataFrame:
     return _frame(engine, "SELECT run_date, stage, check_name, value, threshold, decision, note FROM guard_checks "
                           "WHERE passed = :f OR check_name = 'operator_allow' ORDER BY run_date DESC, id LIMIT :n",
                   f=False, n=limit)
+
+
+def list_overlap(engine: Engine) -> pd.DataFrame:
+    """Each night's overlap of the champion's lists with the lists live before them (normally the
+    previous night's), as the output guard measured it: run_date, overlap, threshold, passed, decision.
+
+    ``overlap`` is the mean share of a user's live list kept in the new one; NULL where there was
+    nothing live to compare with. Empty before the guards (no ``guard_checks`` table).
+    """
+    if not sa.inspect(engine).has_table("guard_checks"):
+        return pd.DataFrame()
+    return _frame(engine, "SELECT run_date, value AS overlap, threshold, passed, decision FROM guard_checks "
+                          "WHERE stage = 'output' AND check_name = 'overlap' ORDER BY run_date, id")
 
 
 # -- one user: history beside recommendations ------------------------------------------------
@@ -429,8 +447,8 @@ def champion_map(engine: Engine, settings: Settings | None = None) -> EmbeddingM
 
 
 __all__ = [
-    "Champion", "DASHBOARD_TABLES", "DASHBOARD_VIEWS", "ItemLookup", "LiveArtifact", "UserLookup", "champion",
+    "AIRFLOW_COLUMNS", "Champion", "DASHBOARD_TABLES", "DASHBOARD_VIEWS", "ItemLookup", "LiveArtifact", "UserLookup", "champion",
     "champion_map", "close_ids", "failed_nights", "full_matrix", "gate_decisions", "guard_checks", "ingest_by_date",
-    "item_titles", "live_artifact", "lookup_item", "lookup_user", "metrics_by_date", "missing_schema",
+    "item_titles", "list_overlap", "live_artifact", "lookup_item", "lookup_user", "metrics_by_date", "missing_schema",
     "published_versions", "sqlite_file_missing",
 ]

@@ -17,13 +17,14 @@ import json
 import logging
 import math
 import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from recjobs.dashboard.charts import embedding_map_spec, metric_chart_specs
+from recjobs.dashboard.charts import embedding_map_spec, metric_chart_specs, overlap_chart_spec
 from recjobs.dashboard.data import (
     ItemLookup,
     UserLookup,
@@ -33,6 +34,7 @@ from recjobs.dashboard.data import (
     gate_decisions,
     guard_checks,
     ingest_by_date,
+    list_overlap,
     lookup_item,
     lookup_user,
     metrics_by_date,
@@ -40,6 +42,7 @@ from recjobs.dashboard.data import (
     published_versions,
 )
 from recjobs.data.ids import visible
+from recjobs.files import write_text
 from recjobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 DASH = "–"  # shown for a value that was never recorded (NULL), e.g. in rows older than the column
 NO_SCHEMA = "no recjobs schema yet: run recjobs initdb"
 VEGA_BUNDLE_PATH = "static/vega-embed.js"
+# The manual DAG that rolls the live lists back (dags/recs_rollback.py).
+ROLLBACK_DAG = "recs_rollback"
 
 
 def render_no_schema(missing: list[str] | None = None) -> str:
@@ -62,18 +67,61 @@ _bundle: str | None = None
 _bundle_lock = threading.Lock()
 
 
-def vega_embed_bundle() -> str:
-    """vega, vega-lite and vega-embed as one self-contained script (built once, ~0.9 MB)."""
+def vega_embed_bundle(cache: Path | None = None) -> str:
+    """vega, vega-lite and vega-embed as one self-contained script (~0.9 MB), built once per process.
+
+    Building takes about 3 s; with ``cache`` (a folder only this user may write: the page
+    serves what it reads there) the script is kept in a file named for vl-convert's version
+    and read back by later processes in milliseconds.
+    """
     global _bundle
     with _bundle_lock:
         if _bundle is None:
             import vl_convert
 
-            _bundle = vl_convert.javascript_bundle()
+            path = None if cache is None else cache / f"vega-embed-{vl_convert.__version__}.js"
+            if path is not None and path.is_file():
+                _bundle = path.read_text(encoding="utf-8")
+            else:
+                _bundle = vl_convert.javascript_bundle()
+                if path is not None:
+                    try:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        write_text(path, _bundle)
+                    except OSError as exc:  # a read-only home: built again by the next process, served now
+                        log.warning("vega bundle not cached at %s: %s", path, exc)
         return _bundle
 
 
-def _gate_table(frame: pd.DataFrame) -> pd.DataFrame:
+def warm_up(cache: Path | None = None) -> None:
+    """Do a first dashboard request's one-time work ahead of it: import Altair (about 1 s) and
+    build or read the vega bundle (:func:`vega_embed_bundle`). The plugin runs it in a thread
+    when the API server starts, so the first open is no slower than any other."""
+    import altair  # noqa: F401 - imported for its side effect: the charts' first build is then fast
+
+    vega_embed_bundle(cache)
+
+
+def _airflow(base: str, path: str) -> str:
+    """The Airflow UI's URL of ``path`` (already quoted), from the page's own address: the page is
+    served at <Airflow>/recjobs/, so this is right under a base path too."""
+    return f"{base}../{path}"
+
+
+def _task_log_link(row: pd.Series, base: str) -> str | None:
+    """A link (HTML) to the log of the Airflow task that wrote a gate row, or None outside Airflow."""
+    dag, run, task = row.get("airflow_dag_id"), row.get("airflow_run_id"), row.get("airflow_task_id")
+    if any(v is None or pd.isna(v) for v in (dag, run, task)):
+        return None
+    path = "/".join(("dags", quote(str(dag), safe=""), "runs", quote(str(run), safe=""), "tasks",
+                     quote(str(task), safe="")))
+    e = html.escape
+    # The top window: inside the Airflow UI the page is in an iframe.
+    return (f'<a class="run-log" href="{e(_airflow(base, path))}" target="_top" '
+            f'title="{e(str(dag))} {e(str(run))}">{e(str(task))} log</a>')
+
+
+def _gate_table(frame: pd.DataFrame, base: str = "") -> pd.DataFrame:
     if frame.empty:
         return frame
 
@@ -90,7 +138,34 @@ def _gate_table(frame: pd.DataFrame) -> pd.DataFrame:
         "CI of diff": frame.apply(ci, axis=1),
         "p-value": frame["gate_p_value"].map(lambda v: None if pd.isna(v) else f"{v:.3g}"),
         "reason": frame["reason"],
+        # HTML (see _table's raw): the run's task log in the Airflow UI.
+        "Airflow run": frame.apply(_task_log_link, axis=1, base=base),
     })
+
+
+def _overlap_table(overlap: pd.DataFrame) -> pd.DataFrame:
+    """The overlap by night, newest first, as the page lists it."""
+    if overlap.empty:
+        return overlap
+    return pd.DataFrame({"run_date": overlap["run_date"], "overlap": overlap["overlap"],
+                         "threshold": overlap["threshold"], "output guard": overlap["decision"]}).iloc[::-1]
+
+
+def _versions_table(frame: pd.DataFrame, base: str) -> pd.DataFrame:
+    """The published versions, the rollback target of the recommendations linked to the rollback DAG."""
+    if frame.empty:
+        return frame
+    e = html.escape
+    url = e(_airflow(base, f"dags/{ROLLBACK_DAG}"))
+    # Airflow 3's trigger form cannot be prefilled from a URL: the link opens the DAG, and says
+    # what to type (or leave empty) in the form's *version*.
+    frame = frame.copy()
+    frame["roll back"] = [
+        (f'<a class="rollback-link" href="{url}" target="_top" title="Trigger {ROLLBACK_DAG}; its version: '
+         f'empty or {e(str(v))}">back to this: trigger {ROLLBACK_DAG}</a> (version empty, or {_show(str(v))})')
+        if kind == "recommendations" and state == "rollback target" else None
+        for kind, state, v in zip(frame["kind"], frame["state"], frame["model_version"], strict=True)]
+    return frame
 
 
 def _show(text: str) -> str:
@@ -113,11 +188,14 @@ def _cell(value: Any) -> str:  # noqa: ANN401
     return str(value)
 
 
-def _table(frame: pd.DataFrame, css_id: str, empty: str = "nothing yet") -> str:
+def _table(frame: pd.DataFrame, css_id: str, empty: str = "nothing yet", raw: tuple[str, ...] = ()) -> str:
+    """``frame`` as an HTML table; the ``raw`` columns hold HTML the page built itself (links), shown as is."""
     if frame.empty:
         return f'<p id="{css_id}" class="empty">{html.escape(empty)}</p>'
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_show(_cell(v))}</td>" for v in row) + "</tr>"
+    as_is = [c in raw for c in frame.columns]
+    body = "".join("<tr>" + "".join(f"<td>{v if keep and isinstance(v, str) else _show(_cell(v))}</td>"
+                                    for keep, v in zip(as_is, row, strict=True)) + "</tr>"
                    for row in frame.itertuples(index=False))
     return f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
@@ -277,6 +355,14 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
         out.append(_chart_box(f"chart-{column}", "chart", f' data-metric="{e(column)}"'))
         scripts.append(_spec_script(f"chart-{column}", spec))
     out.append("</div>")
+    overlap = list_overlap(engine)
+    out.append("<h2 id='overlap-heading'>Overlap with the previous night's lists</h2><p class='muted'>Per night: the "
+               "mean share of a user's live list that the night's lists kept (the output guard's "
+               "<code>overlap</code> check, guard.min_overlap); empty where nothing was live before.</p>")
+    if not overlap.empty and overlap["overlap"].notna().any():
+        out.append("<div class='charts'>" + _chart_box("chart-overlap", "overlap chart") + "</div>")
+        scripts.append(_spec_script("chart-overlap", overlap_chart_spec(overlap)))
+    out.append(_table(_overlap_table(overlap), "overlap", "no lists checked yet"))
     out.append("<h2>Champion's item embedding</h2>")
     try:
         emap = champion_map(engine, settings)
@@ -294,12 +380,17 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
             out.append(_chart_box("embedding-map", f"{len(emap.points)} points",
                                   f' data-points="{len(emap.points)}"'))
             scripts.append(_spec_script("embedding-map", embedding_map_spec(f"{base}api/embedding", emap.explained)))
-    out.append("<h2>Gate decisions</h2>" + _table(_gate_table(gate_decisions(engine)), "gate"))
+    out.append("<h2>Gate decisions</h2>" + _table(_gate_table(gate_decisions(engine), base), "gate",
+                                                   raw=("Airflow run",)))
     out.append("<h2>Guards: failed checks and allows</h2>"
                + _table(guard_checks(engine), "guards", "no night held or let through"))
+    rollback_url = e(_airflow(base, f"dags/{ROLLBACK_DAG}"))
     out.append("<h2>Published versions</h2><p class='muted'>Kept per list (publish.keep_versions). "
-               "<code>recjobs rollback</code> makes the <i>rollback target</i> live again.</p>"
-               + _table(published_versions(engine), "versions", "nothing published yet"))
+               f"The <a id='rollback-dag' href='{rollback_url}' target='_top'>{ROLLBACK_DAG}</a> DAG (Trigger, "
+               "<i>version</i> left empty) or <code>recjobs rollback</code> makes the <i>rollback target</i> "
+               "live again; each further rollback goes one version back.</p>"
+               + _table(_versions_table(published_versions(engine), base), "versions", "nothing published yet",
+                        raw=("roll back",)))
     if not metrics.empty:
         out.append(_candidates_html(metrics, candidates_date, base))
     out.append("<h2>Ingest by date</h2>" + _table(ingest_by_date(engine), "ingest"))
@@ -308,4 +399,5 @@ def render(engine: Engine, user_id: str | None = None, base: str = "", settings:
     return "".join(out)
 
 
-__all__ = ["DASH", "NO_SCHEMA", "VEGA_BUNDLE_PATH", "render", "render_no_schema", "vega_embed_bundle"]
+__all__ = ["DASH", "NO_SCHEMA", "ROLLBACK_DAG", "VEGA_BUNDLE_PATH", "render", "render_no_schema", "vega_embed_bundle",
+           "warm_up"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -60,6 +61,19 @@ def _day(day: dt.date | str) -> str:
     return day if isinstance(day, str) else day.isoformat()
 
 
+# Airflow exports the running task's context to its process's environment (the task SDK's
+# context_to_airflow_vars); recjobs reads these names and never imports Airflow.
+_AIRFLOW_ENV = {"airflow_dag_id": "AIRFLOW_CTX_DAG_ID", "airflow_run_id": "AIRFLOW_CTX_DAG_RUN_ID",
+                "airflow_task_id": "AIRFLOW_CTX_TASK_ID"}
+
+
+def airflow_task() -> dict[str, str | None]:
+    """The Airflow DAG, run and task that this process runs (all None outside an Airflow task)."""
+    found = {column: os.environ.get(name) or None for column, name in _AIRFLOW_ENV.items()}
+    # All or nothing: a row names a run only where all three are known.
+    return found if all(found.values()) else dict.fromkeys(_AIRFLOW_ENV)
+
+
 def replace_rows(engine: Engine | Connection, day: dt.date | str, stage: str, family: str | None,
                  rows: Iterable[Mapping[str, Any]]) -> None:
     """Replace the date's rows of ``stage`` (of ``family`` only, if given) with ``rows``."""
@@ -68,9 +82,10 @@ def replace_rows(engine: Engine | Connection, day: dt.date | str, stage: str, fa
         if family is not None:
             cond &= model_runs.c.family == family
         conn.execute(model_runs.delete().where(cond))
-        now = _now()
+        now, task = _now(), airflow_task()
         for row in rows:
-            conn.execute(model_runs.insert().values(run_date=_day(day), stage=stage, created_at=now, **row))
+            conn.execute(model_runs.insert().values(run_date=_day(day), stage=stage, created_at=now,
+                                                    **{**task, **row}))
 
     if isinstance(engine, Connection):
         write(engine)
@@ -190,7 +205,7 @@ def _record_failed_night(engine: Engine, day: dt.date, status: str, reason: str,
                       f"UTC ({decided.family}) stands: {reason}")
             conn.execute(model_runs.insert().values(
                 run_date=_day(day), stage=GATE, family="-", model_version="-", status=status,
-                reason=reason[:_REASON_LIMIT], created_at=_now()))
+                reason=reason[:_REASON_LIMIT], created_at=_now(), **airflow_task()))
             return True
         replace_rows(conn, day, GATE, None, [{"family": "-", "model_version": "-", "status": status,
                                                "reason": reason[:_REASON_LIMIT]}])
@@ -226,7 +241,7 @@ def record_publish(engine: Engine | Connection, day: dt.date, family: str, versi
 def record_rollback(engine: Engine | Connection, run_date: str, family: str, version: str, reason: str) -> None:
     """A list moved back to an earlier version (``run_date`` and ``version`` of the one now live)."""
     row = {"run_date": run_date, "stage": ROLLBACK, "family": family, "model_version": version,
-           "status": LIVE, "reason": reason[:_REASON_LIMIT], "created_at": _now()}
+           "status": LIVE, "reason": reason[:_REASON_LIMIT], "created_at": _now(), **airflow_task()}
     if isinstance(engine, Connection):
         engine.execute(model_runs.insert().values(**row))
     else:
@@ -260,7 +275,7 @@ def champion_metrics_before(engine: Engine, day: dt.date, column: str, limit: in
 __all__ = [
     "CANDIDATE", "CHAMPION_KEPT", "CHAMPION_STATUSES", "EVALUATED", "FAILED", "FINAL", "GATE", "GUARDED", "HISTORY",
     "LIVE", "METRIC_COLUMN", "NO_CANDIDATES", "PROMOTED", "PUBLISH", "REJECTED", "ROLLBACK", "TRAINED", "TRAINING",
-    "as_utc", "candidate_outcomes", "candidates", "champion_before", "champion_metrics_before", "clear_guarded", "dates_awaiting_gate",
+    "airflow_task", "as_utc", "candidate_outcomes", "candidates", "champion_before", "champion_metrics_before", "clear_guarded", "dates_awaiting_gate",
     "final_row", "gate_row", "guarded_row", "record_evaluated", "record_failure", "record_final", "record_gate",
     "record_guarded", "record_no_candidates", "record_publish", "record_rollback", "record_training", "replace_rows",
 ]

@@ -73,6 +73,11 @@ model_runs = sa.Table(
     sa.Column("mae", sa.Float),
     sa.Column("baseline_rmse", sa.Float),
     sa.Column("baseline_mae", sa.Float),
+    # The Airflow task that wrote the row (NULL outside Airflow, e.g. the CLI): the dashboard
+    # links a gate or rollback row to that task's log in the Airflow UI.
+    sa.Column("airflow_dag_id", sa.String(250)),
+    sa.Column("airflow_run_id", sa.String(250)),
+    sa.Column("airflow_task_id", sa.String(250)),
 )
 sa.Index("ix_model_runs_date_stage", model_runs.c.run_date, model_runs.c.stage)
 

@@ -73,12 +73,15 @@ def rollback(engine: Engine, kind: str = "recommendations", swap: SwapPolicy | N
     return old, new
 
 
-def rollback_lists(engine: Engine, swap: SwapPolicy | None = None) -> dict[str, tuple[str, str] | str]:
+def rollback_lists(engine: Engine, swap: SwapPolicy | None = None,
+                   expect_version: str | None = None) -> dict[str, tuple[str, str] | str]:
     """Roll back the last publish: recommendations, and similar_items and item_segments only
     if that publish made them live.
 
     The views move in one transaction. Returns, per list, (old table, new table) or why
-    it did not move. Raises :class:`PublishError` if recommendations cannot be rolled back.
+    it did not move. Raises :class:`PublishError` if recommendations cannot be rolled back,
+    or if ``expect_version`` (what the operator saw as the rollback target) is not the
+    recommendations' rollback target any more; nothing moves then.
     """
     policy = swap or SwapPolicy()
 
@@ -86,6 +89,12 @@ def rollback_lists(engine: Engine, swap: SwapPolicy | None = None) -> dict[str, 
         for kind in KINDS:  # always the same order, so two rollbacks cannot deadlock
             lock_swaps(conn, kind)
         recs_live, recs_previous = _rollback_target(conn, "recommendations")
+        if expect_version is not None and recs_previous.model_version != expect_version:
+            # Checked under the swap locks: a publish or rollback since the operator looked is seen.
+            raise PublishError(
+                f"version {expect_version!r} is not the rollback target: a rollback now makes "
+                f"{recs_previous.model_version} ({recs_previous.run_date}) live again, from the live "
+                f"{recs_live.model_version}; leave version empty to roll back to it")
         moves: dict[str, tuple[str, str] | str] = {}
         for kind in KINDS:
             if kind == "recommendations":
