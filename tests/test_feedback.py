@@ -330,3 +330,28 @@ def test_a_negative_after_the_holdout_cutoff_does_not_reach_back_into_training(s
     assert full.matrix[u1, a] == 0 and full.excluded[u1, a] == 1
     holdout = Holdout.load(RunFolder.of(split, DAY).matrix("holdout"))
     assert len(holdout.user_rows) == 1 and holdout.ratings is None  # u2's purchase of c; the dislike is no truth
+
+
+def _after_a(buy: str, view: str, buyers: int = 20, viewers: int = 40) -> list[tuple[str, str, str, int]]:
+    """``viewers`` users go C -> A -> ``view`` (viewed), ``buyers`` go C -> A -> ``buy`` (bought); ``t`` has C, A."""
+    rows = []
+    for k in range(viewers):
+        rows += [(f"v{k}", "C", "click", 10 * k), (f"v{k}", "A", "click", 10 * k + 1),
+                 (f"v{k}", view, "view", 10 * k + 2)]
+    for k in range(buyers):
+        rows += [(f"p{k}", "C", "click", 10 * k + 3), (f"p{k}", "A", "click", 10 * k + 4),
+                 (f"p{k}", buy, "purchase", 10 * k + 5)]
+    return rows + [("t", "C", "click", 1000), ("t", "A", "click", 1001)]
+
+
+SEQUENCE = {"max_length": 4, "embedding_dim": 8, "batch_size": 16, "max_epochs": 30, "patience": 30,
+            "learning_rate": 0.05, "validation_users": 10}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("buy", "view"), [("Y", "X"), ("X", "Y")])
+def test_the_sequence_model_learns_to_predict_the_purchase_after_a(settings, engine, tmp_path, buy, view):
+    # Twice as many users viewed one item after A as bought the other: by count the viewed
+    # one comes next, by the weights (40 x 1 < 20 x 8) the bought one does.
+    data = ingested_matrix(settings, engine, _after_a(buy, view), tmp_path)
+    assert top_items(fit("sequence", data, **SEQUENCE), data, "t", 2) == [buy, view]

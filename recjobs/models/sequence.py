@@ -55,6 +55,8 @@ class Histories:
         order = ordered_by_user_time_item(rows, data.pair_seconds, data.matrix.indices.astype(np.int64))
         self.items = data.matrix.indices[order].astype(np.int32)
         self.indptr = indptr
+        # Typed events: each position's weight (its pair's strongest event), else None.
+        self.weights = data.matrix.data[order].astype(np.float64) if data.typed else None
 
     def windows(self, ends: np.ndarray, length: int, starts: np.ndarray | None = None) -> np.ndarray:
         """The ``length`` items before each position in ``ends``, as item index + 1, 0-padded on the left.
@@ -207,11 +209,15 @@ class SequenceModel(VectorRecommender):
         keeper = KeepBest("sequence", query_tower.weights, p.patience)
         n = min(len(train_pos), p.examples_per_epoch or len(train_pos))
         bs = min(p.batch_size, n)
+        # Typed events: each epoch draws its next-item examples in proportion to the target's
+        # weight, so the model learns what is bought next more than what is viewed next.
+        draw = None if hist.weights is None else hist.weights[train_pos] / hist.weights[train_pos].sum()
         chunk = _STEPS_PER_CALL
         with EpochProgress(log, "sequence", p.max_epochs, n, p.max_seconds) as progress:
             for epoch in range(1, p.max_epochs + 1):
                 progress.start_epoch(epoch)
-                picked = train_pos[rng.permutation(len(train_pos))[:n]]
+                picked = train_pos[rng.permutation(len(train_pos))[:n] if draw is None
+                                   else rng.choice(len(train_pos), n, p=draw)]
                 full = n // bs * bs
                 total = 0.0
                 for lo in range(0, full, chunk * bs):
