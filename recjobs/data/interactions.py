@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -73,26 +74,103 @@ class Events:
 
     @classmethod
     def from_arrow(cls, table: pa.Table) -> Events:
-        """Code an Arrow table of canonical columns without making a Python object per row.
+        """Code an Arrow table of canonical columns without making a Python object per row
+        (see :meth:`from_batches`)."""
+        return cls.from_batches(table.to_batches())
 
-        Ids are dictionary-encoded by Arrow (one Python string per distinct id only).
+    @classmethod
+    def from_batches(cls, batches: Iterable[pa.RecordBatch]) -> Events:
+        """Code record batches of canonical columns, in order, one batch at a time.
+
+        Ids are coded with Arrow's dictionary encoding (one Python string per distinct id,
+        none per row); id columns may already be dictionary-encoded (as Parquet stores them),
+        each batch with its own dictionary. Only the numpy columns and the batches' distinct
+        ids are held, never the whole window as Arrow: a batch is dropped once converted.
+        Event types are numbered in order of first appearance.
         """
-        codes = {}
-        for col in (C.USER, C.ITEM):
-            encoded = pc.dictionary_encode(table[col].combine_chunks())
-            distinct = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
-            order = np.argsort(distinct, kind="stable")
-            rank = np.empty(len(order), np.int32)
-            rank[order] = np.arange(len(order), dtype=np.int32)
-            codes[col] = (distinct[order], rank[encoded.indices.to_numpy(zero_copy_only=False)])
-        millis = table[C.TIMESTAMP].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
-        types = type_names = None
-        if C.EVENT_TYPE in table.column_names and table[C.EVENT_TYPE].null_count < table.num_rows:
-            encoded = pc.dictionary_encode(table[C.EVENT_TYPE].cast(pa.string()).combine_chunks())
-            type_names = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
-            types = pc.fill_null(encoded.indices, -1).cast(pa.int16()).to_numpy(zero_copy_only=False)
-        return cls(codes[C.USER][0], codes[C.ITEM][0], codes[C.USER][1], codes[C.ITEM][1],
-                   table[C.RATING].to_numpy().astype(np.float32), millis, types, type_names)
+        parts: dict[str, list[np.ndarray]] = {c: [] for c in (C.USER, C.ITEM, C.RATING, C.TIMESTAMP, C.EVENT_TYPE)}
+        dictionaries: dict[str, list[pa.Array]] = {C.USER: [], C.ITEM: []}
+        type_codes: dict[str, int] = {}
+        seen: dict[str, tuple[tuple[int, int] | None, int]] = {C.USER: (None, 0), C.ITEM: (None, 0)}
+        for batch in batches:
+            if not batch.num_rows:
+                continue
+            for col in (C.USER, C.ITEM):
+                ids = batch.column(col)
+                encoded = ids if pa.types.is_dictionary(ids.type) else pc.dictionary_encode(ids)
+                # Codes into this batch's dictionary, shifted past the earlier batches' entries
+                # (batches of one Parquet row group share its dictionary: it is kept once).
+                key = (encoded.dictionary.buffers()[-1].address, len(encoded.dictionary))
+                if seen[col][0] != key:
+                    seen[col] = (key, sum(len(d) for d in dictionaries[col]))
+                    dictionaries[col].append(encoded.dictionary)
+                offset = seen[col][1]
+                wide = offset + len(encoded.dictionary) >= 2**31
+                codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64 if wide else np.int32)
+                parts[col].append(codes + offset if offset else codes)
+            parts[C.TIMESTAMP].append(batch.column(C.TIMESTAMP).cast(pa.int64()).to_numpy(zero_copy_only=False))
+            parts[C.RATING].append(batch.column(C.RATING).to_numpy(zero_copy_only=False).astype(np.float32))
+            types = batch.column(C.EVENT_TYPE) if C.EVENT_TYPE in batch.schema.names else None
+            if types is not None and types.null_count < batch.num_rows:
+                if not type_codes:  # the first typed batch: the rows before it are ratings (-1)
+                    parts[C.EVENT_TYPE] = [np.full(sum(len(p) for p in parts[C.RATING][:-1]), -1, np.int16)]
+                encoded = pc.dictionary_encode(types.cast(pa.string()))
+                local = np.array([type_codes.setdefault(name, len(type_codes))
+                                  for name in encoded.dictionary.to_pylist()], np.int16)
+                codes = np.where(encoded.indices.is_valid().to_numpy(zero_copy_only=False),
+                                 local[pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)], -1)
+                parts[C.EVENT_TYPE].append(codes.astype(np.int16))
+            elif type_codes:
+                parts[C.EVENT_TYPE].append(np.full(batch.num_rows, -1, np.int16))
+            del batch
+        # One column at a time, its parts freed as it is joined: the peak is the columns plus one.
+        millis = _joined(parts[C.TIMESTAMP], np.int64)
+        ratings = _joined(parts[C.RATING], np.float32)
+        types = _joined(parts[C.EVENT_TYPE], np.int16) if type_codes else None
+        parts[C.EVENT_TYPE].clear()
+        coded = [_sorted_ids(parts[col], dictionaries[col]) for col in (C.USER, C.ITEM)]
+        type_names = np.array(list(type_codes), dtype=object) if type_codes else None
+        return cls(coded[0][0], coded[1][0], coded[0][1], coded[1][1], ratings, millis, types, type_names)
+
+
+def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    """``parts`` concatenated as ``dtype``; the list is emptied, so the parts are freed."""
+    out = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+    parts.clear()
+    return out
+
+
+def _sorted_ids(parts: list[np.ndarray], dictionaries: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted ids in use, int32 codes per row) from per-batch codes into the concatenated dictionaries.
+
+    ``parts`` is emptied. Codes follow the ids' sorted (Python string) order, so code order is id
+    order; ids of a dictionary that no row uses are left out.
+    """
+    every = pa.concat_arrays([d.cast(pa.string()) for d in dictionaries]) if dictionaries else pa.array([], pa.string())
+    dictionaries.clear()
+    # Each dictionary entry's distinct id; then each distinct id's rank in sorted order.
+    encoded = pc.dictionary_encode(every)
+    del every
+    distinct = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
+    order = np.argsort(distinct, kind="stable")
+    rank = np.empty(len(distinct), np.int64)
+    rank[order] = np.arange(len(distinct))
+    entry_rank = rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    del encoded, rank
+    used = np.zeros(len(distinct), bool)
+    for part in parts:
+        part[:] = entry_rank[part]
+        used[part] = True
+    position = (np.cumsum(used) - 1).astype(np.int32)
+    ids = distinct[order][used]
+    codes = np.empty(sum(len(p) for p in parts), np.int32)
+    at = 0
+    for i, part in enumerate(parts):
+        codes[at:at + len(part)] = position[part]
+        at += len(part)
+        parts[i] = None  # type: ignore[call-overload]  # freed as soon as copied
+    parts.clear()
+    return ids, codes
 
 
 def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,6 +256,41 @@ def _code_map(ids: np.ndarray, codes: np.ndarray, target: np.ndarray | None) -> 
     return positions(target, ids)
 
 
+def user_blocks(rows: np.ndarray, block_rows: int) -> np.ndarray:
+    """Bounds of consecutive blocks of about ``block_rows`` rows that never split a user's rows
+    (``rows`` grouped by user, ascending); ``[0, 0]`` for no rows."""
+    if not len(rows):
+        return np.zeros(2, np.int64)
+    cuts = np.searchsorted(rows, rows[np.arange(block_rows, len(rows), block_rows)], side="left")
+    return np.unique(np.concatenate([[0], cuts, [len(rows)]]))
+
+
+def pair_block(rows: np.ndarray, cols: np.ndarray, millis: np.ndarray, ratings: np.ndarray, n_items: int,
+               strongest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The stored pairs of a block of whole users' rows (time ordered within each user):
+    (row, value, column as int32, latest time in Unix seconds) per distinct (row, column) pair,
+    in (row, column) order. A pair's value is its latest rating, or with ``strongest`` its largest."""
+    last, pair_max = _latest_per_pair(rows, cols, n_items, ratings if strongest else None)
+    values = ratings[last] if pair_max is None else pair_max
+    return (rows[last], values.astype(np.float32), cols[last].astype(np.int32),
+            np.floor_divide(millis[last], 1000).astype(np.int64, copy=False))
+
+
+def row_pointers(counts: np.ndarray) -> np.ndarray:
+    """CSR row pointers (int64) of rows with ``counts`` stored pairs each."""
+    indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr
+
+
+def excluded_matrix(pairs: tuple[np.ndarray, np.ndarray], shape: tuple[int, int]) -> sp.csr_matrix:
+    """The binary users x items matrix of the negative (row, column) ``pairs`` (repeats merged)."""
+    out = sp.csr_matrix((np.ones(len(pairs[0]), np.float32), pairs), shape=shape)
+    out.sum_duplicates()
+    out.data[:] = 1.0
+    return out
+
+
 @dataclass(frozen=True)
 class Interactions:
     """A users x items matrix with the ids of its rows and columns.
@@ -260,37 +373,23 @@ class Interactions:
         if not grouped:
             by_time = np.argsort(millis, kind="stable")
             rows, cols, millis, ratings = rows[by_time], cols[by_time], millis[by_time], ratings[by_time]
-            last, pair_max = _latest_per_pair(rows, cols, len(items), ratings if strongest else None)
+            bounds = np.array([0, len(rows)])
         else:
             # Rows grouped by user: pairs never cross users, so blocks of whole users can be
             # deduplicated one at a time, with sort buffers of a block's size, not the window's.
-            cuts = np.searchsorted(rows, rows[np.arange(_PAIR_BLOCK, len(rows), _PAIR_BLOCK)], side="left")
-            bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]]))
-            blocks = [_latest_per_pair(rows[lo:hi], cols[lo:hi], len(items), ratings[lo:hi] if strongest else None)
-                      for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-            last = np.concatenate([lo + b[0] for lo, b in zip(bounds[:-1], blocks, strict=True)] or
-                                  [np.zeros(0, np.int64)])
-            pair_max = (np.concatenate([b[1] for b in blocks] or [np.zeros(0, np.float32)])
-                        if strongest else None)
+            bounds = user_blocks(rows, _PAIR_BLOCK)
+        blocks = [pair_block(rows[lo:hi], cols[lo:hi], millis[lo:hi], ratings[lo:hi], len(items), strongest)
+                  for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        pair_rows, values, indices, pair_seconds = (np.concatenate([b[k] for b in blocks]) for k in range(4))
+        del blocks
         # Sorted, distinct (row, col) pairs are CSR order already: no COO round trip.
-        indptr = np.zeros(len(users) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows[last], minlength=len(users)), out=indptr[1:])
-        values = ratings[last] if pair_max is None else pair_max
-        matrix = sp.csr_matrix((values.astype(np.float32), cols[last].astype(np.int32), indptr),
+        matrix = sp.csr_matrix((values, indices, row_pointers(np.bincount(pair_rows, minlength=len(users)))),
                                shape=(len(users), len(items)))
         matrix.has_sorted_indices = True
-        # A pair's last row is its latest, so the pairs' latest times give each item's too.
-        pair_seconds = np.floor_divide(millis[last], 1000)
         last_seen = np.full(len(items), np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(last_seen, matrix.indices, pair_seconds)
-        excluded_matrix = None
-        if exclusion is not None:
-            excluded_matrix = sp.csr_matrix((np.ones(len(exclusion[0]), np.float32), exclusion),
-                                            shape=(len(users), len(items)))
-            excluded_matrix.sum_duplicates()
-            excluded_matrix.data[:] = 1.0
-        return cls(users, items, matrix, last_seen, pair_seconds.astype(np.int64, copy=False), strongest,
-                   excluded_matrix)
+        return cls(users, items, matrix, last_seen, pair_seconds, strongest,
+                   None if exclusion is None else excluded_matrix(exclusion, matrix.shape))
 
     def binary(self) -> sp.csr_matrix:
         out = self.matrix.copy()
@@ -403,21 +502,26 @@ class Holdout:
 
     @classmethod
     def from_events(cls, events: Events, train: Interactions) -> Holdout:
-        """Code held-out ``events`` against ``train``'s ids.
+        """Code held-out ``events`` against ``train``'s ids (see :meth:`coded`)."""
+        return cls.coded(events, train.user_ids, train.item_ids)
+
+    @classmethod
+    def coded(cls, events: Events, user_ids: np.ndarray, item_ids: np.ndarray) -> Holdout:
+        """Code held-out ``events`` against a training matrix's user and item ids.
 
         Typed events: only the rows marked ``relevant`` (settings.feedback.relevant) are truth,
         and there are no ratings to predict (their weights are not ratings).
         """
         if events.relevant is not None:
-            return replace(cls.from_events(replace(events.take(events.relevant), relevant=None), train),
+            return replace(cls.coded(replace(events.take(events.relevant), relevant=None), user_ids, item_ids),
                            ratings=None)
-        rows = positions(train.user_ids, events.user_ids)[events.users]
-        cols = positions(train.item_ids, events.item_ids)[events.items]
+        rows = positions(user_ids, events.user_ids)[events.users]
+        cols = positions(item_ids, events.item_ids)[events.items]
         unseen = cols < 0
         if unseen.any():
             # Codes are in id order, so unseen items are numbered in id order too.
             distinct = np.unique(events.items[unseen])
-            cols[unseen] = train.n_items + np.searchsorted(distinct, events.items[unseen])
+            cols[unseen] = len(item_ids) + np.searchsorted(distinct, events.items[unseen])
         keep = rows >= 0
         width = int(cols.max()) + 1 if len(cols) else 1
         keys = rows[keep].astype(np.int64) * width + cols[keep]
