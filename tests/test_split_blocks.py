@@ -165,3 +165,25 @@ def test_lake_reader_codes_ids_and_types_as_one_whole_table_would(tmp_path):
     early_want = Events.from_frame(Lake.of(settings).read_ratings(START + dt.timedelta(days=3, hours=5)))
     assert list(early.user_ids) == list(early_want.user_ids) and np.array_equal(early.users, early_want.users)
     assert list(early.item_ids) == list(early_want.item_ids)
+
+
+def test_one_read_for_the_guard_and_the_split_gives_what_their_own_reads_give(tmp_path, engine, settings):
+    from recjobs.db.schema import guard_checks
+    from recjobs.guard import check_input
+    from recjobs.pipeline import shared_window
+
+    _write_lake(settings, _lake_rows(seed=9, typed=False))
+    check_input(settings, engine, DAY)
+    prepare(settings, DAY)
+    alone = _files(RunFolder.of(settings, DAY).root)
+    with engine.connect() as conn:
+        checks = conn.execute(guard_checks.select().order_by(guard_checks.c.check_name)).all()
+    events = shared_window(settings, DAY.isoformat())  # the DAG task passes the date as text
+    check_input(settings, engine, DAY.isoformat(), events=events)
+    prepare(settings, DAY.isoformat(), events)
+    assert _files(RunFolder.of(settings, DAY).root) == alone
+    with engine.connect() as conn:
+        again = conn.execute(guard_checks.select().order_by(guard_checks.c.check_name)).all()
+    assert [(r.check_name, r.value, r.passed) for r in again] == [(r.check_name, r.value, r.passed) for r in checks]
+    # A training window shorter than the history: each reads its own rows.
+    assert shared_window(settings.model_copy(update={"train_window_days": 5}), DAY) is None

@@ -76,101 +76,122 @@ class Events:
     def from_arrow(cls, table: pa.Table) -> Events:
         """Code an Arrow table of canonical columns without making a Python object per row
         (see :meth:`from_batches`)."""
-        return cls.from_batches(table.to_batches())
+        return cls.from_batches(table.to_batches(), table.num_rows)
 
     @classmethod
-    def from_batches(cls, batches: Iterable[pa.RecordBatch]) -> Events:
+    def from_batches(cls, batches: Iterable[pa.RecordBatch], max_rows: int = 0) -> Events:
         """Code record batches of canonical columns, in order, one batch at a time.
 
         Ids are coded with Arrow's dictionary encoding (one Python string per distinct id,
         none per row); id columns may already be dictionary-encoded (as Parquet stores them),
-        each batch with its own dictionary. Only the numpy columns and the batches' distinct
-        ids are held, never the whole window as Arrow: a batch is dropped once converted.
+        each batch with its own dictionary. Each column is filled in place in an array of
+        ``max_rows`` (at least the batches' rows: untouched pages of an over-sized array cost
+        no memory; grown if short), so the window is never held twice, nor as Arrow.
         Event types are numbered in order of first appearance.
         """
-        parts: dict[str, list[np.ndarray]] = {c: [] for c in (C.USER, C.ITEM, C.RATING, C.TIMESTAMP, C.EVENT_TYPE)}
-        dictionaries: dict[str, list[pa.Array]] = {C.USER: [], C.ITEM: []}
+        size = max(max_rows, 1)
+        users, items = np.empty(size, np.int32), np.empty(size, np.int32)
+        ratings, millis = np.empty(size, np.float32), np.empty(size, np.int64)
+        types: np.ndarray | None = None
         type_codes: dict[str, int] = {}
-        seen: dict[str, tuple[tuple[int, int] | None, int]] = {C.USER: (None, 0), C.ITEM: (None, 0)}
+        coders = {C.USER: _IdCoder(), C.ITEM: _IdCoder()}
+        at = 0
         for batch in batches:
-            if not batch.num_rows:
-                continue
-            for col in (C.USER, C.ITEM):
-                ids = batch.column(col)
-                encoded = ids if pa.types.is_dictionary(ids.type) else pc.dictionary_encode(ids)
-                # Codes into this batch's dictionary, shifted past the earlier batches' entries
-                # (batches of one Parquet row group share its dictionary: it is kept once).
-                key = (encoded.dictionary.buffers()[-1].address, len(encoded.dictionary))
-                if seen[col][0] != key:
-                    seen[col] = (key, sum(len(d) for d in dictionaries[col]))
-                    dictionaries[col].append(encoded.dictionary)
-                offset = seen[col][1]
-                wide = offset + len(encoded.dictionary) >= 2**31
-                codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64 if wide else np.int32)
-                parts[col].append(codes + offset if offset else codes)
-            parts[C.TIMESTAMP].append(batch.column(C.TIMESTAMP).cast(pa.int64()).to_numpy(zero_copy_only=False))
-            parts[C.RATING].append(batch.column(C.RATING).to_numpy(zero_copy_only=False).astype(np.float32))
-            types = batch.column(C.EVENT_TYPE) if C.EVENT_TYPE in batch.schema.names else None
-            if types is not None and types.null_count < batch.num_rows:
-                if not type_codes:  # the first typed batch: the rows before it are ratings (-1)
-                    parts[C.EVENT_TYPE] = [np.full(sum(len(p) for p in parts[C.RATING][:-1]), -1, np.int16)]
-                encoded = pc.dictionary_encode(types.cast(pa.string()))
+            n = batch.num_rows
+            if at + n > len(users):  # more rows than promised: grow (copies; not the lake's path)
+                size = max(2 * len(users), at + n)
+                users, items, ratings, millis = (np.resize(a, size) for a in (users, items, ratings, millis))
+                types = None if types is None else np.resize(types, size)
+            coders[C.USER].add(batch.column(C.USER), users, at)
+            coders[C.ITEM].add(batch.column(C.ITEM), items, at)
+            millis[at:at + n] = batch.column(C.TIMESTAMP).cast(pa.int64()).to_numpy(zero_copy_only=False)
+            ratings[at:at + n] = batch.column(C.RATING).to_numpy(zero_copy_only=False)
+            kinds = batch.column(C.EVENT_TYPE) if C.EVENT_TYPE in batch.schema.names else None
+            if kinds is not None and kinds.null_count < n:
+                if types is None:  # the first typed rows: those before them are ratings (-1)
+                    types = np.empty(len(users), np.int16)
+                    types[:at] = -1
+                encoded = pc.dictionary_encode(kinds.cast(pa.string()))
                 local = np.array([type_codes.setdefault(name, len(type_codes))
                                   for name in encoded.dictionary.to_pylist()], np.int16)
-                codes = np.where(encoded.indices.is_valid().to_numpy(zero_copy_only=False),
-                                 local[pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)], -1)
-                parts[C.EVENT_TYPE].append(codes.astype(np.int16))
-            elif type_codes:
-                parts[C.EVENT_TYPE].append(np.full(batch.num_rows, -1, np.int16))
-            del batch
-        # One column at a time, its parts freed as it is joined: the peak is the columns plus one.
-        millis = _joined(parts[C.TIMESTAMP], np.int64)
-        ratings = _joined(parts[C.RATING], np.float32)
-        types = _joined(parts[C.EVENT_TYPE], np.int16) if type_codes else None
-        parts[C.EVENT_TYPE].clear()
-        coded = [_sorted_ids(parts[col], dictionaries[col]) for col in (C.USER, C.ITEM)]
+                types[at:at + n] = np.where(encoded.indices.is_valid().to_numpy(zero_copy_only=False),
+                                            local[pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)], -1)
+            elif types is not None:
+                types[at:at + n] = -1
+            at += n
+            del batch, kinds
+            for col, coder in coders.items():
+                coder.maybe_merge(users if col == C.USER else items, at)
+        user_ids = coders[C.USER].finish(users[:at])
+        item_ids = coders[C.ITEM].finish(items[:at])
         type_names = np.array(list(type_codes), dtype=object) if type_codes else None
-        return cls(coded[0][0], coded[1][0], coded[0][1], coded[1][1], ratings, millis, types, type_names)
+        return cls(user_ids, item_ids, users[:at], items[:at], ratings[:at], millis[:at],
+                   None if types is None else types[:at], type_names)
 
 
-def _joined(parts: list[np.ndarray], dtype: type) -> np.ndarray:
-    """``parts`` concatenated as ``dtype``; the list is emptied, so the parts are freed."""
-    out = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
-    parts.clear()
-    return out
+# Rows recoded at a time: a temporary of this many codes, not of the window's.
+_CODE_CHUNK = 8_000_000
 
 
-def _sorted_ids(parts: list[np.ndarray], dictionaries: list[pa.Array]) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted ids in use, int32 codes per row) from per-batch codes into the concatenated dictionaries.
+class _IdCoder:
+    """Codes ids met batch by batch: first a code into the pending batches' dictionaries, turned
+    into a code in order of first appearance a group of batches at a time (:meth:`maybe_merge`),
+    and at the end into the code of the id in sorted order (:meth:`finish`)."""
 
-    ``parts`` is emptied. Codes follow the ids' sorted (Python string) order, so code order is id
-    order; ids of a dictionary that no row uses are left out.
-    """
-    every = pa.concat_arrays([d.cast(pa.string()) for d in dictionaries]) if dictionaries else pa.array([], pa.string())
-    dictionaries.clear()
-    # Each dictionary entry's distinct id; then each distinct id's rank in sorted order.
-    encoded = pc.dictionary_encode(every)
-    del every
-    distinct = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
-    order = np.argsort(distinct, kind="stable")
-    rank = np.empty(len(distinct), np.int64)
-    rank[order] = np.arange(len(distinct))
-    entry_rank = rank[encoded.indices.to_numpy(zero_copy_only=False)]
-    del encoded, rank
-    used = np.zeros(len(distinct), bool)
-    for part in parts:
-        part[:] = entry_rank[part]
-        used[part] = True
-    position = (np.cumsum(used) - 1).astype(np.int32)
-    ids = distinct[order][used]
-    codes = np.empty(sum(len(p) for p in parts), np.int32)
-    at = 0
-    for i, part in enumerate(parts):
-        codes[at:at + len(part)] = position[part]
-        at += len(part)
-        parts[i] = None  # type: ignore[call-overload]  # freed as soon as copied
-    parts.clear()
-    return ids, codes
+    # Pending dictionary entries, or rows, that trigger a merge: bounds the memory it takes.
+    MERGE_ENTRIES, MERGE_ROWS = 4_000_000, 16_000_000
+
+    def __init__(self) -> None:
+        self.distinct = pa.array([], pa.string())  # every id so far, in order of first appearance
+        self.pending: list[pa.Array] = []
+        self.pending_entries = 0
+        self.start = 0  # first row of the pending batches
+        self.last: tuple[tuple[int, int], int] | None = None
+
+    def add(self, column: pa.Array, out: np.ndarray, at: int) -> None:
+        """Write ``column``'s codes into the pending dictionaries at ``out[at:]``."""
+        encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+        # Batches of one Parquet row group share its dictionary: it is kept once.
+        key = (encoded.dictionary.buffers()[-1].address, len(encoded.dictionary))
+        if self.last is None or self.last[0] != key:
+            self.last = (key, self.pending_entries)
+            self.pending.append(encoded.dictionary.cast(pa.string()))
+            self.pending_entries += len(encoded.dictionary)
+        out[at:at + len(column)] = encoded.indices.to_numpy(zero_copy_only=False)
+        out[at:at + len(column)] += self.last[1]
+
+    def maybe_merge(self, out: np.ndarray, stop: int, force: bool = False) -> None:
+        """Recode the pending rows ``out[start:stop]`` in order of first appearance, when enough are pending."""
+        if not self.pending or not (force or self.pending_entries >= self.MERGE_ENTRIES
+                                    or stop - self.start >= self.MERGE_ROWS):
+            return
+        known = len(self.distinct)
+        encoded = pc.dictionary_encode(pa.concat_arrays([self.distinct, *self.pending]))
+        self.distinct = encoded.dictionary
+        mapping = encoded.indices.to_numpy(zero_copy_only=False)[known:]
+        for lo in range(self.start, stop, _CODE_CHUNK):
+            hi = min(lo + _CODE_CHUNK, stop)
+            out[lo:hi] = mapping[out[lo:hi]]
+        self.pending, self.pending_entries, self.start, self.last = [], 0, stop, None
+
+    def finish(self, codes: np.ndarray) -> np.ndarray:
+        """Recode ``codes`` (every row) in place as positions in the sorted ids in use; return those ids.
+
+        Sorted by Python's string order, so code order is id order; ids of a dictionary that no
+        row uses (a file's ids after the cutoff) are left out.
+        """
+        self.maybe_merge(codes, len(codes), force=True)
+        distinct = self.distinct.to_numpy(zero_copy_only=False).astype(object)
+        self.distinct = pa.array([], pa.string())
+        used = np.zeros(len(distinct), bool)
+        for lo in range(0, len(codes), _CODE_CHUNK):
+            used[codes[lo:lo + _CODE_CHUNK]] = True
+        order = np.argsort(distinct, kind="stable")
+        final = np.empty(len(distinct), np.int32)
+        final[order] = np.cumsum(used[order], dtype=np.int64) - 1
+        for lo in range(0, len(codes), _CODE_CHUNK):
+            codes[lo:lo + _CODE_CHUNK] = final[codes[lo:lo + _CODE_CHUNK]]
+        return distinct[order][used[order]]
 
 
 def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

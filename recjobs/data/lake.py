@@ -441,7 +441,11 @@ def read_events(root: Path, cutoff: dt.datetime, start: dt.datetime | None = Non
     scan = _window_scan(root, cutoff, start, coded_ids=True)
     if scan is None:
         return None
-    events = Events.from_batches(scan[0].to_batches(columns=list(LAKE_COLUMNS), filter=scan[1]))
+    dataset, expr = scan
+    # The files' row counts (their footers; partitions outside the window pruned) bound the rows,
+    # so each column is allocated once at that size.
+    most = sum(fragment.metadata.num_rows for fragment in dataset.get_fragments(filter=expr))
+    events = Events.from_batches(dataset.to_batches(columns=list(LAKE_COLUMNS), filter=expr), most)
     release_memory()
     return events if len(events) else None
 

@@ -154,7 +154,7 @@ def night_figures(settings: Settings, day: dt.date, events: Events | None = None
         events = Lake.of(settings).read_events(cutoff_of(day))
     if events is None:
         return NightStats.empty(target, g.rating_bins), []
-    stats = nightly_stats(events.users, events.items, events.ratings, np.asarray(events.millis) // DAY_MS, edges)
+    stats = nightly_stats(events.users, events.items, events.ratings, events.millis, edges, unit=DAY_MS)
     trailing = [stats[d] for d in sorted(stats) if d < target][-g.trailing_nights:]
     return stats.get(target, NightStats.empty(target, g.rating_bins)), trailing
 

@@ -48,12 +48,12 @@ def _read_window(settings: Settings, run_date: dt.date) -> Events:
     return events
 
 
-def shared_window(settings: Settings, run_date: dt.date) -> Events | None:
+def shared_window(settings: Settings, run_date: str | dt.date) -> Events | None:
     """The rows the input guard and the split both need, read once for a task that runs both
     (the DAG's ``split`` task): everything before the date's cutoff, when that is the split's
     window (``train_window_days`` unset). None when it is not, or the lake has no such rows:
     then each reads its own (and the split's read says what is missing)."""
-    cutoff, start = window(settings, run_date)
+    cutoff, start = window(settings, run_day(settings, run_date))
     return None if start is not None else Lake.of(settings).read_events(cutoff)
 
 
