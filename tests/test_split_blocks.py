@@ -187,3 +187,14 @@ def test_one_read_for_the_guard_and_the_split_gives_what_their_own_reads_give(tm
     assert [(r.check_name, r.value, r.passed) for r in again] == [(r.check_name, r.value, r.passed) for r in checks]
     # A training window shorter than the history: each reads its own rows.
     assert shared_window(settings.model_copy(update={"train_window_days": 5}), DAY) is None
+
+
+def test_batches_code_as_one_table_whatever_their_size_and_promised_rows():
+    rows = _lake_rows(seed=4, typed=True)
+    table = pa.Table.from_pandas(rows.astype({C.EVENT_TYPE: object}), preserve_index=False)
+    whole = Events.from_arrow(table)
+    for size, promised in ((7, 0), (100, 5), (10_000, len(rows) * 3)):
+        got = Events.from_batches(table.to_batches(max_chunksize=size), promised)
+        for name in ("user_ids", "item_ids", "users", "items", "ratings", "millis", "types", "type_names"):
+            assert np.array_equal(getattr(got, name), getattr(whole, name)), (size, name)
+    assert list(whole.user_ids) == sorted(set(rows[C.USER]))

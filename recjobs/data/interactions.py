@@ -129,6 +129,11 @@ class Events:
                    None if types is None else types[:at], type_names)
 
 
+def _same_buffers(a: pa.Array, b: pa.Array) -> bool:
+    """Whether two arrays are views of the same memory (one dictionary shared by batches)."""
+    return len(a) == len(b) and [x and x.address for x in a.buffers()] == [x and x.address for x in b.buffers()]
+
+
 # Rows recoded at a time: a temporary of this many codes, not of the window's.
 _CODE_CHUNK = 8_000_000
 
@@ -146,15 +151,16 @@ class _IdCoder:
         self.pending: list[pa.Array] = []
         self.pending_entries = 0
         self.start = 0  # first row of the pending batches
-        self.last: tuple[tuple[int, int], int] | None = None
+        # The last dictionary kept, with its offset: held, so its buffer's address is not reused.
+        self.last: tuple[pa.Array, int] | None = None
 
     def add(self, column: pa.Array, out: np.ndarray, at: int) -> None:
         """Write ``column``'s codes into the pending dictionaries at ``out[at:]``."""
         encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
         # Batches of one Parquet row group share its dictionary: it is kept once.
-        key = (encoded.dictionary.buffers()[-1].address, len(encoded.dictionary))
-        if self.last is None or self.last[0] != key:
-            self.last = (key, self.pending_entries)
+        dictionary = encoded.dictionary
+        if self.last is None or not _same_buffers(self.last[0], dictionary):
+            self.last = (dictionary, self.pending_entries)
             self.pending.append(encoded.dictionary.cast(pa.string()))
             self.pending_entries += len(encoded.dictionary)
         out[at:at + len(column)] = encoded.indices.to_numpy(zero_copy_only=False)
