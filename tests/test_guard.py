@@ -87,6 +87,43 @@ def test_nightly_stats_count_rows_actives_newcomers_and_ratings():
     assert total_variation(np.array([2, 2]), np.array([5, 5])) == 0.0
 
 
+def _whole_array_stats(users, items, ratings, days, edges) -> dict:  # noqa: ANN001
+    """The nightly stats as the former whole-array code computed them: the chunked version's oracle."""
+    unique_days, day_index = np.unique(days, return_inverse=True)
+    n_days, bins = len(unique_days), len(edges) - 1
+
+    def active_and_new(codes):  # noqa: ANN001, ANN202
+        width = int(codes.max()) + 1
+        first = np.full(width, n_days, dtype=np.int64)
+        np.minimum.at(first, codes, day_index)
+        return (np.bincount(np.unique(day_index * width + codes) // width, minlength=n_days),
+                np.bincount(first[first < n_days], minlength=n_days))
+
+    (au, nu), (ai, ni) = active_and_new(users), active_and_new(items)
+    bin_of = np.clip(np.searchsorted(edges, ratings, side="right") - 1, 0, bins - 1)
+    counts = np.bincount(day_index * bins + bin_of, minlength=n_days * bins).reshape(n_days, bins)
+    sums = np.bincount(day_index, weights=ratings, minlength=n_days)
+    rows = np.bincount(day_index, minlength=n_days)
+    return {int(d): (int(rows[i]), int(au[i]), int(ai[i]), int(nu[i]), int(ni[i]), counts[i].tolist(), float(sums[i]))
+            for i, d in enumerate(unique_days)}
+
+
+def test_nightly_stats_in_chunks_equal_the_whole_array_figures(monkeypatch):
+    from recjobs.guard import checks
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    users, items = rng.integers(0, 90, n).astype(np.int32), rng.integers(0, 40, n).astype(np.int32)
+    ratings = (rng.random(n) * 4.5 + 0.5).astype(np.float32)  # sums that depend on their order
+    millis = rng.integers(0, 30, n) * 86_400_000 + rng.integers(0, 86_400_000, n) + 20_000 * 86_400_000
+    edges = rating_edges(0.5, 5.0, 10)
+    want = _whole_array_stats(users, items, ratings.astype(np.float64), millis // 86_400_000, edges)
+    monkeypatch.setattr(checks, "_CHUNK", 7)
+    got = nightly_stats(users, items, ratings, millis, edges, unit=86_400_000)
+    assert {d: (s.rows, s.users, s.items, s.new_users, s.new_items, s.rating_counts.tolist(), s.rating_sum)
+            for d, s in got.items()} == want
+
+
 def _night(day: int, rows: int, ratings: list[int] | None = None, new: int = 0) -> NightStats:
     counts = np.bincount(ratings or [2] * rows, minlength=5)
     return NightStats(day, rows, rows // 2, rows // 3, new, 0, counts, float(np.dot(counts, np.arange(5))))

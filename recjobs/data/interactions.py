@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -73,26 +74,130 @@ class Events:
 
     @classmethod
     def from_arrow(cls, table: pa.Table) -> Events:
-        """Code an Arrow table of canonical columns without making a Python object per row.
+        """Code an Arrow table of canonical columns without making a Python object per row
+        (see :meth:`from_batches`)."""
+        return cls.from_batches(table.to_batches(), table.num_rows)
 
-        Ids are dictionary-encoded by Arrow (one Python string per distinct id only).
+    @classmethod
+    def from_batches(cls, batches: Iterable[pa.RecordBatch], max_rows: int = 0) -> Events:
+        """Code record batches of canonical columns, in order, one batch at a time.
+
+        Ids are coded with Arrow's dictionary encoding (one Python string per distinct id,
+        none per row); id columns may already be dictionary-encoded (as Parquet stores them),
+        each batch with its own dictionary. Each column is filled in place in an array of
+        ``max_rows`` (at least the batches' rows: untouched pages of an over-sized array cost
+        no memory; grown if short), so the window is never held twice, nor as Arrow.
+        Event types are numbered in order of first appearance.
         """
-        codes = {}
-        for col in (C.USER, C.ITEM):
-            encoded = pc.dictionary_encode(table[col].combine_chunks())
-            distinct = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
-            order = np.argsort(distinct, kind="stable")
-            rank = np.empty(len(order), np.int32)
-            rank[order] = np.arange(len(order), dtype=np.int32)
-            codes[col] = (distinct[order], rank[encoded.indices.to_numpy(zero_copy_only=False)])
-        millis = table[C.TIMESTAMP].combine_chunks().cast(pa.int64()).to_numpy(zero_copy_only=False)
-        types = type_names = None
-        if C.EVENT_TYPE in table.column_names and table[C.EVENT_TYPE].null_count < table.num_rows:
-            encoded = pc.dictionary_encode(table[C.EVENT_TYPE].cast(pa.string()).combine_chunks())
-            type_names = encoded.dictionary.to_numpy(zero_copy_only=False).astype(object)
-            types = pc.fill_null(encoded.indices, -1).cast(pa.int16()).to_numpy(zero_copy_only=False)
-        return cls(codes[C.USER][0], codes[C.ITEM][0], codes[C.USER][1], codes[C.ITEM][1],
-                   table[C.RATING].to_numpy().astype(np.float32), millis, types, type_names)
+        size = max(max_rows, 1)
+        users, items = np.empty(size, np.int32), np.empty(size, np.int32)
+        ratings, millis = np.empty(size, np.float32), np.empty(size, np.int64)
+        types: np.ndarray | None = None
+        type_codes: dict[str, int] = {}
+        coders = {C.USER: _IdCoder(), C.ITEM: _IdCoder()}
+        at = 0
+        for batch in batches:
+            n = batch.num_rows
+            if at + n > len(users):  # more rows than promised: grow (copies; not the lake's path)
+                size = max(2 * len(users), at + n)
+                users, items, ratings, millis = (np.resize(a, size) for a in (users, items, ratings, millis))
+                types = None if types is None else np.resize(types, size)
+            coders[C.USER].add(batch.column(C.USER), users, at)
+            coders[C.ITEM].add(batch.column(C.ITEM), items, at)
+            millis[at:at + n] = batch.column(C.TIMESTAMP).cast(pa.int64()).to_numpy(zero_copy_only=False)
+            ratings[at:at + n] = batch.column(C.RATING).to_numpy(zero_copy_only=False)
+            kinds = batch.column(C.EVENT_TYPE) if C.EVENT_TYPE in batch.schema.names else None
+            if kinds is not None and kinds.null_count < n:
+                if types is None:  # the first typed rows: those before them are ratings (-1)
+                    types = np.empty(len(users), np.int16)
+                    types[:at] = -1
+                encoded = pc.dictionary_encode(kinds.cast(pa.string()))
+                local = np.array([type_codes.setdefault(name, len(type_codes))
+                                  for name in encoded.dictionary.to_pylist()], np.int16)
+                types[at:at + n] = np.where(encoded.indices.is_valid().to_numpy(zero_copy_only=False),
+                                            local[pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)], -1)
+            elif types is not None:
+                types[at:at + n] = -1
+            at += n
+            del batch, kinds
+            for col, coder in coders.items():
+                coder.maybe_merge(users if col == C.USER else items, at)
+        user_ids = coders[C.USER].finish(users[:at])
+        item_ids = coders[C.ITEM].finish(items[:at])
+        type_names = np.array(list(type_codes), dtype=object) if type_codes else None
+        return cls(user_ids, item_ids, users[:at], items[:at], ratings[:at], millis[:at],
+                   None if types is None else types[:at], type_names)
+
+
+def _same_buffers(a: pa.Array, b: pa.Array) -> bool:
+    """Whether two arrays are views of the same memory (one dictionary shared by batches)."""
+    return len(a) == len(b) and [x and x.address for x in a.buffers()] == [x and x.address for x in b.buffers()]
+
+
+# Rows recoded at a time: a temporary of this many codes, not of the window's.
+_CODE_CHUNK = 8_000_000
+
+
+class _IdCoder:
+    """Codes ids met batch by batch: first a code into the pending batches' dictionaries, turned
+    into a code in order of first appearance a group of batches at a time (:meth:`maybe_merge`),
+    and at the end into the code of the id in sorted order (:meth:`finish`)."""
+
+    # Pending dictionary entries, or rows, that trigger a merge: bounds the memory it takes.
+    MERGE_ENTRIES, MERGE_ROWS = 4_000_000, 16_000_000
+
+    def __init__(self) -> None:
+        self.distinct = pa.array([], pa.string())  # every id so far, in order of first appearance
+        self.pending: list[pa.Array] = []
+        self.pending_entries = 0
+        self.start = 0  # first row of the pending batches
+        # The last dictionary kept, with its offset: held, so its buffer's address is not reused.
+        self.last: tuple[pa.Array, int] | None = None
+
+    def add(self, column: pa.Array, out: np.ndarray, at: int) -> None:
+        """Write ``column``'s codes into the pending dictionaries at ``out[at:]``."""
+        encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+        # Batches of one Parquet row group share its dictionary: it is kept once.
+        dictionary = encoded.dictionary
+        if self.last is None or not _same_buffers(self.last[0], dictionary):
+            self.last = (dictionary, self.pending_entries)
+            self.pending.append(encoded.dictionary.cast(pa.string()))
+            self.pending_entries += len(encoded.dictionary)
+        out[at:at + len(column)] = encoded.indices.to_numpy(zero_copy_only=False)
+        out[at:at + len(column)] += self.last[1]
+
+    def maybe_merge(self, out: np.ndarray, stop: int, force: bool = False) -> None:
+        """Recode the pending rows ``out[start:stop]`` in order of first appearance, when enough are pending."""
+        if not self.pending or not (force or self.pending_entries >= self.MERGE_ENTRIES
+                                    or stop - self.start >= self.MERGE_ROWS):
+            return
+        known = len(self.distinct)
+        encoded = pc.dictionary_encode(pa.concat_arrays([self.distinct, *self.pending]))
+        self.distinct = encoded.dictionary
+        mapping = encoded.indices.to_numpy(zero_copy_only=False)[known:]
+        for lo in range(self.start, stop, _CODE_CHUNK):
+            hi = min(lo + _CODE_CHUNK, stop)
+            out[lo:hi] = mapping[out[lo:hi]]
+        self.pending, self.pending_entries, self.start, self.last = [], 0, stop, None
+
+    def finish(self, codes: np.ndarray) -> np.ndarray:
+        """Recode ``codes`` (every row) in place as positions in the sorted ids in use; return those ids.
+
+        Sorted by Python's string order, so code order is id order; ids of a dictionary that no
+        row uses (a file's ids after the cutoff) are left out.
+        """
+        self.maybe_merge(codes, len(codes), force=True)
+        distinct = self.distinct.to_numpy(zero_copy_only=False).astype(object)
+        self.distinct = pa.array([], pa.string())
+        used = np.zeros(len(distinct), bool)
+        for lo in range(0, len(codes), _CODE_CHUNK):
+            used[codes[lo:lo + _CODE_CHUNK]] = True
+        order = np.argsort(distinct, kind="stable")
+        final = np.empty(len(distinct), np.int32)
+        final[order] = np.cumsum(used[order], dtype=np.int64) - 1
+        for lo in range(0, len(codes), _CODE_CHUNK):
+            codes[lo:lo + _CODE_CHUNK] = final[codes[lo:lo + _CODE_CHUNK]]
+        return distinct[order][used[order]]
 
 
 def _sorted_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,6 +283,41 @@ def _code_map(ids: np.ndarray, codes: np.ndarray, target: np.ndarray | None) -> 
     return positions(target, ids)
 
 
+def user_blocks(rows: np.ndarray, block_rows: int) -> np.ndarray:
+    """Bounds of consecutive blocks of about ``block_rows`` rows that never split a user's rows
+    (``rows`` grouped by user, ascending); ``[0, 0]`` for no rows."""
+    if not len(rows):
+        return np.zeros(2, np.int64)
+    cuts = np.searchsorted(rows, rows[np.arange(block_rows, len(rows), block_rows)], side="left")
+    return np.unique(np.concatenate([[0], cuts, [len(rows)]]))
+
+
+def pair_block(rows: np.ndarray, cols: np.ndarray, millis: np.ndarray, ratings: np.ndarray, n_items: int,
+               strongest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The stored pairs of a block of whole users' rows (time ordered within each user):
+    (row, value, column as int32, latest time in Unix seconds) per distinct (row, column) pair,
+    in (row, column) order. A pair's value is its latest rating, or with ``strongest`` its largest."""
+    last, pair_max = _latest_per_pair(rows, cols, n_items, ratings if strongest else None)
+    values = ratings[last] if pair_max is None else pair_max
+    return (rows[last], values.astype(np.float32), cols[last].astype(np.int32),
+            np.floor_divide(millis[last], 1000).astype(np.int64, copy=False))
+
+
+def row_pointers(counts: np.ndarray) -> np.ndarray:
+    """CSR row pointers (int64) of rows with ``counts`` stored pairs each."""
+    indptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr
+
+
+def excluded_matrix(pairs: tuple[np.ndarray, np.ndarray], shape: tuple[int, int]) -> sp.csr_matrix:
+    """The binary users x items matrix of the negative (row, column) ``pairs`` (repeats merged)."""
+    out = sp.csr_matrix((np.ones(len(pairs[0]), np.float32), pairs), shape=shape)
+    out.sum_duplicates()
+    out.data[:] = 1.0
+    return out
+
+
 @dataclass(frozen=True)
 class Interactions:
     """A users x items matrix with the ids of its rows and columns.
@@ -260,37 +400,23 @@ class Interactions:
         if not grouped:
             by_time = np.argsort(millis, kind="stable")
             rows, cols, millis, ratings = rows[by_time], cols[by_time], millis[by_time], ratings[by_time]
-            last, pair_max = _latest_per_pair(rows, cols, len(items), ratings if strongest else None)
+            bounds = np.array([0, len(rows)])
         else:
             # Rows grouped by user: pairs never cross users, so blocks of whole users can be
             # deduplicated one at a time, with sort buffers of a block's size, not the window's.
-            cuts = np.searchsorted(rows, rows[np.arange(_PAIR_BLOCK, len(rows), _PAIR_BLOCK)], side="left")
-            bounds = np.unique(np.concatenate([[0], cuts, [len(rows)]]))
-            blocks = [_latest_per_pair(rows[lo:hi], cols[lo:hi], len(items), ratings[lo:hi] if strongest else None)
-                      for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
-            last = np.concatenate([lo + b[0] for lo, b in zip(bounds[:-1], blocks, strict=True)] or
-                                  [np.zeros(0, np.int64)])
-            pair_max = (np.concatenate([b[1] for b in blocks] or [np.zeros(0, np.float32)])
-                        if strongest else None)
+            bounds = user_blocks(rows, _PAIR_BLOCK)
+        blocks = [pair_block(rows[lo:hi], cols[lo:hi], millis[lo:hi], ratings[lo:hi], len(items), strongest)
+                  for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        pair_rows, values, indices, pair_seconds = (np.concatenate([b[k] for b in blocks]) for k in range(4))
+        del blocks
         # Sorted, distinct (row, col) pairs are CSR order already: no COO round trip.
-        indptr = np.zeros(len(users) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows[last], minlength=len(users)), out=indptr[1:])
-        values = ratings[last] if pair_max is None else pair_max
-        matrix = sp.csr_matrix((values.astype(np.float32), cols[last].astype(np.int32), indptr),
+        matrix = sp.csr_matrix((values, indices, row_pointers(np.bincount(pair_rows, minlength=len(users)))),
                                shape=(len(users), len(items)))
         matrix.has_sorted_indices = True
-        # A pair's last row is its latest, so the pairs' latest times give each item's too.
-        pair_seconds = np.floor_divide(millis[last], 1000)
         last_seen = np.full(len(items), np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(last_seen, matrix.indices, pair_seconds)
-        excluded_matrix = None
-        if exclusion is not None:
-            excluded_matrix = sp.csr_matrix((np.ones(len(exclusion[0]), np.float32), exclusion),
-                                            shape=(len(users), len(items)))
-            excluded_matrix.sum_duplicates()
-            excluded_matrix.data[:] = 1.0
-        return cls(users, items, matrix, last_seen, pair_seconds.astype(np.int64, copy=False), strongest,
-                   excluded_matrix)
+        return cls(users, items, matrix, last_seen, pair_seconds, strongest,
+                   None if exclusion is None else excluded_matrix(exclusion, matrix.shape))
 
     def binary(self) -> sp.csr_matrix:
         out = self.matrix.copy()
@@ -403,21 +529,26 @@ class Holdout:
 
     @classmethod
     def from_events(cls, events: Events, train: Interactions) -> Holdout:
-        """Code held-out ``events`` against ``train``'s ids.
+        """Code held-out ``events`` against ``train``'s ids (see :meth:`coded`)."""
+        return cls.coded(events, train.user_ids, train.item_ids)
+
+    @classmethod
+    def coded(cls, events: Events, user_ids: np.ndarray, item_ids: np.ndarray) -> Holdout:
+        """Code held-out ``events`` against a training matrix's user and item ids.
 
         Typed events: only the rows marked ``relevant`` (settings.feedback.relevant) are truth,
         and there are no ratings to predict (their weights are not ratings).
         """
         if events.relevant is not None:
-            return replace(cls.from_events(replace(events.take(events.relevant), relevant=None), train),
+            return replace(cls.coded(replace(events.take(events.relevant), relevant=None), user_ids, item_ids),
                            ratings=None)
-        rows = positions(train.user_ids, events.user_ids)[events.users]
-        cols = positions(train.item_ids, events.item_ids)[events.items]
+        rows = positions(user_ids, events.user_ids)[events.users]
+        cols = positions(item_ids, events.item_ids)[events.items]
         unseen = cols < 0
         if unseen.any():
             # Codes are in id order, so unseen items are numbered in id order too.
             distinct = np.unique(events.items[unseen])
-            cols[unseen] = train.n_items + np.searchsorted(distinct, events.items[unseen])
+            cols[unseen] = len(item_ids) + np.searchsorted(distinct, events.items[unseen])
         keep = rows >= 0
         width = int(cols.max()) + 1 if len(cols) else 1
         keys = rows[keep].astype(np.int64) * width + cols[keep]

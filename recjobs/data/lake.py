@@ -21,6 +21,7 @@ every file is replaced atomically (:mod:`recjobs.files`).
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import json
 import shutil
@@ -379,13 +380,27 @@ def _merge_partition(root: Path, day: str, new_rows: pa.Table | pd.DataFrame,
     return result
 
 
-def _window_table(root: Path, cutoff: dt.datetime, start: dt.datetime | None) -> pa.Table | None:
-    """The lake's rows with ``start <= timestamp < cutoff`` as Arrow; None if the lake is empty."""
+def _window_scan(root: Path, cutoff: dt.datetime, start: dt.datetime | None,
+                 coded_ids: bool = False) -> tuple[ds.Dataset, ds.Expression] | None:
+    """The lake's dataset and the filter of rows with ``start <= timestamp < cutoff``; None if
+    the lake is empty.
+
+    ``coded_ids``: the id columns come dictionary-encoded, as Parquet stores them (a small
+    integer per row and each file's distinct ids once), not as a string per row: at 200M rows
+    the strings alone were gigabytes of the split's peak. A file's dictionary may also hold
+    ids of rows the filter drops.
+    """
     if not root.exists() or not any(root.glob(f"{C.DATE}=*/{PART_FILE}")):
         return None
     # The lake's schema, not the first file's: partitions without typed rows lack event_type (null here).
-    dataset = ds.dataset(root, format="parquet", partitioning=_PARTITIONING,
-                         schema=RATINGS_SCHEMA.append(pa.field(C.DATE, pa.string())))
+    schema = RATINGS_SCHEMA.append(pa.field(C.DATE, pa.string()))
+    file_format: str | ds.ParquetFileFormat = "parquet"
+    if coded_ids:
+        for col in (C.USER, C.ITEM):
+            schema = schema.set(schema.get_field_index(col),
+                                pa.field(col, pa.dictionary(pa.int32(), pa.string()), nullable=False))
+        file_format = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=[C.USER, C.ITEM]))
+    dataset = ds.dataset(root, format=file_format, partitioning=_PARTITIONING, schema=schema)
     last_day = (cutoff - dt.timedelta(microseconds=1)).date().isoformat()
     ts = pa.scalar(cutoff, type=pa.timestamp("ms", tz="UTC"))
     expr = (ds.field(C.DATE) <= last_day) & (ds.field(C.TIMESTAMP) < ts)
@@ -393,7 +408,13 @@ def _window_table(root: Path, cutoff: dt.datetime, start: dt.datetime | None) ->
         expr &= (ds.field(C.DATE) >= start.date().isoformat()) & (
             ds.field(C.TIMESTAMP) >= pa.scalar(start, type=pa.timestamp("ms", tz="UTC"))
         )
-    return dataset.to_table(columns=list(LAKE_COLUMNS), filter=expr)
+    return dataset, expr
+
+
+def _window_table(root: Path, cutoff: dt.datetime, start: dt.datetime | None) -> pa.Table | None:
+    """The lake's rows with ``start <= timestamp < cutoff`` as Arrow; None if the lake is empty."""
+    scan = _window_scan(root, cutoff, start)
+    return None if scan is None else scan[0].to_table(columns=list(LAKE_COLUMNS), filter=scan[1])
 
 
 def read_ratings(root: Path, cutoff: dt.datetime, start: dt.datetime | None = None) -> pd.DataFrame:
@@ -412,16 +433,32 @@ def read_ratings(root: Path, cutoff: dt.datetime, start: dt.datetime | None = No
 
 
 def read_events(root: Path, cutoff: dt.datetime, start: dt.datetime | None = None) -> Events | None:
-    """The same rows as :func:`read_ratings`, coded (no Python object per row); None if none."""
-    table = _window_table(root, cutoff, start)
-    if table is None or table.num_rows == 0:
+    """The same rows as :func:`read_ratings`, coded (no Python object per row); None if none.
+
+    Read a record batch at a time (in the lake's order, as :func:`read_ratings` has them) with
+    the ids dictionary-encoded, so the window is never held as Arrow strings.
+    """
+    scan = _window_scan(root, cutoff, start, coded_ids=True)
+    if scan is None:
         return None
-    events = Events.from_arrow(table)
-    del table
-    # Arrow's allocator keeps freed pages for reuse; hand them back, since what follows
-    # is numpy's, and the split stage's peak memory is what sizes its task.
+    dataset, expr = scan
+    # The files' row counts (their footers; partitions outside the window pruned) bound the rows,
+    # so each column is allocated once at that size.
+    most = sum(fragment.metadata.num_rows for fragment in dataset.get_fragments(filter=expr))
+    events = Events.from_batches(dataset.to_batches(columns=list(LAKE_COLUMNS), filter=expr), most)
+    release_memory()
+    return events if len(events) else None
+
+
+def release_memory() -> None:
+    """Hand freed memory back to the OS: Arrow's allocator and glibc's malloc keep freed pages
+    for reuse (after thousands of per-batch arrays, hundreds of MB), and what follows a read is
+    numpy's, so they would only raise the stage's peak, which is what sizes its task."""
     pa.default_memory_pool().release_unused()
-    return events
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
 
 
 _EMPTY_DTYPES = {

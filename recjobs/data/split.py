@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -26,13 +26,14 @@ MILLIS_PER_DAY = 86_400_000
 class SplitPlan:
     """Rows in (user, time, item) order and which of them go where.
 
+    ``order`` orders the rows (None: they came in that order, :func:`plan_ordered`).
     ``train`` and ``held`` are masks over the ordered rows; a row in neither is dropped
     (``global_time``: an interaction after the cutoff of a user not seen before it).
     ``cutoff_millis`` is the ``global_time`` cutoff (Unix ms), None for ``per_user``.
     ``protocol`` is the protocol applied (``auto`` resolved) and ``reason`` why, for the record.
     """
 
-    order: np.ndarray
+    order: np.ndarray | None
     train: np.ndarray
     held: np.ndarray
     cutoff_millis: int | None = None
@@ -69,43 +70,65 @@ def plan_split(events: Events, settings: SplitSettings, end_millis: int | None =
     never a few returning users.
     """
     order = ordered_by_user_time_item(events.users, events.millis, events.items)
-    users = events.users[order]
+    plan = plan_ordered(events.users[order], events.millis[order], len(events.user_ids), settings, end_millis)
+    return replace(plan, order=order)
+
+
+# Rows looked at a time where a whole-window temporary would be gigabytes at 200M rows.
+_CHUNK = 8_000_000
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(lo, min(lo + _CHUNK, n)) for lo in range(0, n, _CHUNK)]
+
+
+def plan_ordered(users: np.ndarray, millis: np.ndarray, n_users: int, settings: SplitSettings,
+                 end_millis: int | None = None) -> SplitPlan:
+    """:func:`plan_split` of rows already in (user, time, item) order (user codes below
+    ``n_users``): the masks are over the rows as given, and ``order`` is None."""
     if settings.protocol in ("global_time", "auto"):
-        cutoff = global_cutoff(events.millis, settings, end_millis)
-        before = events.millis[order] < cutoff
-        seen = np.zeros(len(events.user_ids), dtype=bool)
-        seen[users[before]] = True
-        held = ~before & seen[users]
+        cutoff = global_cutoff(millis, settings, end_millis)
+        before = millis < cutoff
+        seen = np.zeros(n_users, dtype=bool)
+        for part in _chunks(len(users)):
+            seen[users[part][before[part]]] = True
+        held = ~before
+        returns = np.zeros(n_users, dtype=bool)
+        for part in _chunks(len(users)):
+            held[part] &= seen[users[part]]
+            returns[users[part][held[part]]] = True
         if not before.any() and settings.protocol == "global_time":
             raise SettingsError(f"global_time split: no interaction before the cutoff "
                                 f"{pd.Timestamp(cutoff, unit='ms', tz='UTC')} (split.holdout_days / "
                                 f"split.holdout_fraction leave nothing to train on)")
-        returning = int(np.count_nonzero(np.bincount(users[held], minlength=len(events.user_ids))))
+        returning = int(np.count_nonzero(returns))
         when = pd.Timestamp(cutoff, unit="ms", tz="UTC").isoformat()
         if settings.protocol == "global_time":
-            return SplitPlan(order, before, held, cutoff, "global_time",
+            return SplitPlan(None, before, held, cutoff, "global_time",
                              f"split.protocol=global_time: cutoff {when}, {returning} users evaluated")
         if before.any() and returning >= settings.min_eval_users:
-            return SplitPlan(order, before, held, cutoff, "global_time",
+            return SplitPlan(None, before, held, cutoff, "global_time",
                              f"split.protocol=auto: global_time (cutoff {when}) evaluates {returning} users, "
                              f"at least split.min_eval_users={settings.min_eval_users}")
+        del before, held
         reason = (f"split.protocol=auto: per_user, because global_time (cutoff {when}) would evaluate only "
                   f"{returning} users, under split.min_eval_users={settings.min_eval_users}")
-        plan = _per_user_plan(order, users, len(events.user_ids), settings)
-        return SplitPlan(plan.order, plan.train, plan.held, None, "per_user", reason)
-    return _per_user_plan(order, users, len(events.user_ids), settings)
+        return replace(_per_user_plan(users, n_users, settings), reason=reason)
+    return _per_user_plan(users, n_users, settings)
 
 
-def _per_user_plan(order: np.ndarray, users: np.ndarray, n_users: int, settings: SplitSettings) -> SplitPlan:
+def _per_user_plan(users: np.ndarray, n_users: int, settings: SplitSettings) -> SplitPlan:
     """The ``per_user`` plan of rows already in (user, time, item) order."""
     sizes = np.bincount(users, minlength=n_users)
-    # Position of each row from the end of its user's history: 0 is the most recent.
-    from_end = np.cumsum(sizes)[users] - 1 - np.arange(len(users))
     n_hold = np.maximum(1, np.floor(sizes * settings.holdout_fraction)).astype(np.int64)
     n_hold[sizes < settings.min_user_interactions] = 0
-    held = from_end < n_hold[users]
+    # A user's rows from this position on are its latest n_hold.
+    first_held = np.cumsum(sizes) - n_hold
+    held = np.empty(len(users), dtype=bool)
+    for part in _chunks(len(users)):
+        held[part] = np.arange(part.start, part.stop) >= first_held[users[part]]
     evaluated = int(np.count_nonzero(n_hold))
-    return SplitPlan(order, ~held, held, None, "per_user",
+    return SplitPlan(None, ~held, held, None, "per_user",
                      f"per_user: latest {settings.holdout_fraction:.0%} of each user's interactions, "
                      f"{evaluated} users evaluated")
 

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from recjobs import columns as C
+from recjobs.data.interactions import Events
 from recjobs.data.lake import DAY_MS, Lake
 from recjobs.db import ledger
 from recjobs.db.schema import publications
@@ -139,34 +140,38 @@ def allow(settings: Settings, engine: Engine, run_date: str | dt.date, stages: S
 
 
 # -- input --------------------------------------------------------------------------------
-def night_figures(settings: Settings, day: dt.date) -> tuple[NightStats, list[NightStats]]:
+def night_figures(settings: Settings, day: dt.date, events: Events | None = None) -> tuple[NightStats, list[NightStats]]:
     """The night's :class:`NightStats` and the trailing nights' that have data (oldest first), from the lake.
 
     Reads every row before the night's end (not only the training window): a user is new
-    only if no earlier row has it.
+    only if no earlier row has it. ``events``: those rows, already read (the split task's
+    read, :func:`recjobs.pipeline.split.shared_window`), so the lake is not read twice.
     """
     g, ingest = settings.guard, settings.ingest
     edges = rating_edges(ingest.rating_min, ingest.rating_max, g.rating_bins)
     target = (day - _EPOCH).days
-    events = Lake.of(settings).read_events(cutoff_of(day))
+    if events is None:
+        events = Lake.of(settings).read_events(cutoff_of(day))
     if events is None:
         return NightStats.empty(target, g.rating_bins), []
-    stats = nightly_stats(events.users, events.items, events.ratings, np.asarray(events.millis) // DAY_MS, edges)
+    stats = nightly_stats(events.users, events.items, events.ratings, events.millis, edges, unit=DAY_MS)
     trailing = [stats[d] for d in sorted(stats) if d < target][-g.trailing_nights:]
     return stats.get(target, NightStats.empty(target, g.rating_bins)), trailing
 
 
-def check_input(settings: Settings, engine: Engine, run_date: str | dt.date, allow_night: bool = False) -> GuardOutcome:
+def check_input(settings: Settings, engine: Engine, run_date: str | dt.date, allow_night: bool = False,
+                events: Events | None = None) -> GuardOutcome:
     """The input guard of ``run_date``; raises :class:`GuardedError` when it holds the night.
 
     ``allow_night`` (the DAG's ``guard_allow``) first records an operator's allow for the
     date's guards. A held night gets a ``guarded`` gate row (so later gates, the dashboard
-    and the promote task see it); a night that passes withdraws an earlier one.
+    and the promote task see it); a night that passes withdraws an earlier one. ``events``:
+    every row before the night's end, already read (see :func:`night_figures`).
     """
     day = check_run_date(parse_date(run_date), settings.runs.max_future_days)
     if allow_night:
         allow(settings, engine, day, STAGES, "let through by the run's guard_allow param")
-    night, trailing = night_figures(settings, day)
+    night, trailing = night_figures(settings, day, events)
     read, quarantined = quarantine_counts(engine, day.isoformat())
     # A manual run for today computes a day that is not over: a short night is expected then.
     day_over = cutoff_of(day) <= dt.datetime.now(dt.UTC)

@@ -27,7 +27,14 @@ from recjobs.pipeline.gate import (
 )
 from recjobs.pipeline.publish import final_model, load_published, publish, rank_shard
 from recjobs.pipeline.run import RunReport, run_pipeline
-from recjobs.pipeline.split import load_events, load_feedback, load_matrix, prepare, run_day
+from recjobs.pipeline.split import (
+    load_events,
+    load_feedback,
+    load_matrix,
+    prepare,
+    run_day,
+    shared_window,
+)
 from recjobs.pipeline.tune import GRIDS, tune
 
 __all__ = [
@@ -35,5 +42,5 @@ __all__ = [
     "engine_for", "evaluate_candidate", "final_model", "fit_family", "gate_decision", "load_events", "load_feedback",
     "load_matrix",
     "load_published", "prepare", "promote", "publish", "rank_shard", "record_failure", "record_no_candidates",
-    "run_day", "run_pipeline", "train_candidate", "train_final", "tune",
+    "run_day", "run_pipeline", "shared_window", "train_candidate", "train_final", "tune",
 ]

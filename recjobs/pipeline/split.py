@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from recjobs.data.blocks import order_in_place, save_matrix
 from recjobs.data.feedback import Pairs, apply_feedback
 from recjobs.data.interactions import Events, Holdout, Interactions
-from recjobs.data.lake import Lake
-from recjobs.data.split import plan_split
+from recjobs.data.lake import Lake, release_memory
+from recjobs.data.split import plan_ordered
 from recjobs.errors import PipelineError
 from recjobs.files import write_json
 from recjobs.progress import Heartbeat
@@ -47,6 +48,15 @@ def _read_window(settings: Settings, run_date: dt.date) -> Events:
     return events
 
 
+def shared_window(settings: Settings, run_date: str | dt.date) -> Events | None:
+    """The rows the input guard and the split both need, read once for a task that runs both
+    (the DAG's ``split`` task): everything before the date's cutoff, when that is the split's
+    window (``train_window_days`` unset). None when it is not, or the lake has no such rows:
+    then each reads its own (and the split's read says what is missing)."""
+    cutoff, start = window(settings, run_day(settings, run_date))
+    return None if start is not None else Lake.of(settings).read_events(cutoff)
+
+
 def _weighted(settings: Settings, run_date: dt.date, events: Events) -> tuple[Events, Pairs | None]:
     """``events`` weighted by ``settings.feedback``; fails clearly when no positive is left."""
     events, excluded = apply_feedback(events, settings.feedback)
@@ -72,68 +82,81 @@ def load_events(settings: Settings, run_date: dt.date) -> Events:
 def _fingerprint(ordered: Events, settings: Settings) -> str:
     # ``ordered`` is in (user, time, item) order, canonical since ingest keeps (user, item,
     # timestamp) unique; ids are hashed by value, so the digest depends on the data only.
+    # Arrays are hashed through their buffers: ``tobytes`` would copy gigabytes at 200M rows.
     digest = hashlib.sha256()
     for array in (ordered.users, ordered.items, ordered.millis, ordered.ratings):
-        digest.update(np.ascontiguousarray(array).tobytes())
+        digest.update(np.ascontiguousarray(array).data)
     for ids in (ordered.user_ids, ordered.item_ids):
         digest.update("\x1f".join(map(str, ids)).encode())
     if ordered.types is not None and ordered.type_names is not None:
         # Typed events: the types, and the mapping that turns them into weights and truth.
-        digest.update(np.ascontiguousarray(ordered.types).tobytes())
+        digest.update(np.ascontiguousarray(ordered.types).data)
         digest.update("\x1f".join(map(str, ordered.type_names)).encode())
         digest.update(settings.feedback.model_dump_json().encode())
     return digest.hexdigest()[:16]
 
 
 # -- split -------------------------------------------------------------------------
-def prepare(settings: Settings, run_date: str | dt.date) -> Path:
+def prepare(settings: Settings, run_date: str | dt.date, events: Events | None = None) -> Path:
     """Split ``run_date``'s window and write what later stages load to ``runs/<date>/``.
 
     Reads the lake once, codes the ids once (Arrow dictionary encoding, no Python
     object per row) and writes the training matrix, the coded holdout and the full
-    matrix (everything before the cutoff) as ``.npy`` folders.
+    matrix (everything before the cutoff) as ``.npy`` folders. ``events``: the window
+    already read (:func:`shared_window`, which the input guard was given too); its arrays
+    are reordered in place.
     """
     day = run_day(settings, run_date)
     started = time.perf_counter()
     with Heartbeat(log, f"split {day}") as beat:
         beat.phase("reading the window from the lake")
-        events = _read_window(settings, day)
+        if events is None:
+            events = _read_window(settings, day)
         log.info("read %d interactions for %s in %.1fs", len(events), day, time.perf_counter() - started)
-        # The split's protocol (split.protocol) decides the masks; its global_time cutoff, if
-        # any, is measured back from the run's cutoff.
+        # One reordering to (user, time, item), in place and a block of users at a time: the
+        # masks and matrices below then need no sort of the window.
         beat.phase(f"ordering {len(events):,} rows by (user, time, item) and planning the {settings.split.protocol} "
                    "split")
-        plan = plan_split(events, settings.split, int(cutoff_of(day).timestamp() * 1000))
+        order_in_place(events)
+        release_memory()
+        # The split's protocol (split.protocol) decides the masks; its global_time cutoff, if
+        # any, is measured back from the run's cutoff.
+        plan = plan_ordered(events.users, events.millis, len(events.user_ids), settings.split,
+                            int(cutoff_of(day).timestamp() * 1000))
         held, in_train, holdout_cutoff = plan.held, plan.train, plan.cutoff_millis
         protocol, split_reason = plan.protocol, plan.reason
-        # One reordering to (user, time, item): the matrices below then need no time sort.
-        events = events.take(plan.order)
         del plan
         folder = RunFolder.of(settings, day)
         out = folder.root
         out.mkdir(parents=True, exist_ok=True)
         fingerprint = _fingerprint(events, settings)
-        # One matrix at a time, each freed once saved: the stage's peak memory is its task's.
+        # Each matrix is written a block of users at a time (recjobs.data.blocks): the stage holds
+        # the window's rows, its masks and one block's work, never a second copy of the window.
         # Typed events are weighted part by part (settings.feedback; rating rows pass unchanged):
         # a dislike after the holdout cutoff must not take a pair out of training, nor a purchase
         # returned after the cutoff out of the truth's past.
         beat.phase("writing the full matrix (everything before the cutoff)")
         full, excluded = _weighted(settings, day, events)
-        Interactions.from_events(full, time_ordered=True, excluded=excluded).save(folder.matrix("full"))
+        save_matrix(folder.matrix("full"), full, excluded=excluded)
+        release_memory()
         n_negative = 0 if excluded is None else len(excluded[0])
         del full
-        train, excluded = apply_feedback(events.take(in_train), settings.feedback)
-        n_train = len(train)
+        if events.types is None:
+            # Ratings: feedback changes nothing, so the training rows are a mask, not a copy of them.
+            train, train_rows, excluded = events, in_train, None
+        else:
+            train, excluded = apply_feedback(events.take(in_train), settings.feedback)
+            train_rows = None
+        n_train = len(train) if train_rows is None else int(np.count_nonzero(train_rows))
         beat.phase(f"writing the training matrix ({n_train:,} rows)")
         # Negative pairs are excluded when evaluating too: the gate judges lists as they would be published.
-        train_data = Interactions.from_events(train, time_ordered=True, excluded=excluded)
-        del train
-        train_data.save(folder.matrix("train"))
+        train_users, train_items, _ = save_matrix(folder.matrix("train"), train, train_rows, excluded)
+        del train, train_rows, in_train
         holdout = apply_feedback(events.take(held), settings.feedback)[0]
         n_holdout = len(holdout)
         beat.phase(f"writing the holdout ({n_holdout:,} rows)")
-        Holdout.from_events(holdout, train_data).save(folder.matrix("holdout"))
-        del holdout, train_data
+        Holdout.coded(holdout, train_users, train_items).save(folder.matrix("holdout"))
+        del holdout, held
     snapshot = {
         "run_date": day.isoformat(),
         "cutoff": cutoff_of(day).isoformat(),
@@ -168,4 +191,4 @@ def load_matrix(settings: Settings, day: dt.date, part: str) -> Interactions:
     return Interactions.load(path)
 
 
-__all__ = ["load_events", "load_feedback", "load_matrix", "prepare", "run_day"]
+__all__ = ["load_events", "load_feedback", "load_matrix", "prepare", "run_day", "shared_window"]
