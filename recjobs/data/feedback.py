@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from recjobs.arrays import distinct
 from recjobs.data.interactions import Events
 from recjobs.errors import SettingsError
 from recjobs.settings import FeedbackSettings
@@ -48,7 +49,7 @@ def apply_feedback(events: Events, feedback: FeedbackSettings) -> tuple[Events, 
     negative = typed & negative_of[code]
     width = max(len(events.item_ids), 1)
     pair = events.users.astype(np.int64) * width + events.items
-    negative_pairs = np.unique(pair[negative])
+    negative_pairs = distinct(pair[negative])
     in_negative = np.zeros(len(pair), bool)
     if len(negative_pairs):
         at = np.minimum(np.searchsorted(negative_pairs, pair), len(negative_pairs) - 1)

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from recjobs import columns as C
+from recjobs.arrays import distinct
 from recjobs.data.ids import load_ids, positions, save_ids
 from recjobs.errors import ArtifactError
 from recjobs.files import atomic_dir
@@ -547,8 +548,8 @@ class Holdout:
         unseen = cols < 0
         if unseen.any():
             # Codes are in id order, so unseen items are numbered in id order too.
-            distinct = np.unique(events.items[unseen])
-            cols[unseen] = len(item_ids) + np.searchsorted(distinct, events.items[unseen])
+            new = distinct(events.items[unseen])
+            cols[unseen] = len(item_ids) + np.searchsorted(new, events.items[unseen])
         keep = rows >= 0
         width = int(cols.max()) + 1 if len(cols) else 1
         keys = rows[keep].astype(np.int64) * width + cols[keep]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recjobs.arrays import distinct
 from recjobs.settings import GuardSettings
 
 INPUT, OUTPUT = "input", "output"
@@ -70,12 +71,6 @@ def rating_edges(rating_min: float, rating_max: float, bins: int) -> np.ndarray:
 _CHUNK = 8_000_000
 
 
-def _distinct(keys: np.ndarray) -> np.ndarray:
-    """``np.unique(keys)`` for int64 keys by one sort: numpy 2.4's ``unique`` takes ~50x as long."""
-    keys = np.sort(keys)
-    return keys[np.append(True, keys[1:] != keys[:-1])] if len(keys) else keys
-
-
 def nightly_stats(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, days: np.ndarray,
                   edges: np.ndarray, unit: int = 1) -> dict[int, NightStats]:
     """Each day's :class:`NightStats` from coded rows (user and item codes, ratings, day numbers).
@@ -113,11 +108,11 @@ def nightly_stats(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, day
         rows += np.bincount(day_index, minlength=n_days)
         for codes, width, found, first in zip(columns, widths, pairs, firsts, strict=True):
             chunk = np.asarray(codes[part], dtype=np.int64)
-            found.append(_distinct(day_index * width + chunk))
+            found.append(distinct(day_index * width + chunk))
             # Merged once the chunks' keys outnumber those merged so far: each key is sorted
             # a few times in all, and the memory stays about twice the distinct keys.
             if sum(len(f) for f in found[1:]) > max(len(found[0]), _CHUNK):
-                found[:] = [_distinct(np.concatenate(found))]
+                found[:] = [distinct(np.concatenate(found))]
             np.minimum.at(first, chunk, day_index)
         chunk_ratings = np.asarray(ratings[part], dtype=np.float64)
         # The last edge is inclusive: a rating at rating_max lies in the last bin.
@@ -126,7 +121,7 @@ def nightly_stats(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, day
         np.add.at(sums, day_index, chunk_ratings)  # one running sum per day, in row order
     active, new = [], []
     for width, found, first in zip(widths, pairs, firsts, strict=True):
-        active.append(np.bincount(_distinct(np.concatenate(found)) // width, minlength=n_days))
+        active.append(np.bincount(distinct(np.concatenate(found)) // width, minlength=n_days))
         new.append(np.bincount(first[first < n_days], minlength=n_days))
     (active_users, active_items), (new_users, new_items) = active, new
     counts = counts.reshape(n_days, bins)

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import scipy.sparse as sp
 
+from recjobs.arrays import distinct
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.models.vectors import VectorRecommender, Vectors
@@ -252,7 +253,7 @@ class TwoTowerModel(VectorRecommender):
                                       sampling_t if p.sampling_correction else None, p.jit_compile)
 
         seen = data.binary()
-        val_users = np.unique(val_u)
+        val_users = distinct(val_u)
         if len(val_users) > 2000:
             val_users = np.sort(rng.choice(val_users, 2000, replace=False))
 
