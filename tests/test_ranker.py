@@ -209,3 +209,30 @@ def test_negative_sampling_keeps_every_positive_and_at_most_n_negatives_per_user
     assert list(negatives_kept) == [2, 0, 2, 2]
     again = sample_negatives(y, sizes, 2, np.random.default_rng(0))
     np.testing.assert_array_equal(keep, again)  # seeded: reruns train on the same rows
+
+
+def test_label_split_auto_follows_the_split_protocol_where_it_is_set():
+    """Labels are drawn the way the holdout the ranker is judged on is; an explicit choice stays."""
+    from recjobs.settings import load_settings
+
+    assert Settings().model_params("ranker").label_split == "auto"
+    assert load_settings({"split": {"protocol": "global_time"}}).model_params("ranker").label_split == "global_time"
+    assert load_settings({"split": {"protocol": "per_user"}}).model_params("ranker").label_split == "per_user"
+    chosen = load_settings({"split": {"protocol": "global_time"}, "models": {"ranker": {"label_split": "per_user"}}})
+    assert chosen.model_params("ranker").label_split == "per_user"
+
+
+def test_an_artifact_from_another_feature_set_is_refused_with_one_line(tmp_path):
+    """A ranker saved before a feature change cannot be scored with today's features: load says so."""
+    import lightgbm
+
+    from recjobs.errors import ArtifactError
+
+    data, feats, _ = planted()
+    model = ranker(trees=5).fit(data, feats)
+    rng = np.random.default_rng(0)
+    model.booster = lightgbm.train({"objective": "regression", "verbosity": -1, "min_data_in_leaf": 1},
+                                   lightgbm.Dataset(rng.random((50, 3)), rng.random(50)), 2)
+    path = model.save(tmp_path / "old")
+    with pytest.raises(ArtifactError, match=r"ranker artifact has 3 features.*retrain it"):
+        Recommender.load(path)

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from recjobs import columns as C
 from recjobs.data.interactions import Holdout, Interactions
-from recjobs.models.ratings import BiasBaseline, explicit, rmse_mae
+from recjobs.models.ratings import BiasBaseline, BiasedMF, explicit, rmse_mae
 
 
 def test_bias_baseline_recovers_user_and_item_offsets():
@@ -27,6 +27,28 @@ def test_bias_baseline_recovers_user_and_item_offsets():
     # An unknown user or item adds no bias; predictions stay within the observed range.
     assert base.predict(np.array([-1]), np.array([999]))[0] == pytest.approx(np.clip(base.mu, base.low, base.high))
     assert rmse_mae(np.array([1.0, 3.0]), np.array([2.0, 1.0])) == pytest.approx((np.sqrt(2.5), 1.5))
+
+
+def test_biased_mf_learns_the_taste_no_bias_explains_and_predicts_unseen_pairs():
+    # rating = 3 + (user's taste) x (item's kind): every bias is ~0, a rank-one residual is
+    # everything. Half the pairs train it; the other half, never seen, are predicted.
+    rng = np.random.default_rng(1)
+    taste, kind = rng.choice([-1.0, 1.0], 300), rng.choice([-1.0, 1.0], 60)
+    users, items = np.meshgrid(np.arange(300), np.arange(60), indexing="ij")
+    users, items = users.ravel(), items.ravel()
+    r = 3.0 + taste[users] * kind[items]
+    seen = rng.random(len(r)) < 0.5
+    m = sp.csr_matrix((r[seen], (users[seen], items[seen])), shape=(300, 60))
+    base = BiasBaseline.fit(m)
+    mf = BiasedMF.fit(m, base, factors=4, seed=0)
+    unseen = ~seen
+    with_mf = np.clip(base.predict(users[unseen], items[unseen]) + mf.predict(users[unseen], items[unseen]), 2, 4)
+    assert rmse_mae(base.predict(users[unseen], items[unseen]), r[unseen])[0] > 0.9
+    assert rmse_mae(with_mf, r[unseen])[0] < 0.2
+    # Unknown rows or columns add nothing; the state round-trips.
+    assert mf.predict(np.array([-1, 0]), np.array([0, 999])).tolist() == [0.0, 0.0]
+    again = BiasedMF.restore(mf.state("mf__"), "mf__")
+    np.testing.assert_array_equal(again.predict(users, items), mf.predict(users, items))
 
 
 def test_explicit_means_more_than_two_rating_values():

@@ -31,9 +31,9 @@ from pydantic import BaseModel
 
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
-from recjobs.errors import ModelError
+from recjobs.errors import ArtifactError, ModelError
 from recjobs.models.base import Recommender
-from recjobs.models.ratings import BiasBaseline, explicit
+from recjobs.models.ratings import BiasBaseline, BiasedMF, explicit
 from recjobs.models.registry import FAMILIES, get_family
 from recjobs.models.stacking import (
     RATING_EXTRA,
@@ -54,6 +54,11 @@ log = logging.getLogger(__name__)
 _BASE_ARRAYS = ("item_count", "item_first", "item_last", "user_count", "user_last", "user_first", "item_rating",
                 "user_rating", "_keys", "embedding", "unit")
 _BASE_SPARSE = ("history", "latest", "item_side", "user_side")
+
+
+def _baseline_column(x: np.ndarray) -> int:
+    """Where :func:`rating_features` puts the bias baseline's prediction (the rating model's start)."""
+    return x.shape[1] - len(RATING_EXTRA) + RATING_EXTRA.index("baseline_rating")
 
 
 def _lgb() -> Any:  # noqa: ANN401 - the lightgbm module, imported on first use
@@ -87,6 +92,7 @@ class RankerModel(Recommender):
         self.booster: Any = None
         self.rating_booster: Any = None
         self.baseline: BiasBaseline | None = None
+        self.mf: BiasedMF | None = None
 
     # -- fitting -------------------------------------------------------------------
     def _generator(self, name: str, data: Interactions, features: SideFeatures | None) -> Recommender:
@@ -192,6 +198,7 @@ class RankerModel(Recommender):
             self.booster = booster
             if rating_booster is not None:
                 self.rating_booster, self.baseline = rating_booster, BiasBaseline.fit(data.matrix)
+                self.mf = BiasedMF.fit(data.matrix, self.baseline, seed=self.seed)
 
     def _learn_ratings(self, split: LabelSplit, inner: list[Recommender], base: FeatureBase, users: np.ndarray,
                        names: list[str]) -> Any:  # noqa: ANN401 - a lightgbm Booster
@@ -199,6 +206,7 @@ class RankerModel(Recommender):
         p: RankerParams = self.params
         lgb = _lgb()
         baseline = BiasBaseline.fit(split.inner.matrix)
+        mf = BiasedMF.fit(split.inner.matrix, baseline, seed=self.seed)
         xs, ys = [], []
         for lo in range(0, len(users), p.chunk_users):
             rows = users[lo:lo + p.chunk_users]
@@ -206,7 +214,7 @@ class RankerModel(Recommender):
             if not rated.nnz:
                 continue
             cands = generate(inner, self._ks(), rows, split.inner.matrix, pairs=(rated.row, rated.col))
-            xs.append(rating_features(base, baseline, cands, rows))
+            xs.append(rating_features(base, baseline, mf, cands, rows))
             ys.append(rated.data)
         if not xs:
             return None
@@ -215,8 +223,12 @@ class RankerModel(Recommender):
                   "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,
                   "num_threads": p.threads, "seed": self.seed, "deterministic": True, "force_row_wise": True,
                   "verbosity": -1}
-        booster = lgb.train(params, lgb.Dataset(x, y, feature_name=names + RATING_EXTRA), p.rating_trees)
-        fitted = booster.predict(x, num_threads=p.threads)
+        # Boosted from the bias baseline (its prediction is the initial score): trees learn what
+        # the baseline misses, and where features say nothing the model stays at the baseline.
+        start = x[:, _baseline_column(x)]
+        booster = lgb.train(params, lgb.Dataset(x, y, init_score=start, feature_name=names + RATING_EXTRA),
+                            p.rating_trees)
+        fitted = booster.predict(x, num_threads=p.threads) + start
         self.info.update(rating_train_pairs=int(len(y)),
                          rating_train_rmse=round(float(np.sqrt(np.mean((fitted - y) ** 2))), 4))
         return booster
@@ -228,7 +240,7 @@ class RankerModel(Recommender):
     def predict_ratings(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
         """Predicted ratings of (user row, item column) pairs, within the training ratings' range."""
         gens, base, _ = self._parts()
-        if self.rating_booster is None or self.baseline is None:
+        if self.rating_booster is None or self.baseline is None or self.mf is None:
             raise ModelError("ranker: no rating model (ratings are not explicit, or models.ranker.ratings=off)")
         user_rows, item_rows = np.asarray(user_rows, np.int64), np.asarray(item_rows, np.int64)
         out = np.empty(len(user_rows), np.float32)
@@ -241,8 +253,8 @@ class RankerModel(Recommender):
             span = order[bounds[lo]:bounds[min(lo + step, len(users))]]
             position = np.searchsorted(rows, user_rows[span])
             cands = generate(gens, self._ks(), rows, base.history, pairs=(position, item_rows[span]))
-            pred = self.rating_booster.predict(rating_features(base, self.baseline, cands, rows),
-                                               num_threads=self.params.threads)
+            x = rating_features(base, self.baseline, self.mf, cands, rows)
+            pred = self.rating_booster.predict(x, num_threads=self.params.threads) + x[:, _baseline_column(x)]
             out[span] = np.clip(pred, self.baseline.low, self.baseline.high)
         return out
 
@@ -297,9 +309,10 @@ class RankerModel(Recommender):
                                                                   base._span], np.int64)}
         for j, g in enumerate(gens):
             out.update({f"g{j}__{k}": v for k, v in g._state().items()})
-        if self.rating_booster is not None and self.baseline is not None:
+        if self.rating_booster is not None and self.baseline is not None and self.mf is not None:
             out["rating_booster"] = np.frombuffer(self.rating_booster.model_to_string().encode(), np.uint8)
             out.update(self.baseline.state("baseline__"))
+            out.update(self.mf.state("mf__"))
         for name in _BASE_ARRAYS:
             out[f"base__{name}"] = getattr(base, name)
         for name in _BASE_SPARSE:
@@ -315,6 +328,7 @@ class RankerModel(Recommender):
         if "rating_booster" in arrays:
             self.rating_booster = lgb.Booster(model_str=arrays["rating_booster"].tobytes().decode())
             self.baseline = BiasBaseline.restore(arrays, "baseline__")
+            self.mf = BiasedMF.restore(arrays, "mf__")
         base = FeatureBase.__new__(FeatureBase)
         base.end, base.origin, base.n_items, base._span = (int(v) for v in arrays["base_scalars"])
         for name in _BASE_ARRAYS:
@@ -326,6 +340,13 @@ class RankerModel(Recommender):
                                                    arrays[f"sp__{name}__indptr"]), shape=shape))
             else:
                 setattr(base, name, None)
+        # A booster trained on another feature set (an artifact from before a feature change)
+        # would score garbage or fail deep in LightGBM: refuse it here, by name.
+        widths = [0 if m is None else m.shape[1] for m in (base.item_side, base.user_side)]
+        expected = len(feature_names(self._names(), base, *(np.asarray([""] * w, object) for w in widths)))
+        if self.booster.num_feature() != expected:
+            raise ArtifactError(f"ranker artifact has {self.booster.num_feature()} features, this recjobs computes "
+                             f"{expected}: it was trained by another version; retrain it")
         self.base = base
         self.generators = []
         for j, name in enumerate(self._names()):

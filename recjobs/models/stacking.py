@@ -24,7 +24,7 @@ from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions, ordered_by_user_time_item
 from recjobs.models.base import Recommender
 from recjobs.models.neighbourhood import item_embedding_svd
-from recjobs.models.ratings import BiasBaseline
+from recjobs.models.ratings import BiasBaseline, BiasedMF
 from recjobs.models.topk import top_k_of_scores
 
 DAY = 86_400
@@ -249,10 +249,11 @@ def feature_names(generators: list[str], base: FeatureBase, item_names: np.ndarr
     """Column names of :func:`candidate_features`' matrix, in order."""
     names = []
     for g in generators:
-        names += [f"{g}_score", f"{g}_rank", f"{g}_missing", f"{g}_gap"]
+        names += [f"{g}_score", f"{g}_rank", f"{g}_missing", f"{g}_gap", f"{g}_zscore"]
     names += ["n_generators", "item_log_count", "item_age_days", "item_idle_days", "item_rating"]
     names += [f"item_count_{d}d_before_user" for d in WINDOWS] + ["item_trend"]
-    names += ["user_log_count", "user_idle_days", "user_span_days", "user_rating",
+    names += [f"item_count_{d}d_before_end" for d in WINDOWS]
+    names += ["user_log_count", "user_idle_days", "user_span_days", "user_rating", "item_minus_user_rating",
               "latest_mean_cosine", "latest_max_cosine"]
     # LightGBM refuses JSON's special characters in names ("genre=Sci-Fi", quotes...).
     return names + [re.sub(r"[^0-9A-Za-z_]+", "_", n) for n in base.side_names(item_names, user_names)]
@@ -264,15 +265,20 @@ def candidate_features(base: FeatureBase, cands: Candidates, rows: np.ndarray) -
     items = cands.item.astype(np.int64)
     until = base.user_last[users]
     cols: list[np.ndarray] = []
+    n_users = len(rows)
     for j in range(cands.scores.shape[1]):
-        cols += [cands.scores[:, j], cands.ranks[:, j], cands.missing[:, j], cands.gaps[:, j]]
+        cols += [cands.scores[:, j], cands.ranks[:, j], cands.missing[:, j], cands.gaps[:, j],
+                 _per_user_zscore(cands.scores[:, j], cands.user, n_users)]
     cols.append((1.0 - cands.missing).sum(axis=1))
     cols += [np.log1p(base.item_count[items]), (base.end - base.item_first[items]) / DAY,
              (base.end - base.item_last[items]) / DAY, base.item_rating[items]]
     windows = [base.window_counts(items, until, d) for d in WINDOWS]
     cols += windows + [(windows[0] + 1.0) / (windows[-1] + 1.0)]
+    # Popularity just before the data's end: what is trending when the lists are served.
+    cols += [base.window_counts(items, np.full(len(items), base.end, np.int64), d) for d in WINDOWS]
     cols += [np.log1p(base.user_count[users]), (base.end - base.user_last[users]) / DAY,
-             (base.user_last[users] - base.user_first[users]) / DAY, base.user_rating[users]]
+             (base.user_last[users] - base.user_first[users]) / DAY, base.user_rating[users],
+             base.item_rating[items] - base.user_rating[users]]
     # Similarity to the user's latest items: cosine of the candidate's SVD vector with each.
     latest = base.latest[np.unique(users)]
     position = np.searchsorted(np.unique(users), users)
@@ -307,15 +313,29 @@ def candidate_features(base: FeatureBase, cands: Candidates, rows: np.ndarray) -
     return np.column_stack([np.asarray(c, np.float32) for c in cols]) if cols else np.zeros((len(items), 0))
 
 
-def rating_features(base: FeatureBase, baseline: BiasBaseline, cands: Candidates, rows: np.ndarray) -> np.ndarray:
-    """:func:`candidate_features` plus the bias baseline's prediction and its two biases."""
+def _per_user_zscore(values: np.ndarray, user: np.ndarray, n_users: int) -> np.ndarray:
+    """``values`` standardised within each user's candidates (generators' scales differ by user); NaN stays NaN."""
+    ok = np.isfinite(values)
+    v = np.where(ok, values, 0.0).astype(np.float64)
+    n = np.bincount(user, weights=ok, minlength=n_users)
+    mean = np.bincount(user, weights=v, minlength=n_users) / np.maximum(n, 1)
+    var = np.bincount(user, weights=v * v, minlength=n_users) / np.maximum(n, 1) - mean**2
+    std = np.sqrt(np.maximum(var, 0.0))
+    z = (v - mean[user]) / np.where(std[user] > 0, std[user], 1.0)
+    return np.where(ok, z, np.nan)
+
+
+def rating_features(base: FeatureBase, baseline: BiasBaseline, mf: BiasedMF, cands: Candidates,
+                    rows: np.ndarray) -> np.ndarray:
+    """:func:`candidate_features` plus the bias baseline's prediction, its two biases and the MF residual."""
     users = np.asarray(rows, np.int64)[cands.user]
     items = cands.item.astype(np.int64)
-    extra = np.column_stack([baseline.predict(users, items), baseline.user_bias[users], baseline.item_bias[items]])
+    extra = np.column_stack([baseline.predict(users, items), baseline.user_bias[users], baseline.item_bias[items],
+                             mf.predict(users, items)])
     return np.hstack([candidate_features(base, cands, rows), extra.astype(np.float32)])
 
 
-RATING_EXTRA = ["baseline_rating", "user_bias", "item_bias"]
+RATING_EXTRA = ["baseline_rating", "user_bias", "item_bias", "mf_residual"]
 
 
 __all__ = ["RATING_EXTRA", "rating_features", "Candidates", "FeatureBase", "LabelSplit", "candidate_features", "feature_names", "generate", "label_cutoff"]

@@ -463,12 +463,21 @@ class Settings(Strict):
         return self.home / "runs"
 
     def model_params(self, family: str) -> BaseModel:
-        """``models.<family>``; the ranker's with its generators' parameters filled in from theirs."""
+        """``models.<family>``; the ranker's with its generators' parameters filled in from theirs.
+
+        The ranker's ``label_split=auto`` follows ``split.protocol`` where that is set: its
+        training labels are then drawn the way the holdout it is judged on is (on MovieLens
+        100k global_time, labels after one cutoff scored NDCG@10 0.245 there against 0.196
+        with per-user labels, and per-user labels 0.284 against 0.176 on per_user).
+        """
         params = getattr(self.models, family)
         if family == "ranker":
             filled = {g: params.generator_params.get(g, getattr(self.models, g).model_dump())
                       for g in params.generators}
-            params = params.model_copy(update={"generator_params": filled})
+            update: dict[str, object] = {"generator_params": filled}
+            if params.label_split == "auto" and self.split.protocol != "auto":
+                update["label_split"] = self.split.protocol
+            params = params.model_copy(update=update)
         return params
 
 
