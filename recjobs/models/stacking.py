@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from recjobs.arrays import distinct
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions, ordered_by_user_time_item
 from recjobs.models.base import Recommender
@@ -76,7 +77,7 @@ def label_cutoff(data: Interactions, protocol: str, fraction: float, min_users: 
         seen = np.zeros(data.n_users, bool)
         seen[rows[before]] = True
         after = ~before & seen[rows]
-        users = np.unique(rows[after])
+        users = distinct(rows[after])
         if protocol == "global_time" or len(users) >= min_users:
             is_label, chosen = after, "global_time"
             cutoff[:] = t
@@ -280,8 +281,9 @@ def candidate_features(base: FeatureBase, cands: Candidates, rows: np.ndarray) -
              (base.user_last[users] - base.user_first[users]) / DAY, base.user_rating[users],
              base.item_rating[items] - base.user_rating[users]]
     # Similarity to the user's latest items: cosine of the candidate's SVD vector with each.
-    latest = base.latest[np.unique(users)]
-    position = np.searchsorted(np.unique(users), users)
+    present = distinct(users)
+    latest = base.latest[present]
+    position = np.searchsorted(present, users)
     counts = np.maximum(np.diff(latest.indptr), 1)
     mean_vec = (latest @ base.unit) / counts[:, None]
     cols.append(np.einsum("ij,ij->i", mean_vec[position], base.unit[items]))
@@ -298,7 +300,7 @@ def candidate_features(base: FeatureBase, cands: Candidates, rows: np.ndarray) -
         best = np.where(ok, np.fmax(best, sim), best)
     cols.append(best)
     if base.item_side is not None:
-        profile = base.latest[np.unique(users)] @ base.item_side
+        profile = base.latest[present] @ base.item_side
         profile = np.asarray(profile.todense() if sp.issparse(profile) else profile)
         norms = np.linalg.norm(profile, axis=1)
         item_rows = base.item_side[items]
