@@ -14,7 +14,8 @@ from __future__ import annotations
 class RecjobsError(Exception):
     """Base of every error recjobs raises on purpose; its message is meant for a person."""
 
-    #: The CLI's exit code for this kind of error: 2 bad usage or settings, 1 a stage failed.
+    #: The CLI's exit code for this kind of error: 2 bad usage or settings, 1 a stage failed,
+    #: 4 a guard held the night.
     exit_code = 1
 
 
@@ -68,6 +69,9 @@ class GuardedError(PipelineError):
     The message names each failed check with its value and threshold, and the command that
     lets the night through; the live lists are unchanged.
     """
+
+    #: Not a failure of the code or the settings: scripts can tell a held night from one that broke.
+    exit_code = 4
 
 
 class RunDateError(PipelineError):

@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +51,57 @@ class Stage:
     status: int
 
 
-def run_stage(name: str, args: list[str], env: dict[str, str]) -> Stage:
-    """Run one CLI stage, streaming its log, and measure it with wait4 (this child only)."""
+# `recjobs` exits 4 when a guard held the night: it ran, and its lists were kept as history.
+HELD = 4
+
+
+def run_stage(name: str, args: list[str], env: dict[str, str], tree: bool = False) -> Stage:
+    """Run one CLI stage, streaming its log, and measure it with wait4 (this child only).
+
+    ``tree``: the peak is the largest of any process under it (``recjobs run`` runs each
+    stage in a child of its forkserver, which wait4 on the parent does not count), read
+    from each one's ``VmHWM`` while it runs.
+    """
     print(f"== {name}: recjobs {' '.join(args)}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     proc = subprocess.Popen([str(RECJOBS), *args], env=env)
+    peaks: dict[int, int] = {}
+    done = threading.Event()
+    watcher = threading.Thread(target=_watch_tree, args=(proc.pid, peaks, done), daemon=True)
+    if tree:
+        watcher.start()
     _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
+    if tree:
+        watcher.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
-    return Stage(name, seconds, usage.ru_maxrss / 1024, proc.returncode)
+    return Stage(name, seconds, max([usage.ru_maxrss, *peaks.values()]) / 1024, proc.returncode)
+
+
+def _watch_tree(root: int, peaks: dict[int, int], done: threading.Event, every: float = 0.2) -> None:
+    """Each descendant of ``root``'s peak RSS in KiB (its VmHWM, a high-water mark), until ``done``."""
+    while not done.wait(every):
+        parent: dict[int, int] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    # Field 4 of stat is the parent; the name (field 2) may hold spaces, so split after it.
+                    parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        under, grew = {root}, True
+        while grew:
+            more = {pid for pid, ppid in parent.items() if ppid in under} - under
+            under |= more
+            grew = bool(more)
+        for pid in under - {root}:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks[pid] = max(peaks.get(pid, 0), int(line.split()[1]))
+            except (OSError, ValueError):
+                continue
 
 
 def scoring_ratio(settings: Settings, day: dt.date) -> list[str]:
@@ -201,10 +244,13 @@ def load_ratio(settings: Settings, day: dt.date, url: str, rounds: int = 2) -> s
 
 
 def forced_champions(which: str, families: list[str], date: str, common: list[str], env: dict[str, str],
-                     stages: list[Stage]) -> list[str]:
+                     stages: list[Stage], settings: Settings) -> list[str]:
     """Each named family made champion in turn (the gate run over it alone), its final model
     trained and published; the night each would make: the shared stages plus its own."""
+    from recjobs.models import NeighbourhoodRecommender, get_family
+
     chosen = families if which == "all" else [f.strip() for f in which.split(",") if f.strip()]
+    ratios: list[str] = []
     shared = sum(s.seconds for s in stages if s.name not in ("promote", "train final", "publish"))
     lines = [f"{'champion':<12}{'promote s':>10}{'final s':>9}{'publish s':>10}{'peak MiB':>10}{'night s':>9}"]
     for family in chosen:
@@ -214,9 +260,15 @@ def forced_champions(which: str, families: list[str], date: str, common: list[st
                run_stage(f"publish {family}", ["publish", "--date", date, *common], env)]
         night = shared + sum(s.seconds for s in own)
         peak = max([s.peak_rss_mib for s in stages] + [s.peak_rss_mib for s in own])
+        held = own[2].status == HELD and all(s.status == 0 for s in own[:2])
         lines.append(f"{family:<12}{own[0].seconds:10.1f}{own[1].seconds:9.1f}{own[2].seconds:10.1f}{peak:10,.0f}"
-                     f"{night:9.1f}" + ("" if all(s.status == 0 for s in own) else "  (a stage failed)"))
-    return lines
+                     f"{night:9.1f}" + ("" if all(s.status == 0 for s in own) else
+                                        "  (held by the output guard: published as history only)" if held
+                                        else "  (a stage failed)"))
+        if issubclass(get_family(family), NeighbourhoodRecommender) and own[1].status == 0:
+            # The neighbourhood ratio for this champion, against the plain scipy path.
+            ratios += scoring_ratio(settings, dt.date.fromisoformat(date))
+    return lines + ratios
 
 
 def run_one_process(data: Path, date: str, common: list[str], env: dict[str, str]) -> Stage:
@@ -229,7 +281,7 @@ def run_one_process(data: Path, date: str, common: list[str], env: dict[str, str
         shutil.copy(data, home / "inbox" / data.name)
         one = {**env, "RECJOBS_HOME": str(home)}
         one.pop("RECJOBS_DATABASE_URL", None)  # its own SQLite: the staged run keeps the database
-        return run_stage("recjobs run", ["run", "--date", date, *common], one)
+        return run_stage("recjobs run", ["run", "--date", date, *common], one, tree=True)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -288,8 +340,8 @@ def main() -> int:
     stages.append(run_stage("train final", ["train", "--date", date, "--final", *common], env))
     stages.append(run_stage("publish", ["publish", "--date", date, *common], env))
     total = sum(s.seconds for s in stages)
-    forced = forced_champions(args.champion, families, date, common, env, stages) if args.champion else []
-    one_process = run_one_process(data, date, common, env) if args.one_process else None
+    forced = forced_champions(args.champion, families, date, common, env, stages, settings) if args.champion else []
+    one_process = run_one_process(data, date, [*common, *family_set], env) if args.one_process else None
     print(f"\nrecjobs end to end: {spec.n_ratings:,} ratings, {spec.n_users:,} users, {spec.n_items:,} items, "
           f"{os.cpu_count()} cores, database {args.database_url and 'given' or 'SQLite'}")
     print(f"{'stage':<22}{'wall s':>9}{'peak RSS MiB':>14}{'exit':>6}")

@@ -194,14 +194,15 @@ def test_a_collapsed_night_is_held_and_yesterday_stays_live_until_an_operator_le
 
     home = ["--set", f"home={settings.home}", "--set", f"guard.min_judged_rows={GUARD['min_judged_rows']}",
             "--set", "publish.top_n=5", "--set", 'families=["popularity"]']
-    # The command line, each stage in its own process as in Airflow: one line, exit 1, nothing published.
+    # The command line, each stage in its own process as in Airflow: one line, exit 4 (held, not
+    # broken), nothing published.
     capsys.readouterr()
-    assert main(["run", "--date", tonight, "--no-ingest", *home]) == 1
+    assert main(["run", "--date", tonight, "--no-ingest", *home]) == 4
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("recjobs run: input guard held") and f"recjobs guard allow --date {tonight}" in err
     assert _live(engine) == live
     # `guard check` runs the input guard alone: held again, until an operator lets it through.
-    assert main(["guard", "check", "--date", tonight, *home]) == 1
+    assert main(["guard", "check", "--date", tonight, *home]) == 4
     assert "input guard held" in capsys.readouterr().err
     assert main(["guard", "allow", "--date", tonight, "--note", "a short night, checked", *home]) == 0
     assert main(["guard", "show", "--date", tonight, *home]) == 0
