@@ -340,6 +340,10 @@ def main() -> int:
     stages.append(run_stage("train final", ["train", "--date", date, "--final", *common], env))
     stages.append(run_stage("publish", ["publish", "--date", date, *common], env))
     total = sum(s.seconds for s in stages)
+    # The night's own champion is compared before any forced one replaces its final model and staging.
+    scoring = scoring_ratio(settings, spec.end) if all(s.status == 0 for s in stages[-2:]) else []
+    postgres = args.database_url and make_url(args.database_url).get_backend_name() == "postgresql"
+    loading = load_ratio(settings, spec.end, args.database_url) if stages[-1].status == 0 and postgres else None
     forced = forced_champions(args.champion, families, date, common, env, stages, settings) if args.champion else []
     one_process = run_one_process(data, date, [*common, *family_set], env) if args.one_process else None
     print(f"\nrecjobs end to end: {spec.n_ratings:,} ratings, {spec.n_users:,} users, {spec.n_items:,} items, "
@@ -348,10 +352,10 @@ def main() -> int:
     for s in stages:
         print(f"{s.name:<22}{s.seconds:9.1f}{s.peak_rss_mib:14,.0f}{s.status:6d}")
     print(f"{'total':<22}{total:9.1f}{max(s.peak_rss_mib for s in stages):14,.0f}")
-    if all(s.status == 0 for s in stages[-2:]):
-        print("\n".join(scoring_ratio(settings, spec.end)))
-    if stages[-1].status == 0 and args.database_url and make_url(args.database_url).get_backend_name() == "postgresql":
-        print(load_ratio(settings, spec.end, args.database_url))
+    if scoring:
+        print("\n".join(scoring))
+    if loading:
+        print(loading)
     if forced:
         print("\n".join(forced))
     if one_process is not None:
