@@ -199,18 +199,23 @@ WEIGHTED = [("ease", {}), ("als", {"factors": 4, "iterations": 10}), ("userknn",
 SIDE_USERS = 30  # enough pairs for TFRS's in-batch negatives and validation slice
 
 
+# The target viewed A and bought B, in either order (purchase last, then first, where
+# recency alone would favour what goes with A): what goes with B (Y) comes before X.
+TARGET_ORDERS = {"purchase_last": [("t", "A", "view", 100), ("t", "B", "purchase", 101)],
+                 "purchase_first": [("t", "B", "purchase", 100), ("t", "A", "view", 101)]}
+
+
+@pytest.mark.parametrize("order", list(TARGET_ORDERS))
 @pytest.mark.parametrize(("family", "params"), WEIGHTED)
-def test_a_purchase_speaks_louder_than_a_view(settings, engine, tmp_path, family, params):
-    # The target viewed A and bought B: what goes with B (Y) comes before what goes with A (X).
-    data = ingested_matrix(settings, engine, _two_sides([("t", "A", "view", 100), ("t", "B", "purchase", 101)], SIDE_USERS),
-                           tmp_path)
+def test_a_purchase_speaks_louder_than_a_view(settings, engine, tmp_path, family, params, order):
+    data = ingested_matrix(settings, engine, _two_sides(TARGET_ORDERS[order], SIDE_USERS), tmp_path)
     top = top_items(fit(family, data, **params), data, "t", 2)
     assert top == ["Y", "X"], top
 
 
 @pytest.mark.parametrize(("family", "params"), WEIGHTED)
 def test_swapped_weights_swap_the_answer(settings, engine, tmp_path, family, params):
-    rows = _two_sides([("t", "A", "view", 100), ("t", "B", "purchase", 101)], SIDE_USERS)
+    rows = _two_sides(TARGET_ORDERS["purchase_last"], SIDE_USERS)
     ingest_file(event_file(tmp_path / "events.csv", rows), settings, engine)
     swapped = load_settings({"home": str(settings.home),
                              "feedback": {"weights": {"view": 8, "click": 2, "purchase": 1}, "relevant": []}},
@@ -218,15 +223,6 @@ def test_swapped_weights_swap_the_answer(settings, engine, tmp_path, family, par
     events, excluded = load_feedback(swapped, DAY)
     data = Interactions.from_events(events, excluded=excluded)
     assert top_items(fit(family, data, **params), data, "t", 2) == ["X", "Y"]
-
-
-@pytest.mark.parametrize(("family", "params"), WEIGHTED)
-def test_the_weights_not_the_order_decide(settings, engine, tmp_path, family, params):
-    # The purchase comes first this time, so recency alone would favour what goes with A (X).
-    data = ingested_matrix(settings, engine, _two_sides([("t", "B", "purchase", 100), ("t", "A", "view", 101)], SIDE_USERS),
-                           tmp_path)
-    top = top_items(fit(family, data, **params), data, "t", 2)
-    assert top == ["Y", "X"], top
 
 
 def test_a_pair_weighs_its_strongest_event_and_min_weight_drops_weak_ones(settings, engine, tmp_path):
