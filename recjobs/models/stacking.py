@@ -25,7 +25,6 @@ from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions, ordered_by_user_time_item
 from recjobs.models.base import Recommender
 from recjobs.models.neighbourhood import item_embedding_svd
-from recjobs.models.ratings import BiasBaseline, BiasedMF
 from recjobs.models.topk import top_k_of_scores
 
 DAY = 86_400
@@ -327,17 +326,4 @@ def _per_user_zscore(values: np.ndarray, user: np.ndarray, n_users: int) -> np.n
     return np.where(ok, z, np.nan)
 
 
-def rating_features(base: FeatureBase, baseline: BiasBaseline, mf: BiasedMF, cands: Candidates,
-                    rows: np.ndarray) -> np.ndarray:
-    """:func:`candidate_features` plus the bias baseline's prediction, its two biases and the MF residual."""
-    users = np.asarray(rows, np.int64)[cands.user]
-    items = cands.item.astype(np.int64)
-    extra = np.column_stack([baseline.predict(users, items), baseline.user_bias[users], baseline.item_bias[items],
-                             mf.predict(users, items)])
-    return np.hstack([candidate_features(base, cands, rows), extra.astype(np.float32)])
-
-
-RATING_EXTRA = ["baseline_rating", "user_bias", "item_bias", "mf_residual"]
-
-
-__all__ = ["RATING_EXTRA", "rating_features", "Candidates", "FeatureBase", "LabelSplit", "candidate_features", "feature_names", "generate", "label_cutoff"]
+__all__ = ["Candidates", "FeatureBase", "LabelSplit", "candidate_features", "feature_names", "generate", "label_cutoff"]

@@ -212,16 +212,20 @@ class TwoTowerModel(VectorRecommender):
         tf = seeded_tensorflow(p.threads, self.seed)
         import tensorflow_recommenders as tfrs
 
-        coo = data.confidences().tocoo()
-        users = coo.row.astype(np.int32)
-        items = coo.col.astype(np.int32)
+        # The pairs as int32 (user, item) rows straight from the CSR structure: at 10x size every
+        # whole-matrix copy (a COO, a binary matrix) is about a gigabyte more at the peak.
+        m = data.matrix
+        users = np.repeat(np.arange(data.n_users, dtype=np.int32), np.diff(m.indptr))
+        items = m.indices.astype(np.int32, copy=False)
         rng = np.random.default_rng(self.seed)
         is_val = rng.random(len(users)) < p.validation_fraction
         train_u, train_i = users[~is_val], items[~is_val]
         # Typed events: each epoch draws its pairs in proportion to their weights (a purchase
         # is seen eight times as often as a view), the in-batch softmax's way of weighing them.
-        draw = coo.data[~is_val] / coo.data[~is_val].sum() if data.typed and len(train_u) else None
+        weights = m.data[~is_val].astype(np.float32) if data.typed and len(train_u) else None
+        draw = weights / weights.sum() if weights is not None else None
         val_u, val_i = users[is_val], items[is_val]
+        del users, items, is_val, weights
 
         item_freq = np.bincount(train_i, minlength=data.n_items).astype(np.float32)
         sampling_p = item_freq / item_freq.sum()
@@ -252,10 +256,10 @@ class TwoTowerModel(VectorRecommender):
         step, steps = retrieval_steps(tf, task, user_tower, item_tower, variables, optimizer,
                                       sampling_t if p.sampling_correction else None, p.jit_compile)
 
-        seen = data.binary()
         val_users = distinct(val_u)
         if len(val_users) > 2000:
             val_users = np.sort(rng.choice(val_users, 2000, replace=False))
+        seen_val = data.binary(val_users)
 
         def validation_recall(k: int = 20) -> float:
             if len(val_users) == 0:
@@ -264,7 +268,7 @@ class TwoTowerModel(VectorRecommender):
             iv = item_tower(np.arange(data.n_items, dtype=np.int32), training=False).numpy()
             scores = uv @ iv.T
             # Exclude training positives only; validation positives are what we look for.
-            train_only = seen[val_users].tocoo()
+            train_only = seen_val.tocoo()
             mask_val = np.isin(val_users[train_only.row] * data.n_items + train_only.col,
                                val_u.astype(np.int64) * data.n_items + val_i)
             scores[train_only.row[~mask_val], train_only.col[~mask_val]] = -np.inf
