@@ -19,6 +19,8 @@ FEATURE: Final = "feature"
 WEIGHT: Final = "weight"
 TITLE: Final = "title"
 SIMILAR_ITEM: Final = "similar_item_id"
+# A published recommendation's predicted rating, where the champion predicts explicit ratings.
+PREDICTED_RATING: Final = "predicted_rating"
 SEGMENT: Final = "segment"  # a user feature, e.g. occupation=writer (cold start)
 EVENT_TYPE: Final = "event_type"  # optional: a typed event (view, purchase, ...), weighted by settings.feedback
 

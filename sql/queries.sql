@@ -7,12 +7,15 @@
 --   score          float    model score, comparable within one user's list and one model_version
 --   model_version  text     e.g. lightfm-20260131-full-1a2b3c4d (family, logical date, hash)
 --   generated_at   timestamp with time zone of the publish
+--   predicted_rating float  the rating the model predicts the user would give the item, where
+--                           the champion predicts explicit ratings (the ranker), else NULL
 -- similar_items (same guarantees): item_id, similar_item_id, rank, score, model_version, generated_at
 -- item_segments (same guarantees): item_id, user_id, rank, score, model_version, generated_at
 --   the users most likely to want each item, seen items left out (empty unless item_segments.top_users is set)
 -- popular_items: rank, item_id, score (interaction count), run_date: fallback for unknown users
 --   (per segment of users: segment_popular_items and user_segments, fallback query in coldstart.sql)
--- recommendations_history: run_date, user_id, item_id, rank, score, model_version (every published date)
+-- recommendations_history: run_date, user_id, item_id, rank, score, model_version, predicted_rating
+--   (every published date)
 -- model_runs: one row per (run_date, family, stage) with metrics, params, timings and gate reasons
 
 -- One user's top 10.
@@ -64,3 +67,9 @@ FROM item_segments
 WHERE item_id = :item_id
 ORDER BY rank
 LIMIT 100;
+
+-- One user's list with the stars to show beside each item (NULL when the model predicts none).
+SELECT item_id, rank, predicted_rating
+FROM recommendations
+WHERE user_id = :user_id
+ORDER BY rank;

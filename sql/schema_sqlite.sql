@@ -112,6 +112,7 @@ CREATE TABLE recommendations_history (
 	rank INTEGER NOT NULL, 
 	score FLOAT NOT NULL, 
 	model_version VARCHAR(128) NOT NULL, 
+	predicted_rating FLOAT, 
 	PRIMARY KEY (run_date, user_id, rank)
 );
 
@@ -138,12 +139,13 @@ CREATE TABLE recommendations_v0 (
 	rank INTEGER NOT NULL, 
 	score FLOAT NOT NULL, 
 	model_version VARCHAR(128) NOT NULL, 
-	generated_at DATETIME NOT NULL
+	generated_at DATETIME NOT NULL, 
+	predicted_rating FLOAT
 );
 
 CREATE UNIQUE INDEX ix_recommendations_v0_key ON recommendations_v0 (user_id, rank);
 
-CREATE VIEW recommendations AS SELECT user_id, item_id, rank, score, model_version, generated_at FROM recommendations_v0;
+CREATE VIEW recommendations AS SELECT user_id, item_id, rank, score, model_version, generated_at, predicted_rating FROM recommendations_v0;
 
 -- similar_items: versioned tables similar_items_v<N>; apps read the view `similar_items`.
 

@@ -118,7 +118,10 @@ def staged_frames(n_users: int, version: str) -> list[pd.DataFrame]:
 
 def test_staged_rows_arrive_exactly_on_postgresql(pg, tmp_path):
     # Items include '' and awkward text; (user, rank) stays unique as the list's index requires.
-    path = rank_to_staging(staged_frames(50, "v1"), "recommendations", tmp_path / "recs.parquet")
+    # Predicted ratings: the awkward floats, NULL on every third rank.
+    frames = [f.assign(**{C.PREDICTED_RATING: np.where(f[C.RANK] % 3 == 0, np.nan, f[C.SCORE])})
+              for f in staged_frames(50, "v1")]
+    path = rank_to_staging(frames, "recommendations", tmp_path / "recs.parquet")
     result = load_staging(pg, "recommendations", path, "2026-01-01", "v1")
     staged = pq.read_table(path).to_pandas()
     with pg.connect() as conn:
@@ -137,9 +140,12 @@ def test_staged_rows_arrive_exactly_on_postgresql(pg, tmp_path):
     assert float_bits(loaded[C.SCORE]) == float_bits(staged[C.SCORE])
     # generated_at is the publish's start, to the microsecond, on every row.
     assert set(loaded[C.GENERATED_AT].dt.to_pydatetime()) == {published_at}
+    rated = loaded[C.RANK] % 3 != 0
+    assert loaded.loc[~rated, C.PREDICTED_RATING].isna().all()
+    assert float_bits(loaded.loc[rated, C.PREDICTED_RATING]) == float_bits(staged.loc[rated, C.SCORE])
     assert types == {C.USER: "text", C.ITEM: "text", C.RANK: "integer",
                      C.SCORE: "double precision", C.MODEL_VERSION: "character varying",
-                     C.GENERATED_AT: "timestamp with time zone"}
+                     C.GENERATED_AT: "timestamp with time zone", C.PREDICTED_RATING: "double precision"}
 
 
 def test_libpq_uri_carries_credentials_for_adbc(postgres_url):

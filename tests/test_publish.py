@@ -146,7 +146,7 @@ def test_every_example_query_runs_on_published_data(db):
                                               for r in range(1, 6)])
     params = {"user_id": "u0003", "item_id": "u0003", "run_date": "2026-01-01"}
     queries = _queries()
-    assert len(queries) == 7
+    assert len(queries) == 8
     with db.connect() as conn:
         results = [conn.execute(sa.text(q), {k: v for k, v in params.items() if f":{k}" in q}).all() for q in queries]
         unknown = conn.execute(sa.text(queries[1]), {"user_id": "nobody"}).all()
@@ -155,6 +155,7 @@ def test_every_example_query_runs_on_published_data(db):
     assert [r.source for r in unknown] == ["popular"] * 5 and unknown[0].item_id == "i1"
     assert results[4][0].model_version == "v1"
     assert len(results[6]) == TOP and results[6][0].score == 1.0  # a campaign's audience, best first
+    assert len(results[7]) == TOP and results[7][0].predicted_rating is None  # these lists predict no ratings
 
 
 def test_cli_rollback_repoints_live_lists_and_records_it(tmp_path):
@@ -364,3 +365,35 @@ def test_history_of_the_newest_dates_is_kept_even_when_every_date_looks_future(d
         publish_list(db, "recommendations", day, "v", frames("v"))
     assert prune_history(db, history_days=2, keep_dates=3, horizon=dt.date(2000, 1, 1)) == USERS * TOP
     assert _history_dates(db) == ["2026-01-02", "2026-01-03", "2062-01-31"]
+
+
+def test_predicted_ratings_load_where_staged_and_read_as_null_elsewhere(db):
+    from recjobs.db import view_sql
+
+    def rated(version: str):  # noqa: ANN202
+        for frame in frames(version):
+            yield frame.assign(**{C.PREDICTED_RATING: 3.5})
+
+    publish_list(db, "recommendations", "2026-01-01", "rated", rated("rated"))
+    with db.connect() as conn:
+        got = conn.execute(sa.text("SELECT DISTINCT predicted_rating FROM recommendations")).scalars().all()
+        hist = conn.execute(sa.text("SELECT DISTINCT predicted_rating FROM recommendations_history")).scalars().all()
+    assert got == [3.5] and hist == [3.5]
+    # A family without rating predictions stages none: the column is NULL, not an error.
+    publish_list(db, "recommendations", "2026-01-02", "plain", frames("plain"))
+    with db.connect() as conn:
+        got = conn.execute(sa.text("SELECT DISTINCT predicted_rating FROM recommendations")).scalars().all()
+    assert got == [None]
+    # A version table of an earlier release has no such column (a rollback target): the
+    # view reads NULL for it.
+    with db.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE recommendations_old (user_id TEXT NOT NULL, item_id TEXT NOT NULL, "
+                             "rank INTEGER NOT NULL, score FLOAT NOT NULL, model_version VARCHAR(128) NOT NULL, "
+                             "generated_at TIMESTAMP WITH TIME ZONE NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO recommendations_old VALUES ('u1', 'i1', 1, 0.5, 'old', "
+                             "'2025-12-31 00:00:00+00:00')"))
+        for statement in view_sql(conn, "recommendations", "recommendations_old"):
+            conn.execute(sa.text(statement))
+    with db.connect() as conn:
+        row = conn.execute(sa.text("SELECT user_id, model_version, predicted_rating FROM recommendations")).one()
+    assert tuple(row) == ("u1", "old", None)

@@ -236,3 +236,30 @@ def test_an_artifact_from_another_feature_set_is_refused_with_one_line(tmp_path)
     path = model.save(tmp_path / "old")
     with pytest.raises(ArtifactError, match=r"ranker artifact has 3 features.*retrain it"):
         Recommender.load(path)
+
+
+def test_a_ranker_champion_publishes_its_predicted_ratings(tmp_path, small_inbox):
+    import sqlalchemy as sa
+
+    from recjobs.pipeline import engine_for, run_pipeline
+    from recjobs.pipeline.publish import final_model
+    from recjobs.settings import load_settings
+
+    settings = load_settings({"home": str(tmp_path / "home"), "families": ["ranker"],
+                              "models": {"ranker": {"generators": {"popularity": 10, "itemknn": 10},
+                                                    "rating_trees": 50}},
+                              "publish": {"top_n": 5}}, environ={})
+    day = pd.Timestamp("2026-01-31").date()
+    run_pipeline(settings, day)
+    engine = engine_for(settings)
+    with engine.connect() as conn:
+        rows = pd.read_sql(sa.text("SELECT user_id, item_id, rank, predicted_rating FROM recommendations"), conn)
+        history = pd.read_sql(sa.text("SELECT predicted_rating FROM recommendations_history"), conn)
+    engine.dispose()
+    assert len(rows) == 120 * 5 and rows["predicted_rating"].notna().all()
+    model, _ = final_model(settings, day)
+    assert model.predicts_ratings()
+    users = np.searchsorted(model.user_ids, rows["user_id"].to_numpy(object))
+    items = np.searchsorted(model.item_ids, rows["item_id"].to_numpy(object))
+    np.testing.assert_allclose(rows["predicted_rating"], model.predict_ratings(users, items), rtol=1e-6)
+    np.testing.assert_allclose(np.sort(history["predicted_rating"]), np.sort(rows["predicted_rating"]), rtol=1e-6)

@@ -165,6 +165,7 @@ recommendations_history = sa.Table(
     sa.Column(C.RANK, sa.Integer, nullable=False),
     sa.Column(C.SCORE, sa.Float, nullable=False),
     sa.Column(C.MODEL_VERSION, sa.String(128), nullable=False),
+    sa.Column(C.PREDICTED_RATING, sa.Float, nullable=True),
     sa.PrimaryKeyConstraint(C.RUN_DATE, C.USER, C.RANK).ddl_if(dialect="sqlite"),
     # PostgreSQL: by date for the nightly delete and retention, by user for reads. Its rows
     # come from a version table whose (user, rank) is unique, after the date's rows are deleted.
@@ -227,6 +228,8 @@ LIST_COLUMNS = {
         sa.Column(C.SCORE, sa.Float, nullable=False),
         sa.Column(C.MODEL_VERSION, sa.String(128), nullable=False),
         sa.Column(C.GENERATED_AT, sa.DateTime(timezone=True), nullable=False),
+        # Last, so tables of earlier releases are the same columns less this one (see view_sql).
+        sa.Column(C.PREDICTED_RATING, sa.Float, nullable=True),
     ),
     "similar_items": (
         sa.Column(C.ITEM, sa.Text, nullable=False),
@@ -285,7 +288,12 @@ def view_sql(conn: Connection, kind: str, table_name: str) -> list[str]:
     differ the view is dropped and created again, in the same transaction (readers see
     the old view or the new one).
     """
-    cols = ", ".join(c.name for c in LIST_COLUMNS[kind])
+    present = {c["name"] for c in sa.inspect(conn).get_columns(table_name)}
+    # A version table of an earlier release lacks the nullable columns added since (e.g. a
+    # rollback target from before predicted_rating): the view gives NULL for them.
+    cols = ", ".join(c.name if c.name in present or not c.nullable
+                     else f"CAST(NULL AS {c.type.compile(dialect=conn.dialect)}) AS {c.name}"
+                     for c in LIST_COLUMNS[kind])
     select = f"SELECT {cols} FROM {table_name}"
     if is_sqlite(conn):
         return [f"DROP VIEW IF EXISTS {kind}", f"CREATE VIEW {kind} AS {select}"]

@@ -43,8 +43,8 @@ def rating_errors(model: Recommender, train: Interactions, holdout: Holdout, mod
         return None
     base_rmse, base_mae = rmse_mae(BiasBaseline.fit(train.matrix).predict(users, items), truth)
     rmse = mae = None
-    if getattr(model, "predicts_ratings", lambda: False)():
-        rmse, mae = rmse_mae(model.predict_ratings(users, items), truth)  # type: ignore[attr-defined]
+    if model.predicts_ratings():
+        rmse, mae = rmse_mae(model.predict_ratings(users, items), truth)
     return RatingErrors(len(truth), rmse, mae, base_rmse, base_mae)
 
 

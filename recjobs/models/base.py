@@ -112,6 +112,14 @@ class Recommender(ABC):
         """A dense items x d representation (for diversity and maps); None if the family has none."""
         return None
 
+    def predicts_ratings(self) -> bool:
+        """Whether :meth:`predict_ratings` answers (a family that learned explicit ratings)."""
+        return False
+
+    def predict_ratings(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        """Predicted ratings of (user row, item column) pairs; families without a rating model refuse."""
+        raise ModelError(f"{self.family}: this family predicts no ratings")
+
     # -- artifact state, per kind --------------------------------------------------
     @abstractmethod
     def _state(self) -> dict[str, np.ndarray]:

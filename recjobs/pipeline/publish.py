@@ -129,7 +129,7 @@ def rank_shard(settings: Settings, run_date: str | dt.date, shard: int = 0) -> l
             ranker = for_publish(ranker, p, seen.exclusions())
             post = build_postprocess(settings, day, ranker, seen)
             frames = user_frames(ranker, seen, p.top_n, p.chunk_users, shard_span(len(model.user_ids), shard, shards),
-                                  post)
+                                  post, rater=model)
         else:
             frames = item_frames(model, p.similar_n, p.chunk_users, shard_span(len(model.item_ids), shard, shards),
                                   post)

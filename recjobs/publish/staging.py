@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,13 +30,16 @@ def staging_schema(kind: str) -> pa.Schema:
 
 def _staging_schema(kind: str) -> pa.Schema:
     key, target = (c.name for c in LIST_COLUMNS[kind][:2])
-    return pa.schema([
+    fields = [
         pa.field(key, pa.string(), nullable=False),
         pa.field(target, pa.string(), nullable=False),
         pa.field(C.RANK, pa.int32(), nullable=False),
         pa.field(C.SCORE, pa.float64(), nullable=False),
         pa.field(C.MODEL_VERSION, pa.string(), nullable=False),
-    ])
+    ]
+    if any(c.name == C.PREDICTED_RATING for c in LIST_COLUMNS[kind]):
+        fields.append(pa.field(C.PREDICTED_RATING, pa.float64(), nullable=True))
+    return pa.schema(fields)
 
 
 def rank_to_staging(frames: Iterable[pd.DataFrame], kind: str, path: Path, model_version: str | None = None) -> Path:
@@ -52,6 +56,9 @@ def rank_to_staging(frames: Iterable[pd.DataFrame], kind: str, path: Path, model
         schema = schema.with_metadata({VERSION_KEY: model_version.encode()})
     with atomic_file(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for frame in frames:
+            # Lists of a model without rating predictions (and fallback lists) have none: NULL.
+            missing = {f.name: np.nan for f in schema if f.nullable and f.name not in frame}
+            frame = frame.assign(**missing) if missing else frame
             writer.write_table(pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False))
     return path
 

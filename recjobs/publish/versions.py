@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
@@ -190,12 +191,19 @@ def publish_lists(
     return results
 
 
-def _stamped(frames: Iterable[Frame], generated_at: str) -> Iterator[Frame]:
+def _stamped(frames: Iterable[Frame], generated_at: str, optional: list[str]) -> Iterator[Frame]:
+    # Frames get the load's generated_at, and NULL for a nullable column they lack (a list
+    # staged by an earlier release has no predicted_rating).
     for frame in frames:
         if isinstance(frame, pa.Table):
-            yield frame.append_column(C.GENERATED_AT, pa.array([generated_at] * frame.num_rows, pa.string()))
+            frame = frame.append_column(C.GENERATED_AT, pa.array([generated_at] * frame.num_rows, pa.string()))
+            for name in optional:
+                if name not in frame.column_names:
+                    frame = frame.append_column(name, pa.nulls(frame.num_rows, pa.float64()))
+            yield frame
         else:
-            yield frame.assign(**{C.GENERATED_AT: generated_at})
+            yield frame.assign(**{C.GENERATED_AT: generated_at},
+                               **{name: np.nan for name in optional if name not in frame})
 
 
 def _key_bytes(frames: Iterable[Frame], key: str, longest: list[int]) -> Iterator[Frame]:
@@ -222,8 +230,9 @@ def _load(conn: Connection, kind: str, run_date: str, model_version: str, frames
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table.name}")  # a table an older release left behind
     table.create(conn)
     columns = [c.name for c in LIST_COLUMNS[kind]]
+    optional = [c.name for c in LIST_COLUMNS[kind] if c.nullable]
     longest = [0]  # the index depends on the longest key (see list_indexes)
-    n_rows = bulk_load(conn, table.name, columns, _key_bytes(_stamped(frames, generated_at), LIST_KEY[kind], longest))
+    n_rows = bulk_load(conn, table.name, columns, _key_bytes(_stamped(frames, generated_at, optional), LIST_KEY[kind], longest))
     # Single statements that take minutes at 69M rows: name them while they run.
     with Heartbeat(log, f"publish {table.name}") as beat:
         # The index after the load: building it once is cheaper than maintaining it per row.
@@ -242,7 +251,7 @@ def _copy_history(conn: Connection, recs: _Loaded, run_date: str) -> None:
     with Heartbeat(log, f"history of {run_date}") as beat:
         beat.phase(f"copying {recs.rows:,} rows into recommendations_history")
         conn.execute(recommendations_history.delete().where(recommendations_history.c.run_date == run_date))
-        cols = ", ".join([C.USER, C.ITEM, C.RANK, C.SCORE, C.MODEL_VERSION])
+        cols = ", ".join([C.USER, C.ITEM, C.RANK, C.SCORE, C.MODEL_VERSION, C.PREDICTED_RATING])
         conn.execute(
             sa.text(f"INSERT INTO recommendations_history ({C.RUN_DATE}, {cols}) "
                     f"SELECT CAST(:run_date AS VARCHAR(10)), {cols} FROM {recs.table.name}"),

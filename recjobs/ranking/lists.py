@@ -36,12 +36,15 @@ def ranked_frames(
     version: str,
     span: range | None = None,
     order: Callable[[np.ndarray], np.ndarray] | None = None,
+    ratings: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Long (key, target, rank, score, version) frames, ``chunk`` keys at a time, with progress.
 
     ``span`` limits the ranking to those key positions (a shard); default all keys.
     ``order`` puts the span's positions in the order to rank them in (the ranker's
     :meth:`~recjobs.models.base.Recommender.ranking_order`); default key order.
+    ``ratings`` (key rows, target columns -> predicted ratings) adds a ``predicted_rating``
+    column for the listed pairs.
     """
     span = span if span is not None else range(len(keys))
     total = len(span)
@@ -52,27 +55,36 @@ def ranked_frames(
         top, scores = rank(rows)
         valid = top >= 0
         ranks = np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)
-        yield pd.DataFrame({
-            columns[0]: np.repeat(keys[rows], valid.sum(axis=1)),
+        key_rows = np.repeat(rows, valid.sum(axis=1))
+        frame = pd.DataFrame({
+            columns[0]: keys[key_rows],
             columns[1]: targets[top[valid]],
             C.RANK: ranks[valid],
             C.SCORE: scores[valid].astype(np.float64),
             C.MODEL_VERSION: version,
         })
+        if ratings is not None:
+            frame[C.PREDICTED_RATING] = ratings(key_rows, top[valid]).astype(np.float64)
+        yield frame
         fault_point("publish.mid_shard")  # tests: a worker lost part-way through a shard
         done = min(lo + chunk, total)
         progress.update(done, final=lo == 0 or done == total)
 
 
 def user_frames(model: Recommender, seen: Interactions, n: int, chunk: int,
-                 span: range | None = None, post: PostProcess | None = None) -> Iterator[pd.DataFrame]:
+                 span: range | None = None, post: PostProcess | None = None,
+                 rater: Recommender | None = None) -> Iterator[pd.DataFrame]:
     # ``post``: business rules and re-ranking (recjobs.ranking.rerank); None ranks as the model does.
     # Seen items, and the pairs of negative events (settings.feedback), are never listed.
+    # ``rater``: the trained model behind ``model`` (a ranking view); where it predicts
+    # ratings, each listed pair gets its predicted_rating.
     exclude = seen.exclusions() if post is None else None
     rank = ((lambda rows: post.recommend(rows, n)) if post is not None
             else (lambda rows: model.recommend(rows, n, exclude=exclude)))
+    ratings = rater.predict_ratings if rater is not None and rater.predicts_ratings() else None
     return ranked_frames(model.user_ids, model.item_ids, rank,
-                          (C.USER, C.ITEM), chunk, model.info.get("model_version", ""), span, model.ranking_order)
+                          (C.USER, C.ITEM), chunk, model.info.get("model_version", ""), span, model.ranking_order,
+                          ratings)
 
 
 def item_frames(model: Recommender, n: int, chunk: int, span: range | None = None,
