@@ -174,22 +174,18 @@ def recs_nightly() -> None:
     @task(inlets=[RATINGS_LAKE])
     def split() -> str:
         from recjobs.errors import GuardedError
-        from recjobs.guard import check_input
-        from recjobs.pipeline import engine_for, prepare, shared_window
+        from recjobs.pipeline import engine_for, guard_and_prepare
 
         context = get_current_context()
         settings = task_settings(context["params"])
-        day = run_date(context)
-        # The guard and the split read the same rows when the window is all history: read once.
-        events = shared_window(settings, day)
         try:
-            # The input guard first (README 'Guards'); guard_allow lets the date through.
-            check_input(settings, engine_for(settings), day, allow_night=bool(context["params"].get("guard_allow")),
-                        events=events)
+            # The input guard first (README 'Guards'; guard_allow lets the date through), then
+            # the split, from one read of the lake.
+            return str(guard_and_prepare(settings, engine_for(settings), run_date(context),
+                                         allow_night=bool(context["params"].get("guard_allow"))))
         except GuardedError as exc:
             # Recorded (guard_checks, a 'guarded' gate row); a retry would hold it again.
             raise GuardHeld(str(exc), "input") from None
-        return str(prepare(settings, day, events))
 
     def train_and_evaluate(family: str):  # noqa: ANN202 - returns the two task objects
         @task(task_id=f"train_{family}", **TRAIN_QUEUE)

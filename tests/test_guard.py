@@ -269,3 +269,20 @@ def test_hostile_guard_commands_and_settings_are_one_line_and_write_nothing(tmp_
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1, err
     assert not (home / "recjobs.db").exists()
+
+
+def test_a_run_reads_the_lake_once_for_both_the_input_guard_and_the_split(tmp_path, monkeypatch):
+    from recjobs.data.lake import Lake
+
+    settings = _settings(tmp_path)
+    write_nights(settings.inbox, last_night_rows=40)
+    reads = []
+    real = Lake.read_events
+
+    def counted(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - the real read, counted
+        reads.append(args)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Lake, "read_events", counted)
+    report = run_pipeline(settings, night(DAYS - 2))
+    assert report.published and len(reads) == 1

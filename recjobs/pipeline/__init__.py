@@ -28,6 +28,7 @@ from recjobs.pipeline.gate import (
 from recjobs.pipeline.publish import final_model, load_published, publish, rank_shard
 from recjobs.pipeline.run import RunReport, run_pipeline
 from recjobs.pipeline.split import (
+    guard_and_prepare,
     load_events,
     load_feedback,
     load_matrix,
@@ -42,5 +43,5 @@ __all__ = [
     "engine_for", "evaluate_candidate", "final_model", "fit_family", "gate_decision", "load_events", "load_feedback",
     "load_matrix",
     "load_published", "prepare", "promote", "publish", "rank_shard", "record_failure", "record_no_candidates",
-    "run_day", "run_pipeline", "shared_window", "train_candidate", "train_final", "tune",
+    "guard_and_prepare", "run_day", "run_pipeline", "shared_window", "train_candidate", "train_final", "tune",
 ]

@@ -39,11 +39,12 @@ def _stage(name: str, settings: Settings, args: tuple[Any, ...], level: int | No
     from recjobs.pipeline.final import train_final
     from recjobs.pipeline.gate import promote
     from recjobs.pipeline.publish import publish
-    from recjobs.pipeline.split import prepare
+    from recjobs.pipeline.split import guard_and_prepare, prepare
 
     with_engine: dict[str, Callable[..., Any]] = {
         "ingest": ingest_inbox, "train": train_candidate, "evaluate": evaluate_candidate,
         "promote": promote, "final": train_final, "publish": publish, "guard": check_input,
+        "guard_and_split": guard_and_prepare,
     }
     if name == "split":
         return prepare(settings, *args)
@@ -67,7 +68,7 @@ def _forkserver() -> multiprocessing.context.BaseContext:
 
 def stage_runner(settings: Settings, isolate: bool) -> Callable[..., Any]:
     """A ``run(name, *args)`` that runs stage ``name`` (split, train, evaluate, promote, final,
-    publish, ingest, guard) with ``settings``: in a fresh child process when ``isolate``, else here."""
+    publish, ingest, guard, guard_and_split) with ``settings``: in a fresh child process when ``isolate``, else here."""
     if not isolate:
         return lambda name, *args: _stage(name, settings, args)
 

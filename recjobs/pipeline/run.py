@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from recjobs.db.schema import engine_for
+from recjobs.errors import GuardedError
 from recjobs.evaluation.metrics import Metrics
 from recjobs.pipeline.candidates import record_failure
 from recjobs.pipeline.gate import GateDecision, record_no_candidates
@@ -44,11 +45,13 @@ def run_pipeline(settings: Settings, run_date: str | dt.date, ingest: bool = Tru
     except Exception as exc:
         record_no_candidates(engine, day, f"no candidates for {day}: {type(exc).__name__}: {exc}")
         raise
-    # The input guard (recjobs.guard): a night outside its thresholds raises GuardedError
-    # with its 'guarded' gate row written; nothing of it is trained or published.
-    stage("guard", day)
     try:
-        stage("split", day)
+        # The input guard (recjobs.guard), then the split, from one read of the lake: a night
+        # outside the guard's thresholds raises GuardedError with its 'guarded' gate row
+        # written; nothing of it is split, trained or published.
+        stage("guard_and_split", day)
+    except GuardedError:
+        raise
     except Exception as exc:
         # As in the DAG: the night ends with a 'no_candidates' gate row saying why, so the
         # gate history shows it and later gates skip it (a decision the date already had

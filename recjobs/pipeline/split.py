@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.engine import Engine
 
 from recjobs.data.blocks import order_in_place, save_matrix
 from recjobs.data.feedback import Pairs, apply_feedback
@@ -23,6 +24,7 @@ from recjobs.data.lake import Lake, release_memory
 from recjobs.data.split import plan_ordered
 from recjobs.errors import PipelineError
 from recjobs.files import write_json
+from recjobs.guard.stage import check_input
 from recjobs.progress import Heartbeat
 from recjobs.runs import RunFolder, check_run_date, cutoff_of, parse_date, window
 from recjobs.settings import Settings
@@ -55,6 +57,16 @@ def shared_window(settings: Settings, run_date: str | dt.date) -> Events | None:
     then each reads its own (and the split's read says what is missing)."""
     cutoff, start = window(settings, run_day(settings, run_date))
     return None if start is not None else Lake.of(settings).read_events(cutoff)
+
+
+def guard_and_prepare(settings: Settings, engine: Engine, run_date: str | dt.date, allow_night: bool = False) -> Path:
+    """The input guard, then the split, from one read of the lake: the DAG's ``split`` task and
+    ``recjobs run`` both run this. Raises :class:`~recjobs.errors.GuardedError` (nothing
+    split) when the guard holds the night; ``allow_night`` is the DAG's ``guard_allow``."""
+    day = run_day(settings, run_date)
+    events = shared_window(settings, day)
+    check_input(settings, engine, day, allow_night=allow_night, events=events)
+    return prepare(settings, day, events)
 
 
 def _weighted(settings: Settings, run_date: dt.date, events: Events) -> tuple[Events, Pairs | None]:
@@ -191,4 +203,5 @@ def load_matrix(settings: Settings, day: dt.date, part: str) -> Interactions:
     return Interactions.load(path)
 
 
-__all__ = ["load_events", "load_feedback", "load_matrix", "prepare", "run_day", "shared_window"]
+__all__ = ["guard_and_prepare", "load_events", "load_feedback", "load_matrix", "prepare", "run_day",
+           "shared_window"]
