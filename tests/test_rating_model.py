@@ -122,3 +122,17 @@ def test_bad_rating_folds_are_refused_with_one_line():
         # The settings error's header, then one line naming the setting and what is wrong.
         lines = str(err.value).strip().splitlines()
         assert len(lines) == 2 and "models.ranker.rating_folds" in lines[1], lines
+
+
+def test_a_matrix_with_unsorted_columns_gives_the_same_features():
+    frame, _ = _taste_data()
+    data = Interactions.from_frame(frame)
+    m = data.matrix
+    # The same pairs with each row's columns reversed (pair times moved with them).
+    order = np.concatenate([np.arange(m.indptr[u], m.indptr[u + 1])[::-1] for u in range(m.shape[0])])
+    shuffled = sp.csr_matrix((m.data[order], m.indices[order], m.indptr), shape=m.shape)
+    assert not shuffled.has_sorted_indices
+    other = Interactions(data.user_ids, data.item_ids, shuffled, data.item_last_seen, data.pair_seconds[order])
+    users, items = np.repeat(np.arange(40), 5), np.tile(np.arange(5), 40)
+    np.testing.assert_allclose(RatingStats(other, SMALL, 0).features(users, items),
+                               RatingStats(data, SMALL, 0).features(users, items), rtol=1e-5, atol=1e-6)

@@ -165,8 +165,11 @@ class RatingStats:
         self.residual = res.astype(np.float32)
         # Sorted (user, item) keys of the stored pairs: a pair's residual by binary search.
         self.keys = rows.astype(np.int64) * n_i + cols
+        if len(self.keys) > 1 and not bool(np.all(self.keys[1:] > self.keys[:-1])):
+            order = np.argsort(self.keys, kind="stable")  # a matrix whose rows' columns are unsorted
+            self.keys, self.residual = self.keys[order], self.residual[order]
         self.n_items = n_i
-        resid = sp.csr_matrix((self.residual, m.indices, m.indptr), shape=m.shape)
+        resid = sp.csr_matrix((res.astype(np.float32), m.indices, m.indptr), shape=m.shape)
         recent = _latest(resid, seconds, params.history)
         rng = np.random.default_rng(seed)
         active = np.flatnonzero(counts_u > 0)
