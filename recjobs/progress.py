@@ -62,11 +62,16 @@ class RateProgress:
         if share is None and self.total:
             share = min(done / self.total, 1.0)
         rate = done / max(elapsed, 1e-9)
-        eta = f"{elapsed * (1 - share) / share:.0f}s" if share else "unknown"
         count = f"{done:,}/{self.total:,}" if self.total else f"{done:,}"
+        if share is None:
+            # Nothing says how much is left (no total): no share done and no ETA to invent.
+            self.logger.info("%s: %s%s %s, %.0f %s/s, %.0fs elapsed", self.what, f"{detail}; " if detail else "",
+                             count, self.unit, rate, self.unit, elapsed)
+            return
+        eta = f"{elapsed * (1 - share) / share:.0f}s" if share else "unknown"
         self.logger.info("%s: %s%s %s, %.0f %s/s, %.0f%% done, ETA %s, %.0fs elapsed", self.what,
                          f"{detail}; " if detail else "", count, self.unit, rate, self.unit,
-                         100 * (share or 0.0), eta, elapsed)
+                         100 * share, eta, elapsed)
 
 
 class _Beating:

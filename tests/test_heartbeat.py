@@ -31,3 +31,15 @@ def test_split_names_each_phase(settings, small_inbox, caplog):
     phases = [r.getMessage() for r in caplog.records if r.getMessage().startswith("split 2026-01-31: ")]
     assert [p.split(": ", 1)[1].split(" ")[0] for p in phases if "still" not in p] == [
         "reading", "ordering", "writing", "writing", "writing"]
+
+
+def test_a_rate_without_a_total_invents_no_share_or_eta(caplog):
+    from recjobs.progress import RateProgress
+
+    with caplog.at_level(logging.INFO):
+        RateProgress(logging.getLogger("t"), "loading t", clock=iter([0.0, 20.0]).__next__).update(500)
+        RateProgress(logging.getLogger("t"), "loading u", total=1000, clock=iter([0.0, 20.0]).__next__).update(500)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "loading t: 500 rows, 25 rows/s, 20s elapsed"
+    assert lines[1].startswith("loading u: 500/1,000 rows") and "50% done, ETA" in lines[1]
+

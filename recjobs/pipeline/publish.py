@@ -185,7 +185,8 @@ def load_published(settings: Settings, engine: Engine, run_date: str | dt.date) 
     results = publish_lists(engine, day.isoformat(), version, lists, p.keep_versions, history=True,
                             history_days=p.history_days, swap=SwapPolicy.of(p),
                             horizon=future_horizon(settings.runs.max_future_days), in_swap=in_swap,
-                            history_only=guard.held)
+                            history_only=guard.held,
+                            totals={kind: staged_rows(paths) for kind, paths in parts.items() if kind != "item_segments"})
     for r in results:
         log.info("published %s: %d rows to %s in %.1fs (%s)", r.kind, r.rows, r.table_name, r.seconds,
                  "live" if r.live else "history only: " + ("held by the output guard" if guard.held

@@ -141,6 +141,7 @@ def publish_lists(
     horizon: dt.date | None = None,
     in_swap: SwapHook | None = None,
     history_only: bool = False,
+    totals: Mapping[str, int] | None = None,
 ) -> list[PublishResult]:
     """Load each of ``lists`` (kind -> frames) as a new version and swap each live unless it is older, at once.
 
@@ -154,8 +155,10 @@ def publish_lists(
     date from going live, and never anchors retention. ``in_swap`` runs inside the swap
     transaction with the results, e.g. to write tables that must change with the live
     lists. ``history_only`` keeps every list as history only whatever its date (the output
-    guard held it: recjobs.guard). Raises :class:`SwapTimeoutError` if a view's lock is
-    never granted; nothing of this publish then remains.
+    guard held it: recjobs.guard). ``totals`` (kind -> rows, where known, e.g. from the
+    staged files' footers) gives the load's progress lines a share done and an ETA. Raises
+    :class:`SwapTimeoutError` if a view's lock is never granted; nothing of this publish
+    then remains.
     """
     policy = swap or SwapPolicy()
     horizon = horizon or future_horizon(None)
@@ -173,7 +176,8 @@ def publish_lists(
         return results
 
     with write_tx(engine) as conn:
-        loaded = [_load(conn, kind, run_date, model_version, lists[kind], generated_at, start) for kind in kinds]
+        loaded = [_load(conn, kind, run_date, model_version, lists[kind], generated_at, start,
+                        (totals or {}).get(kind)) for kind in kinds]
         recs = next((one for one in loaded if one.kind == "recommendations"), None)
         if history and recs is not None:
             _copy_history(conn, recs, run_date)
@@ -217,7 +221,7 @@ def _key_bytes(frames: Iterable[Frame], key: str, longest: list[int]) -> Iterato
 
 
 def _load(conn: Connection, kind: str, run_date: str, model_version: str, frames: Iterable[Frame],
-          generated_at: str, start: dt.datetime) -> _Loaded:
+          generated_at: str, start: dt.datetime, total: int | None = None) -> _Loaded:
     """A new version table of ``kind`` holding ``frames``, indexed, with its (not yet live) publications row."""
     pub_id = conn.execute(
         publications.insert()
@@ -232,7 +236,8 @@ def _load(conn: Connection, kind: str, run_date: str, model_version: str, frames
     columns = [c.name for c in LIST_COLUMNS[kind]]
     optional = [c.name for c in LIST_COLUMNS[kind] if c.nullable]
     longest = [0]  # the index depends on the longest key (see list_indexes)
-    n_rows = bulk_load(conn, table.name, columns, _key_bytes(_stamped(frames, generated_at, optional), LIST_KEY[kind], longest))
+    n_rows = bulk_load(conn, table.name, columns, _key_bytes(_stamped(frames, generated_at, optional), LIST_KEY[kind],
+                                                             longest), total)
     # Single statements that take minutes at 69M rows: name them while they run.
     with Heartbeat(log, f"publish {table.name}") as beat:
         # The index after the load: building it once is cheaper than maintaining it per row.
