@@ -111,6 +111,12 @@ class RunFolder:
     def candidate(self, family: str) -> Path:
         return self.root / "candidates" / family
 
+    @property
+    def baseline_errors(self) -> Path:
+        """The bias baseline's rating errors on the holdout: the same for every candidate, so
+        the first evaluation computes them and the others read them."""
+        return self.root / "baseline_errors.json"
+
     def per_user(self, family: str) -> Path:
         """The candidate's per-user metrics, inside its folder (retraining replaces both)."""
         return self.candidate(family) / PER_USER_FILE

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+import sqlalchemy as sa
 
 from recjobs import columns as C
 from recjobs.data.interactions import Holdout, Interactions
@@ -84,4 +85,29 @@ def test_rating_errors_reach_model_runs_and_the_dashboard(settings):
     frame = metrics_by_date(engine)
     row = frame[frame["family"] == "ranker"].iloc[0]
     assert (row["rmse"], row["mae"], row["baseline_rmse"]) == (0.91, 0.71, 0.97)
+    engine.dispose()
+
+
+def test_the_baseline_errors_are_measured_once_per_split_and_never_reused_across_splits(settings, small_inbox):
+    import json
+
+    from recjobs.pipeline import engine_for, run_pipeline
+    from recjobs.pipeline.candidates import evaluate_candidate
+    from recjobs.runs import RunFolder
+
+    fast = settings.model_copy(update={"families": ["popularity", "itemknn"]})
+    run_pipeline(fast, "2026-01-31")
+    folder = RunFolder.of(fast, "2026-01-31")
+    cached = json.loads(folder.baseline_errors.read_text())
+    assert cached["fingerprint"] == folder.snapshot()["fingerprint"] and cached["pairs"] > 0
+    engine = engine_for(fast)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT family, baseline_rmse, baseline_mae FROM model_runs "
+                                    "WHERE stage = 'candidate'")).all()
+    assert {r.family for r in rows} == {"popularity", "itemknn"}
+    assert {(r.baseline_rmse, r.baseline_mae) for r in rows} == {(cached["rmse"], cached["mae"])}
+    # A file from another split of the date (another fingerprint) is measured again, not reused.
+    folder.baseline_errors.write_text(json.dumps({**cached, "fingerprint": "other", "rmse": 9.0}))
+    evaluate_candidate(fast, engine, "2026-01-31", "itemknn")
+    assert json.loads(folder.baseline_errors.read_text()) == cached
     engine.dispose()

@@ -24,6 +24,7 @@ from recjobs.db import ledger
 from recjobs.errors import PipelineError
 from recjobs.evaluation.metrics import Metrics, evaluate_model
 from recjobs.evaluation.ratings import rating_errors
+from recjobs.files import write_json
 from recjobs.models.base import Recommender
 from recjobs.models.registry import get_family
 from recjobs.pipeline.split import load_matrix, run_day
@@ -69,6 +70,18 @@ def train_candidate(settings: Settings, engine: Engine, run_date: str | dt.date,
                       run_date=day.isoformat(), stage="candidate")
 
 
+def _cached_baseline(folder: RunFolder, fingerprint: str | None) -> tuple[float, float] | None:
+    """The bias baseline's (RMSE, MAE) an earlier evaluation of this split measured, if any."""
+    try:
+        cached = json.loads(folder.baseline_errors.read_text())
+    except (OSError, ValueError):
+        return None
+    # Another split of the date (new data, other settings) has another fingerprint: measure again.
+    if fingerprint is None or cached.get("fingerprint") != fingerprint:
+        return None
+    return float(cached["rmse"]), float(cached["mae"])
+
+
 def evaluate_candidate(settings: Settings, engine: Engine, run_date: str | dt.date, family: str) -> Metrics:
     """Evaluate the saved candidate on the holdout and record it in ``model_runs``."""
     day = run_day(settings, run_date)
@@ -98,7 +111,11 @@ def evaluate_candidate(settings: Settings, engine: Engine, run_date: str | dt.da
             model, train, holdout, settings.evaluate.k, settings.evaluate.chunk_users,
             item_features=None if features is None else features.item)
         beat.phase("rating errors on the holdout's ratings (where explicit)")
-        errors = rating_errors(model, train, holdout, settings.evaluate.ratings)
+        cached = _cached_baseline(folder, snap.get("fingerprint"))
+        errors = rating_errors(model, train, holdout, settings.evaluate.ratings, cached)
+        if errors is not None and cached is None:
+            write_json(folder.baseline_errors, {"fingerprint": snap.get("fingerprint"), "pairs": errors.pairs,
+                                                "rmse": errors.baseline_rmse, "mae": errors.baseline_mae})
     if errors is not None:
         log.info("%s on %s: rating RMSE %s MAE %s; bias baseline RMSE %.4f MAE %.4f on %d pairs", family, day,
                  "-" if errors.rmse is None else f"{errors.rmse:.4f}", "-" if errors.mae is None else f"{errors.mae:.4f}",
