@@ -204,13 +204,8 @@ class Candidates:
     gaps: np.ndarray
 
 
-def generate(generators: list[Recommender], ks: list[int], rows: np.ndarray, exclude: sp.csr_matrix,
-             pairs: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
-    """The union of each generator's top-K for the users at ``rows``, seen items (``exclude``) left out.
-
-    ``pairs`` (positions in ``rows``, items): describe these pairs instead of the union
-    (rating prediction asks about given pairs, e.g. the ones a user rated after a cutoff).
-    """
+def generate(generators: list[Recommender], ks: list[int], rows: np.ndarray, exclude: sp.csr_matrix) -> Candidates:
+    """The union of each generator's top-K for the users at ``rows``, seen items (``exclude``) left out."""
     n, n_items = len(rows), exclude.shape[1]
     filt = exclude[rows]
     blocks, tops = [], []
@@ -222,8 +217,7 @@ def generate(generators: list[Recommender], ks: list[int], rows: np.ndarray, exc
         member[np.nonzero(valid)[0], top[valid]] = True
         blocks.append(block)
         tops.append(top)
-    user, item = np.nonzero(member) if pairs is None else (np.asarray(pairs[0], np.int64),
-                                                              np.asarray(pairs[1], np.int64))
+    user, item = np.nonzero(member)
     g = len(generators)
     scores = np.empty((len(user), g), np.float32)
     ranks = np.empty((len(user), g), np.float32)
