@@ -33,21 +33,17 @@ def _stage(name: str, settings: Settings, args: tuple[Any, ...], level: int | No
     if level is not None and not logging.getLogger().handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from recjobs.db.schema import engine_for
-    from recjobs.guard.stage import check_input
     from recjobs.ingest import ingest_inbox
     from recjobs.pipeline.candidates import evaluate_candidate, train_candidate
     from recjobs.pipeline.final import train_final
     from recjobs.pipeline.gate import promote
     from recjobs.pipeline.publish import publish
-    from recjobs.pipeline.split import guard_and_prepare, prepare
+    from recjobs.pipeline.split import guard_and_prepare
 
     with_engine: dict[str, Callable[..., Any]] = {
         "ingest": ingest_inbox, "train": train_candidate, "evaluate": evaluate_candidate,
-        "promote": promote, "final": train_final, "publish": publish, "guard": check_input,
-        "guard_and_split": guard_and_prepare,
+        "promote": promote, "final": train_final, "publish": publish, "guard_and_split": guard_and_prepare,
     }
-    if name == "split":
-        return prepare(settings, *args)
     engine = engine_for(settings)
     try:
         return with_engine[name](settings, engine, *args)
@@ -67,8 +63,8 @@ def _forkserver() -> multiprocessing.context.BaseContext:
 
 
 def stage_runner(settings: Settings, isolate: bool) -> Callable[..., Any]:
-    """A ``run(name, *args)`` that runs stage ``name`` (split, train, evaluate, promote, final,
-    publish, ingest, guard, guard_and_split) with ``settings``: in a fresh child process when ``isolate``, else here."""
+    """A ``run(name, *args)`` that runs stage ``name`` (ingest, guard_and_split, train, evaluate,
+    promote, final, publish) with ``settings``: in a fresh child process when ``isolate``, else here."""
     if not isolate:
         return lambda name, *args: _stage(name, settings, args)
 
