@@ -99,8 +99,9 @@ def top_neighbours(x: sp.csr_matrix, pool: np.ndarray, n: int, shrink: float,
     """For every row of ``x``, its ``n`` most similar rows among ``pool`` (shrunk cosine, itself left out).
 
     Similarity of rows a and b: ``a . b`` over the norms of a and b on the columns both
-    store, times ``c / (c + shrink)``, ``c`` the number of those columns. Returns (row indices, similarities), each rows x ``n``; where fewer
-    than ``n`` rows are similar at all, the rest are -1 and 0.
+    store, times ``c / (c + shrink)``, ``c`` the number of those columns. Returns (row
+    indices, similarities), each rows x ``n``; where fewer than ``n`` rows are similar at
+    all, the rest are -1 and 0.
     """
     x = x.tocsr().astype(np.float32)
     ones = x.copy()
@@ -110,6 +111,8 @@ def top_neighbours(x: sp.csr_matrix, pool: np.ndarray, n: int, shrink: float,
     k = min(n, len(pool))
     idx = np.full((x.shape[0], n), -1, np.int32)
     sim = np.zeros((x.shape[0], n), np.float32)
+    if k == 0:
+        return idx, sim
     for lo in range(0, x.shape[0], block):
         hi = min(lo + block, x.shape[0])
         dot = (x[lo:hi] @ xp).toarray()
@@ -118,8 +121,6 @@ def top_neighbours(x: sp.csr_matrix, pool: np.ndarray, n: int, shrink: float,
         norm = np.sqrt((squares[lo:hi] @ op).toarray() * (ones[lo:hi] @ sp_).toarray())
         s = dot / np.maximum(norm, 1e-9) * (both / np.maximum(both + shrink, 1e-9))
         s[pool[None, :] == np.arange(lo, hi)[:, None]] = 0.0
-        if k == 0:
-            continue
         top = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else np.tile(np.arange(k), (hi - lo, 1))
         vals = np.take_along_axis(s, top, axis=1)
         good = vals > 0
@@ -218,16 +219,14 @@ class RatingStats:
                     self.mf.predict(u, i)]
             cols += [np.where(known_u, v, 0.0) for v in self.user_values[uc].T]
             cols += [np.where(known_i, v, 0.0) for v in self.item_values[ic].T]
-            item_res, item_w = np.zeros(len(u)), np.zeros(len(u))
+            neighbourly = np.zeros((4, len(u)))  # item residual and weight, user residual and weight
             both = known_u & known_i
             if both.any():
-                item_res[both], item_w[both] = self._neighbour_residual(self.item_nb, self.item_nb_sim, u[both],
-                                                                        i[both], users_vary=False)
-            user_res, user_w = np.zeros(len(u)), np.zeros(len(u))
-            if both.any():
-                user_res[both], user_w[both] = self._neighbour_residual(self.user_nb, self.user_nb_sim, i[both],
-                                                                        u[both], users_vary=True)
-            cols += [item_res, item_w, user_res, user_w]
+                neighbourly[:2, both] = self._neighbour_residual(self.item_nb, self.item_nb_sim, u[both], i[both],
+                                                                 users_vary=False)
+                neighbourly[2:, both] = self._neighbour_residual(self.user_nb, self.user_nb_sim, i[both], u[both],
+                                                                 users_vary=True)
+            cols += list(neighbourly)
             out[lo:lo + len(u)] = np.column_stack(cols)
         return out
 
