@@ -116,9 +116,8 @@ CREATE TABLE recommendations_history (
 	score FLOAT NOT NULL, 
 	model_version VARCHAR(128) NOT NULL, 
 	predicted_rating FLOAT
-);
-
-CREATE INDEX ix_recommendations_history_run_date ON recommendations_history (run_date);
+)
+ PARTITION BY LIST (run_date);
 
 CREATE INDEX ix_recommendations_history_user_id ON recommendations_history USING hash (user_id);
 

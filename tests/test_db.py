@@ -11,7 +11,16 @@ import pytest
 import sqlalchemy as sa
 
 from recjobs import columns as C
-from recjobs.db import LIST_COLUMNS, ensure_schema, items, make_engine, metadata, view_sql
+from recjobs.db import (
+    LIST_COLUMNS,
+    ensure_schema,
+    history,
+    items,
+    make_engine,
+    metadata,
+    recommendations_history,
+    view_sql,
+)
 from recjobs.publish import publish_list, replace_fallback_lists, rollback
 from tests.conftest import ROOT
 
@@ -126,6 +135,9 @@ def test_a_database_of_the_old_schema_is_upgraded_in_place(url):
     ensure_schema(engine)
     ensure_schema(engine)  # idempotent
     if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:  # the old history, moved into one partition a date
+            assert list(history.partitions(conn).values()) == ["2026-01-01"]
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM recommendations_history")).scalar_one() == 4
         for table in ("recommendations_history", "popular_items", "segment_popular_items", "user_segments", "items"):
             types = {c["name"]: str(c["type"]) for c in sa.inspect(engine).get_columns(table)}
             assert all(types[c] == "TEXT" for c in (C.USER, C.ITEM, C.SEGMENT) if c in types), (table, types)
@@ -143,3 +155,7 @@ def test_a_database_of_the_old_schema_is_upgraded_in_place(url):
                         [_ranked(ids, ids, "recommendations", "newer")]).live
     assert _list_of(engine, "recommendations", two_k) == ids
     engine.dispose()
+
+
+def test_history_columns_are_the_tables():
+    assert tuple(c.name for c in recommendations_history.columns) == history.COLUMNS

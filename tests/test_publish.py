@@ -12,8 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from recjobs import columns as C
-from recjobs.db import ensure_schema, make_engine, popular_items
-from recjobs.publish import live_version, prune_history, publish_list, rollback
+from recjobs.db import ensure_schema, history, make_engine, popular_items
+from recjobs.publish import live_version, prune_history, publish_list, publish_lists, rollback
 from tests.conftest import ROOT, wait_for
 
 USERS = 400
@@ -397,3 +397,54 @@ def test_predicted_ratings_load_where_staged_and_read_as_null_elsewhere(db):
     with db.connect() as conn:
         row = conn.execute(sa.text("SELECT user_id, model_version, predicted_rating FROM recommendations")).one()
     assert tuple(row) == ("u1", "old", None)
+
+
+def _history_tables(engine) -> tuple[dict[str, str], set[str]]:  # noqa: ANN001
+    """PostgreSQL: the history's partitions (name -> date), and every table named like one."""
+    with engine.connect() as conn:
+        parts = history.partitions(conn)
+        tables = set(conn.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE tablename LIKE 'recommendations\\_history\\_%'")).scalars())
+    return parts, tables
+
+
+def test_postgresql_history_is_one_partition_a_date_replaced_whole_by_a_rerun(postgres_url):
+    engine = make_engine(postgres_url)
+    ensure_schema(engine)
+    odd = "2026'01-0"  # a quote in a date is data in the partition's bound too
+    for day, version in (("2026-01-01", "a"), ("2026-01-02", "b"), ("2026-01-02", "c"), (odd, "d")):
+        publish_list(engine, "recommendations", day, version, frames(version))
+    parts, tables = _history_tables(engine)
+    assert sorted(parts.values()) == ["2026'01-0", "2026-01-01", "2026-01-02"] and set(parts) == tables
+    with engine.connect() as conn:
+        by_date = dict(conn.execute(sa.text(
+            "SELECT run_date, string_agg(DISTINCT model_version, ',') FROM recommendations_history "
+            "GROUP BY run_date")).all())
+        # Reads by user use the parent's index on every partition.
+        plan = "\n".join(conn.execute(sa.text(
+            "EXPLAIN SELECT * FROM recommendations_history WHERE user_id = 'u0001'")).scalars())
+    assert by_date == {"2026-01-01": "a", "2026-01-02": "c", odd: "d"}
+    assert "Index Scan" in plan or "Bitmap Index Scan" in plan, plan
+    # Retention drops whole partitions and counts their rows.
+    assert prune_history(engine, history_days=0, keep_dates=1, horizon=dt.date(2026, 1, 2)) == 2 * USERS * TOP
+    parts, tables = _history_tables(engine)
+    assert list(parts.values()) == ["2026-01-02"] and set(parts) == tables
+    engine.dispose()
+
+
+def test_postgresql_history_of_a_failed_publish_leaves_no_partition_and_keeps_the_old(postgres_url):
+    engine = make_engine(postgres_url)
+    ensure_schema(engine)
+    publish_list(engine, "recommendations", "2026-01-01", "old", frames("old"))
+    before = _history_tables(engine)
+
+    def fail(conn, results) -> None:  # noqa: ANN001
+        raise RuntimeError("the ledger write failed")
+
+    with pytest.raises(RuntimeError, match="ledger"):
+        publish_lists(engine, "2026-01-01", "new", {"recommendations": frames("new")}, in_swap=fail)
+    assert _history_tables(engine) == before
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT DISTINCT model_version FROM recommendations_history")).scalars().all() == [
+            "old"]
+    engine.dispose()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from recjobs.db import ensure_schema, make_engine, metadata
+from recjobs.db import ensure_schema, history, make_engine, metadata
 from recjobs.pipeline import (
     engine_for,
     evaluate_candidate,
@@ -116,8 +116,11 @@ def test_swap_that_never_gets_the_lock_fails_clearly_and_leaves_live_set(pg):
         assert conn.execute(sa.text("SELECT COUNT(*) FROM recommendations_history WHERE run_date = '2026-01-02'")
                             ).scalar_one() == 0
     # Nothing of the publish that gave up remains (its load rolled back), and the next one goes through.
+    with pg.connect() as conn:  # the history's one partition is 2026-01-01's
+        parts = history.partitions(conn)
+    assert list(parts.values()) == ["2026-01-01"]
     assert set(sa.inspect(pg).get_table_names()) == {*TABLES, "recommendations_v0", "similar_items_v0", "item_segments_v0",
-                                                     "recommendations_v1"}
+                                                     "recommendations_v1", *parts}
     assert publish_list(pg, "recommendations", "2026-01-02", "v2", frames("v2", 3)).live
     assert snapshot(pg) == (USERS * TOP, {"v2"})
 

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from recjobs import columns as C
+from recjobs.db import history
 from recjobs.db.engine import is_sqlite, make_engine, write_tx
 from recjobs.errors import DatabaseError
 
@@ -167,10 +168,10 @@ recommendations_history = sa.Table(
     sa.Column(C.MODEL_VERSION, sa.String(128), nullable=False),
     sa.Column(C.PREDICTED_RATING, sa.Float, nullable=True),
     sa.PrimaryKeyConstraint(C.RUN_DATE, C.USER, C.RANK).ddl_if(dialect="sqlite"),
-    # PostgreSQL: by date for the nightly delete and retention, by user for reads. Its rows
-    # come from a version table whose (user, rank) is unique, after the date's rows are deleted.
-    sa.Index("ix_recommendations_history_run_date", C.RUN_DATE).ddl_if(dialect="postgresql"),
+    # PostgreSQL: a partition a date (recjobs.db.history), indexed by user for reads. Its rows
+    # come from a version table whose (user, rank) is unique, so no unique index checks them.
     _pg_lookup("recommendations_history", C.USER),
+    postgresql_partition_by=f"LIST ({C.RUN_DATE})",
 )
 
 popular_items = sa.Table(
@@ -404,15 +405,27 @@ def upgrade_postgresql(engine: Engine) -> list[str]:
     not both run them. The live views follow at the next swap (:func:`view_sql`).
     """
     with engine.connect() as conn:
-        if not _pg_upgrade_plan(conn):
+        if not _pg_upgrade_plan(conn) and not _history_unpartitioned(conn):
             return []
     with write_tx(engine) as conn:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext('recjobs:schema'))"))
-        plan = _pg_upgrade_plan(conn)  # again under the lock: another stage may have run it
+        done = []
+        if _history_unpartitioned(conn):  # again under the lock: another stage may have done it
+            log.warning("upgrading the schema (once): recommendations_history becomes one partition a date; "
+                        "copying its rows")
+            moved = history.partition_existing(conn, recommendations_history)
+            done.append(f"partitioned recommendations_history by run_date ({moved:,} rows)")
+        plan = _pg_upgrade_plan(conn)
         for stmt in plan:
             log.warning("upgrading the schema (once): %s", stmt)
             conn.exec_driver_sql(stmt)
-    return plan
+    return done + plan
+
+
+def _history_unpartitioned(conn: Connection) -> bool:
+    """Whether ``recommendations_history`` is an older release's plain table (PostgreSQL)."""
+    kind = conn.execute(sa.text("SELECT relkind FROM pg_class WHERE oid = to_regclass('recommendations_history')"))
+    return kind.scalar() == "r"
 
 
 def schema_sql(dialect_name: str) -> str:

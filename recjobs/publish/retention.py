@@ -15,8 +15,9 @@ import logging
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from recjobs.db import history
 from recjobs.db.engine import write_tx
-from recjobs.db.schema import publications, recommendations_history
+from recjobs.db.schema import publications
 from recjobs.errors import SwapTimeoutError
 from recjobs.publish.locks import SwapPolicy, lock_swaps, locked_tx
 from recjobs.runs import future_horizon
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def prune_history(engine: Engine, history_days: int, keep_dates: int = 1, horizon: dt.date | None = None) -> int:
-    """Delete ``recommendations_history`` rows older than ``history_days`` before its newest real date.
+    """Remove ``recommendations_history`` rows older than ``history_days`` before its newest real date.
 
     The newest real date is the newest one not after ``horizon`` (default: tomorrow,
     UTC; see :func:`recjobs.runs.future_horizon`), so one outlier date (a mistyped year)
@@ -34,8 +35,7 @@ def prune_history(engine: Engine, history_days: int, keep_dates: int = 1, horizo
     """
     horizon = horizon or future_horizon(None)
     with write_tx(engine) as conn:  # SQLite: write lock up front, not a read lock upgraded later
-        dates = conn.execute(sa.select(recommendations_history.c.run_date).distinct()
-                             .order_by(recommendations_history.c.run_date.desc())).scalars().all()
+        dates = history.dates(conn)
         real = [d for d in dates if _as_date(d) is not None and _as_date(d) <= horizon]
         if not real:  # every date is an outlier (or the clock is wrong): measure from the newest
             real = dates
@@ -46,9 +46,7 @@ def prune_history(engine: Engine, history_days: int, keep_dates: int = 1, horizo
         # Never below the newest keep_dates dates: an outlier can displace at most its own count.
         if keep_dates > 0 and len(dates) >= keep_dates:
             cutoff = min(cutoff, dates[keep_dates - 1])
-        deleted = conn.execute(
-            recommendations_history.delete().where(recommendations_history.c.run_date < cutoff)
-        ).rowcount
+        deleted = history.drop_before(conn, cutoff)
     if deleted:
         # A warning: data is gone for good, and a setting decided it (the demo's old dates go on the first publish).
         log.warning("retention deleted %d recommendations_history rows of dates before %s: publish.history_days=%d "

@@ -40,13 +40,14 @@ from sqlalchemy.engine import Connection, Engine
 
 from recjobs import columns as C
 from recjobs.db.engine import write_tx
+from recjobs.db.history import COLUMNS as HISTORY_COLUMNS
+from recjobs.db.history import BuiltDate, attach_date, build_date
 from recjobs.db.schema import (
     LIST_COLUMNS,
     LIST_KEY,
     list_indexes,
     list_table,
     publications,
-    recommendations_history,
     view_sql,
 )
 from recjobs.faults import fault_point
@@ -170,6 +171,8 @@ def publish_lists(
         for kind in kinds:
             lock_swaps(conn, kind)
         results = [_swap_one(conn, one, run_date, horizon, start, history_only) for one in loaded]
+        if built is not None:
+            attach_date(conn, built)
         fault_point("publish.mid_swap")  # tests: killed (or held) with the views repointed, before commit
         if in_swap is not None:
             in_swap(conn, results)
@@ -179,8 +182,7 @@ def publish_lists(
         loaded = [_load(conn, kind, run_date, model_version, lists[kind], generated_at, start,
                         (totals or {}).get(kind)) for kind in kinds]
         recs = next((one for one in loaded if one.kind == "recommendations"), None)
-        if history and recs is not None:
-            _copy_history(conn, recs, run_date)
+        built = _copy_history(conn, recs, run_date) if history and recs is not None else None
         fault_point("publish.before_swap")  # tests: every list loaded, nothing swapped
         results = swap_attempts(conn, policy, "make " + ", ".join(one.table.name for one in loaded) + " live",
                                 swap_in)
@@ -251,17 +253,12 @@ def _load(conn: Connection, kind: str, run_date: str, model_version: str, frames
     return _Loaded(kind, pub_id, table, n_rows)
 
 
-def _copy_history(conn: Connection, recs: _Loaded, run_date: str) -> None:
-    """The date's rows of ``recommendations_history`` become the new version's (live or history only)."""
+def _copy_history(conn: Connection, recs: _Loaded, run_date: str) -> BuiltDate:
+    """The new version's rows as the date's history (live or history only), attached at the swap."""
     with Heartbeat(log, f"history of {run_date}") as beat:
         beat.phase(f"copying {recs.rows:,} rows into recommendations_history")
-        conn.execute(recommendations_history.delete().where(recommendations_history.c.run_date == run_date))
-        cols = ", ".join([C.USER, C.ITEM, C.RANK, C.SCORE, C.MODEL_VERSION, C.PREDICTED_RATING])
-        conn.execute(
-            sa.text(f"INSERT INTO recommendations_history ({C.RUN_DATE}, {cols}) "
-                    f"SELECT CAST(:run_date AS VARCHAR(10)), {cols} FROM {recs.table.name}"),
-            {"run_date": run_date},
-        )
+        cols = ", ".join(HISTORY_COLUMNS[1:])
+        return build_date(conn, run_date, f"SELECT {cols} FROM {recs.table.name}")
 
 
 def _swap_one(conn: Connection, one: _Loaded, run_date: str, horizon: dt.date, start: dt.datetime,
