@@ -13,7 +13,14 @@ import sqlalchemy as sa
 
 from recjobs import columns as C
 from recjobs.db import ensure_schema, history, make_engine, popular_items
-from recjobs.publish import live_version, prune_history, publish_list, publish_lists, rollback
+from recjobs.publish import (
+    SwapPolicy,
+    live_version,
+    prune_history,
+    publish_list,
+    publish_lists,
+    rollback,
+)
 from tests.conftest import ROOT, wait_for
 
 USERS = 400
@@ -447,4 +454,25 @@ def test_postgresql_history_of_a_failed_publish_leaves_no_partition_and_keeps_th
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT DISTINCT model_version FROM recommendations_history")).scalars().all() == [
             "old"]
+    engine.dispose()
+
+
+def test_postgresql_history_retention_waits_for_no_reader(postgres_url):
+    # Dropping a date's partition needs the history's ACCESS EXCLUSIVE lock: a reader inside a
+    # transaction keeps it; retention gives up after one lock timeout and the next prune drops it.
+    engine = make_engine(postgres_url)
+    ensure_schema(engine)
+    for day in ("2026-01-01", "2026-01-05"):
+        publish_list(engine, "recommendations", day, "v", frames("v"))
+    reader = engine.connect()
+    reader.execute(sa.text("SELECT COUNT(*) FROM recommendations_history")).scalar_one()
+    try:
+        assert prune_history(engine, history_days=2, horizon=dt.date(2026, 1, 5),
+                             swap=SwapPolicy(lock_timeout_ms=100)) == 0
+        assert sorted(_history_tables(engine)[0].values()) == ["2026-01-01", "2026-01-05"]
+    finally:
+        reader.rollback()
+        reader.close()
+    assert prune_history(engine, history_days=2, horizon=dt.date(2026, 1, 5)) == USERS * TOP
+    assert list(_history_tables(engine)[0].values()) == ["2026-01-05"]
     engine.dispose()

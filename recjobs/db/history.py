@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,13 +63,16 @@ def _partition_name(run_date: str) -> str:
     return f"{HISTORY}_{digits}_{uuid.uuid4().hex[:8]}"
 
 
-def build_date(conn: Connection, run_date: str, select_sql: str, params: Mapping[str, Any] | None = None) -> BuiltDate:
+def build_date(conn: Connection, run_date: str, select_sql: str, params: Mapping[str, Any] | None = None,
+               phase: Callable[[str], None] | None = None) -> BuiltDate:
     """Load ``run_date``'s history rows from ``select_sql`` (columns in the table's order, less ``run_date``).
 
     PostgreSQL: into a new table, indexed and analyzed, to be attached by
     :func:`attach_date` (readers see nothing of it until then). SQLite: the date's rows
-    are replaced in place. Either way, in the caller's transaction.
+    are replaced in place. Either way, in the caller's transaction. ``phase`` is told
+    what each step does (a progress line for a step of minutes).
     """
+    say = phase or (lambda _: None)
     bound = {"run_date": run_date, **(params or {})}
     insert = (f"({C.RUN_DATE}, {_VALUES}) SELECT CAST(:run_date AS VARCHAR(10)), {_VALUES} "
               f"FROM ({select_sql}) AS src")
@@ -81,9 +84,12 @@ def build_date(conn: Connection, run_date: str, select_sql: str, params: Mapping
     # The CHECK implies the partition's bound, so attaching it scans nothing.
     conn.exec_driver_sql(f"CREATE TABLE {name} (LIKE {HISTORY} INCLUDING DEFAULTS, "
                          f"CONSTRAINT {name}_date CHECK ({C.RUN_DATE} = {_literal(conn, run_date)}))")
+    say(f"copying into {name}")
     rows = conn.execute(sa.text(f"INSERT INTO {name} {insert}"), bound).rowcount
     # The parent's index (recjobs.db.schema), built once over the loaded rows; ATTACH adopts it.
+    say(f"indexing {rows:,} rows of {name}")
     conn.exec_driver_sql(f"CREATE INDEX {name}_user ON {name} USING hash ({C.USER})")
+    say(f"analyzing {name}")
     conn.exec_driver_sql(f"ANALYZE {name}")
     return BuiltDate(run_date, name, rows)
 

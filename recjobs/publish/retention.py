@@ -16,7 +16,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from recjobs.db import history
-from recjobs.db.engine import write_tx
 from recjobs.db.schema import publications
 from recjobs.errors import SwapTimeoutError
 from recjobs.publish.locks import SwapPolicy, lock_swaps, locked_tx
@@ -25,28 +24,39 @@ from recjobs.runs import future_horizon
 log = logging.getLogger(__name__)
 
 
-def prune_history(engine: Engine, history_days: int, keep_dates: int = 1, horizon: dt.date | None = None) -> int:
+def prune_history(engine: Engine, history_days: int, keep_dates: int = 1, horizon: dt.date | None = None,
+                  swap: SwapPolicy | None = None) -> int:
     """Remove ``recommendations_history`` rows older than ``history_days`` before its newest real date.
 
     The newest real date is the newest one not after ``horizon`` (default: tomorrow,
     UTC; see :func:`recjobs.runs.future_horizon`), so one outlier date (a mistyped year)
     makes no real date look old. The newest ``keep_dates`` dates are never deleted,
-    whatever the clock says. Returns the number of rows deleted.
+    whatever the clock says. Returns the number of rows deleted. On PostgreSQL dropping a
+    date's partition waits for the history's readers: at most one lock timeout of
+    ``swap``, then the next prune does it.
     """
     horizon = horizon or future_horizon(None)
-    with write_tx(engine) as conn:  # SQLite: write lock up front, not a read lock upgraded later
+    policy = SwapPolicy(swap.lock_timeout_ms if swap else SwapPolicy.lock_timeout_ms, deadline_s=0.0)
+
+    def drop(conn: Connection) -> tuple[int, str, dt.date | None]:
         dates = history.dates(conn)
         real = [d for d in dates if _as_date(d) is not None and _as_date(d) <= horizon]
         if not real:  # every date is an outlier (or the clock is wrong): measure from the newest
             real = dates
         anchor = _as_date(real[0]) if real else None
         if anchor is None:
-            return 0
+            return 0, "", None
         cutoff = (anchor - dt.timedelta(days=history_days)).isoformat()
         # Never below the newest keep_dates dates: an outlier can displace at most its own count.
         if keep_dates > 0 and len(dates) >= keep_dates:
             cutoff = min(cutoff, dates[keep_dates - 1])
-        deleted = history.drop_before(conn, cutoff)
+        return history.drop_before(conn, cutoff), cutoff, anchor
+
+    try:
+        deleted, cutoff, anchor = locked_tx(engine, policy, "prune recommendations_history", drop)
+    except SwapTimeoutError:
+        log.info("recommendations_history is in use by a reader; the next publish prunes it")
+        return 0
     if deleted:
         # A warning: data is gone for good, and a setting decided it (the demo's old dates go on the first publish).
         log.warning("retention deleted %d recommendations_history rows of dates before %s: publish.history_days=%d "

@@ -191,7 +191,7 @@ def publish_lists(
             log.info("%s for %s kept as history only: %s", r.kind, run_date,
                      "held by the output guard" if history_only else "a newer date is live")
     if history and recs is not None and history_days is not None:
-        prune_history(engine, history_days, keep_versions, horizon)
+        prune_history(engine, history_days, keep_versions, horizon, policy)
     for kind in kinds:
         prune(engine, kind, keep_versions, policy)
     return results
@@ -258,7 +258,7 @@ def _copy_history(conn: Connection, recs: _Loaded, run_date: str) -> BuiltDate:
     with Heartbeat(log, f"history of {run_date}") as beat:
         beat.phase(f"copying {recs.rows:,} rows into recommendations_history")
         cols = ", ".join(HISTORY_COLUMNS[1:])
-        return build_date(conn, run_date, f"SELECT {cols} FROM {recs.table.name}")
+        return build_date(conn, run_date, f"SELECT {cols} FROM {recs.table.name}", phase=beat.phase)
 
 
 def _swap_one(conn: Connection, one: _Loaded, run_date: str, horizon: dt.date, start: dt.datetime,
