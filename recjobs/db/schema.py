@@ -17,8 +17,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from recjobs import columns as C
-from recjobs.db import history
 from recjobs.db.engine import is_sqlite, make_engine, write_tx
+from recjobs.db.history import partition_existing
 from recjobs.errors import DatabaseError
 
 if TYPE_CHECKING:
@@ -413,7 +413,7 @@ def upgrade_postgresql(engine: Engine) -> list[str]:
         if _history_unpartitioned(conn):  # again under the lock: another stage may have done it
             log.warning("upgrading the schema (once): recommendations_history becomes one partition a date; "
                         "copying its rows")
-            moved = history.partition_existing(conn, recommendations_history)
+            moved = partition_existing(conn, recommendations_history)
             done.append(f"partitioned recommendations_history by run_date ({moved:,} rows)")
         plan = _pg_upgrade_plan(conn)
         for stmt in plan:
