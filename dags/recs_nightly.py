@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import pendulum
+from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.sdk.exceptions import (
     AirflowFailException,
@@ -61,7 +62,7 @@ from recjobs_airflow import (
 )
 
 # Parse time: only pydantic settings are imported here, nothing heavy.
-from recjobs.settings import FAMILIES, Settings, load_settings, mask_url
+from recjobs.settings import BUILT_ON_PEERS, FAMILIES, Settings, load_settings, mask_url
 
 log = logging.getLogger("recjobs.dags.recs_nightly")
 
@@ -303,9 +304,17 @@ def recs_nightly() -> None:
     prepared = split()
     ingest() >> prepared
     gate = promote()
+    # A family built on others (the ranker) trains after them, whatever their outcome, so it
+    # reuses the models they fitted (recjobs.pipeline.candidates.night_candidates) and fits
+    # only what failed or was not trained; an empty task waits for them all (all_done).
+    peers_done = EmptyOperator(task_id="peers_trained", trigger_rule="all_done")
     for family in FAMILIES:
         trained, evaluated = train_and_evaluate(family)
         prepared >> trained >> evaluated >> gate
+        if family in BUILT_ON_PEERS:
+            peers_done >> trained
+        else:
+            trained >> peers_done
     shards = plan_shards()
     gate >> train_champion() >> shards
     rank_shard.expand(shard=shards) >> publish()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import sqlalchemy as sa
 
 from recjobs.data import Lake
 from recjobs.db import make_engine
-from recjobs.settings import FAMILIES
+from recjobs.settings import BUILT_ON_PEERS, FAMILIES
 from tests.conftest import AIRFLOW, ROOT
 from tests.smtp_sink import start_sink
 
@@ -39,6 +40,8 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
         "def names(objs): return sorted(o.name for o in objs)\n"
         "print(json.dumps({\n"
         "    'tasks': sorted(t.task_id for t in dag.tasks),\n"
+        "    'upstream': {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},\n"
+        "    'rules': {t.task_id: getattr(t.trigger_rule, 'value', t.trigger_rule) for t in dag.tasks},\n"
         "    'timetable': [type(dag.timetable).__name__, dag.max_active_runs, dag.catchup],\n"
         "    'heavy': ['tensorflow' in sys.modules, 'implicit' in sys.modules],\n"
         "    'lineage': {t.task_id: [names(t.inlets), names(t.outlets)] for t in [*dag.tasks, *inbox.tasks]\n"
@@ -56,6 +59,12 @@ def test_dagbag_has_no_import_errors_and_expected_shape(airflow_env):
     tasks = got["tasks"]
     for fam in FAMILIES:  # one train/evaluate pair per registered family
         assert f"train_{fam}" in tasks and f"evaluate_{fam}" in tasks
+    # A family built on others trains after all of them, whatever their outcome (it reuses their models).
+    others = {f"train_{f}" for f in FAMILIES if f not in BUILT_ON_PEERS}
+    assert set(got["upstream"]["peers_trained"]) == others and got["rules"]["peers_trained"] == "all_done"
+    for fam in BUILT_ON_PEERS:
+        assert set(got["upstream"][f"train_{fam}"]) == {"split", "peers_trained"}
+        assert got["rules"][f"train_{fam}"] == "all_success"
     assert got["timetable"] == ["CronDataIntervalTimetable", 1, False]
     assert got["heavy"] == [False, False]  # heavy libraries are not imported at parse time
     assert "rank_shard" in tasks and "plan_shards" in tasks
@@ -215,7 +224,14 @@ def test_a_broken_recjobs_db_connection_fails_the_tasks_instead_of_publishing_lo
     log = out.stdout + out.stderr
     assert "Airflow connection 'recjobs_db' is set in AIRFLOW_CONN_RECJOBS_DB but Airflow cannot read it" in log, \
         log[-5000:]
-    assert "state=failed" in log and "state=success" not in log.split("Dag run")[-1]
+    # No task succeeded, but the empty one that only waits for the families' training.
+    succeeded, task = set(), None
+    for line in log.split("Dag run")[-1].splitlines():
+        started = re.search(r"\[DAG TEST\] starting task_id=(\S+)", line)
+        task = started.group(1) if started else task
+        if "state=success" in line:
+            succeeded.add(task)
+    assert "state=failed" in log and succeeded <= {"peers_trained"}, succeeded
     assert "s3cret-pw" not in log
     # Nothing was written to the embedded SQLite default.
     assert not (settings.home / "recjobs.db").exists()

@@ -102,6 +102,15 @@ class TestModelContract:
             assert not seen[u, valid].any()
             assert np.all(np.diff(scores[u][top[u] >= 0]) <= 0)  # best first
 
+    def test_pair_scores_are_the_score_blocks_values(self, fitted, blocks):
+        data, _ = blocks
+        rng = np.random.default_rng(1)
+        users = rng.integers(0, data.n_users, 500)
+        items = rng.integers(0, data.n_items, 500)
+        block = fitted.score(np.arange(data.n_users))
+        # Vectors score a pair as one dot product, blocks as a matrix product: float32 rounding apart.
+        np.testing.assert_allclose(fitted.score_pairs(users, items), block[users, items], rtol=1e-5, atol=1e-6)
+
     def test_save_and_load_give_identical_scores(self, fitted, blocks, tmp_path):
         data, _ = blocks
         path = fitted.save(tmp_path / "artifact", model_version="v1")

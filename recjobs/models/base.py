@@ -15,12 +15,19 @@ format (``model.npz`` + ``meta.json``). Two kinds share the scoring machinery:
 
 A new family subclasses one of them and implements ``_fit``; a new kind of model
 subclasses :class:`Recommender` itself. The top-k kernels are in :mod:`recjobs.models.topk`.
+
+A family built on other families (the ranker's generators) names them in
+:meth:`Recommender.peer_params`; ``fit`` may then be handed :class:`Peers`, the
+models of those families the night has already fitted, to reuse instead of fitting
+them again. Every other family ignores them.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +45,37 @@ from recjobs.models.topk import top_k_of_scores
 
 # 3: ids as UTF-8 bytes plus offsets (2 stored fixed-width text, which drops trailing NULs).
 ARTIFACT_FORMAT = 3
+# Users scored densely at a time by the default score_pairs (a block is users x items float32).
+PAIR_BLOCK = 2048
+
+
+@dataclass(frozen=True)
+class Peers:
+    """Models of other families already fitted this night, which a family built on them may reuse.
+
+    ``fitted``: family -> a model fitted on exactly the data ``fit`` is given (the night's
+    candidates, for a candidate fitted on the same training part).
+    ``before``: a part of that data before a cutoff (the split's training part, for the
+    final model), ``before_fitted`` the models fitted on it, and ``after`` (users x items
+    of ``before``, 0/1) the pairs that came after the cutoff: labels that no model in
+    ``before_fitted`` has seen. All three or none.
+    """
+
+    fitted: Mapping[str, Recommender] = field(default_factory=dict)
+    before: Interactions | None = None
+    before_fitted: Mapping[str, Recommender] = field(default_factory=dict)
+    after: sp.csr_matrix | None = None
+    # Side features aligned to ``before``'s users and items (``fit``'s are aligned to its data).
+    before_features: SideFeatures | None = None
+
+    def __post_init__(self) -> None:
+        if (self.before is None) != (self.after is None):
+            raise ValueError("Peers: before and after come together")
+        if self.before is not None and self.after is not None and self.after.shape != self.before.matrix.shape:
+            raise ValueError(f"Peers: after {self.after.shape} is not shaped like before {self.before.matrix.shape}")
+
+
+NO_PEERS = Peers()
 
 
 class Recommender(ABC):
@@ -54,17 +92,26 @@ class Recommender(ABC):
         self.item_ids: np.ndarray | None = None
         self.info: dict[str, Any] = {}
 
-    def fit(self, data: Interactions, features: SideFeatures | None = None) -> Recommender:
-        """Fit on ``data``; ``features`` must be aligned to its users and items."""
+    def fit(self, data: Interactions, features: SideFeatures | None = None, peers: Peers = NO_PEERS) -> Recommender:
+        """Fit on ``data``; ``features`` must be aligned to its users and items.
+
+        ``peers``: models of :meth:`peer_params`' families already fitted (see :class:`Peers`); a
+        family reuses what it is given and fits what it is not, with the same result.
+        """
         if data.n_users == 0 or data.n_items == 0:
             raise ModelError(f"{self.family}: cannot fit on an empty interactions matrix")
-        self._learn(data, features)
+        self._learn(data, features, peers)
         self.user_ids, self.item_ids = data.user_ids, data.item_ids
         return self
 
     @abstractmethod
-    def _learn(self, data: Interactions, features: SideFeatures | None) -> None:
+    def _learn(self, data: Interactions, features: SideFeatures | None, peers: Peers) -> None:
         """Fit the family (``_fit``) and keep what scoring needs; defined by each kind."""
+
+    def peer_params(self) -> dict[str, BaseModel]:
+        """Families whose fitted models :meth:`fit` can reuse (:class:`Peers`), with the parameters
+        it would fit them with (a peer fitted with others is not the same model); none by default."""
+        return {}
 
     @property
     def fitted(self) -> bool:
@@ -78,6 +125,23 @@ class Recommender(ABC):
     @abstractmethod
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         """Scores of every item for the users at ``user_rows`` (a dense float32 block)."""
+
+    def score_pairs(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        """The scores :meth:`score` gives the (user row, item column) pairs, one per pair.
+
+        By default from dense blocks of the pairs' distinct users; a kind that can score
+        a pair directly (a dot product, a sparse row) overrides it.
+        """
+        user_rows = np.asarray(user_rows, np.int64)
+        item_rows = np.asarray(item_rows, np.int64)
+        users, inverse = np.unique(user_rows, return_inverse=True)
+        out = np.empty(len(user_rows), np.float32)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(0, len(users) + PAIR_BLOCK, PAIR_BLOCK))
+        for b, lo in enumerate(range(0, len(users), PAIR_BLOCK)):
+            at = order[bounds[b]:bounds[b + 1]]
+            out[at] = self.score(users[lo:lo + PAIR_BLOCK])[inverse[at] - lo, item_rows[at]]
+        return out
 
     def recommend(
         self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None = None
@@ -170,10 +234,11 @@ class Recommender(ABC):
                 else:  # format 2: fixed-width text arrays
                     ids[name] = npz[name].astype(object)
             id_keys = {f"{name}{suffix}" for name in ids for suffix in ("", "_data", "_offsets")}
+            # Ids first: a model holding others (the ranker's generators) hands them its ids.
+            model.user_ids, model.item_ids = ids["user_ids"], ids["item_ids"]
             model._restore({name: npz[name] for name in npz.files if name not in id_keys})
-        model.user_ids, model.item_ids = ids["user_ids"], ids["item_ids"]
         model.info = meta.get("info", {})
         return model
 
 
-__all__ = ["ARTIFACT_FORMAT", "Recommender"]
+__all__ = ["ARTIFACT_FORMAT", "NO_PEERS", "Peers", "Recommender"]

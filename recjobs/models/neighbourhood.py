@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.errors import ModelError
-from recjobs.models.base import Recommender
+from recjobs.models.base import PAIR_BLOCK, Peers, Recommender
 from recjobs.models.topk import top_k_of_rows, top_k_of_scores
 
 # Users per task of the fast ranking path: a task's score block (users x modelled items,
@@ -65,7 +65,7 @@ class NeighbourhoodRecommender(Recommender):
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Neighbourhood:
         """Learn the item x item matrix (and the weighted history) for ``data``."""
 
-    def _learn(self, data: Interactions, features: SideFeatures | None) -> None:
+    def _learn(self, data: Interactions, features: SideFeatures | None, peers: Peers) -> None:
         nb = self._fit(data, features)
         m = data.n_items if nb.items is None else len(nb.items)
         if nb.similarity.shape != (m, m) or nb.history.shape != (data.n_users, m):
@@ -109,6 +109,38 @@ class NeighbourhoodRecommender(Recommender):
             block = sparse_times(history, nb.similarity)
             block[np.diff(history.indptr) == 0] = -np.inf  # no modelled item in the history
         return self._widen(block)
+
+    def score_pairs(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        """:meth:`score`'s values of the pairs (the same scipy product), without widening blocks to every item."""
+        if type(self).score is not NeighbourhoodRecommender.score:
+            return super().score_pairs(user_rows, item_rows)  # a subclass scores its own way
+        nb = self._nb()
+        positions, _ = self._prepare()
+        user_rows, item_rows = np.asarray(user_rows, np.int64), np.asarray(item_rows, np.int64)
+        cols = item_rows if positions is None else positions[item_rows]
+        out = np.full(len(user_rows), -np.inf, np.float32)
+        users, inverse = np.unique(user_rows, return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.searchsorted(inverse[order], np.arange(0, len(users) + PAIR_BLOCK, PAIR_BLOCK))
+        for b, lo in enumerate(range(0, len(users), PAIR_BLOCK)):
+            at = order[bounds[b]:bounds[b + 1]]
+            at = at[cols[at] >= 0]
+            history = nb.history[users[lo:lo + PAIR_BLOCK]]
+            row, col = inverse[at] - lo, cols[at]
+            if sp.issparse(nb.similarity):
+                product = (history @ nb.similarity).tocsr()
+                product.sum_duplicates()  # canonical: sorted columns within each row
+                keys = np.repeat(np.arange(product.shape[0], dtype=np.int64), np.diff(product.indptr))
+                keys = keys * product.shape[1] + product.indices
+                wanted = row * product.shape[1] + col
+                found = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+                hit = (keys[found] == wanted) if len(keys) else np.zeros(len(wanted), bool)
+                out[at] = np.where(hit, product.data[found] if len(keys) else 0.0, -np.inf)
+            else:
+                block = sparse_times(history, nb.similarity)
+                block[np.diff(history.indptr) == 0] = -np.inf
+                out[at] = block[row, col]
+        return out
 
     def recommend(
         self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None = None

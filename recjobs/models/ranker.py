@@ -34,15 +34,17 @@ from pydantic import BaseModel
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.errors import ArtifactError, ModelError
-from recjobs.models.base import Recommender
+from recjobs.models.base import Peers, Recommender
 from recjobs.models.rating_model import RatingModel, RatingParams
 from recjobs.models.ratings import explicit
 from recjobs.models.registry import FAMILIES, get_family
 from recjobs.models.stacking import (
     FeatureBase,
+    LabelSplit,
     candidate_features,
     feature_names,
     generate,
+    given_split,
     label_cutoff,
 )
 from recjobs.progress import Heartbeat
@@ -89,10 +91,7 @@ class RankerModel(Recommender):
 
     # -- fitting -------------------------------------------------------------------
     def _generator(self, name: str, data: Interactions, features: SideFeatures | None) -> Recommender:
-        cls = get_family(name)
-        p: RankerParams = self.params
-        params = cls.params_type.model_validate(p.generator_params.get(name, {}))
-        return cls(params, seed=self.seed).fit(data, features)
+        return get_family(name)(self.peer_params()[name], seed=self.seed).fit(data, features)
 
     def _names(self) -> list[str]:
         # Registry order, whatever order the settings (or a saved artifact's sorted JSON) list them in.
@@ -101,16 +100,38 @@ class RankerModel(Recommender):
     def _ks(self) -> list[int]:
         return [self.params.generators[g] for g in self._names()]
 
-    def _learn(self, data: Interactions, features: SideFeatures | None) -> None:
+    def peer_params(self) -> dict[str, BaseModel]:
+        """Its generators, with their parameters: the night's models of those families can serve,
+        or (fitted on the part before its labels) propose its training candidates."""
+        p: RankerParams = self.params
+        return {g: get_family(g).params_type.model_validate(p.generator_params.get(g, {})) for g in self._names()}
+
+    def _labelled(self, data: Interactions, features: SideFeatures | None, peers: Peers,
+                  beat: Heartbeat) -> tuple[LabelSplit, list[Recommender], SideFeatures | None, str]:
+        """The label split, the generators fitted before it (the peers' where given, else fitted
+        here) and the side features aligned to the split's ``inner`` data."""
+        p: RankerParams = self.params
+        names = self._names()
+        if peers.before is not None and peers.after is not None:
+            fitted = [g for g in names if g in peers.before_fitted]
+            beat.phase(f"labels: the {peers.after.nnz:,} pairs after the given cutoff; generators on the "
+                       f"{peers.before.nnz:,} pairs before it ({', '.join(fitted) or 'none'} already fitted)")
+            before, before_features = peers.before, peers.before_features
+            return (given_split(before, peers.after),
+                    [peers.before_fitted[g] if g in fitted else self._generator(g, before, before_features)
+                     for g in names], before_features, "given")
+        split = label_cutoff(data, p.label_split, p.label_fraction, p.min_label_users)
+        beat.phase(f"generators {', '.join(names)} on the data before the {split.protocol} label "
+                   f"cutoff ({split.inner.nnz:,} pairs; {split.labels.nnz:,} labels after it)")
+        return split, [self._generator(g, split.inner, features) for g in names], features, split.protocol
+
+    def _learn(self, data: Interactions, features: SideFeatures | None, peers: Peers) -> None:
         p: RankerParams = self.params
         lgb = _lgb()
         started = time.perf_counter()
         with Heartbeat(log, "ranker") as beat:
-            split = label_cutoff(data, p.label_split, p.label_fraction, p.min_label_users)
-            beat.phase(f"generators {', '.join(self._names())} on the data before the {split.protocol} label "
-                       f"cutoff ({split.inner.nnz:,} pairs; {split.labels.nnz:,} labels after it)")
-            inner = [self._generator(g, split.inner, features) for g in self._names()]
-            base = FeatureBase(split.inner, features, self.seed)
+            split, inner, inner_features, protocol = self._labelled(data, features, peers, beat)
+            base = FeatureBase(split.inner, inner_features, self.seed)
             has_label = np.diff(split.labels.indptr) > 0
             has_history = np.diff(split.inner.matrix.indptr) > 0
             users = np.flatnonzero(has_label & has_history)
@@ -151,7 +172,7 @@ class RankerModel(Recommender):
             if n_valid:
                 valid_group[rng.choice(n_groups, n_valid, replace=False)] = True
             valid_rows = np.repeat(valid_group, sizes)
-            names = feature_names(self._names(), base, *self._side_names(features))
+            names = feature_names(self._names(), base, *self._side_names(inner_features))
             params = {
                 "objective": p.objective, "learning_rate": p.learning_rate, "num_leaves": p.leaves,
                 "min_child_samples": p.min_child_samples, "feature_fraction": p.feature_fraction,
@@ -173,21 +194,31 @@ class RankerModel(Recommender):
             gains = booster.feature_importance("gain")
             top = sorted(zip(names, gains, strict=True), key=lambda ng: -ng[1])[:10]
             self.info.update(
-                label_protocol=split.protocol, train_users=int(n_groups), train_candidates=int(len(y)),
+                label_protocol=protocol, train_users=int(n_groups), train_candidates=int(len(y)),
                 candidate_recall=round(found / max(total, 1), 4), trees=int(booster.best_iteration or p.trees),
                 top_features=[f"{n} {g:.0f}" for n, g in top], fit_seconds_ranker=round(fit_s, 1))
             log.info("ranker: %s labels; candidates hold %.1f%% of them; %d trees; top features %s",
-                     split.protocol, 100 * found / max(total, 1), self.info["trees"], ", ".join(
+                     protocol, 100 * found / max(total, 1), self.info["trees"], ", ".join(
                          self.info["top_features"][:5]))
-            protocol = split.protocol
             del x, y, inner, base, split
             rating_model = None
-            if p.ratings == "on" or (p.ratings == "auto" and explicit(data.matrix.data)):
-                beat.phase(f"the rating model ({len(p.rating_folds)} {protocol} folds of ratings after their cutoffs)")
-                rating_model = RatingModel.fit(data, protocol, p.min_label_users, self._rating_params(), self.seed,
+            auto = p.ratings == "auto" and explicit(data.matrix.data)
+            if auto and data.nnz > p.rating_auto_max_pairs:
+                log.info("ranker: no rating model: %s training pairs are more than models.ranker."
+                         "rating_auto_max_pairs=%s (models.ranker.ratings=on fits it anyway)",
+                         f"{data.nnz:,}", f"{p.rating_auto_max_pairs:,}")
+                auto = False
+            if p.ratings == "on" or auto:
+                # Given labels say nothing of how its own folds should be cut: the settings' rule.
+                folds = p.label_split if protocol == "given" else protocol
+                beat.phase(f"the rating model ({len(p.rating_folds)} {folds} folds of ratings after their cutoffs)")
+                rating_model = RatingModel.fit(data, folds, p.min_label_users, self._rating_params(), self.seed,
                                                self.info)
-            beat.phase("generators and feature statistics on all of the data, for serving")
-            self.generators = [self._generator(g, data, features) for g in self._names()]
+            reused = [g for g in self._names() if g in peers.fitted]
+            beat.phase("generators and feature statistics on all of the data, for serving"
+                       + (f" ({', '.join(reused)} already fitted on it)" if reused else ""))
+            self.generators = [peers.fitted[g] if g in peers.fitted else self._generator(g, data, features)
+                               for g in self._names()]
             self.base = FeatureBase(data, features, self.seed)
             self.booster = booster
             self.rating_model = rating_model
@@ -300,11 +331,12 @@ class RankerModel(Recommender):
                              f"{expected}: it was trained by another version; retrain it")
         self.base = base
         self.generators = []
-        for j, name in enumerate(self._names()):
-            cls = get_family(name)
-            g = cls(cls.params_type.model_validate(self.params.generator_params.get(name, {})), seed=self.seed)
+        for j, (name, params) in enumerate(self.peer_params().items()):
+            g = get_family(name)(params, seed=self.seed)
             prefix = f"g{j}__"
             g._restore({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+            # Fitted on the ranker's own data: the same users and items.
+            g.user_ids, g.item_ids = self.user_ids, self.item_ids
             self.generators.append(g)
 
 

@@ -30,6 +30,9 @@ FAMILIES: tuple[str, ...] = tuple(_REGISTRY)
 # the ranker fits several generators and a learner twice a night (about four minutes at a
 # tenth of ML-20M on 2 cores), which the 10-minute night at full size cannot hold yet.
 DEFAULT_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f not in ("userknn", "ranker"))
+# Families whose fit reuses the night's models of other families (Recommender.peer_params):
+# a night trains them after the others. Known here so a DAG can order its tasks at parse time.
+BUILT_ON_PEERS: tuple[str, ...] = ("ranker",)
 
 
 def families() -> list[str]:

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.errors import ModelError
-from recjobs.models.base import Recommender
+from recjobs.models.base import Peers, Recommender
 from recjobs.models.neighbourhood import item_embedding_svd, recency_history
 from recjobs.models.topk import cosine_neighbours, pad_empty
 from recjobs.progress import Heartbeat
@@ -63,7 +63,7 @@ class UserKNNModel(Recommender):
         self.pool_history: sp.csr_matrix | None = None  # pool x items, binary
         self.embedding: np.ndarray | None = None
 
-    def _learn(self, data: Interactions, features: SideFeatures | None) -> None:
+    def _learn(self, data: Interactions, features: SideFeatures | None, peers: Peers) -> None:
         p: UserKNNParams = self.params
         started = time.perf_counter()
         binary = data.binary().astype(np.float32)

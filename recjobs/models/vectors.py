@@ -12,8 +12,11 @@ from pydantic import BaseModel
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.errors import ModelError
-from recjobs.models.base import Recommender
+from recjobs.models.base import Peers, Recommender
 from recjobs.models.topk import cosine_neighbours, top_k
+
+# Pairs scored at a time by score_pairs (each gathers a user and an item vector).
+PAIRS_AT_ONCE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,7 @@ class VectorRecommender(Recommender):
     def _fit(self, data: Interactions, features: SideFeatures | None) -> Vectors:
         """Learn vectors for ``data``'s users and items."""
 
-    def _learn(self, data: Interactions, features: SideFeatures | None) -> None:
+    def _learn(self, data: Interactions, features: SideFeatures | None, peers: Peers) -> None:
         vectors = self._fit(data, features)
         u, v, b = (np.ascontiguousarray(x, dtype=np.float32)
                    for x in (vectors.user_vectors, vectors.item_vectors, vectors.item_bias))
@@ -57,6 +60,18 @@ class VectorRecommender(Recommender):
         block = vec.user_vectors[user_rows] @ vec.item_vectors.T
         block += vec.item_bias
         return block
+
+    def score_pairs(self, user_rows: np.ndarray, item_rows: np.ndarray) -> np.ndarray:
+        """``user_vectors[u] . item_vectors[i] + item_bias[i]`` per pair, without a dense block."""
+        if type(self).score is not VectorRecommender.score:
+            return super().score_pairs(user_rows, item_rows)  # a subclass scores its own way
+        vec = self._vec()
+        user_rows, item_rows = np.asarray(user_rows, np.int64), np.asarray(item_rows, np.int64)
+        out = np.empty(len(user_rows), np.float32)
+        for lo in range(0, len(user_rows), PAIRS_AT_ONCE):
+            u, i = user_rows[lo:lo + PAIRS_AT_ONCE], item_rows[lo:lo + PAIRS_AT_ONCE]
+            out[lo:lo + len(u)] = np.einsum("ij,ij->i", vec.user_vectors[u], vec.item_vectors[i]) + vec.item_bias[i]
+        return out
 
     def recommend(
         self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None = None

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy.engine import Engine
@@ -25,7 +26,7 @@ from recjobs.errors import PipelineError
 from recjobs.evaluation.metrics import Metrics, evaluate_model
 from recjobs.evaluation.ratings import rating_errors
 from recjobs.files import write_json
-from recjobs.models.base import Recommender
+from recjobs.models.base import NO_PEERS, Peers, Recommender
 from recjobs.models.registry import get_family
 from recjobs.pipeline.split import load_matrix, run_day
 from recjobs.progress import Heartbeat
@@ -36,17 +37,54 @@ from recjobs.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def fit_family(settings: Settings, family: str, data: Interactions) -> tuple[Recommender, float]:
-    """A new ``family`` model fitted on ``data`` (with the lake's side features), and its fit seconds."""
+def fit_family(settings: Settings, family: str, data: Interactions,
+               peers: Callable[[Recommender], Peers] | None = None) -> tuple[Recommender, float]:
+    """A new ``family`` model fitted on ``data`` (with the lake's side features), and its fit seconds.
+
+    ``peers``: what the night has already fitted that this model can reuse (see
+    :func:`night_peers`), asked for once the model says which families it builds on.
+    """
     cls = get_family(family)
     model = cls(settings.model_params(family), seed=settings.seed)
     features = load_side_features(Lake.of(settings), data)
+    given = peers(model) if peers is not None and model.peer_params() else NO_PEERS
     log.info("fitting %s on %d users x %d items (%d interactions)", family, data.n_users, data.n_items, data.nnz)
     start = time.perf_counter()
-    model.fit(data, features)
+    model.fit(data, features, given)
     seconds = time.perf_counter() - start
     log.info("fitted %s in %.1fs", family, seconds)
     return model, seconds
+
+
+def split_key(snap: dict[str, Any]) -> str:
+    """What a candidate's training part depends on besides its settings: the data and the split protocol."""
+    return f"{snap['fingerprint']}/{snap.get('split_protocol', 'per_user')}/{snap.get('holdout_cutoff')}"
+
+
+def night_candidates(settings: Settings, day: dt.date, model: Recommender) -> dict[str, Recommender]:
+    """The date's candidates of the families ``model`` builds on, each one only where it was
+    fitted on this split with the parameters ``model`` would fit it with (its version says so).
+
+    Anything else (a family the night did not train, a failed one, other settings) is left
+    out, and the model fits it itself: reuse saves time and never changes what is fitted.
+    """
+    folder = RunFolder.of(settings, day)
+    key = split_key(folder.snapshot())
+    found: dict[str, Recommender] = {}
+    for family, params in model.peer_params().items():
+        path = folder.candidate(family)
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        expected = model_version(family, day, params.model_dump(), settings.seed, key, "candidate")
+        if meta.get("model_version") == expected:
+            found[family] = Recommender.load(path)
+            log.info("reusing the night's %s candidate (%s)", family, expected)
+        else:
+            log.info("not reusing the night's %s candidate: fitted with other parameters or on another split",
+                     family)
+    return found
 
 
 def train_candidate(settings: Settings, engine: Engine, run_date: str | dt.date, family: str) -> Path:
@@ -61,11 +99,11 @@ def train_candidate(settings: Settings, engine: Engine, run_date: str | dt.date,
     snap = folder.snapshot()
     ledger.record_training(engine, day, family)
     data = load_matrix(settings, day, "train")
-    model, seconds = fit_family(settings, family, data)
+    # A family built on others (the ranker) serves with the night's candidates fitted on this same part.
+    model, seconds = fit_family(settings, family, data, lambda m: Peers(fitted=night_candidates(settings, day, m)))
     params = settings.model_params(family).model_dump()
     # The candidate's training part depends on the split protocol too, not only on the data.
-    split_key = f"{snap['fingerprint']}/{snap.get('split_protocol', 'per_user')}/{snap.get('holdout_cutoff')}"
-    version = model_version(family, day, params, settings.seed, split_key, "candidate")
+    version = model_version(family, day, params, settings.seed, split_key(snap), "candidate")
     return model.save(folder.candidate(family), model_version=version, fit_seconds=seconds,
                       run_date=day.isoformat(), stage="candidate")
 
@@ -174,4 +212,4 @@ def record_failure(engine: Engine, run_date: str | dt.date, family: str, error: 
     ledger.record_failure(engine, parse_date(run_date), family, error)
 
 
-__all__ = ["evaluate_candidate", "fit_family", "record_failure", "train_candidate"]
+__all__ = ["evaluate_candidate", "fit_family", "night_candidates", "record_failure", "split_key", "train_candidate"]

@@ -13,7 +13,7 @@ imported when a database URL is checked, built or masked).
 """
 
 from recjobs.errors import SettingsError
-from recjobs.models.registry import FAMILIES
+from recjobs.models.registry import BUILT_ON_PEERS, FAMILIES
 from recjobs.settings._load import ENV_PREFIX, load_settings
 from recjobs.settings._operations import AlertsSettings, GuardSettings
 from recjobs.settings._params import (
@@ -47,7 +47,7 @@ from recjobs.settings._sections import (
 )
 
 __all__ = [
-    "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "AlertsSettings", "ColdStartSettings", "EASEParams",
+    "BUILT_ON_PEERS", "ENV_PREFIX", "FAMILIES", "ALSParams", "AirflowSettings", "AlertsSettings", "ColdStartSettings", "EASEParams",
     "EvaluateSettings", "FeedbackSettings", "GateSettings", "GuardSettings", "IngestSettings", "ItemSegmentsSettings",
     "ItemKNNParams", "LightFMParams", "ModelsSettings",
     "PopularityParams", "PublishSettings", "RankerParams", "RerankSettings", "RulesSettings", "RunsSettings",

@@ -204,6 +204,10 @@ class RankerParams(Strict):
     # auto: on where ratings look explicit (more than two distinct values, e.g. MovieLens).
     # Defaults measured on MovieLens 100k (README 'Ratings').
     ratings: Literal["auto", "on", "off"] = "auto"
+    # auto leaves the rating model off above this many training pairs: its statistics are
+    # fitted five times a fit (four folds and serving), and at ML-20M size (20M pairs) one
+    # costs about 460 s on 2 cores (its biased MF 380 s), far beyond a night. on: always.
+    rating_auto_max_pairs: int = Field(2_000_000, gt=0)
     rating_folds: list[float] = Field([0.1, 0.2, 0.3, 0.4], min_length=1)
     rating_trees: int = Field(300, gt=0)
     rating_learning_rate: float = Field(0.05, gt=0.0)
