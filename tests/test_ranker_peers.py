@@ -115,7 +115,7 @@ def test_the_night_reuses_its_candidates_for_the_ranker_and_its_final_model_lear
     other = load_settings({**overrides, "models": {"ranker": {
         **overrides["models"]["ranker"], "generator_params": {"itemknn": {"neighbours": 7}}}}}, environ={})
     assert set(night_candidates(settings, day, model)) == {"itemknn"}
-    assert night_candidates(other, day, get_family("ranker")(other.model_params("ranker"))) == {}
+    assert len(night_candidates(other, day, get_family("ranker")(other.model_params("ranker")))) == 0
     # Made champion, its final model learns from the holdout as labels after the training part.
     evaluate_candidate(settings, engine, day, "ranker")
     promote(load_settings({**overrides, "families": ["ranker"]}, environ={}), engine, day)
@@ -138,3 +138,19 @@ def test_auto_ratings_leave_the_rating_model_off_above_its_size_and_on_forces_it
         capped = ranker(**small, rating_auto_max_pairs=rated.nnz - 1).fit(rated, feats)
     assert not capped.predicts_ratings() and "rating_auto_max_pairs" in caplog.text
     assert ranker(**small, rating_auto_max_pairs=rated.nnz - 1, ratings="on").fit(rated, feats).predicts_ratings()
+
+
+def test_the_rankers_lists_are_the_top_of_its_scores_with_the_exclusions_given():
+    """Ranking among the candidates only gives the lists of ranking its whole score block."""
+    from recjobs.models.topk import top_k_of_scores
+
+    data, feats, _ = planted()
+    model = ranker(generators=GENERATORS, chunk_users=50).fit(data, feats)
+    rows = np.arange(data.n_users)
+    extra = sp.random(data.n_users, data.n_items, density=0.2, random_state=1, format="csr")
+    for exclude in (data.matrix, (data.matrix + extra).tocsr()):
+        for n in (1, 5, 200):
+            top, best = model.recommend(rows, n, exclude=exclude)
+            want_top, want_best = top_k_of_scores(model.score(rows), n, exclude)
+            np.testing.assert_array_equal(top, want_top)
+            np.testing.assert_array_equal(best, want_best)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ from recjobs.models.rating_model import RatingModel, RatingParams
 from recjobs.models.ratings import explicit
 from recjobs.models.registry import FAMILIES, get_family
 from recjobs.models.stacking import (
+    Candidates,
     FeatureBase,
     LabelSplit,
     candidate_features,
@@ -47,6 +49,7 @@ from recjobs.models.stacking import (
     given_split,
     label_cutoff,
 )
+from recjobs.models.topk import top_k_of_rows
 from recjobs.progress import Heartbeat
 from recjobs.settings import RankerParams
 
@@ -62,6 +65,18 @@ def _lgb() -> Any:  # noqa: ANN401 - the lightgbm module, imported on first use
     import lightgbm
 
     return lightgbm
+
+
+def _stored(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Whether each (row, col) pair is a stored entry of ``matrix``."""
+    m = matrix.tocsr()
+    m.sum_duplicates()
+    keys = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) * m.shape[1] + m.indices
+    wanted = rows.astype(np.int64) * m.shape[1] + cols
+    if not len(keys):
+        return np.zeros(len(wanted), bool)
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return keys[at] == wanted
 
 
 def sample_negatives(y: np.ndarray, sizes: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -256,19 +271,47 @@ class RankerModel(Recommender):
             raise ModelError(f"{self.family}: model is not fitted")
         return self.generators, self.base, self.booster
 
-    def score(self, user_rows: np.ndarray) -> np.ndarray:
-        """The booster's scores of each user's candidates; -inf for every other item."""
+    def _predicted(self, rows: np.ndarray) -> Iterator[tuple[int, Candidates, np.ndarray]]:
+        """Per block of ``rows``: its offset, its users' candidates and the booster's scores of them."""
         gens, base, booster = self._parts()
-        rows = np.asarray(user_rows, np.int64)
-        out = np.full((len(rows), base.n_items), -np.inf, np.float32)
         for lo in range(0, len(rows), self.params.chunk_users):
             part = rows[lo:lo + self.params.chunk_users]
             cands = generate(gens, self._ks(), part, base.history)
-            if not len(cands.item):
-                continue
-            pred = booster.predict(candidate_features(base, cands, part), num_threads=self.params.threads)
+            if len(cands.item):
+                pred = booster.predict(candidate_features(base, cands, part), num_threads=self.params.threads)
+                yield lo, cands, np.asarray(pred, np.float32)
+
+    def score(self, user_rows: np.ndarray) -> np.ndarray:
+        """The booster's scores of each user's candidates; -inf for every other item."""
+        rows = np.asarray(user_rows, np.int64)
+        out = np.full((len(rows), self._parts()[1].n_items), -np.inf, np.float32)
+        for lo, cands, pred in self._predicted(rows):
             out[lo + cands.user, cands.item] = pred
         return out
+
+    def recommend(
+        self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`score`'s top-``n`` lists, ranked among each user's candidates only (no users x items block)."""
+        self._require_fitted()
+        rows = np.asarray(user_rows, np.int64)
+        ids = np.full((len(rows), n), -1, np.int64)
+        scores = np.full((len(rows), n), -np.inf, np.float32)
+        for lo, cands, pred in self._predicted(rows):
+            m = int(np.bincount(cands.user).max())
+            # Candidates come in (user, item) order: pack each user's into one row of a block.
+            first = np.searchsorted(cands.user, np.arange(int(cands.user.max()) + 1))
+            slot = np.arange(len(cands.user)) - first[cands.user]
+            values = np.full((int(cands.user.max()) + 1, m), -np.inf, np.float32)
+            columns = np.zeros(values.shape, np.int64)
+            kept = np.isfinite(pred)
+            if exclude is not None:
+                kept &= ~_stored(exclude[rows[lo:lo + len(values)]], cands.user, cands.item)
+            values[cands.user[kept], slot[kept]] = pred[kept]
+            columns[cands.user, slot] = cands.item
+            top, best = top_k_of_rows(values, n, columns)
+            ids[lo:lo + len(top)], scores[lo:lo + len(top)] = top, best
+        return ids, scores
 
     def _neighbour_source(self) -> Recommender | None:
         return next((g for g in self._parts()[0] if g.has_similar_items()), None)

@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +61,43 @@ def split_key(snap: dict[str, Any]) -> str:
     return f"{snap['fingerprint']}/{snap.get('split_protocol', 'per_user')}/{snap.get('holdout_cutoff')}"
 
 
-def night_candidates(settings: Settings, day: dt.date, model: Recommender) -> dict[str, Recommender]:
+class _Artifacts(Mapping[str, Recommender]):
+    """Saved models by family, each loaded the first time it is asked for (then kept).
+
+    A family given peers may need them only at the end of its fit (the ranker serves with
+    them after fitting its own generators): loading them then keeps them out of its peak.
+    """
+
+    def __init__(self, paths: dict[str, Path]) -> None:
+        self._paths = paths
+        self._loaded: dict[str, Recommender] = {}
+
+    def __getitem__(self, family: str) -> Recommender:
+        if family not in self._loaded:
+            self._loaded[family] = Recommender.load(self._paths[family])
+        return self._loaded[family]
+
+    def __contains__(self, family: object) -> bool:
+        return family in self._paths  # without loading it
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+def night_candidates(settings: Settings, day: dt.date, model: Recommender) -> Mapping[str, Recommender]:
     """The date's candidates of the families ``model`` builds on, each one only where it was
     fitted on this split with the parameters ``model`` would fit it with (its version says so).
 
     Anything else (a family the night did not train, a failed one, other settings) is left
     out, and the model fits it itself: reuse saves time and never changes what is fitted.
+    Each is loaded when first used.
     """
     folder = RunFolder.of(settings, day)
     key = split_key(folder.snapshot())
-    found: dict[str, Recommender] = {}
+    found: dict[str, Path] = {}
     for family, params in model.peer_params().items():
         path = folder.candidate(family)
         try:
@@ -79,12 +106,12 @@ def night_candidates(settings: Settings, day: dt.date, model: Recommender) -> di
             continue
         expected = model_version(family, day, params.model_dump(), settings.seed, key, "candidate")
         if meta.get("model_version") == expected:
-            found[family] = Recommender.load(path)
+            found[family] = path
             log.info("reusing the night's %s candidate (%s)", family, expected)
         else:
             log.info("not reusing the night's %s candidate: fitted with other parameters or on another split",
                      family)
-    return found
+    return _Artifacts(found)
 
 
 def train_candidate(settings: Settings, engine: Engine, run_date: str | dt.date, family: str) -> Path:
