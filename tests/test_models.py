@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from recjobs import columns as C
 from recjobs.data import Interactions, SideFeatures, align_features, temporal_split
@@ -273,3 +274,22 @@ def test_userknn_neighbours_are_users_of_the_same_taste_never_the_user(blocks):
         assert all((30 <= v < 60) == group_b for v in valid), (u, valid)
     # Neighbours' unseen items are what a user is recommended: their own group's.
     assert group_precision(model, data) > 0.9
+
+
+def test_popularity_lists_break_ties_by_the_lower_item_like_the_generic_top_k():
+    """Counts tie often: the one list is ranked as top_k_of_scores ranks the score block."""
+    from recjobs.models.topk import top_k_of_scores
+
+    rng = np.random.default_rng(4)
+    rows = [(f"u{u:02d}", f"i{i:02d}", 1.0, pd.Timestamp("2025-01-01", tz="UTC"))
+            for u in range(40) for i in rng.choice(30, 6, replace=False)]
+    data = Interactions.from_frame(pd.DataFrame(rows, columns=list(C.INTERACTION_COLUMNS)))
+    model = make("popularity").fit(data)
+    users = np.arange(data.n_users)
+    extra = sp.random(data.n_users, data.n_items, density=0.3, random_state=2, format="csr")
+    for exclude in (None, data.matrix, (data.matrix + extra).tocsr()):
+        for n in (1, 7, 40):
+            got = model.recommend(users, n, exclude=exclude)
+            want = top_k_of_scores(model.score(users), n, None if exclude is None else exclude[users])
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])

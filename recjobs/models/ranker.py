@@ -10,9 +10,16 @@ Fitting on a training matrix ``data``:
    order them, with early stopping on a share of the users;
 3. the generators are fitted again on all of ``data``, and the features' statistics
    recomputed on it, for serving: a user's scores are the booster's over their
-   candidates, -inf elsewhere (non-candidates are never recommended);
+   candidates, -inf elsewhere (non-candidates are never recommended); its lists are
+   ranked among the candidates only;
 4. where ratings are explicit, a rating model (:class:`recjobs.models.rating_model.RatingModel`)
    learns them on its own features, for ``predict_ratings``.
+
+:class:`~recjobs.models.base.Peers` spare it one of the two fits of its generators: those
+the night already fitted on ``data`` serve as they are; given a part of ``data`` before a
+cutoff, generators fitted on it and the pairs after it (the final model: the split's
+training part, the night's candidates and the holdout), it learns from those labels
+instead of cutting ``data`` itself.
 
 It implements the model contract like every family (score/recommend with seen items
 excluded, similar_items and item_embedding from its first generator that has them,

@@ -193,7 +193,7 @@ class RankerParams(Strict):
     early_stopping: int = Field(30, gt=0)
     # Users whose labelled candidates train the ranker, a seeded sample above this many. At
     # ML-20M size 6,000 users (394k candidates) scored NDCG@10 0.3783 against 0.3794 with all
-    # 13,551, and LightGBM took 21 s against 55 s (README 'Two-stage ranking').
+    # 13,551, and LightGBM took 20 s against 55 s (README 'Two-stage ranking').
     max_train_users: int | None = Field(6_000, gt=0)
     # Per user, every positive candidate and at most this many seeded negatives train it
     # (None: all). lambdarank's cost grows with the square of a group's size: 50 trained
