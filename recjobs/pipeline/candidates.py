@@ -62,20 +62,19 @@ def split_key(snap: dict[str, Any]) -> str:
 
 
 class _Artifacts(Mapping[str, Recommender]):
-    """Saved models by family, each loaded the first time it is asked for (then kept).
+    """Saved models by family, each loaded when it is asked for, and not kept here.
 
-    A family given peers may need them only at the end of its fit (the ranker serves with
-    them after fitting its own generators): loading them then keeps them out of its peak.
+    A family given peers may need them only for part of its fit (the ranker serves with
+    them after fitting its own generators, and its final model drops the training part's
+    once its booster is trained): loading them then, and holding them no longer than the
+    family does, keeps them out of its peak memory.
     """
 
     def __init__(self, paths: dict[str, Path]) -> None:
         self._paths = paths
-        self._loaded: dict[str, Recommender] = {}
 
     def __getitem__(self, family: str) -> Recommender:
-        if family not in self._loaded:
-            self._loaded[family] = Recommender.load(self._paths[family])
-        return self._loaded[family]
+        return Recommender.load(self._paths[family])
 
     def __contains__(self, family: object) -> bool:
         return family in self._paths  # without loading it
