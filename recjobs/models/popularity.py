@@ -39,7 +39,10 @@ class PopularityModel(VectorRecommender):
         :func:`~recjobs.models.topk.top_k_of_scores` breaks them (counts tie often), and
         only the head of the list a user can reach is ranked."""
         self._require_fitted()
-        bias = self._vec().item_bias
+        vec = self._vec()
+        if np.any(vec.item_vectors):
+            return super().recommend(user_rows, n, exclude)  # vectors set by hand: not one list
+        bias = vec.item_bias
         user_rows = np.asarray(user_rows, np.int64)
         order = np.lexsort((np.arange(len(bias)), -bias))
         filt = exclude[user_rows].tocsr() if exclude is not None else None
