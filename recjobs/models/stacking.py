@@ -256,7 +256,7 @@ def generate(generators: list[Recommender], ks: list[int], rows: np.ndarray, exc
     for j, (model, k, (top, top_scores), (keys, position)) in enumerate(
             zip(generators, ks, lists, keyed, strict=True)):
         raw = model.score_pairs(rows[user], item) if len(union) else np.zeros(0, np.float32)
-        # A generator's keys are sorted too (row-major nonzero of its lists): rank by search.
+        # The generator's (user, item) keys come in list order: sorted once, each candidate's rank is a search.
         order = np.argsort(keys, kind="stable")
         at = np.minimum(np.searchsorted(keys[order], union), max(len(keys) - 1, 0))
         hit = keys[order][at] == union if len(keys) else np.zeros(len(union), bool)

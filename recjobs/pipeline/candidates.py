@@ -42,7 +42,7 @@ def fit_family(settings: Settings, family: str, data: Interactions,
     """A new ``family`` model fitted on ``data`` (with the lake's side features), and its fit seconds.
 
     ``peers``: what the night has already fitted that this model can reuse (see
-    :func:`night_peers`), asked for once the model says which families it builds on.
+    :func:`night_candidates`), asked for once the model says which families it builds on.
     """
     cls = get_family(family)
     model = cls(settings.model_params(family), seed=settings.seed)
@@ -92,7 +92,7 @@ def night_candidates(settings: Settings, day: dt.date, model: Recommender) -> Ma
 
     Anything else (a family the night did not train, a failed one, other settings) is left
     out, and the model fits it itself: reuse saves time and never changes what is fitted.
-    Each is loaded when first used.
+    Each is loaded whenever it is asked for (see :class:`_Artifacts`).
     """
     folder = RunFolder.of(settings, day)
     key = split_key(folder.snapshot())
