@@ -8,6 +8,7 @@ on this machine), so large arrays go through :func:`distinct` instead.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 
 def distinct(values: np.ndarray) -> np.ndarray:
@@ -19,4 +20,21 @@ def distinct(values: np.ndarray) -> np.ndarray:
     return values[np.append(True, values[1:] != values[:-1])] if len(values) else values
 
 
-__all__ = ["distinct"]
+def stored_values(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``matrix``'s value at each (row, col) pair (0 where none is stored) and whether one is.
+
+    One search in the sorted (row, col) keys of the stored entries; ``matrix`` is made
+    canonical first (sorted columns, duplicates summed).
+    """
+    m = matrix.tocsr()
+    m.sum_duplicates()
+    keys = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) * m.shape[1] + m.indices
+    wanted = np.asarray(rows, np.int64) * m.shape[1] + np.asarray(cols, np.int64)
+    if not len(keys):
+        return np.zeros(len(wanted), m.dtype), np.zeros(len(wanted), bool)
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    found = keys[at] == wanted
+    return np.where(found, m.data[at], 0), found
+
+
+__all__ = ["distinct", "stored_values"]

@@ -23,3 +23,24 @@ def test_distinct_leaves_its_input_alone_and_takes_2d():
     values = np.array([[3, 1], [3, 2]], np.int64)
     np.testing.assert_array_equal(distinct(values), [1, 2, 3])
     np.testing.assert_array_equal(values, [[3, 1], [3, 2]])
+
+
+def test_stored_values_read_a_sparse_matrix_at_pairs_as_its_dense_form_does():
+    import scipy.sparse as sp
+
+    from recjobs.arrays import stored_values
+
+    rng = np.random.default_rng(3)
+    rows, cols = rng.integers(0, 30, 200), rng.integers(0, 40, 200)
+    # Duplicates summed, unsorted columns, an explicit zero: what the dense form says.
+    m = sp.csr_matrix((rng.normal(size=200).astype(np.float32), (rows, cols)), shape=(30, 40))
+    m.data[0] = 0.0
+    dense = m.toarray()
+    qr, qc = rng.integers(0, 30, 500), rng.integers(0, 40, 500)
+    values, found = stored_values(m, qr, qc)
+    coo = m.tocoo()
+    stored = {(int(r), int(c)) for r, c in zip(coo.row, coo.col, strict=True)}
+    np.testing.assert_array_equal(found, [(int(r), int(c)) in stored for r, c in zip(qr, qc, strict=True)])
+    np.testing.assert_allclose(values, dense[qr, qc], rtol=1e-6)
+    empty_values, empty_found = stored_values(sp.csr_matrix((3, 4), dtype=np.float32), [0, 2], [1, 3])
+    assert not empty_found.any() and not empty_values.any()

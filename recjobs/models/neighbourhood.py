@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel
 
+from recjobs.arrays import stored_values
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.errors import ModelError
@@ -128,14 +129,9 @@ class NeighbourhoodRecommender(Recommender):
             history = nb.history[users[lo:lo + PAIR_BLOCK]]
             row, col = inverse[at] - lo, cols[at]
             if sp.issparse(nb.similarity):
-                product = (history @ nb.similarity).tocsr()
-                product.sum_duplicates()  # canonical: sorted columns within each row
-                keys = np.repeat(np.arange(product.shape[0], dtype=np.int64), np.diff(product.indptr))
-                keys = keys * product.shape[1] + product.indices
-                wanted = row * product.shape[1] + col
-                found = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
-                hit = (keys[found] == wanted) if len(keys) else np.zeros(len(wanted), bool)
-                out[at] = np.where(hit, product.data[found] if len(keys) else 0.0, -np.inf)
+                # What the product does not store, nothing in the history reaches: -inf, as in score.
+                values, found = stored_values(history @ nb.similarity, row, col)
+                out[at] = np.where(found, values, -np.inf)
             else:
                 block = sparse_times(history, nb.similarity)
                 block[np.diff(history.indptr) == 0] = -np.inf

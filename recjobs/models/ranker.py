@@ -39,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import BaseModel
 
+from recjobs.arrays import stored_values
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.errors import ArtifactError, ModelError
@@ -72,18 +73,6 @@ def _lgb() -> Any:  # noqa: ANN401 - the lightgbm module, imported on first use
     import lightgbm
 
     return lightgbm
-
-
-def _stored(matrix: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Whether each (row, col) pair is a stored entry of ``matrix``."""
-    m = matrix.tocsr()
-    m.sum_duplicates()
-    keys = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr)) * m.shape[1] + m.indices
-    wanted = rows.astype(np.int64) * m.shape[1] + cols
-    if not len(keys):
-        return np.zeros(len(wanted), bool)
-    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
-    return keys[at] == wanted
 
 
 def sample_negatives(y: np.ndarray, sizes: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -313,7 +302,7 @@ class RankerModel(Recommender):
             columns = np.zeros(values.shape, np.int64)
             kept = np.isfinite(pred)
             if exclude is not None:
-                kept &= ~_stored(exclude[rows[lo:lo + len(values)]], cands.user, cands.item)
+                kept &= ~stored_values(exclude[rows[lo:lo + len(values)]], cands.user, cands.item)[1]
             values[cands.user[kept], slot[kept]] = pred[kept]
             columns[cands.user, slot] = cands.item
             top, best = top_k_of_rows(values, n, columns)

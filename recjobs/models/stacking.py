@@ -247,7 +247,7 @@ def generate(generators: list[Recommender], ks: list[int], rows: np.ndarray, exc
         r, c = np.nonzero(top >= 0)
         keyed.append((r.astype(np.int64) * n_items + top[r, c], c))
     # Candidates in (user, item) order, as one sorted key each.
-    union = np.unique(np.concatenate([k for k, _ in keyed])) if keyed else np.zeros(0, np.int64)
+    union = distinct(np.concatenate([k for k, _ in keyed])) if keyed else np.zeros(0, np.int64)
     user, item = union // n_items, union % n_items
     g = len(generators)
     scores = np.empty((len(union), g), np.float32)
