@@ -112,6 +112,23 @@ class TestModelContract:
         # Vectors score a pair as one dot product, blocks as a matrix product: float32 rounding apart.
         np.testing.assert_allclose(fitted.score_pairs(users, items), block[users, items], rtol=1e-5, atol=1e-6)
 
+    def test_recommend_scorer_gives_the_lists_and_the_pair_scores(self, fitted, blocks, monkeypatch):
+        # Blocks of 16 users: a kind that keeps its products per block must find each pair's block.
+        monkeypatch.setattr("recjobs.models.neighbourhood.RANK_BLOCK", 16)
+        data, _ = blocks
+        rng = np.random.default_rng(2)
+        rows = rng.permutation(data.n_users)[:50]
+        ids, scores, scorer = fitted.recommend_scorer(rows, 7, exclude=data.matrix)
+        want_ids, want_scores = fitted.recommend(rows, 7, exclude=data.matrix)
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(scores, want_scores)
+        at = rng.integers(0, len(rows), 400)
+        items = rng.integers(0, data.n_items, 400)
+        unseen = np.asarray(data.matrix[rows[at], items]).ravel() == 0
+        at, items = at[unseen], items[unseen]
+        # The same products as score_pairs, not recomputed: equal bit for bit.
+        np.testing.assert_array_equal(scorer(at, items), fitted.score_pairs(rows[at], items))
+
     def test_save_and_load_give_identical_scores(self, fitted, blocks, tmp_path):
         data, _ = blocks
         path = fitted.save(tmp_path / "artifact", model_version="v1")
@@ -223,6 +240,40 @@ def test_ease_above_its_size_limit_models_the_most_popular_items_and_says_so(blo
     assert set(sims[sims >= 0].tolist()) <= set(kept.tolist())
     dropped = np.setdiff1d(np.arange(data.n_items), kept)
     assert (sims[dropped] == -1).all()  # an item EASE does not model has no neighbours
+
+
+def test_ease_transition_counts_equal_a_per_user_count_in_bands_of_any_size(monkeypatch):
+    """The counts, converted a band of cells at a time, are bit for bit a plain per-user count's."""
+    from recjobs.models.ease import transitions
+
+    rng = np.random.default_rng(5)
+    base = pd.Timestamp("2025-01-01", tz="UTC")
+    rows = [(f"u{u}", f"i{int(rng.integers(0, 30))}", 4.0, base + pd.Timedelta(minutes=int(t)))
+            for u in range(50) for t in rng.choice(10_000, int(rng.integers(1, 25)), replace=False)]
+    data = Interactions.from_frame(pd.DataFrame(rows, columns=list(C.INTERACTION_COLUMNS)))
+    items = np.arange(0, data.n_items, 2)  # a modelled subset, as above max_items
+    window, m = 4, len(items)
+    position = {int(i): k for k, i in enumerate(items)}
+    # Oracle: each user's items in (time, item) order, counted step by step in plain Python.
+    frame = pd.DataFrame(rows, columns=list(C.INTERACTION_COLUMNS))
+    frame = frame.sort_values([C.USER, C.TIMESTAMP]).drop_duplicates([C.USER, C.ITEM], keep="last")
+    item_index = {name: k for k, name in enumerate(data.item_ids)}
+    frame["col"] = frame[C.ITEM].map(item_index)
+    want = np.zeros((m, m), np.float32)
+    for step in range(1, window + 1):
+        found = np.zeros(m * m, np.int64)
+        for _, user in frame.sort_values([C.USER, C.TIMESTAMP, "col"]).groupby(C.USER):
+            seq = [position.get(int(c), -1) for c in user["col"]]
+            for a, b in zip(seq[:-step], seq[step:], strict=True):
+                if a >= 0 and b >= 0:
+                    found[a * m + b] += 1
+        want += (found / step).astype(np.float32).reshape(m, m)
+    sums = want.sum(axis=1)
+    sums[sums == 0] = 1.0
+    want /= sums[:, None]
+    for band in (7, 1 << 22):
+        monkeypatch.setattr("recjobs.models.ease._CELLS_AT_ONCE", band)
+        np.testing.assert_array_equal(transitions(data, window, items), want)
 
 
 def test_ease_transitions_propose_the_usual_successor():

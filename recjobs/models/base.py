@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +47,8 @@ from recjobs.models.topk import top_k_of_scores
 ARTIFACT_FORMAT = 3
 # Users scored densely at a time by the default score_pairs (a block is users x items float32).
 PAIR_BLOCK = 2048
+# (positions in a block's user rows, item columns) -> their scores, float32 (see recommend_scorer).
+PairScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,22 @@ class Recommender(ABC):
         filt = exclude[user_rows] if exclude is not None else None
         return top_k_of_scores(self.score(user_rows), n, filt)
 
+    def recommend_scorer(
+        self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None = None
+    ) -> tuple[np.ndarray, np.ndarray, PairScorer]:
+        """:meth:`recommend`'s lists of ``user_rows``, and a scorer of more pairs of those users.
+
+        The scorer takes (positions in ``user_rows``, item columns) and returns
+        :meth:`score_pairs` of them, for pairs ``exclude`` does not hold. The ranker's
+        candidates need both: each generator's top-K, then its scores of the others'
+        candidates. A kind that computes every score of the users on its way to the lists
+        (a neighbourhood's history x S) keeps them for the scorer instead of computing
+        them twice.
+        """
+        rows = np.asarray(user_rows, np.int64)
+        ids, scores = self.recommend(rows, n, exclude)
+        return ids, scores, lambda at, items: self.score_pairs(rows[np.asarray(at, np.int64)], items)
+
     @abstractmethod
     def similar_items(self, item_rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` neighbours of each item, the item itself excluded (-1 / -inf padding)."""
@@ -241,4 +259,4 @@ class Recommender(ABC):
         return model
 
 
-__all__ = ["ARTIFACT_FORMAT", "NO_PEERS", "Peers", "Recommender"]
+__all__ = ["ARTIFACT_FORMAT", "NO_PEERS", "PairScorer", "Peers", "Recommender"]

@@ -20,7 +20,7 @@ from recjobs.arrays import stored_values
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.errors import ModelError
-from recjobs.models.base import PAIR_BLOCK, Peers, Recommender
+from recjobs.models.base import PAIR_BLOCK, PairScorer, Peers, Recommender
 from recjobs.models.topk import top_k_of_rows, top_k_of_scores
 
 # Users per task of the fast ranking path: a task's score block (users x modelled items,
@@ -152,7 +152,48 @@ class NeighbourhoodRecommender(Recommender):
         self._require_fitted()
         if type(self).score is not NeighbourhoodRecommender.score:
             return super().recommend(user_rows, n, exclude)  # a subclass scores its own way
-        user_rows = np.asarray(user_rows, dtype=np.int64)
+        ids, scores, _ = self._ranked(np.asarray(user_rows, dtype=np.int64), n, exclude, keep=False)
+        return ids, scores
+
+    def recommend_scorer(
+        self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None = None
+    ) -> tuple[np.ndarray, np.ndarray, PairScorer]:
+        """:meth:`recommend`, keeping each block's product (history x S) for the pairs' scorer.
+
+        The ranker asks a generator for its top-K and then for its scores of the other
+        generators' candidates: both need the same product, which was a fifth of the
+        ranker's serving time when computed twice. A kept dense block is a copy taken
+        before exclusions are applied, so the scorer gives :meth:`score_pairs`' values.
+        """
+        self._require_fitted()
+        if type(self).score is not NeighbourhoodRecommender.score:
+            return super().recommend_scorer(user_rows, n, exclude)
+        rows = np.asarray(user_rows, dtype=np.int64)
+        ids, scores, kept = self._ranked(rows, n, exclude, keep=True)
+        positions, _ = self._prepare()
+
+        def scorer(at: np.ndarray, items: np.ndarray) -> np.ndarray:
+            at, items = np.asarray(at, np.int64), np.asarray(items, np.int64)
+            cols = items if positions is None else positions[items]
+            out = np.full(len(at), -np.inf, np.float32)
+            which = at // RANK_BLOCK
+            for b in np.unique(which[cols >= 0]):
+                sel = np.flatnonzero((which == b) & (cols >= 0))
+                product, row, col = kept[int(b)], at[sel] - int(b) * RANK_BLOCK, cols[sel]
+                if sp.issparse(product):
+                    # What the product does not store, nothing in the history reaches: -inf, as in score.
+                    values, found = stored_values(product, row, col)
+                    out[sel] = np.where(found, values, -np.inf)
+                else:
+                    out[sel] = product[row, col]
+            return out
+
+        return ids, scores, scorer
+
+    def _ranked(
+        self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None, keep: bool
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray | sp.csr_matrix]]:
+        """Lists of ``user_rows`` by blocks of ``RANK_BLOCK`` users; with ``keep``, each block's product by block number."""
         if exclude is not None and exclude.shape[1] > self.n_items:
             raise ModelError(f"{self.family}: an exclusion matrix of {exclude.shape[1]} items for a model of "
                              f"{self.n_items}")
@@ -160,11 +201,15 @@ class NeighbourhoodRecommender(Recommender):
         positions, by_item = self._prepare()
         ids = np.full((len(user_rows), n), -1, np.int64)
         scores = np.full((len(user_rows), n), -np.inf, np.float32)
+        kept: dict[int, np.ndarray | sp.csr_matrix] = {}
 
         def block(lo: int) -> None:
             hi = min(lo + RANK_BLOCK, len(user_rows))
             part = filt[lo:hi] if filt is not None else None
-            ids[lo:hi], scores[lo:hi] = self._rank_block(user_rows[lo:hi], n, part, positions, by_item)
+            ids[lo:hi], scores[lo:hi], product = self._rank_block(user_rows[lo:hi], n, part, positions, by_item,
+                                                                  keep)
+            if keep:
+                kept[lo // RANK_BLOCK] = product
 
         starts = range(0, len(user_rows), RANK_BLOCK)
         if len(starts) <= 1 or RANK_THREADS <= 1:
@@ -173,25 +218,31 @@ class NeighbourhoodRecommender(Recommender):
         else:
             with ThreadPoolExecutor(min(RANK_THREADS, len(starts))) as pool:
                 list(pool.map(block, starts))
-        return ids, scores
+        return ids, scores, kept
 
     def _rank_block(
         self, user_rows: np.ndarray, n: int, exclude: sp.csr_matrix | None, positions: np.ndarray | None,
-        by_item: bool,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """One block of :meth:`recommend`: ``exclude`` is the block's rows, over all items."""
+        by_item: bool, keep: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | sp.csr_matrix | None]:
+        """One block of :meth:`recommend`: ``exclude`` is the block's rows, over all items; with
+        ``keep``, the block's product as :meth:`score` has it (over the modelled items)."""
         nb = self._nb()
         history = nb.history[user_rows]
+        kept: np.ndarray | sp.csr_matrix | None = None
         if sp.issparse(nb.similarity):
-            ids, scores, bad = _rank_sparse(history @ nb.similarity, n, exclude)
+            product = (history @ nb.similarity).tocsr()
+            ids, scores, bad = _rank_sparse(product, n, exclude)  # reads the product, never writes it
+            kept = product if keep else None
         else:
-            ids, scores, bad = _rank_dense(history, nb.similarity, n, exclude, positions, by_item)
+            block = _dense_product(history, nb.similarity, by_item)
+            kept = block.copy() if keep else None
+            ids, scores, bad = _rank_dense(block, n, exclude, positions)
             if nb.items is not None:
                 ids = np.where(ids >= 0, nb.items[np.maximum(ids, 0)], -1)
         if bad.any():  # NaN or +inf somewhere: exactly as the generic path ranks them
             part = exclude[bad] if exclude is not None else None
             ids[bad], scores[bad] = top_k_of_scores(self.score(user_rows[bad]), n, part)
-        return ids, scores
+        return ids, scores, kept
 
     def _prepare(self) -> tuple[np.ndarray | None, bool]:
         """Once per fitted model: each training item's column in ``similarity`` (-1: not
@@ -267,15 +318,8 @@ class NeighbourhoodRecommender(Recommender):
         self.n_items = int(arrays["n_items"][0])
 
 
-def _rank_dense(
-    history: sp.csr_matrix, similarity: np.ndarray, n: int, exclude: sp.csr_matrix | None,
-    positions: np.ndarray | None, by_item: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``n`` over the modelled items (local indices) of ``history @ similarity``, and the rows to redo.
-
-    The items outside ``similarity`` score -inf in :meth:`NeighbourhoodRecommender.score`,
-    so they are never listed: ranking the modelled ones alone gives the same lists, and
-    local order is item order (``items`` is sorted), so ties break the same way.
+def _dense_product(history: sp.csr_matrix, similarity: np.ndarray, by_item: bool) -> np.ndarray:
+    """``history @ similarity`` as :meth:`NeighbourhoodRecommender.score` has it (rows without history -inf).
 
     ``by_item``: the rows are in item order, so the product can run item by item (CSC):
     scipy then adds ``w * similarity[i]`` into each user's row in the same order as row by
@@ -284,8 +328,21 @@ def _rank_dense(
     """
     # scipy's sparse x dense product, the one sparse_times computes with
     block = (history.tocsc() if by_item else history) @ similarity
-    m = block.shape[1]
     block[np.diff(history.indptr) == 0] = -np.inf  # no modelled item in the history
+    return block
+
+
+def _rank_dense(
+    block: np.ndarray, n: int, exclude: sp.csr_matrix | None, positions: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``n`` over the modelled items (local indices) of a :func:`_dense_product` block, and the rows to redo.
+
+    The items outside ``similarity`` score -inf in :meth:`NeighbourhoodRecommender.score`,
+    so they are never listed: ranking the modelled ones alone gives the same lists, and
+    local order is item order (``items`` is sorted), so ties break the same way. The
+    block is overwritten (excluded items, bad rows).
+    """
+    m = block.shape[1]
     bad = ~(block.max(axis=1) < np.inf)  # NaN or +inf
     if exclude is not None and exclude.nnz:
         rows = np.repeat(np.arange(exclude.shape[0]), np.diff(exclude.indptr))

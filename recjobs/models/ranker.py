@@ -43,6 +43,7 @@ from recjobs.arrays import stored_values
 from recjobs.data.features import SideFeatures
 from recjobs.data.interactions import Interactions
 from recjobs.errors import ArtifactError, ModelError
+from recjobs.models import forest
 from recjobs.models.base import Peers, Recommender
 from recjobs.models.rating_model import RatingModel, RatingParams
 from recjobs.models.ratings import explicit
@@ -99,6 +100,7 @@ class RankerModel(Recommender):
         self.base: FeatureBase | None = None
         self.booster: Any = None
         self.rating_model: RatingModel | None = None
+        self._forest: forest.ForestPredictor | None = None
 
     # -- fitting -------------------------------------------------------------------
     def _generator(self, name: str, data: Interactions, features: SideFeatures | None) -> Recommender:
@@ -274,8 +276,9 @@ class RankerModel(Recommender):
             part = rows[lo:lo + self.params.chunk_users]
             cands = generate(gens, self._ks(), part, base.history)
             if len(cands.item):
-                pred = booster.predict(candidate_features(base, cands, part), num_threads=self.params.threads)
-                yield lo, cands, np.asarray(pred, np.float32)
+                if self._forest is None or self._forest.booster is not booster:
+                    self._forest = forest.ForestPredictor(booster, self.params.threads, forest.COMPILE_AFTER_ROWS)
+                yield lo, cands, self._forest.predict(candidate_features(base, cands, part))
 
     def score(self, user_rows: np.ndarray) -> np.ndarray:
         """The booster's scores of each user's candidates; -inf for every other item."""

@@ -193,16 +193,20 @@ class FeatureBase:
         keep = order[age < LATEST]
         return sp.csr_matrix((np.ones(len(keep), np.float32), (rows[keep], m.indices[keep])), shape=m.shape)
 
-    def window_counts(self, items: np.ndarray, until: np.ndarray, days: float) -> np.ndarray:
-        """Interactions with each item in the ``days`` before ``until`` (Unix seconds), inclusive."""
+    def window_counts(self, items: np.ndarray, until: np.ndarray, days: tuple[float, ...]) -> list[np.ndarray]:
+        """Interactions with each item in the ``days`` (each of them) before ``until`` (Unix seconds), inclusive."""
         hi = items * self._span + np.clip(until - self.origin, -1, self._span - 1)
-        lo = items * self._span + np.clip(until - self.origin - int(days * DAY), -1, self._span - 1)
-        # Searching sorted needles walks the keys in order (cache-friendly, several times faster).
+        # Searching sorted needles walks the keys in order (cache-friendly, several times faster);
+        # the windows share their upper end, so it is searched once.
         order = np.argsort(hi, kind="stable")
-        counts = np.empty(len(items), np.float32)
-        counts[order] = (np.searchsorted(self._keys, hi[order], "right")
-                         - np.searchsorted(self._keys, lo[order], "right"))
-        return counts
+        upper = np.searchsorted(self._keys, hi[order], "right")
+        out = []
+        for d in days:
+            lo = items * self._span + np.clip(until - self.origin - int(d * DAY), -1, self._span - 1)
+            counts = np.empty(len(items), np.float32)
+            counts[order] = upper - np.searchsorted(self._keys, lo[order], "right")
+            out.append(counts)
+        return out
 
     def side_names(self, item_names: np.ndarray, user_names: np.ndarray) -> list[str]:
         names = []
@@ -235,13 +239,14 @@ class Candidates:
 def generate(generators: list[Recommender], ks: list[int], rows: np.ndarray, exclude: sp.csr_matrix) -> Candidates:
     """The union of each generator's top-K for the users at ``rows``, seen items (``exclude``) left out.
 
-    Each generator lists its top-K with its own fast ranking (``recommend``) and scores the
-    other generators' candidates pair by pair (``score_pairs``): no users x items block is
+    Each generator lists its top-K with its own fast ranking and scores the other
+    generators' candidates pair by pair (``recommend_scorer``): no users x items block is
     ranked here.
     """
     rows = np.asarray(rows, np.int64)
     n_items = exclude.shape[1]
-    lists = [model.recommend(rows, k, exclude=exclude) for model, k in zip(generators, ks, strict=True)]
+    ranked = [model.recommend_scorer(rows, k, exclude=exclude) for model, k in zip(generators, ks, strict=True)]
+    lists = [(top, top_scores) for top, top_scores, _ in ranked]
     keyed = []
     for top, _ in lists:
         r, c = np.nonzero(top >= 0)
@@ -253,9 +258,9 @@ def generate(generators: list[Recommender], ks: list[int], rows: np.ndarray, exc
     scores = np.empty((len(union), g), np.float32)
     ranks = np.empty((len(union), g), np.float32)
     gaps = np.empty((len(union), g), np.float32)
-    for j, (model, k, (top, top_scores), (keys, position)) in enumerate(
-            zip(generators, ks, lists, keyed, strict=True)):
-        raw = model.score_pairs(rows[user], item) if len(union) else np.zeros(0, np.float32)
+    for j, (k, (top, top_scores, scorer), (keys, position)) in enumerate(zip(ks, ranked, keyed, strict=True)):
+        # No candidate is an excluded pair (every list left them out): the scorer's whole domain.
+        raw = scorer(user, item) if len(union) else np.zeros(0, np.float32)
         # The generator's (user, item) keys come in list order: sorted once, each candidate's rank is a search.
         order = np.argsort(keys, kind="stable")
         at = np.minimum(np.searchsorted(keys[order], union), max(len(keys) - 1, 0))
@@ -298,11 +303,11 @@ def candidate_features(base: FeatureBase, cands: Candidates, rows: np.ndarray) -
     cols.append((1.0 - cands.missing).sum(axis=1))
     cols += [np.log1p(base.item_count[items]), (base.end - base.item_first[items]) / DAY,
              (base.end - base.item_last[items]) / DAY, base.item_rating[items]]
-    windows = [base.window_counts(items, until, d) for d in WINDOWS]
+    windows = base.window_counts(items, until, WINDOWS)
     cols += windows + [(windows[0] + 1.0) / (windows[-1] + 1.0)]
     # Popularity just before the data's end: what is trending when the lists are served (per item).
     every = np.arange(base.n_items, dtype=np.int64)
-    cols += [base.window_counts(every, np.full(base.n_items, base.end, np.int64), d)[items] for d in WINDOWS]
+    cols += [c[items] for c in base.window_counts(every, np.full(base.n_items, base.end, np.int64), WINDOWS)]
     cols += [np.log1p(base.user_count[users]), (base.end - base.user_last[users]) / DAY,
              (base.user_last[users] - base.user_first[users]) / DAY, base.user_rating[users],
              base.item_rating[items] - base.user_rating[users]]
